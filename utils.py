@@ -54,7 +54,9 @@ def resolve_device(device: str | torch.device | None = None) -> torch.device:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     device = torch.device(device)
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise InputError(f"device {device} was asked for but CUDA is not available; use --device cpu")
+        raise InputError(
+            f"device {device} was asked for but CUDA is not available; use --device cpu"
+        )
     return device
 
 

@@ -1,0 +1,548 @@
+"""The 3D networks of Semantic Abstraction and its baselines (spec: models.md sections 1 and 2).
+
+OVSSC (open-vocabulary semantic scene completion):
+    SemAbs3D            "ours" and "SemAbs + Chefer et al": one relevancy map per class -> occupancy logits
+    SemanticAwareOVSSC  baseline: RGB points -> CLIP-space point features, cosine with class text features
+VOOL (visually obscured object localization):
+    SemAbsVOOL          "ours": target and reference relevancy volumes, learned relation embeddings
+    SemanticAwareVOOL   baseline: RGB points, CLIP text of target and reference names, relation embedding
+    ClipSpatialVOOL     baseline: relevancy of the whole description sentence
+
+Every network takes the whole batch dict (`net(**batch)`), ignores the keys it does not use, and returns
+raw logits [B, P or D, M] (no sigmoid). Constructor defaults are the training scripts' defaults, so
+`SemAbs3D()` builds the released architecture; every constructor takes **kwargs so that a training
+Namespace (args.pkl) can be passed whole.
+
+Fidelity quirks, kept by default so that the released checkpoints reproduce their published outputs:
+    B1  the point-to-voxel scatter averages (mean) although reduce_method says "max".
+        Fix: fix_scatter_reduce=True uses reduce_method.
+    B2  the decoder normalises grid indices by G instead of G-1 and hands them to grid_sample in (x,y,z)
+        order, which grid_sample reads as (z,y,x): x and z are swapped. Fix: fix_decoder_sampling=True.
+    B3  VOOL completion nets never get decoder_concat_xyz_pts (their own sampler has no xyz input).
+Bugs that only hurt users are fixed: VirtualGrid follows its inputs' device (B9); SemanticAwareOVSSC
+runs the UNet once per scene instead of once per class (B10, same output).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from unet3d import ResidualUNet3D
+from utils import InputError
+
+DEFAULT_SCENE_BOUNDS = ((-1.0, -1.0, -0.1), (1.0, 1.0, 1.9))  # metres, (lower corner, upper corner)
+DEFAULT_VOXEL_SHAPE = (128, 128, 128)
+SPATIAL_RELATIONS = (
+    "in",
+    "behind",
+    "in front of",
+    "on the left of",
+    "on the right of",
+    "on",
+    "[pad]",
+)
+CLIP_TEXT_DIM = 512
+
+
+class VirtualGrid:
+    """A regular grid of G = grid_shape points spanning scene_bounds (spec: models.md 1.1).
+
+    A point p has continuous index u = (p - lower) * (G - 1) / (upper - lower), clamped to [0, G-1], and
+    voxel index trunc(u): voxel i covers [i, i+1) in index space, so the pitch is extent / (G - 1).
+    Flat index ix * Gy * Gz + iy * Gz + iz (x slowest). Holds no device: it follows its inputs.
+    """
+
+    def __init__(self, scene_bounds=DEFAULT_SCENE_BOUNDS, grid_shape=DEFAULT_VOXEL_SHAPE):
+        bounds = torch.as_tensor(scene_bounds, dtype=torch.float32)
+        if bounds.shape != (2, 3) or not bool((bounds[1] > bounds[0]).all()):
+            raise InputError(
+                f"scene_bounds must be [[x0,y0,z0],[x1,y1,z1]] with x1>x0 etc, got {bounds.tolist()}"
+            )
+        self.lower, self.upper = bounds[0], bounds[1]
+        self.grid_shape = tuple(int(g) for g in grid_shape)
+        self.num_voxels = math.prod(self.grid_shape)
+
+    def continuous_index(self, xyz: torch.Tensor) -> torch.Tensor:
+        """[..., 3] metres -> [..., 3] float index in [0, G-1]."""
+        lower, upper = self.lower.to(xyz), self.upper.to(xyz)
+        max_index = torch.tensor(self.grid_shape, dtype=xyz.dtype, device=xyz.device) - 1
+        u = (xyz - lower) * max_index / (upper - lower)
+        return torch.minimum(u.clamp(min=0), max_index)
+
+    def flat_index(self, xyz: torch.Tensor) -> torch.Tensor:
+        """[..., 3] metres -> [...] int64 flat voxel index (truncation, x slowest)."""
+        ix, iy, iz = self.continuous_index(xyz).long().unbind(-1)
+        _, gy, gz = self.grid_shape
+        return (ix * gy + iy) * gz + iz
+
+    def scatter_points(
+        self, xyz: torch.Tensor, features: torch.Tensor, reduce: str = "mean"
+    ) -> torch.Tensor:
+        """xyz [B,N,3], features [B,N,C] -> volume [B,C,X,Y,Z]; voxels without points are 0.
+
+        reduce: "mean" or "max" over the points that fall in a voxel.
+        """
+        batch, num_points, channels = features.shape
+        batch_offset = torch.arange(batch, device=xyz.device)[:, None] * self.num_voxels
+        index = (self.flat_index(xyz) + batch_offset).reshape(-1)  # [B*N]
+        flat_features = features.reshape(-1, channels)  # [B*N, C]
+        if reduce == "mean":
+            sums = features.new_zeros(batch * self.num_voxels, channels).index_add_(
+                0, index, flat_features
+            )
+            counts = torch.bincount(index, minlength=batch * self.num_voxels).clamp_(min=1)
+            volume = sums / counts[:, None].to(sums.dtype)
+        elif reduce == "max":
+            volume = features.new_zeros(batch * self.num_voxels, channels).scatter_reduce(
+                0,
+                index[:, None].expand(-1, channels),
+                flat_features,
+                reduce="amax",
+                include_self=False,
+            )
+        else:
+            raise ValueError(f"unknown scatter reduce {reduce!r}: use 'mean' or 'max'")
+        return volume.view(batch, *self.grid_shape, channels).permute(0, 4, 1, 2, 3)
+
+
+def point_mlp(in_dim: int, hidden_dim: int, out_dim: int) -> nn.Sequential:
+    """Per-point MLP of the point feature extractor: Linear, LeakyReLU, Linear, LeakyReLU, Linear."""
+    return nn.Sequential(
+        nn.Linear(in_dim, hidden_dim),
+        nn.LeakyReLU(0.01),
+        nn.Linear(hidden_dim, hidden_dim),
+        nn.LeakyReLU(0.01),
+        nn.Linear(hidden_dim, out_dim),
+    )
+
+
+class ImplicitVolumetricDecoder(nn.Module):
+    """Trilinear feature lookup at query points, then an MLP (spec: models.md 1.4).
+
+    features [B',C,X,Y,Z], queries [B',M,3] metres -> [B',M,output_dim].
+    """
+
+    def __init__(
+        self, hidden_size: int, output_dim: int, concat_xyz_pts: bool, fix_sampling: bool = False
+    ):
+        super().__init__()
+        self.concat_xyz_pts = concat_xyz_pts
+        self.fix_sampling = fix_sampling
+        self.mlp = nn.Sequential(
+            nn.Linear(hidden_size + 3 * concat_xyz_pts, hidden_size),
+            nn.LeakyReLU(0.01),
+            nn.Linear(hidden_size, output_dim),
+        )
+
+    def normalized_query(self, grid: VirtualGrid, query_points: torch.Tensor) -> torch.Tensor:
+        """[B',M,3] metres -> [B',M,3] grid coordinates in (x,y,z) order."""
+        index = grid.continuous_index(query_points)
+        shape = torch.tensor(grid.grid_shape, dtype=index.dtype, device=index.device)
+        if self.fix_sampling:
+            return (
+                2 * index / (shape - 1) - 1
+            )  # in [-1, 1], voxel centres at align_corners positions
+        return 2 * index / shape - 1  # quirk B2: divides by G, so in [-1, 1 - 2/G]
+
+    def forward(
+        self, features: torch.Tensor, grid: VirtualGrid, query_points: torch.Tensor
+    ) -> torch.Tensor:
+        num_volumes, num_queries, _ = query_points.shape
+        coords = self.normalized_query(grid, query_points)  # [B',M,3]
+        # grid_sample reads the last coordinate as the volume's first spatial axis (X). Quirk B2 hands
+        # over (x,y,z) as is, so x and z are swapped; the fix reverses the order to (z,y,x).
+        sample_at = coords.flip(-1) if self.fix_sampling else coords
+        sampled = F.grid_sample(
+            features,
+            sample_at.view(num_volumes, num_queries, 1, 1, 3),
+            mode="bilinear",
+            padding_mode="border",
+            align_corners=True,
+        )  # [B',C,M,1,1]
+        point_features = sampled.view(num_volumes, -1, num_queries).transpose(1, 2)  # [B',M,C]
+        if self.concat_xyz_pts:
+            point_features = torch.cat([point_features, coords], dim=-1)
+        return self.mlp(point_features)
+
+
+class PointingAttention(nn.Module):
+    """Logits between keys [..., K, D] and queries [..., Q, D] -> [..., K, Q] (spec: models.md 1.5)."""
+
+    TEMPERATURE = 0.07  # fixed, not learned
+
+    def __init__(self, pointing_dim: int, method: str = "cosine_sim"):
+        super().__init__()
+        if method not in ("cosine_sim", "dot_product", "additive"):
+            raise InputError(
+                f"unknown pointing_method {method!r}: use cosine_sim, dot_product or additive"
+            )
+        self.method = method
+        self.pointing_dim = pointing_dim
+        if method == "additive":
+            self.pointer_v = nn.Linear(pointing_dim, 1, bias=False)
+
+    def forward(self, key: torch.Tensor, query: torch.Tensor) -> torch.Tensor:
+        key, query = key.unsqueeze(-2), query.unsqueeze(-3)  # [..., K, 1, D], [..., 1, Q, D]
+        if self.method == "cosine_sim":
+            return F.cosine_similarity(key, query, dim=-1) / self.TEMPERATURE
+        if self.method == "dot_product":
+            return (key * query).sum(-1) / math.sqrt(self.pointing_dim)
+        return self.pointer_v(torch.tanh(key + query)).squeeze(-1)
+
+
+def pts_feature_dim(network_inputs: Sequence[str]) -> int:
+    """Per-point input features: 1 for saliency, 3 for rgb, 1 for patch_masks (tsdf is a volume)."""
+    unknown = set(network_inputs) - {"saliency", "rgb", "patch_masks", "tsdf"}
+    if unknown:
+        raise InputError(
+            f"unknown network_inputs {sorted(unknown)}: use saliency, rgb, patch_masks, tsdf"
+        )
+    return (
+        1 * ("saliency" in network_inputs)
+        + 3 * ("rgb" in network_inputs)
+        + ("patch_masks" in network_inputs)
+    )
+
+
+class SemAbs3D(nn.Module):
+    """OVSSC network: per-patch point features -> voxel grid -> 3D UNet -> implicit decoder.
+
+    Patches (one relevancy map per class) never interact: each goes through the shared network alone.
+    """
+
+    def __init__(
+        self,
+        voxel_shape: Sequence[int] = DEFAULT_VOXEL_SHAPE,
+        scene_bounds=DEFAULT_SCENE_BOUNDS,
+        unet_num_channels: int = 16,
+        unet_f_maps: int = 16,
+        unet_num_groups: int = 8,
+        unet_num_levels: int = 6,
+        network_inputs: Sequence[str] = ("saliency",),
+        use_pts_feat_extractor: bool = True,
+        pts_feat_extractor_hidden_dim: int = 128,
+        reduce_method: str = "max",
+        output_dim: int = 1,
+        decoder_concat_xyz_pts: bool = True,
+        fix_scatter_reduce: bool = False,
+        fix_decoder_sampling: bool = False,
+        activation_checkpointing: bool = False,
+        **kwargs,
+    ):
+        super().__init__()
+        self.register_buffer("steps", torch.zeros(1))
+        self.network_inputs = tuple(network_inputs)
+        self.virtual_grid = VirtualGrid(scene_bounds, voxel_shape)
+        self.scatter_reduce = reduce_method if fix_scatter_reduce else "mean"  # quirk B1
+        self.use_tsdf = "tsdf" in self.network_inputs
+        feature_dim = pts_feature_dim(self.network_inputs)
+        scattered_channels = unet_num_channels - self.use_tsdf
+        if use_pts_feat_extractor:
+            self.pts_feat_extractor = point_mlp(
+                3 + feature_dim, pts_feat_extractor_hidden_dim, scattered_channels
+            )
+            unet_in_channels = unet_num_channels
+        else:
+            self.pts_feat_extractor = None
+            unet_in_channels = feature_dim + self.use_tsdf
+        self.vol_feature_extractor = ResidualUNet3D(
+            in_channels=unet_in_channels,
+            out_channels=unet_num_channels,
+            f_maps=unet_f_maps,
+            num_groups=unet_num_groups,
+            num_levels=unet_num_levels,
+            activation_checkpointing=activation_checkpointing,
+        )
+        self.visual_sampler = ImplicitVolumetricDecoder(
+            unet_num_channels, output_dim, decoder_concat_xyz_pts, fix_sampling=fix_decoder_sampling
+        )
+        self.output_dim = output_dim
+        self.visual_volumetric_features = (
+            None  # last UNet output [B*P_in,C,X,Y,Z], read by VOOL wrappers
+        )
+
+    def encode(
+        self, input_xyz_pts: torch.Tensor, input_feature_pts: torch.Tensor, tsdf_vol=None
+    ) -> torch.Tensor:
+        """xyz [B,N,3], features [B,P,N,F] -> UNet volume [B*P,C,X,Y,Z] (batch-major: b0p0, b0p1, ...)."""
+        batch, num_patches, num_points, _ = input_feature_pts.shape
+        xyz = input_xyz_pts.repeat_interleave(num_patches, dim=0)  # [B*P,N,3]
+        features = input_feature_pts.reshape(batch * num_patches, num_points, -1)  # [B*P,N,F]
+        if self.pts_feat_extractor is not None:
+            features = self.pts_feat_extractor(torch.cat([xyz, features], dim=-1))  # [B*P,N,C]
+        volume = self.virtual_grid.scatter_points(
+            xyz, features, self.scatter_reduce
+        )  # [B*P,C,X,Y,Z]
+        if self.use_tsdf:
+            if tsdf_vol is None or tuple(tsdf_vol.shape[1:]) != self.virtual_grid.grid_shape:
+                got = None if tsdf_vol is None else tuple(tsdf_vol.shape)
+                raise InputError(
+                    f"tsdf_vol must be [B,{','.join(map(str, self.virtual_grid.grid_shape))}], got {got}"
+                )
+            tsdf = tsdf_vol.to(volume).repeat_interleave(num_patches, dim=0)[
+                :, None
+            ]  # [B*P,1,X,Y,Z]
+            volume = torch.cat([tsdf, volume], dim=1)
+        self.visual_volumetric_features = self.vol_feature_extractor(volume)
+        return self.visual_volumetric_features
+
+    def decode(
+        self, decoder: ImplicitVolumetricDecoder, volume: torch.Tensor, output_xyz_pts: torch.Tensor
+    ):
+        """volume [B*P_in,C,...], queries [B,P,M,3] -> [B,P,M,output_dim].
+
+        With P_in < P (one RGB volume shared by all classes), each volume answers the queries of all
+        P/P_in patches at once instead of being copied P times (fix B10, same output).
+        """
+        batch, num_patches, num_queries, _ = output_xyz_pts.shape
+        queries = output_xyz_pts.reshape(volume.shape[0], -1, 3)  # [B*P_in, (P/P_in)*M, 3]
+        return decoder(volume, self.virtual_grid, queries).view(batch, num_patches, num_queries, -1)
+
+    def forward(
+        self, input_xyz_pts, input_feature_pts, output_xyz_pts, tsdf_vol=None, **kwargs
+    ) -> torch.Tensor:
+        """-> [B,P,M] logits when output_dim is 1, else [B,P,M,output_dim] point features."""
+        volume = self.encode(input_xyz_pts, input_feature_pts, tsdf_vol)
+        output = self.decode(self.visual_sampler, volume, output_xyz_pts)
+        return output.squeeze(-1) if self.output_dim == 1 else output
+
+
+class SemanticAwareOVSSC(SemAbs3D):
+    """OVSSC baseline: RGB points -> 512-d CLIP-space point features; logits are cosine / 0.07 with the
+    class text features (semantic_class_features [B,P,512])."""
+
+    def __init__(self, clip_hidden_dim: int = CLIP_TEXT_DIM, **kwargs):
+        kwargs.update(output_dim=clip_hidden_dim, network_inputs=("rgb",))
+        super().__init__(**kwargs)
+        self.semantic_class_pointer = PointingAttention(
+            clip_hidden_dim, kwargs.get("pointing_method", "cosine_sim")
+        )
+
+    def forward(
+        self,
+        input_xyz_pts,
+        input_feature_pts,
+        output_xyz_pts,
+        semantic_class_features,
+        tsdf_vol=None,
+        **kwargs,
+    ):
+        batch, num_patches, num_queries, _ = output_xyz_pts.shape
+        point_features = super().forward(
+            input_xyz_pts, input_feature_pts, output_xyz_pts, tsdf_vol
+        )  # [B,P,M,512]
+        logits = self.semantic_class_pointer(
+            point_features.reshape(batch * num_patches, num_queries, -1),
+            semantic_class_features.reshape(batch * num_patches, 1, -1).to(point_features),
+        )  # [B*P,M,1]
+        return logits.view(batch, num_patches, num_queries)
+
+
+def batch_major(names: Sequence[Sequence[str]]) -> list[list[str]]:
+    """Strings collated as [D][B] (PyTorch's default collate of per-sample lists) -> [B][D]."""
+    return [list(row) for row in zip(*names)]
+
+
+class SemAbsVOOL(nn.Module):
+    """VOOL network: target and reference relevancy volumes from one shared completion net, a spatial
+    decoder on both, and cosine pointing against a learned embedding of the spatial relation."""
+
+    def __init__(
+        self,
+        pointing_method: str = "cosine_sim",
+        pointing_dim: int = 64,
+        decoder_concat_xyz_pts: bool = True,
+        unet_num_channels: int = 16,
+        fix_decoder_sampling: bool = False,
+        **kwargs,
+    ):
+        super().__init__()
+        self.register_buffer("steps", torch.zeros(1))
+        # Quirk B3: decoder_concat_xyz_pts is not passed on, so the completion net's own sampler has no xyz.
+        self.completion_net = SemAbs3D(
+            unet_num_channels=unet_num_channels,
+            fix_decoder_sampling=fix_decoder_sampling,
+            decoder_concat_xyz_pts=False,
+            **kwargs,
+        )
+        self.spatial_sampler = ImplicitVolumetricDecoder(
+            2 * unet_num_channels,
+            pointing_dim,
+            decoder_concat_xyz_pts,
+            fix_sampling=fix_decoder_sampling,
+        )
+        self.pointer = PointingAttention(pointing_dim, pointing_method)
+        self.relation_embeddings = nn.ParameterDict(
+            {name: nn.Parameter(torch.randn(pointing_dim)) for name in sorted(SPATIAL_RELATIONS)}
+        )
+
+    def embed_relations(self, spatial_relation_name: Sequence[Sequence[str]]) -> torch.Tensor:
+        """Relation names laid out [D][B] -> embeddings [B,D,pointing_dim]."""
+        rows = batch_major(spatial_relation_name)
+        for name in {name for row in rows for name in row} - set(self.relation_embeddings):
+            raise InputError(
+                f"unknown spatial relation {name!r}: known relations are {sorted(self.relation_embeddings)}"
+            )
+        return torch.stack(
+            [torch.stack([self.relation_embeddings[name] for name in row]) for row in rows]
+        )
+
+    def point(self, point_features: torch.Tensor, query: torch.Tensor) -> torch.Tensor:
+        """point_features [B*D,M,E], query [B,D,E] -> logits [B,D,M]."""
+        batch, num_descs, _ = query.shape
+        logits = self.pointer(point_features, query.reshape(batch * num_descs, 1, -1))  # [B*D,M,1]
+        return logits.view(batch, num_descs, -1)
+
+    def forward(
+        self,
+        input_xyz_pts,
+        input_target_saliency_pts,
+        input_reference_saliency_pts,
+        output_xyz_pts,
+        spatial_relation_name,
+        tsdf_vol=None,
+        **kwargs,
+    ) -> torch.Tensor:
+        batch, num_descs, num_queries, _ = output_xyz_pts.shape
+        # One UNet batch holds target then reference volumes; GroupNorm is per sample, so this equals
+        # two separate passes of the shared completion net.
+        saliencies = torch.cat(
+            [input_target_saliency_pts, input_reference_saliency_pts], dim=0
+        )  # [2B,D,N,1]
+        volumes = self.completion_net.encode(input_xyz_pts.repeat(2, 1, 1), saliencies, tsdf_vol)
+        target_volume, reference_volume = volumes.chunk(2, dim=0)  # [B*D,C,X,Y,Z] each
+        volume = torch.cat([target_volume, reference_volume], dim=1)  # [B*D,2C,X,Y,Z]
+        point_features = self.spatial_sampler(
+            volume,
+            self.completion_net.virtual_grid,
+            output_xyz_pts.reshape(batch * num_descs, num_queries, 3),
+        )  # [B*D,M,E]
+        return self.point(
+            point_features, self.embed_relations(spatial_relation_name).to(point_features)
+        )
+
+
+TextEncoder = Callable[[list[str]], torch.Tensor]  # names -> [len(names), 512] CLIP text features
+
+
+class SemanticAwareVOOL(SemAbsVOOL):
+    """VOOL baseline: RGB completion net with a 64-d point head; the query is an MLP of the CLIP text
+    features of the target and reference names (bare names, not normalised) and the relation embedding.
+
+    The text features come from the batch (target_obj_text_features / reference_obj_text_features,
+    [B,D,512]) when present, else from `text_encoder(names)` (e.g. open_clip ViT-B-32 encode_text).
+    """
+
+    def __init__(
+        self,
+        pointing_dim: int = 64,
+        clip_hidden_dim: int = CLIP_TEXT_DIM,
+        text_encoder: TextEncoder | None = None,
+        **kwargs,
+    ):
+        kwargs.update(network_inputs=("rgb",), output_dim=pointing_dim)
+        super().__init__(pointing_dim=pointing_dim, **kwargs)
+        self.mlp = nn.Linear(2 * clip_hidden_dim + pointing_dim, pointing_dim)
+        self.text_encoder = text_encoder
+
+    def encode_names(self, names: Sequence[Sequence[str]]) -> torch.Tensor:
+        """Names laid out [D][B] -> [B,D,512] text features."""
+        if self.text_encoder is None:
+            raise InputError(
+                "SemanticAwareVOOL needs CLIP text features: pass target_obj_text_features/"
+                "reference_obj_text_features in the batch or build the network with a text_encoder"
+            )
+        rows = batch_major(names)
+        features = self.text_encoder([name for row in rows for name in row])
+        return features.view(len(rows), len(rows[0]), -1)
+
+    def forward(
+        self,
+        input_xyz_pts,
+        input_rgb_pts,
+        output_xyz_pts,
+        spatial_relation_name,
+        target_obj_name=None,
+        reference_obj_name=None,
+        target_obj_text_features=None,
+        reference_obj_text_features=None,
+        tsdf_vol=None,
+        **kwargs,
+    ) -> torch.Tensor:
+        batch, num_descs, num_queries, _ = output_xyz_pts.shape
+        point_features = self.completion_net(
+            input_xyz_pts, input_rgb_pts, output_xyz_pts, tsdf_vol
+        )  # [B,D,M,E]
+        if target_obj_text_features is None:
+            target_obj_text_features = self.encode_names(target_obj_name)
+        if reference_obj_text_features is None:
+            reference_obj_text_features = self.encode_names(reference_obj_name)
+        relations = self.embed_relations(spatial_relation_name).to(point_features)
+        query = self.mlp(
+            torch.cat(
+                [
+                    target_obj_text_features.to(point_features),
+                    reference_obj_text_features.to(point_features),
+                    relations,
+                ],
+                dim=-1,
+            )
+        )  # [B,D,E]
+        return self.point(point_features.reshape(batch * num_descs, num_queries, -1), query)
+
+
+class ClipSpatialVOOL(nn.Module):
+    """VOOL baseline: the relevancy of the whole description sentence -> completion net -> logits."""
+
+    def __init__(
+        self,
+        decoder_concat_xyz_pts: bool = True,
+        unet_num_channels: int = 16,
+        fix_decoder_sampling: bool = False,
+        **kwargs,
+    ):
+        super().__init__()
+        self.register_buffer("steps", torch.zeros(1))
+        self.completion_net = SemAbs3D(
+            unet_num_channels=unet_num_channels,
+            fix_decoder_sampling=fix_decoder_sampling,
+            decoder_concat_xyz_pts=False,
+            **kwargs,
+        )  # quirk B3, as in SemAbsVOOL
+        self.spatial_sampler = ImplicitVolumetricDecoder(
+            unet_num_channels, 1, decoder_concat_xyz_pts, fix_sampling=fix_decoder_sampling
+        )
+
+    def forward(
+        self, input_xyz_pts, input_description_saliency_pts, output_xyz_pts, tsdf_vol=None, **kwargs
+    ) -> torch.Tensor:
+        volume = self.completion_net.encode(input_xyz_pts, input_description_saliency_pts, tsdf_vol)
+        logits = self.completion_net.decode(
+            self.spatial_sampler, volume, output_xyz_pts
+        )  # [B,D,M,1]
+        return logits.squeeze(-1)
+
+
+OVSSC_NETWORKS = {"semantic_abstraction": SemAbs3D, "semantic_aware": SemanticAwareOVSSC}
+VOOL_NETWORKS = {
+    "semantic_abstraction": SemAbsVOOL,
+    "semantic_aware": SemanticAwareVOOL,
+    "clip_spatial": ClipSpatialVOOL,
+}
+NETWORKS = {"ovssc": OVSSC_NETWORKS, "vool": VOOL_NETWORKS}
+
+
+def build_network(task: str, approach: str = "semantic_abstraction", **config) -> nn.Module:
+    """The network the training scripts build for (task, approach), from a config like args.pkl's."""
+    if task not in NETWORKS:
+        raise InputError(f"unknown task {task!r}: use ovssc or vool")
+    if approach not in NETWORKS[task]:
+        raise InputError(
+            f"unknown {task} approach {approach!r}: use one of {sorted(NETWORKS[task])}"
+        )
+    return NETWORKS[task][approach](**config)
