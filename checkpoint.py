@@ -1,0 +1,112 @@
+"""Checkpoints in the released format (spec: models.md section 5, train-eval.md 1.6).
+
+A checkpoint is a dict {"net": network state dict, "optimizer": Lamb state dict, "epochs": last finished
+epoch + 1}. The released `ovssc.pth` and `vool.pth` were saved from DDP, so their keys start with
+`module.`. The original loader kept the text after the first "module." anywhere in a key, which
+mangles keys of checkpoints saved without DDP ("basic_module." matches too: bug B8). This loader
+strips only a leading `module.`, so both kinds load, and it refuses a checkpoint that does not fit the
+network with one line naming the missing, unexpected and mis-shaped keys, before touching the network.
+We save the bare network's keys (no `module.`), which this loader and a DDP-wrapped network both accept.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from utils import InputError, atomic_path
+
+DDP_PREFIX = "module."
+
+
+def unwrap(net: nn.Module) -> nn.Module:
+    """The bare network inside a DistributedDataParallel wrapper (or the network itself)."""
+    return net.module if isinstance(net, nn.parallel.DistributedDataParallel) else net
+
+
+def read_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict:
+    """Read a checkpoint file; any problem is an InputError naming the file."""
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"checkpoint {path} does not exist")
+    try:
+        checkpoint = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as error:  # torch raises many types for truncated or foreign files
+        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise InputError(f"checkpoint {path} cannot be read: {reason}") from error
+    if not isinstance(checkpoint, Mapping) or not isinstance(checkpoint.get("net"), Mapping):
+        found = sorted(checkpoint) if isinstance(checkpoint, Mapping) else type(checkpoint).__name__
+        raise InputError(f"{path} is not a semabs checkpoint: expected a dict with net, optimizer, epochs; found {found}")
+    return dict(checkpoint)
+
+
+def strip_ddp_prefix(state_dict: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Remove a leading `module.` from every key that has one (only there, never inside a key)."""
+    return {key.removeprefix(DDP_PREFIX): value for key, value in state_dict.items()}
+
+
+def describe_state_dict(state_dict: Mapping[str, torch.Tensor]) -> str:
+    """Which of our networks a (prefix-free) state dict looks like, for error messages."""
+    if "completion_net.pts_feat_extractor.0.weight" in state_dict:
+        if "mlp.weight" in state_dict:
+            return "SemanticAwareVOOL"
+        return "SemAbsVOOL" if "relation_embeddings.[pad]" in state_dict else "ClipSpatialVOOL"
+    sampler_out = state_dict.get("visual_sampler.mlp.2.weight")
+    if sampler_out is not None:
+        return "SemAbs3D" if sampler_out.shape[0] == 1 else "SemanticAwareOVSSC"
+    return "an unknown network"
+
+
+def _examples(keys: list[str], limit: int = 3) -> str:
+    shown = ", ".join(keys[:limit])
+    return shown + (", ..." if len(keys) > limit else "")
+
+
+def check_state_dict(net: nn.Module, state_dict: Mapping[str, torch.Tensor], source: str) -> None:
+    """Raise one InputError line if state_dict does not fit net exactly (keys and shapes)."""
+    expected = net.state_dict()
+    missing = [key for key in expected if key not in state_dict]
+    unexpected = [key for key in state_dict if key not in expected]
+    wrong_shape = [
+        f"{key} {list(state_dict[key].shape)} vs {list(value.shape)}"
+        for key, value in expected.items()
+        if key in state_dict and state_dict[key].shape != value.shape
+    ]
+    if not (missing or unexpected or wrong_shape):
+        return
+    problems = [
+        f"{len(keys)} {what} ({_examples(keys)})"
+        for what, keys in (("missing keys", missing), ("unexpected keys", unexpected), ("wrong shapes", wrong_shape))
+        if keys
+    ]
+    raise InputError(
+        f"{source} holds a {describe_state_dict(state_dict)} state dict that does not fit "
+        f"{type(net).__name__}: {'; '.join(problems)}"
+    )
+
+
+def load_network(net: nn.Module, path: str | Path, map_location: str | torch.device = "cpu") -> dict:
+    """Load a checkpoint's network weights into net (bare or DDP-wrapped); return the checkpoint dict.
+
+    Either every tensor is loaded or, on any mismatch, none is and an InputError explains why.
+    """
+    checkpoint = read_checkpoint(path, map_location)
+    state_dict = strip_ddp_prefix(checkpoint["net"])
+    bare = unwrap(net)
+    check_state_dict(bare, state_dict, source=f"checkpoint {path}")
+    bare.load_state_dict(state_dict)
+    return checkpoint
+
+
+def save_checkpoint(path: str | Path, net: nn.Module, optimizer: torch.optim.Optimizer | None, epochs: int) -> None:
+    """Write {"net", "optimizer", "epochs"} atomically: an existing file survives a crash mid-write."""
+    checkpoint = {
+        "net": unwrap(net).state_dict(),
+        "optimizer": optimizer.state_dict() if optimizer is not None else {},
+        "epochs": epochs,
+    }
+    with atomic_path(path) as tmp:
+        torch.save(checkpoint, tmp)

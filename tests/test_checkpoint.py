@@ -1,0 +1,125 @@
+"""Checkpoint round trips, the DDP prefix, and clear refusals of foreign or broken files."""
+
+import pytest
+import torch
+from net_fixtures import random_batch, small_network
+
+from checkpoint import load_network, save_checkpoint
+from lamb import Lamb
+from utils import InputError
+
+
+def _outputs(network, batch):
+    with torch.no_grad():
+        return network.eval()(**batch)
+
+
+@pytest.mark.parametrize("name", ["SemAbs3D", "SemAbsVOOL"])
+def test_save_then_load_gives_bit_identical_outputs(tmp_path, name):
+    trained = small_network(name, seed=0)
+    optimizer = Lamb(trained.parameters())
+    batch = random_batch(name)
+    trained(**batch).mean().backward()
+    optimizer.step()
+    trained.steps += 1
+    save_checkpoint(tmp_path / "ckpt.pth", trained, optimizer, epochs=3)
+
+    fresh = small_network(name, seed=1)
+    assert not torch.equal(_outputs(fresh, batch), _outputs(trained, batch))
+    checkpoint = load_network(fresh, tmp_path / "ckpt.pth")
+    assert torch.equal(_outputs(fresh, batch), _outputs(trained, batch))
+    assert checkpoint["epochs"] == 3 and fresh.steps.item() == 1
+    resumed = Lamb(fresh.parameters())
+    resumed.load_state_dict(checkpoint["optimizer"])
+    assert resumed.state_dict()["state"].keys() == optimizer.state_dict()["state"].keys()
+
+
+def test_ddp_prefixed_checkpoint_loads_and_only_the_leading_prefix_is_stripped(tmp_path):
+    source = small_network("SemAbs3D", seed=0)
+    # The released files were saved from DDP: every key starts with "module.".
+    state = {f"module.{key}": value for key, value in source.state_dict().items()}
+    assert any("basic_module." in key for key in state)  # the original loader mangled these (B8)
+    torch.save({"net": state, "optimizer": {}, "epochs": 200}, tmp_path / "ddp.pth")
+    target = small_network("SemAbs3D", seed=1)
+    load_network(target, tmp_path / "ddp.pth")
+    for key, value in source.state_dict().items():
+        assert torch.equal(target.state_dict()[key], value)
+
+
+def test_loads_into_a_ddp_wrapped_network(tmp_path, monkeypatch):
+    import torch.distributed as dist
+
+    monkeypatch.setenv("MASTER_ADDR", "127.0.0.1")
+    monkeypatch.setenv("MASTER_PORT", "29517")
+    dist.init_process_group("gloo", rank=0, world_size=1)
+    try:
+        source = small_network("SemAbs3D", seed=0)
+        save_checkpoint(tmp_path / "c.pth", source, None, epochs=1)
+        wrapped = torch.nn.parallel.DistributedDataParallel(small_network("SemAbs3D", seed=1))
+        load_network(wrapped, tmp_path / "c.pth")
+        assert torch.equal(
+            wrapped.module.vol_feature_extractor.final_conv.weight,
+            source.vol_feature_extractor.final_conv.weight,
+        )
+        save_checkpoint(tmp_path / "d.pth", wrapped, None, epochs=1)
+        assert not any(key.startswith("module.") for key in torch.load(tmp_path / "d.pth")["net"])
+    finally:
+        dist.destroy_process_group()
+
+
+def test_checkpoint_of_another_network_is_refused_untouched(tmp_path):
+    save_checkpoint(tmp_path / "vool.pth", small_network("SemAbsVOOL"), None, epochs=1)
+    target = small_network("SemAbs3D", seed=5)
+    before = {key: value.clone() for key, value in target.state_dict().items()}
+    with pytest.raises(InputError) as error:
+        load_network(target, tmp_path / "vool.pth")
+    message = str(error.value)
+    assert "\n" not in message
+    assert "SemAbsVOOL state dict that does not fit SemAbs3D" in message
+    assert "missing keys" in message and "unexpected keys" in message
+    assert all(torch.equal(before[key], value) for key, value in target.state_dict().items())
+
+
+def test_wrong_shapes_are_named(tmp_path):
+    save_checkpoint(tmp_path / "wide.pth", small_network("SemAbs3D", unet_f_maps=4), None, epochs=1)
+    with pytest.raises(
+        InputError, match=r"wrong shapes \(pts_feat_extractor|wrong shapes \(vol_feature_extractor"
+    ):
+        load_network(small_network("SemAbs3D"), tmp_path / "wide.pth")
+
+
+def test_corrupted_missing_and_foreign_files_give_one_line(tmp_path):
+    good = tmp_path / "good.pth"
+    save_checkpoint(good, small_network("SemAbs3D"), None, epochs=1)
+    truncated = tmp_path / "truncated.pth"
+    truncated.write_bytes(good.read_bytes()[:1000])
+    not_a_dict = tmp_path / "tensor.pth"
+    torch.save(torch.ones(3), not_a_dict)
+    no_net = tmp_path / "no_net.pth"
+    torch.save({"model": {}}, no_net)
+    cases = [
+        (tmp_path / "absent.pth", "does not exist"),
+        (truncated, "cannot be read"),
+        (not_a_dict, "is not a semabs checkpoint"),
+        (no_net, r"is not a semabs checkpoint.*\['model'\]"),
+    ]
+    for path, pattern in cases:
+        with pytest.raises(InputError, match=pattern) as error:
+            load_network(small_network("SemAbs3D"), path)
+        assert "\n" not in str(error.value)
+
+
+def test_save_is_atomic_when_interrupted(tmp_path, monkeypatch):
+    path = tmp_path / "latest.pth"
+    network = small_network("SemAbs3D")
+    save_checkpoint(path, network, None, epochs=1)
+    original = path.read_bytes()
+
+    def crash(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(torch, "save", crash)
+    with pytest.raises(KeyboardInterrupt):
+        save_checkpoint(path, network, None, epochs=2)
+    assert path.read_bytes() == original
+    assert [p.name for p in tmp_path.iterdir()] == ["latest.pth"]  # no temp file left behind

@@ -1,0 +1,177 @@
+"""VirtualGrid indexing, point scattering and the decoder's trilinear sampling (quirks B1, B2)."""
+
+import itertools
+
+import numpy as np
+import pytest
+import torch
+
+import net
+
+BOUNDS = net.DEFAULT_SCENE_BOUNDS
+
+
+def test_grid_index_hand_computed_cases():
+    grid = net.VirtualGrid(BOUNDS, (128, 128, 128))
+    pitch = 2.0 / 127
+    points = torch.tensor(
+        [
+            [-1.0, -1.0, -0.1],  # lower corner -> 0
+            [1.0, 1.0, 1.9],  # upper corner -> 127 (the last index holds only the boundary)
+            [0.0, 0.0, 0.9],  # centre: u = 63.5 -> 63
+            [-1 + 5.5 * pitch, -1 + 0.99 * pitch, -0.1 + 126.2 * pitch],  # -> (5, 0, 126)
+            [-3.0, 2.0, 0.0],  # outside: clamped -> (0, 127, 6)
+        ]
+    )
+    expected = [(0, 0, 0), (127, 127, 127), (63, 63, 63), (5, 0, 126), (0, 127, int(0.1 / pitch))]
+    voxel = grid.continuous_index(points).long()
+    assert voxel.tolist() == [list(e) for e in expected]
+    flat = grid.flat_index(points)
+    assert flat.tolist() == [x * 128 * 128 + y * 128 + z for x, y, z in expected]
+
+
+def test_grid_follows_input_dtype():
+    grid = net.VirtualGrid(BOUNDS, (8, 8, 8))
+    index = grid.continuous_index(torch.zeros(2, 3, dtype=torch.float64))
+    assert index.dtype == torch.float64
+
+
+def test_grid_rejects_bad_bounds():
+    with pytest.raises(net.InputError, match="scene_bounds"):
+        net.VirtualGrid([[0, 0, 0], [1, -1, 1]], (8, 8, 8))
+
+
+@pytest.mark.parametrize("reduce", ["mean", "max"])
+def test_scatter_matches_brute_force_loop(reduce):
+    grid_shape = (6, 5, 4)
+    grid = net.VirtualGrid(BOUNDS, grid_shape)
+    g = torch.Generator().manual_seed(0)
+    lower, upper = torch.tensor(BOUNDS)
+    xyz = lower + torch.rand(2, 300, 3, generator=g) * (upper - lower)
+    features = torch.randn(2, 300, 3, generator=g)
+    volume = grid.scatter_points(xyz, features, reduce)
+    assert volume.shape == (2, 3, *grid_shape)
+
+    pitch = (upper - lower) / (torch.tensor(grid_shape) - 1)
+    expected = np.zeros((2, 3, *grid_shape))
+    for b in range(2):
+        cells = {}
+        for p, f in zip(xyz[b].tolist(), features[b].tolist(), strict=True):
+            index = tuple(
+                min(max(int((p[a] - lower[a].item()) / pitch[a].item()), 0), grid_shape[a] - 1)
+                for a in range(3)
+            )
+            cells.setdefault(index, []).append(f)
+        for (x, y, z), feats in cells.items():
+            feats = np.array(feats)
+            expected[b, :, x, y, z] = feats.mean(0) if reduce == "mean" else feats.max(0)
+    np.testing.assert_allclose(volume.numpy(), expected, rtol=1e-5, atol=1e-6)
+
+
+def _scattered_volume(network, xyz, values):
+    seen = []
+    network.vol_feature_extractor.register_forward_pre_hook(lambda m, i: seen.append(i[0]))
+    output_xyz = torch.zeros(1, 1, 1, 3)
+    network(input_xyz_pts=xyz, input_feature_pts=values, output_xyz_pts=output_xyz)
+    return seen[0]
+
+
+@pytest.mark.parametrize("fix, expected", [(False, 2.0), (True, 3.0)])
+def test_semabs3d_scatter_is_mean_unless_fixed(fix, expected):
+    """Quirk B1: two points with features 1 and 3 in one voxel give 2.0 although reduce_method is max."""
+    network = net.SemAbs3D(
+        voxel_shape=(8, 8, 8),
+        unet_num_levels=2,
+        unet_num_channels=1,
+        unet_num_groups=1,
+        use_pts_feat_extractor=False,
+        reduce_method="max",
+        fix_scatter_reduce=fix,
+    )
+    xyz = torch.tensor([[[0.01, 0.02, 0.93], [0.02, 0.01, 0.94]]])
+    values = torch.tensor([[[[1.0], [3.0]]]])  # [B=1, P=1, N=2, F=1]
+    volume = _scattered_volume(network, xyz, values)
+    index = tuple(network.virtual_grid.continuous_index(xyz[0, 0]).long().tolist())
+    assert volume[0, 0][index].item() == expected
+    assert volume.sum().item() == expected  # every other voxel is empty (0)
+
+
+def _trilinear_border(volume: np.ndarray, position) -> np.ndarray:
+    """volume [C,X,Y,Z] at a continuous (a, b, c) voxel position, clamping to the border."""
+    sizes = volume.shape[1:]
+    position = [min(max(p, 0.0), s - 1) for p, s in zip(position, sizes, strict=True)]
+    base = [min(int(np.floor(p)), s - 2) for p, s in zip(position, sizes, strict=True)]
+    frac = [p - b for p, b in zip(position, base, strict=True)]
+    value = np.zeros(volume.shape[0])
+    for corner in itertools.product((0, 1), repeat=3):
+        weight = np.prod([f if c else 1 - f for f, c in zip(frac, corner, strict=True)])
+        value += weight * volume[:, base[0] + corner[0], base[1] + corner[1], base[2] + corner[2]]
+    return value
+
+
+@pytest.mark.parametrize("fix", [False, True])
+def test_decoder_sampling_against_independent_trilinear(fix):
+    G = 8
+    grid = net.VirtualGrid(BOUNDS, (G, G, G))
+    decoder = net.ImplicitVolumetricDecoder(
+        hidden_size=4, output_dim=1, concat_xyz_pts=True, fix_sampling=fix
+    )
+    decoder.mlp = torch.nn.Identity()  # look at what the MLP would receive
+    g = torch.Generator().manual_seed(1)
+    volume = torch.randn(1, 4, G, G, G, generator=g)
+    lower, upper = torch.tensor(BOUNDS)
+    queries = lower + torch.rand(1, 50, 3, generator=g) * (upper - lower)
+    out = decoder(volume, grid, queries)[0]  # [M, 4 + 3]
+
+    for query, row in zip(queries[0], out, strict=True):
+        u = ((query - lower) * (G - 1) / (upper - lower)).tolist()  # continuous (ux, uy, uz)
+        if fix:
+            position, coords = u, [2 * c / (G - 1) - 1 for c in u]
+        else:
+            # Quirk B2: normalised by G, and read with x and z swapped: (uz, uy, ux) * (G-1)/G.
+            position = [u[2] * (G - 1) / G, u[1] * (G - 1) / G, u[0] * (G - 1) / G]
+            coords = [2 * c / G - 1 for c in u]
+        np.testing.assert_allclose(
+            row[:4].numpy(), _trilinear_border(volume[0].numpy(), position), atol=1e-5
+        )
+        np.testing.assert_allclose(row[4:].numpy(), coords, atol=1e-6)
+
+
+def test_fixed_decoder_reads_grid_points_exactly():
+    G = 6
+    grid = net.VirtualGrid(BOUNDS, (G, G, G))
+    decoder = net.ImplicitVolumetricDecoder(
+        hidden_size=2, output_dim=1, concat_xyz_pts=False, fix_sampling=True
+    )
+    decoder.mlp = torch.nn.Identity()
+    volume = torch.randn(1, 2, G, G, G)
+    lower, upper = torch.tensor(BOUNDS)
+    index = torch.tensor([[1, 4, 2], [5, 0, 3], [0, 0, 0]])
+    queries = (lower + index * (upper - lower) / (G - 1))[None].float()
+    out = decoder(volume, grid, queries)[0]
+    expected = torch.stack([volume[0, :, x, y, z] for x, y, z in index.tolist()])
+    torch.testing.assert_close(out, expected, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize(
+    "method, reference",
+    [
+        ("cosine_sim", lambda k, q: torch.nn.functional.cosine_similarity(k, q, dim=-1) / 0.07),
+        ("dot_product", lambda k, q: (k * q).sum(-1) / 4.0),
+    ],
+)
+def test_pointing_attention_formulas(method, reference):
+    pointer = net.PointingAttention(16, method)
+    key, query = torch.randn(3, 5, 16), torch.randn(3, 2, 16)
+    logits = pointer(key, query)
+    assert logits.shape == (3, 5, 2)
+    for k, q in itertools.product(range(5), range(2)):
+        torch.testing.assert_close(logits[:, k, q], reference(key[:, k], query[:, q]))
+
+
+def test_additive_pointing_has_its_vector():
+    pointer = net.PointingAttention(8, "additive")
+    assert pointer.pointer_v.weight.shape == (1, 8)
+    key, query = torch.randn(2, 4, 8), torch.randn(2, 1, 8)
+    expected = torch.tanh(key + query) @ pointer.pointer_v.weight[0]
+    torch.testing.assert_close(pointer(key, query)[..., 0], expected)
