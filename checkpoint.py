@@ -39,7 +39,9 @@ def read_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
         raise InputError(f"checkpoint {path} cannot be read: {reason}") from error
     if not isinstance(checkpoint, Mapping) or not isinstance(checkpoint.get("net"), Mapping):
         found = sorted(checkpoint) if isinstance(checkpoint, Mapping) else type(checkpoint).__name__
-        raise InputError(f"{path} is not a semabs checkpoint: expected a dict with net, optimizer, epochs; found {found}")
+        raise InputError(
+            f"{path} is not a semabs checkpoint: expected a dict with net, optimizer, epochs; found {found}"
+        )
     return dict(checkpoint)
 
 
@@ -79,7 +81,11 @@ def check_state_dict(net: nn.Module, state_dict: Mapping[str, torch.Tensor], sou
         return
     problems = [
         f"{len(keys)} {what} ({_examples(keys)})"
-        for what, keys in (("missing keys", missing), ("unexpected keys", unexpected), ("wrong shapes", wrong_shape))
+        for what, keys in (
+            ("missing keys", missing),
+            ("unexpected keys", unexpected),
+            ("wrong shapes", wrong_shape),
+        )
         if keys
     ]
     raise InputError(
@@ -88,7 +94,9 @@ def check_state_dict(net: nn.Module, state_dict: Mapping[str, torch.Tensor], sou
     )
 
 
-def load_network(net: nn.Module, path: str | Path, map_location: str | torch.device = "cpu") -> dict:
+def load_network(
+    net: nn.Module, path: str | Path, map_location: str | torch.device = "cpu"
+) -> dict:
     """Load a checkpoint's network weights into net (bare or DDP-wrapped); return the checkpoint dict.
 
     Either every tensor is loaded or, on any mismatch, none is and an InputError explains why.
@@ -101,7 +109,9 @@ def load_network(net: nn.Module, path: str | Path, map_location: str | torch.dev
     return checkpoint
 
 
-def save_checkpoint(path: str | Path, net: nn.Module, optimizer: torch.optim.Optimizer | None, epochs: int) -> None:
+def save_checkpoint(
+    path: str | Path, net: nn.Module, optimizer: torch.optim.Optimizer | None, epochs: int
+) -> None:
     """Write {"net", "optimizer", "epochs"} atomically: an existing file survives a crash mid-write."""
     checkpoint = {
         "net": unwrap(net).state_dict(),

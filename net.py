@@ -32,7 +32,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from unet3d import ResidualUNet3D
+from unet3d import ResidualUNet3D, maybe_checkpoint
 from utils import InputError
 
 DEFAULT_SCENE_BOUNDS = ((-1.0, -1.0, -0.1), (1.0, 1.0, 1.9))  # metres, (lower corner, upper corner)
@@ -96,7 +96,7 @@ class VirtualGrid:
                 0, index, flat_features
             )
             counts = torch.bincount(index, minlength=batch * self.num_voxels).clamp_(min=1)
-            volume = sums / counts[:, None].to(sums.dtype)
+            volume = sums.div_(counts[:, None].to(sums.dtype))  # in place: index_add_ keeps nothing
         elif reduce == "max":
             volume = features.new_zeros(batch * self.num_voxels, channels).scatter_reduce(
                 0,
@@ -262,6 +262,7 @@ class SemAbs3D(nn.Module):
             unet_num_channels, output_dim, decoder_concat_xyz_pts, fix_sampling=fix_decoder_sampling
         )
         self.output_dim = output_dim
+        self.activation_checkpointing = activation_checkpointing
         self.visual_volumetric_features = (
             None  # last UNet output [B*P_in,C,X,Y,Z], read by VOOL wrappers
         )
@@ -274,7 +275,11 @@ class SemAbs3D(nn.Module):
         xyz = input_xyz_pts.repeat_interleave(num_patches, dim=0)  # [B*P,N,3]
         features = input_feature_pts.reshape(batch * num_patches, num_points, -1)  # [B*P,N,F]
         if self.pts_feat_extractor is not None:
-            features = self.pts_feat_extractor(torch.cat([xyz, features], dim=-1))  # [B*P,N,C]
+            features = maybe_checkpoint(
+                self.activation_checkpointing,
+                self.pts_feat_extractor,
+                torch.cat([xyz, features], dim=-1),
+            )  # [B*P,N,C]
         volume = self.virtual_grid.scatter_points(
             xyz, features, self.scatter_reduce
         )  # [B*P,C,X,Y,Z]

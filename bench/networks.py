@@ -1,0 +1,162 @@
+"""Speed and memory of SemAbs3D and SemAbsVOOL: forward, training step (forward, loss, backward, grad
+clip, LAMB step) and peak memory, at the default config and at a small one.
+
+    python bench/networks.py                      # all cases, CPU, 2 threads
+    python bench/networks.py --case ovssc-default --activation-checkpointing
+    python bench/networks.py --device cuda
+
+Each case runs in a fresh process so that its peak memory (max RSS on CPU, max allocated on CUDA) is
+its own. Reference (models.md 6): the original code on a 2-core CPU takes about 53 s per default OVSSC
+training step (15 s forward, 38 s backward and step) with a 4.3 GB peak.
+"""
+
+from __future__ import annotations
+
+import json
+import multiprocessing as mp
+import resource
+import sys
+import time
+from pathlib import Path
+
+import typer
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+CASES = {
+    # name: (network, config overrides, N input points, M query points)
+    "ovssc-default": ("SemAbs3D", {}, 80_000, 400_000),
+    "vool-default": ("SemAbsVOOL", {}, 80_000, 400_000),
+    "ovssc-small": ("SemAbs3D", dict(voxel_shape=(64, 64, 64), unet_num_levels=5), 20_000, 50_000),
+    "vool-small": ("SemAbsVOOL", dict(voxel_shape=(64, 64, 64), unet_num_levels=5), 20_000, 50_000),
+}
+REFERENCE_STEP_S, REFERENCE_PEAK_GB = 53.0, 4.3  # original, OVSSC default, 2-core CPU
+
+
+def make_batch(name: str, num_input: int, num_output: int, device):
+    import torch
+
+    import net
+
+    g = torch.Generator().manual_seed(0)
+    lower, upper = torch.tensor(net.DEFAULT_SCENE_BOUNDS)
+
+    def xyz(*shape):
+        return lower + torch.rand(*shape, 3, generator=g) * (upper - lower)
+
+    batch = {"input_xyz_pts": xyz(1, num_input), "output_xyz_pts": xyz(1, 1, num_output)}
+    saliency = lambda: torch.randn(1, 1, num_input, 1, generator=g) * 50  # noqa: E731
+    if name == "SemAbs3D":
+        batch["input_feature_pts"] = saliency()
+    else:
+        batch.update(input_target_saliency_pts=saliency(), input_reference_saliency_pts=saliency())
+        batch["spatial_relation_name"] = [["behind"]]
+    labels = (torch.rand(1, 1, num_output, generator=g) < 0.1).float()
+    return {k: v.to(device) if torch.is_tensor(v) else v for k, v in batch.items()}, labels.to(
+        device
+    )
+
+
+def run_case(
+    case: str, device: str, threads: int, checkpointing: bool, repeats: int, queue
+) -> None:
+    import torch
+
+    import net
+    from lamb import Lamb
+
+    torch.set_num_threads(threads)
+    name, overrides, num_input, num_output = CASES[case]
+    network_class = getattr(net, name)
+    network = network_class(**overrides, activation_checkpointing=checkpointing).to(device)
+    optimizer = Lamb(network.parameters(), lr=1e-3, weight_decay=1e-5)
+    batch, labels = make_batch(name, num_input, num_output, device)
+
+    def sync():
+        if device.startswith("cuda"):
+            torch.cuda.synchronize()
+
+    def forward_only():
+        with torch.no_grad():
+            network.eval()(**batch)
+
+    def train_step():
+        network.train()
+        optimizer.zero_grad(
+            set_to_none=True
+        )  # before the forward: last step's grads are freed early
+        loss = torch.nn.functional.binary_cross_entropy_with_logits(network(**batch), labels)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(network.parameters(), 2.0)
+        optimizer.step()
+        network.steps += 1
+
+    def timed(fn):
+        fn()  # warm-up (allocator, oneDNN primitive cache)
+        sync()
+        times = []
+        for _ in range(repeats):
+            start = time.perf_counter()
+            fn()
+            sync()
+            times.append(time.perf_counter() - start)
+        return min(times)
+
+    if device.startswith("cuda"):
+        torch.cuda.reset_peak_memory_stats()
+    forward_s = timed(forward_only)
+    step_s = timed(train_step)
+    if device.startswith("cuda"):
+        peak_gb = torch.cuda.max_memory_allocated() / 1e9
+    else:
+        peak_gb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6  # KiB -> GB
+    queue.put(dict(case=case, forward_s=forward_s, step_s=step_s, peak_gb=peak_gb))
+
+
+def main(
+    case: list[str] = typer.Option(list(CASES), help="cases to run"),
+    device: str = "cpu",
+    threads: int = 2,
+    activation_checkpointing: bool = typer.Option(False, help="recompute UNet blocks in backward"),
+    repeats: int = typer.Option(1, help="timed repeats after one warm-up; the minimum is reported"),
+) -> None:
+    context = mp.get_context("spawn")
+    results = []
+    for name in case:
+        queue = context.Queue()
+        process = context.Process(
+            target=run_case, args=(name, device, threads, activation_checkpointing, repeats, queue)
+        )
+        process.start()
+        process.join()
+        if process.exitcode != 0:
+            print(f"{name}: failed (exit code {process.exitcode})")
+            continue
+        result = queue.get()
+        results.append(result)
+        print(
+            f"{name:14s} forward {result['forward_s']:7.2f} s   train step {result['step_s']:7.2f} s   "
+            f"peak {'GPU' if device != 'cpu' else 'RSS'} {result['peak_gb']:5.2f} GB",
+            flush=True,
+        )
+    for result in results:
+        if result["case"] == "ovssc-default" and device == "cpu":
+            print(
+                f"ovssc-default vs original ({REFERENCE_STEP_S:.0f} s, {REFERENCE_PEAK_GB} GB): "
+                f"step {REFERENCE_STEP_S / result['step_s']:.2f}x faster, "
+                f"peak {result['peak_gb'] / REFERENCE_PEAK_GB:.2f}x"
+            )
+    print(
+        json.dumps(
+            dict(
+                device=device,
+                threads=threads,
+                activation_checkpointing=activation_checkpointing,
+                results=results,
+            )
+        )
+    )
+
+
+if __name__ == "__main__":
+    typer.run(main)
