@@ -353,14 +353,14 @@ def batch_major(names: Sequence[Sequence[str]]) -> list[list[str]]:
     return [list(row) for row in zip(*names)]
 
 
-class SemAbsVOOL(nn.Module):
-    """VOOL network: target and reference relevancy volumes from one shared completion net, a spatial
-    decoder on both, and cosine pointing against a learned embedding of the spatial relation."""
+class VOOLNetwork(nn.Module):
+    """What the VOOL networks share: a `steps` buffer, a SemAbs3D completion net, and a spatial
+    sampler reading `sampler_volumes` stacked completion volumes at the query points."""
 
     def __init__(
         self,
-        pointing_method: str = "cosine_sim",
-        pointing_dim: int = 64,
+        sampler_volumes: int,
+        sampler_output_dim: int,
         decoder_concat_xyz_pts: bool = True,
         unet_num_channels: int = 16,
         fix_decoder_sampling: bool = False,
@@ -368,7 +368,7 @@ class SemAbsVOOL(nn.Module):
     ):
         super().__init__()
         self.register_buffer("steps", torch.zeros(1))
-        # Quirk B3: decoder_concat_xyz_pts is not passed on, so the completion net's own sampler has no xyz.
+        # Quirk B3: decoder_concat_xyz_pts is not passed on, so the completion net's sampler has no xyz.
         self.completion_net = SemAbs3D(
             unet_num_channels=unet_num_channels,
             fix_decoder_sampling=fix_decoder_sampling,
@@ -376,11 +376,19 @@ class SemAbsVOOL(nn.Module):
             **kwargs,
         )
         self.spatial_sampler = ImplicitVolumetricDecoder(
-            2 * unet_num_channels,
-            pointing_dim,
+            sampler_volumes * unet_num_channels,
+            sampler_output_dim,
             decoder_concat_xyz_pts,
             fix_sampling=fix_decoder_sampling,
         )
+
+
+class SemAbsVOOL(VOOLNetwork):
+    """VOOL network: target and reference relevancy volumes from one shared completion net, a spatial
+    decoder on both, and cosine pointing against a learned embedding of the spatial relation."""
+
+    def __init__(self, pointing_method: str = "cosine_sim", pointing_dim: int = 64, **kwargs):
+        super().__init__(sampler_volumes=2, sampler_output_dim=pointing_dim, **kwargs)
         self.pointer = PointingAttention(pointing_dim, pointing_method)
         self.relation_embeddings = nn.ParameterDict(
             {name: nn.Parameter(torch.randn(pointing_dim)) for name in sorted(SPATIAL_RELATIONS)}
@@ -501,27 +509,11 @@ class SemanticAwareVOOL(SemAbsVOOL):
         return self.point(point_features.reshape(batch * num_descs, num_queries, -1), query)
 
 
-class ClipSpatialVOOL(nn.Module):
+class ClipSpatialVOOL(VOOLNetwork):
     """VOOL baseline: the relevancy of the whole description sentence -> completion net -> logits."""
 
-    def __init__(
-        self,
-        decoder_concat_xyz_pts: bool = True,
-        unet_num_channels: int = 16,
-        fix_decoder_sampling: bool = False,
-        **kwargs,
-    ):
-        super().__init__()
-        self.register_buffer("steps", torch.zeros(1))
-        self.completion_net = SemAbs3D(
-            unet_num_channels=unet_num_channels,
-            fix_decoder_sampling=fix_decoder_sampling,
-            decoder_concat_xyz_pts=False,
-            **kwargs,
-        )  # quirk B3, as in SemAbsVOOL
-        self.spatial_sampler = ImplicitVolumetricDecoder(
-            unet_num_channels, 1, decoder_concat_xyz_pts, fix_sampling=fix_decoder_sampling
-        )
+    def __init__(self, **kwargs):
+        super().__init__(sampler_volumes=1, sampler_output_dim=1, **kwargs)
 
     def forward(
         self, input_xyz_pts, input_description_saliency_pts, output_xyz_pts, tsdf_vol=None, **kwargs
