@@ -264,35 +264,35 @@ class SemAbs3D(nn.Module):
         self.output_dim = output_dim
         self.activation_checkpointing = activation_checkpointing
         self.visual_volumetric_features = (
-            None  # last UNet output [B*P_in,C,X,Y,Z], read by VOOL wrappers
+            None  # last UNet output [B*P_in,C,X,Y,Z], read by VOOL nets
         )
 
-    def encode(
-        self, input_xyz_pts: torch.Tensor, input_feature_pts: torch.Tensor, tsdf_vol=None
-    ) -> torch.Tensor:
-        """xyz [B,N,3], features [B,P,N,F] -> UNet volume [B*P,C,X,Y,Z] (batch-major: b0p0, b0p1, ...)."""
+    def voxelize(self, xyz: torch.Tensor, features: torch.Tensor, tsdf_vol=None) -> torch.Tensor:
+        """xyz [B',N,3], features [B',N,F] -> UNet input volume [B',C,X,Y,Z]."""
+        if self.pts_feat_extractor is not None:
+            point_input = torch.cat([xyz, features], dim=-1)  # [B',N,3+F]
+            features = maybe_checkpoint(
+                self.activation_checkpointing, self.pts_feat_extractor, point_input
+            )
+        volume = self.virtual_grid.scatter_points(
+            xyz, features, self.scatter_reduce
+        )  # [B',C,X,Y,Z]
+        if not self.use_tsdf:
+            return volume
+        grid_shape = self.virtual_grid.grid_shape
+        if tsdf_vol is None or tuple(tsdf_vol.shape[1:]) != grid_shape:
+            got = None if tsdf_vol is None else tuple(tsdf_vol.shape)
+            raise InputError(f"tsdf_vol must be [B,{','.join(map(str, grid_shape))}], got {got}")
+        # Batch-major like the features (the original paired them wrongly for B > 1: B7).
+        tsdf = tsdf_vol.to(volume).repeat_interleave(len(xyz) // len(tsdf_vol), dim=0)  # [B',X,Y,Z]
+        return torch.cat([tsdf[:, None], volume], dim=1)
+
+    def encode(self, input_xyz_pts: torch.Tensor, input_feature_pts: torch.Tensor, tsdf_vol=None):
+        """xyz [B,N,3], features [B,P,N,F] -> UNet volume [B*P,C,X,Y,Z], batch-major (b0p0, b0p1, ...)."""
         batch, num_patches, num_points, _ = input_feature_pts.shape
         xyz = input_xyz_pts.repeat_interleave(num_patches, dim=0)  # [B*P,N,3]
         features = input_feature_pts.reshape(batch * num_patches, num_points, -1)  # [B*P,N,F]
-        if self.pts_feat_extractor is not None:
-            features = maybe_checkpoint(
-                self.activation_checkpointing,
-                self.pts_feat_extractor,
-                torch.cat([xyz, features], dim=-1),
-            )  # [B*P,N,C]
-        volume = self.virtual_grid.scatter_points(
-            xyz, features, self.scatter_reduce
-        )  # [B*P,C,X,Y,Z]
-        if self.use_tsdf:
-            if tsdf_vol is None or tuple(tsdf_vol.shape[1:]) != self.virtual_grid.grid_shape:
-                got = None if tsdf_vol is None else tuple(tsdf_vol.shape)
-                raise InputError(
-                    f"tsdf_vol must be [B,{','.join(map(str, self.virtual_grid.grid_shape))}], got {got}"
-                )
-            tsdf = tsdf_vol.to(volume).repeat_interleave(num_patches, dim=0)[
-                :, None
-            ]  # [B*P,1,X,Y,Z]
-            volume = torch.cat([tsdf, volume], dim=1)
+        volume = self.voxelize(xyz, features, tsdf_vol)
         self.visual_volumetric_features = self.vol_feature_extractor(volume)
         return self.visual_volumetric_features
 
