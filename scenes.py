@@ -22,6 +22,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+import h5py
 import numpy as np
 import open3d as o3d
 
@@ -705,4 +706,74 @@ def generate_scene(seed: int, options: SceneOptions = PRESETS["full"]) -> dict:
         full_objid_pts=gt.objid,
         objid_to_class=[f"{name}[{k}]" for k, name in enumerate(gt.classes)],
         descriptions=gt.descriptions,
+    )
+
+
+TOP_LEVEL_KEYS = ("rgb", "depth", "seg", "tsdf_value_pts", "tsdf_xyz_pts", "full_xyz_pts", "full_objid_pts")
+TOP_LEVEL_DTYPES = dict(rgb=np.uint8, depth=np.float32, seg=np.int32, tsdf_value_pts=np.float32,
+                        tsdf_xyz_pts=np.float32, full_xyz_pts=np.float32, full_objid_pts=np.int32)  # fmt: skip
+DESCRIPTION_KEYS = ("target_obj_name", "target_obj_id", "target_obj_material", "reference_obj_name",
+                    "reference_obj_material", "spatial_relation_name")  # fmt: skip
+
+
+def _write_list(group, key: str, values: list, gzip: int) -> None:
+    """A Python list as the original `write_to_hdf5` stores it: vlen UTF-8 strings, int64, or (0,) float64."""
+    if not values:
+        group.create_dataset(key, data=np.zeros(0), compression="gzip", compression_opts=gzip)
+    elif isinstance(values[0], str):
+        group.create_dataset(key, data=values, dtype=h5py.string_dtype(), compression="gzip", compression_opts=gzip)
+    else:
+        group.create_dataset(key, data=np.asarray(values, np.int64), compression="gzip", compression_opts=gzip)
+
+
+def write_scene_file(path, scene: dict, relevancy_size: int = 128, gzip: int = 9) -> None:
+    """Write one view in the THOR layout of data.md 1.2-1.4 (the `saliencies` rows stay empty, 2.4 step 8)."""
+    with h5py.File(path, "w") as f:
+        data = f.create_group("data")
+        for key in TOP_LEVEL_KEYS:
+            item = np.asarray(scene[key], TOP_LEVEL_DTYPES[key])
+            top = f.create_dataset(key, data=item[None], maxshape=(None, *item.shape), chunks=(1, *item.shape),
+                                   compression="gzip", compression_opts=gzip)  # fmt: skip
+            refs = data.create_dataset(key, (1,), dtype=h5py.regionref_dtype, compression="gzip", compression_opts=gzip)
+            refs[0] = top.regionref[0:1]
+        shape = (relevancy_size, relevancy_size)
+        f.create_dataset("saliencies", (0, *shape), np.float32, maxshape=(None, *shape), chunks=(1, *shape),
+                         compression="gzip", compression_opts=gzip)  # fmt: skip
+        dr_rgb = scene["domain_randomized_rgb"]
+        dr_rgb = np.zeros((1, 1)) if dr_rgb is None else np.asarray(dr_rgb, np.uint8)[None]
+        plain = dict(domain_randomized_rgb=dr_rgb, cam_intr=np.asarray(scene["cam_intr"], np.float64),
+                     cam_pose=np.asarray(scene["cam_pose"], np.float64),
+                     scene_bounds=np.asarray(scene["scene_bounds"], np.float64),
+                     objid_to_class=np.array([s.encode() for s in scene["objid_to_class"]]))  # fmt: skip
+        for key, value in plain.items():
+            data.create_dataset(key, data=value, compression="gzip", compression_opts=gzip)
+        descriptions = data.create_group("descriptions")
+        for key in DESCRIPTION_KEYS:
+            _write_list(descriptions, key, [d[key] for d in scene["descriptions"]], gzip)
+
+
+def visualization_pickle(scene: dict) -> dict:
+    """The visualize.py scene dict of data.md section 5 for a generated view."""
+    classes = [name.split("[")[0] for name in scene["objid_to_class"]]
+    visible = sorted({classes[i] for i in np.unique(scene["seg"][scene["seg"] >= 0])} - {"empty"})
+    return dict(
+        rgb=np.asarray(scene["rgb"], np.uint8),
+        depth=np.asarray(scene["depth"], np.float32),
+        cam_intr=np.asarray(scene["cam_intr"], np.float64),
+        cam_extr=np.asarray(scene["cam_pose"], np.float64),
+        ovssc_obj_classes=visible,
+        descriptions=[[d["target_obj_name"], d["spatial_relation_name"], d["reference_obj_name"]]
+                      for d in scene["descriptions"]],  # fmt: skip
+    )
+
+
+def split_lists(file_names: list[str]) -> dict[str, list[str]]:
+    """ssc_split.pkl / vool_split.pkl content (data.md 3.7): train rooms, and the test rooms three times."""
+    names = sorted(file_names)
+    test = [n for n in names if is_test_room(n.split("|", 1)[1].removesuffix(".hdf5"))]
+    return dict(
+        train=[n for n in names if n not in test],
+        unseen_instances=test,
+        unseen_instances_dr=list(test),
+        unseen_instances_synonyms=list(test),
     )
