@@ -693,6 +693,7 @@ def generate_scene(seed: int, options: SceneOptions = PRESETS["full"]) -> dict:
     add_descriptions(gt, objects, cam_intr, CAMERA_POSE)
     return dict(
         room=room,
+        objects=objects,  # the layout (not written to the file)
         rgb=view.rgb,
         domain_randomized_rgb=renders[1].rgb if len(renders) > 1 else None,
         depth=view.depth,
