@@ -510,7 +510,7 @@ class ObjectLocalizationDataset(SceneDataset):
         maps = scene.relevancy_maps(block, indices) - mean_map
         if self.config.saliency_vmin is not None:
             maps = np.maximum(maps - self.config.saliency_vmin, 0)
-        unscaled = upsample(maps, image_shape).reshape(len(names), -1, 1)
+        unscaled = upsample(maps, image_shape).reshape(len(names), image_shape[0] * image_shape[1], 1)
         scaled = unscaled * RELEVANCY_SCALE
         if "patch_masks" in self.config.network_inputs:
             # bug B5 kept: the x50-scaled map is compared with the cutoff; the flag compares the unscaled one

@@ -736,7 +736,7 @@ def write_scene_file(path, scene: dict, relevancy_size: int = 128, gzip: int = 9
             top = f.create_dataset(key, data=item[None], maxshape=(None, *item.shape), chunks=(1, *item.shape),
                                    compression="gzip", compression_opts=gzip)  # fmt: skip
             refs = data.create_dataset(key, (1,), dtype=h5py.regionref_dtype, compression="gzip", compression_opts=gzip)
-            refs[0] = top.regionref[0:1]
+            refs[0] = top.regionref[0, ...]
         shape = (relevancy_size, relevancy_size)
         f.create_dataset("saliencies", (0, *shape), np.float32, maxshape=(None, *shape), chunks=(1, *shape),
                          compression="gzip", compression_opts=gzip)  # fmt: skip
