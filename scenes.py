@@ -580,13 +580,17 @@ def _id_statistics(gt: GroundTruth) -> tuple[np.ndarray, np.ndarray, np.ndarray]
     """Per id: point count (K,), centroid (K, 3), xy extent (K, 2), on the current labels."""
     k = len(gt.classes)
     counts = np.bincount(gt.objid, minlength=k)
-    sums = np.stack([np.bincount(gt.objid, weights=gt.xyz[:, a], minlength=k) for a in range(3)], 1)
-    centroids = sums / np.maximum(counts, 1)[:, None]
-    lo = np.full((k, 2), np.inf)
-    hi = np.full((k, 2), -np.inf)
-    np.minimum.at(lo, gt.objid, gt.xyz[:, :2])
-    np.maximum.at(hi, gt.objid, gt.xyz[:, :2])
-    return counts, centroids, hi - lo
+    order = np.argsort(gt.objid, kind="stable")
+    xyz = gt.xyz[order]
+    starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
+    present = counts > 0
+    centroids = np.zeros((k, 3))
+    extents = np.zeros((k, 2))
+    centroids[present] = np.add.reduceat(xyz, starts[present], axis=0) / counts[present, None]
+    lo = np.minimum.reduceat(xyz[:, :2], starts[present], axis=0)
+    hi = np.maximum.reduceat(xyz[:, :2], starts[present], axis=0)
+    extents[present] = hi - lo
+    return counts, centroids, extents
 
 
 def _behind_region(gt: GroundTruth, reference: str, cam_intr, cam_pose) -> np.ndarray:
