@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import pickle
 from collections import Counter
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import h5py
@@ -267,7 +267,6 @@ class DatasetConfig:
     own_mean_relevancy: bool = False  # fix for the mean-row trap
     vool_patch_mask_unscaled: bool = False  # fix for bug B5
     ovssc_use_dr_args: bool = False  # fix: OVSSC uses dr_pos / dr_orn / dr_scale
-    extra: dict = field(default_factory=dict)
 
     def __post_init__(self):
         unknown = set(self.network_inputs) - set(NETWORK_INPUTS)
@@ -279,6 +278,20 @@ class DatasetConfig:
             raise InputError(
                 f"unknown saliency_config '{self.saliency_config}'; use ours or chefer_et_al"
             )
+
+
+APPROACHES = ("semantic_abstraction", "semantic_aware", "clip_spatial")
+
+
+def approach_config(config: DatasetConfig, approach: str) -> DatasetConfig:
+    """The inputs an approach reads (data.md 3.6): semantic_aware forces network_inputs = ("rgb",).
+
+    semantic_abstraction and clip_spatial keep the configured inputs; which relevancy they read
+    (target and reference, or the sentence) is chosen by the network from the same VOOL sample.
+    """
+    if approach not in APPROACHES:
+        raise InputError(f"unknown approach '{approach}'; choose from {APPROACHES}")
+    return replace(config, network_inputs=("rgb",)) if approach == "semantic_aware" else config
 
 
 def split_config(config: DatasetConfig, split: str) -> DatasetConfig:
@@ -457,8 +470,17 @@ class SceneDataset(torch.utils.data.Dataset):
         )
 
 
-def _to_tensor(value):
-    return torch.from_numpy(np.ascontiguousarray(value)) if isinstance(value, np.ndarray) else value
+NUMPY_KEYS = {"seg", "depth", "cam_intr", "cam_pose"}  # returned as numpy arrays, as the original does
+
+
+def as_tensors(sample: dict, float32: bool = False) -> dict:
+    """numpy arrays -> torch tensors (optionally float32), except NUMPY_KEYS; other values unchanged."""
+    out = {}
+    for key, value in sample.items():
+        if isinstance(value, np.ndarray) and key not in NUMPY_KEYS:
+            value = torch.from_numpy(np.ascontiguousarray(value, np.float32 if float32 else None))
+        out[key] = value
+    return out
 
 
 class ObjectLocalizationDataset(SceneDataset):
@@ -584,7 +606,7 @@ class ObjectLocalizationDataset(SceneDataset):
         if cfg.return_vis:
             sample.update(depth=depth, cam_intr=cam_intr, cam_pose=cam_pose, vis_gt_object_labels=classes,
                           vis_gt_objid_pts=full_objid, vis_gt_xyz_pts=full_xyz)  # fmt: skip
-        return {k: _to_tensor(v) for k, v in sample.items()}
+        return as_tensors(sample)
 
 
 class SceneCompletionDataset(SceneDataset):
@@ -712,18 +734,7 @@ class SceneCompletionDataset(SceneDataset):
             sample.update(depth=depth, cam_intr=cam_intr, cam_pose=cam_pose, patch_objmatches=[
                 "|".join(map(str, ids)) for ids in objmatches], vis_gt_object_labels=classes,
                 vis_gt_objid_pts=full_objid[keep], vis_gt_xyz_pts=full_xyz[keep], patch_saliencies=maps)  # fmt: skip
-        out = {}
-        for key, value in sample.items():
-            if isinstance(value, np.ndarray) and key not in ("seg",) + (
-                "depth",
-                "cam_intr",
-                "cam_pose",
-            ):
-                value = torch.from_numpy(np.ascontiguousarray(value, np.float32))
-            elif isinstance(value, np.ndarray) and key == "seg":
-                value = value.astype(np.float32)
-            out[key] = value
-        return out
+        return as_tensors(sample, float32=True)  # OVSSC returns every tensor as float32
 
 
 DATASET_CLASSES = {"ovssc": SceneCompletionDataset, "vool": ObjectLocalizationDataset}

@@ -302,6 +302,14 @@ def test_ovssc_synonyms_map_back_to_classes(generated_root):
     assert seen, "no synonym class in the generated test scenes"
 
 
+def test_approaches_choose_their_inputs():
+    cfg = ds.DatasetConfig(network_inputs=("patch_masks", "saliency"))
+    assert ds.approach_config(cfg, "semantic_aware").network_inputs == ("rgb",)
+    assert ds.approach_config(cfg, "clip_spatial").network_inputs == ("patch_masks", "saliency")
+    with pytest.raises(InputError, match="unknown approach 'ours'"):
+        ds.approach_config(cfg, "ours")
+
+
 def test_split_pickle_paths_are_relative(generated_root):
     with open(generated_root / "ssc_split.pkl", "rb") as f:
         splits = pickle.load(f)
