@@ -1,17 +1,21 @@
 """Scene files in the original THOR HDF5 layout, and the OVSSC and VOOL datasets built on them.
 
 Spec: data.md section 1 (file layout), 3 (dataset classes, splits), Appendix A (synonyms); models.md
-section 3 (what the networks receive). Files from the released dataset are read unchanged; files from
-`generate_scenes.py` have the same layout. Geometry goes through geometry.py (OpenCV camera, stored pose).
+section 3 (what the networks receive). Files from the released dataset are read unchanged; files
+from
+`generate_scenes.py` have the same layout. Geometry goes through geometry.py (OpenCV camera, stored
+pose).
 
 Quirks kept for fidelity, each with the flag that fixes it (DatasetConfig):
 - the mean-row trap (data.md 1.5): the "mean" map subtracted is row L of the global `saliencies`
-  dataset, i.e. the rgb|ours mean, for every block; `own_mean_relevancy=True` uses the block's own mean;
+  dataset, i.e. the rgb|ours mean, for every block; `own_mean_relevancy=True` uses the block's own
+  mean;
 - VOOL patch masks compare the x50-scaled relevancy with the cutoff (bug B5, models.md 3);
   `vool_patch_mask_unscaled=True` compares the unscaled map, as OVSSC does;
 - OVSSC domain randomisation ignores dr_pos / dr_orn / dr_scale and uses 0.05 / 0.3 / 0.1;
   `ovssc_use_dr_args=True` uses the configured values;
-- `out_of_frustum_pts_mask` uses the untransformed camera pose on domain-randomised points (kept, no flag:
+- `out_of_frustum_pts_mask` uses the untransformed camera pose on domain-randomised points (kept, no
+  flag:
   it only affects training-time masks and is what trained models saw).
 """
 
@@ -65,12 +69,20 @@ def class_name(entry: str) -> str:
     return entry.split("[")[0].strip()
 
 
+SENTENCE_KEYS = ("target_obj_name", "spatial_relation_name", "reference_obj_name")
+
+
+def sentence(target: str, relation: str, reference: str) -> str:
+    """The description sentence whose relevancy is stored: "mug in a cabinet" (data.md 1.4)."""
+    return f"{target} {relation} a {reference}"
+
+
 # --------------------------------------------------------------------------------------------------
 # one scene file
 
 
 class SceneFile:
-    """Read access to one scene file, with a one-line InputError for anything missing or malformed."""
+    """Read access to one scene file; anything missing or malformed is a one-line InputError."""
 
     def __init__(self, path: str | Path):
         self.path = Path(path)
@@ -101,15 +113,17 @@ class SceneFile:
         value = np.asarray(self.get(key)[()])
         if shape is not None and (
             value.ndim != len(shape)
-            or any(s is not None and s != v for s, v in zip(shape, value.shape))
+            or any(s is not None and s != v for s, v in zip(shape, value.shape, strict=True))
         ):
             raise InputError(f"{self.path}: '{key}' has shape {value.shape}, expected {shape}")
         return value if dtype is None else value.astype(dtype)
 
     def deref(self, key: str, refs: np.ndarray | None = None) -> np.ndarray:
-        """Follow region references into the top-level dataset `key`; stack element [0] of each, float32.
+        """Follow region references into the top-level dataset `key`; stack element [0] of each,
+        float32.
 
-        `refs` defaults to `data/<key>`. rgb, seg and ids therefore come back as float32 (data.md 1.3).
+        `refs` defaults to `data/<key>`. rgb, seg and ids therefore come back as float32 (data.md
+        1.3).
         """
         top = self.get(key)
         if refs is None:
@@ -177,7 +191,9 @@ class SceneFile:
         return xyz, objid
 
     def descriptions(self) -> dict[str, list]:
-        """VOOL descriptions as lists (names as str, target ids as int); empty lists when there are none."""
+        """VOOL descriptions as lists (names as str, target ids as int); empty lists when there are
+        none.
+        """
         group = self.get("data/descriptions")
         keys = ("target_obj_name", "target_obj_id", "reference_obj_name", "spatial_relation_name")
         out = {}
@@ -224,7 +240,8 @@ class SceneFile:
     def mean_relevancy(self, labels: list[str], block: str, own_mean: bool) -> np.ndarray:
         """(h, w) "mean" map to subtract.
 
-        Quirk kept for fidelity (mean-row trap, data.md 1.5): by default this is row L (= position of
+        Quirk kept for fidelity (mean-row trap, data.md 1.5): by default this is row L (= position
+        of
         "mean") of the global `saliencies` dataset, i.e. the rgb|ours mean for every block.
         own_mean=True follows the block's own reference (the fix).
         """
@@ -240,7 +257,7 @@ class SceneFile:
 
 @dataclass
 class DatasetConfig:
-    """Dataset settings (data.md 3.1); defaults are the original's. Split overrides: `split_config`."""
+    """Dataset settings (data.md 3.1), defaults as in the original; per-split: `split_config`."""
 
     scene_bounds: tuple = tuple(map(tuple, geometry.THOR_SCENE_BOUNDS))
     num_input_pts: int = 80_000
@@ -306,7 +323,9 @@ def split_config(config: DatasetConfig, split: str) -> DatasetConfig:
 
 
 def random_transform(pos: float, orn: float, scale: float, scene_dims: np.ndarray) -> np.ndarray:
-    """4x4 M = T R S (data.md 3.3), drawn with the torch RNG: per-axis scale, static-xyz Euler, translation."""
+    """4x4 M = T R S (data.md 3.3), drawn with the torch RNG: per-axis scale, static-xyz Euler,
+    translation.
+    """
     translation = torch.randn(3).numpy() * scene_dims * pos
     a, b, c = ((torch.rand(3) - 0.5) * orn).numpy().astype(np.float64)
     scales = 1 + scale * torch.rand(3).numpy()
@@ -328,10 +347,13 @@ def filter_subsample(
     probabilities: np.ndarray | None = None,
     always_replace: bool = False,
 ) -> tuple[np.ndarray, dict[str, np.ndarray]]:
-    """`transform_filter_subsample` (data.md 3.2): transform, keep in-bounds points, draw `sample_size`.
+    """`transform_filter_subsample` (data.md 3.2): transform, keep in-bounds points, draw
+    `sample_size`.
 
-    Each array is indexed along its first axis whose length is the point count (axis 0, then axis 1).
-    sample_size -1 keeps every in-bounds point. Draws use numpy's global RNG, without replacement unless
+    Each array is indexed along its first axis whose length is the point count (axis 0, then axis
+    1).
+    sample_size -1 keeps every in-bounds point. Draws use numpy's global RNG, without replacement
+    unless
     asked, falling back to replacement when that fails.
     """
     n = len(xyz)
@@ -364,7 +386,7 @@ def upsample(maps: np.ndarray, image_shape: tuple[int, int]) -> np.ndarray:
 
 
 def balanced_probabilities(labels: np.ndarray) -> np.ndarray | None:
-    """Per point: n/n_pos for positives and n/n_neg for negatives, or None if one class is absent."""
+    """Per point: n/n_pos for positives, n/n_neg for negatives; None if one class is absent."""
     n_pos = labels.sum()
     if n_pos == 0 or n_pos == len(labels):
         return None
@@ -376,7 +398,7 @@ def balanced_probabilities(labels: np.ndarray) -> np.ndarray | None:
 
 
 class SceneDataset(torch.utils.data.Dataset):
-    """Shared part of the two task datasets: the scene list, the bounds, inputs and output sampling."""
+    """Shared part of the two task datasets: scene list, bounds, input and output sampling."""
 
     def __init__(self, scene_paths: list[str | Path], config: DatasetConfig | None = None):
         self.scene_paths = sorted(Path(p) for p in scene_paths)
@@ -393,7 +415,7 @@ class SceneDataset(torch.utils.data.Dataset):
         return random_transform(pos, orn, scale, self.bounds[1] - self.bounds[0])
 
     def subsample_inputs(self, xyz, arrays, transform):
-        """Input subsample of num_input_pts (uniform), retrying without the transform if it fails."""
+        """Uniform input subsample of num_input_pts; retried without the transform if that fails."""
         kwargs = dict(always_replace=self.config.always_replace_subsample_pts)
         try:
             return filter_subsample(
@@ -417,10 +439,13 @@ class SceneDataset(torch.utils.data.Dataset):
         return torch.from_numpy(values)
 
     def sample_outputs(self, xyz, labels, carried, transform):
-        """Output points per row (R, n, 3), labels (R, n), a carried per-point array, and the branch.
+        """Output points per row (R, n, 3), labels (R, n), a carried per-point array, and the
+        branch.
 
-        Balanced (data.md 3.4 step 9): each row is drawn on its own with positives and negatives given
-        equal mass, and `carried` comes out (R, n). Uniform: one draw shared by all rows, `carried` (n,).
+        Balanced (data.md 3.4 step 9): each row is drawn on its own with positives and negatives
+        given
+        equal mass, and `carried` comes out (R, n). Uniform: one draw shared by all rows, `carried`
+        (n,).
         -1 points (every in-bounds point) in evaluation mode.
         """
         size = -1 if self.config.return_vis else self.config.num_output_pts
@@ -432,7 +457,7 @@ class SceneDataset(torch.utils.data.Dataset):
                     {"label": row, "carried": carried},
                     transform,
                     balanced_probabilities(row),
-                )  # fmt: skip
+                )
                 for row in labels
             ]
             stacked = {k: np.stack([out[k] for _, out in rows]) for k in ("label", "carried")}
@@ -470,11 +495,18 @@ class SceneDataset(torch.utils.data.Dataset):
         )
 
 
-NUMPY_KEYS = {"seg", "depth", "cam_intr", "cam_pose"}  # returned as numpy arrays, as the original does
+NUMPY_KEYS = {
+    "seg",
+    "depth",
+    "cam_intr",
+    "cam_pose",
+}  # returned as numpy arrays, as the original does
 
 
 def as_tensors(sample: dict, float32: bool = False) -> dict:
-    """numpy arrays -> torch tensors (optionally float32), except NUMPY_KEYS; other values unchanged."""
+    """numpy arrays -> torch tensors (optionally float32), except NUMPY_KEYS; other values
+    unchanged.
+    """
     out = {}
     for key, value in sample.items():
         if isinstance(value, np.ndarray) and key not in NUMPY_KEYS:
@@ -484,19 +516,17 @@ def as_tensors(sample: dict, float32: bool = False) -> dict:
 
 
 class ObjectLocalizationDataset(SceneDataset):
-    """VOOL samples (data.md 3.4): per description, target / reference / sentence relevancy and labels."""
+    """VOOL samples (data.md 3.4): per description, target / reference / sentence relevancy and
+    labels.
+    """
 
     def descriptions(self, scene: SceneFile) -> dict[str, list]:
-        """Chosen (and in the synonyms split, renamed) descriptions, with the sentence to look up."""
+        """Chosen (in the synonyms split: renamed) descriptions, with the sentence to look up."""
         descs = scene.descriptions()
-        sentences = [
-            f"{t} {r} a {ref}"
-            for t, r, ref in zip(
-                descs["target_obj_name"],
-                descs["spatial_relation_name"],
-                descs["reference_obj_name"],
-            )
+        names = [
+            descs[k] for k in ("target_obj_name", "spatial_relation_name", "reference_obj_name")
         ]
+        sentences = [sentence(*triple) for triple in zip(*names, strict=True)]
         rows = list(range(len(sentences)))
         if self.config.use_synonyms:  # substring match on the sentence
             rows = [i for i in rows if any(key in sentences[i] for key in SYNONYMS)]
@@ -527,15 +557,20 @@ class ObjectLocalizationDataset(SceneDataset):
         )
 
     def relevancy(self, scene, labels, block, names, mean_map, image_shape) -> np.ndarray:
-        """(D, H*W, 1): subtract mean, optional vmin, bilinear to (H, W), flatten, x50 (data.md 3.4 step 4)."""
+        """(D, H*W, 1): subtract mean, optional vmin, bilinear to (H, W), flatten, x50 (data.md 3.4
+        step 4).
+        """
         indices = [scene.label_index(labels, name, block) for name in names]
         maps = scene.relevancy_maps(block, indices) - mean_map
         if self.config.saliency_vmin is not None:
             maps = np.maximum(maps - self.config.saliency_vmin, 0)
-        unscaled = upsample(maps, image_shape).reshape(len(names), image_shape[0] * image_shape[1], 1)
+        unscaled = upsample(maps, image_shape).reshape(
+            len(names), image_shape[0] * image_shape[1], 1
+        )
         scaled = unscaled * RELEVANCY_SCALE
         if "patch_masks" in self.config.network_inputs:
-            # bug B5 kept: the x50-scaled map is compared with the cutoff; the flag compares the unscaled one
+            # bug B5 kept: the x50-scaled map is compared with the cutoff; the flag compares the
+            # unscaled one
             compared = unscaled if self.config.vool_patch_mask_unscaled else scaled
             return (compared > self.config.patch_mask_cutoff).astype(np.float32)
         return scaled.astype(np.float32)
@@ -559,7 +594,7 @@ class ObjectLocalizationDataset(SceneDataset):
                     ("target", "target_obj_name"),
                     ("reference", "reference_obj_name"),
                     ("description", "sentence"),
-                )  # fmt: skip
+                )
             }
             classes = scene.object_classes()
             scene_id = scene.scene_id
@@ -604,13 +639,21 @@ class ObjectLocalizationDataset(SceneDataset):
             scene_id=scene_id,
         )
         if cfg.return_vis:
-            sample.update(depth=depth, cam_intr=cam_intr, cam_pose=cam_pose, vis_gt_object_labels=classes,
-                          vis_gt_objid_pts=full_objid, vis_gt_xyz_pts=full_xyz)  # fmt: skip
+            sample.update(
+                depth=depth,
+                cam_intr=cam_intr,
+                cam_pose=cam_pose,
+                vis_gt_object_labels=classes,
+                vis_gt_objid_pts=full_objid,
+                vis_gt_xyz_pts=full_xyz,
+            )
         return as_tensors(sample)
 
 
 class SceneCompletionDataset(SceneDataset):
-    """OVSSC samples (data.md 3.5): per class ("patch"), its relevancy (or rgb) and occupancy labels."""
+    """OVSSC samples (data.md 3.5): per class ("patch"), its relevancy (or rgb) and occupancy
+    labels.
+    """
 
     def patches(
         self, scene, full_xyz, full_objid, cam_intr, cam_pose, image_shape
@@ -641,7 +684,9 @@ class SceneCompletionDataset(SceneDataset):
         return indices, [labels[i] for i in indices]
 
     def input_features(self, maps: np.ndarray, rgb: np.ndarray) -> np.ndarray:
-        """(P, H*W, F): rgb/255 as one patch, or [patch mask] + [relevancy x 50] per class (data.md 3.5 step 4)."""
+        """(P, H*W, F): rgb/255 as one patch, or [patch mask] + [relevancy x 50] per class (data.md
+        3.5 step 4).
+        """
         cfg = self.config
         if "rgb" in cfg.network_inputs:
             return (rgb.reshape(1, -1, 3) / 255.0).astype(np.float32)
@@ -731,9 +776,16 @@ class SceneCompletionDataset(SceneDataset):
         )
         if cfg.return_vis:
             keep = full_objid != full_objid.max()  # drops the maximum id, assumed to be "empty"
-            sample.update(depth=depth, cam_intr=cam_intr, cam_pose=cam_pose, patch_objmatches=[
-                "|".join(map(str, ids)) for ids in objmatches], vis_gt_object_labels=classes,
-                vis_gt_objid_pts=full_objid[keep], vis_gt_xyz_pts=full_xyz[keep], patch_saliencies=maps)  # fmt: skip
+            sample.update(
+                depth=depth,
+                cam_intr=cam_intr,
+                cam_pose=cam_pose,
+                patch_objmatches=["|".join(map(str, ids)) for ids in objmatches],
+                vis_gt_object_labels=classes,
+                vis_gt_objid_pts=full_objid[keep],
+                vis_gt_xyz_pts=full_xyz[keep],
+                patch_saliencies=maps,
+            )
         return as_tensors(sample, float32=True)  # OVSSC returns every tensor as float32
 
 
@@ -741,7 +793,9 @@ DATASET_CLASSES = {"ovssc": SceneCompletionDataset, "vool": ObjectLocalizationDa
 
 
 def load_split_lists(file_path: str | Path, task: str) -> dict[str, list[str]]:
-    """`<file_path>/ssc_split.pkl` or `vool_split.pkl`: {split: [relative scene path, ...]} (data.md 1.1)."""
+    """`<file_path>/ssc_split.pkl` or `vool_split.pkl`: {split: [relative scene path, ...]} (data.md
+    1.1).
+    """
     if task not in SPLIT_FILES:
         raise InputError(f"unknown task '{task}'; use ovssc or vool")
     path = Path(file_path) / SPLIT_FILES[task]
@@ -760,7 +814,9 @@ def make_datasets(
     config: DatasetConfig | None = None,
     splits: tuple[str, ...] = SPLITS,
 ) -> dict[str, SceneDataset]:
-    """One dataset per requested split with a non-empty list, with the per-split settings (data.md 3.1)."""
+    """One dataset per requested split with a non-empty list, with the per-split settings (data.md
+    3.1).
+    """
     config = config or DatasetConfig()
     lists = load_split_lists(file_path, task)
     return {

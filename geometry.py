@@ -1,6 +1,7 @@
 """Camera and grid geometry shared by the dataset, the scene generator, relevancy and visualisation.
 
-Conventions (spec data.md section 1.7), stated once here and used everywhere through these functions:
+Conventions (spec data.md section 1.7), stated once here and used everywhere through these
+functions:
 
 - Pinhole camera in the **OpenCV** convention: camera x runs along image columns (u, right), y along
   image rows (v, down), z forward along the optical axis. `cam_intr` is 3x3 with K[0,2] paired with
@@ -64,7 +65,7 @@ def project(xyz: np.ndarray, cam_intr: np.ndarray, cam_pose: np.ndarray) -> tupl
 def in_frustum(
     xyz: np.ndarray, cam_intr: np.ndarray, cam_pose: np.ndarray, image_shape: tuple[int, int]
 ) -> np.ndarray:
-    """(N,) bool: 0 <= u < W, 0 <= v < H and z > 0, with continuous u, v (`check_pts_in_frustum`)."""
+    """(N,) bool: 0 <= u < W, 0 <= v < H and z > 0, continuous u, v (`check_pts_in_frustum`)."""
     height, width = image_shape
     u, v, z = project(xyz, cam_intr, cam_pose)
     with np.errstate(invalid="ignore"):
@@ -90,7 +91,8 @@ def grid_index(xyz: np.ndarray, scene_bounds: np.ndarray, grid_shape) -> np.ndar
 
 
 def tsdf_voxel_corners(scene_bounds: np.ndarray, tsdf_shape) -> tuple[np.ndarray, float]:
-    """World xyz of every TSDF voxel's lower corner, C order over (x, y, z): (X*Y*Z, 3), and voxel size.
+    """World xyz of every TSDF voxel's lower corner, C order over (x, y, z): (X*Y*Z, 3), and voxel
+    size.
 
     The voxel size is min((ub - lb) / shape), as in the original's TSDF (data.md 1.7).
     """
@@ -109,9 +111,11 @@ def integrate_tsdf(
     tsdf_shape=(64, 64, 64),
     trunc_voxels: float = 5.0,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """One-frame TSDF of the original (data.md 1.7): returns (values (X,Y,Z) float32, corners (X*Y*Z,3)).
+    """One-frame TSDF of the original (data.md 1.7): returns (values (X,Y,Z) float32, corners
+    (X*Y*Z,3)).
 
-    Unobserved voxels start at -1 ("assume occupied", unlike Zeng's +1). A voxel is updated where its
+    Unobserved voxels start at -1 ("assume occupied", unlike Zeng's +1). A voxel is updated where
+    its
     corner projects (rounded to the nearest pixel) inside the image, in front of the camera, onto a
     pixel with depth > 0, and depth - z >= -trunc; the value is clip((depth - z) / trunc, -1, 1).
     As in the original, z is the camera-frame depth and trunc is in world units (5 voxels).

@@ -1,20 +1,29 @@
-"""Procedural indoor scenes in the THOR scene format, without a game engine (spec data.md sections 1-2).
+"""Procedural indoor scenes in the THOR scene format, without a game engine (spec data.md sections
+1-2).
 
 A scene is a room (floor, walls, ceiling) holding furniture made of boxes and cylinders (cabinets,
 drawers, fridges and safes are closed hollow containers; boxes, garbage cans and laundry hampers are
-open-top containers; tables, shelves, counters and sofas are supports) and small objects placed in, on,
-behind and beside them. One camera view is rendered with open3d's RaycastingScene (RGB, metric depth,
+open-top containers; tables, shelves, counters and sofas are supports) and small objects placed in,
+on,
+behind and beside them. One camera view is rendered with open3d's RaycastingScene (RGB, metric
+depth,
 instance segmentation), then:
 
-- ground-truth occupancy points: a uniform sample of the scene bounds plus samples inside every object's
+- ground-truth occupancy points: a uniform sample of the scene bounds plus samples inside every
+  object's
   box, each labelled with the object whose solid contains it or "empty" (data.md 2.3);
-- the single-frame TSDF of the original (geometry.integrate_tsdf) and its visibility mask (2.4 step 6);
+- the single-frame TSDF of the original (geometry.integrate_tsdf) and its visibility mask (2.4 step
+  6);
 - VOOL descriptions and their ground-truth rewrites by the rules of data.md 2.6 (A: in/on from the
-  placement parent, B: the synthetic "banana in a <container>", C: behind / left / right / in front of).
+  placement parent, B: the synthetic "banana in a <container>", C: behind / left / right / in front
+  of).
 
-World frame: z up, the same camera centre (-1.5, 0, 0.8), optical axis (+x), image right (-y) and 0.6
-world units per metre as the THOR files' stored pose (data.md 1.7), but image down maps to -z so gravity
-points down (the stored THOR pose is a reflection; the spec leaves its gravity direction unverified).
+World frame: z up, the same camera centre (-1.5, 0, 0.8), optical axis (+x), image right (-y) and
+0.6
+world units per metre as the THOR files' stored pose (data.md 1.7), but image down maps to -z so
+gravity
+points down (the stored THOR pose is a reflection; the spec leaves its gravity direction
+unverified).
 So "behind" means larger x and "on the right of" smaller y, as in THOR files.
 """
 
@@ -29,7 +38,8 @@ import open3d as o3d
 import geometry
 
 WORLD_PER_METRE = 0.6
-# camera-to-world: columns are the camera's right, down and forward axes in the world, times 0.6 m->units
+# camera-to-world: columns are the camera's right, down and forward axes in the world, times 0.6
+# m->units
 CAMERA_POSE = np.array(
     [
         [0.0, 0.0, WORLD_PER_METRE, -1.5],
@@ -41,9 +51,23 @@ CAMERA_POSE = np.array(
 
 # data.md Appendix B
 CONTAINER_CLASSES = {
-    "cabinet", "fridge", "drawer", "bathtub basin", "bowl", "box", "cup", "desk", "garbage can",
-    "laundry hamper", "microwave", "mug", "pot", "safe", "sink basin", "toaster",
-}  # fmt: skip
+    "cabinet",
+    "fridge",
+    "drawer",
+    "bathtub basin",
+    "bowl",
+    "box",
+    "cup",
+    "desk",
+    "garbage can",
+    "laundry hamper",
+    "microwave",
+    "mug",
+    "pot",
+    "safe",
+    "sink basin",
+    "toaster",
+}
 NO_LOCALIZATION_CLASSES = {
     "wall",
     "ceiling",
@@ -59,8 +83,12 @@ TEST_CLASSES = ("pot", "mug", "safe", "teddy bear", "basket ball", "wine bottle"
 DIRECTION_DOT_THRESHOLD = 0.6
 BEHIND_BIN_PX = 10
 
-ROOM_TYPES = {"kitchen": range(1, 31), "living room": range(201, 231),
-              "bedroom": range(301, 331), "bathroom": range(401, 431)}  # fmt: skip
+ROOM_TYPES = {
+    "kitchen": range(1, 31),
+    "living room": range(201, 231),
+    "bedroom": range(301, 331),
+    "bathroom": range(401, 431),
+}
 TEST_ROOM_NUMBERS = {n for numbers in ROOM_TYPES.values() for n in list(numbers)[-5:]}
 ROOMS = sorted(f"FloorPlan{n}_physics" for numbers in ROOM_TYPES.values() for n in numbers)
 
@@ -315,7 +343,9 @@ FLOOR_Y = (-0.92, 0.92)
 
 
 def build_room() -> list[SceneObject]:
-    """Floor, three walls and a ceiling; they extend past the bounds towards the camera so every ray hits."""
+    """Floor, three walls and a ceiling; they extend past the bounds towards the camera so every ray
+    hits.
+    """
     return [
         SceneObject("floor", [box([-2.0, -1.0, -0.1], [1.0, 1.0, 0.0])]),
         SceneObject("wall", [box([0.94, -1.0, 0.0], [1.0, 1.0, 1.8])]),
@@ -326,7 +356,8 @@ def build_room() -> list[SceneObject]:
 
 
 def layout_scene(room: str, rng: np.random.RandomState) -> list[SceneObject]:
-    """Room shell, 3-5 pieces of furniture for the room type, then 6-12 small objects put in or on them.
+    """Room shell, 3-5 pieces of furniture for the room type, then 6-12 small objects put in or on
+    them.
 
     The six test classes (TEST_CLASSES) are used only in test rooms.
     """
@@ -352,7 +383,9 @@ def layout_scene(room: str, rng: np.random.RandomState) -> list[SceneObject]:
     floor_region = box([FLOOR_X[0], FLOOR_Y[0], 0.0], [FLOOR_X[1], FLOOR_Y[1], 0.5])
     furniture_columns = [(np.r_[lo, 0.0], np.r_[hi, 1.8]) for lo, hi in footprints]
     placed: list[tuple[np.ndarray, np.ndarray]] = []  # boxes of the small objects so far
-    filled: set[int] = set()  # closed interiors already holding an object (one each, see add_descriptions)
+    filled: set[int] = (
+        set()
+    )  # closed interiors already holding an object (one each, see add_descriptions)
     for _ in range(rng.randint(6, 13)):
         name = small_names[rng.randint(len(small_names))]
         for _ in range(20):
@@ -395,7 +428,9 @@ class Render:
 def _random_appearance(
     num_objects: int, rng: np.random.RandomState
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Per object: base colour (K, 3) in [0, 1] and a procedural stripe texture (K, 4): direction, frequency."""
+    """Per object: base colour (K, 3) in [0, 1] and a procedural stripe texture (K, 4): direction,
+    frequency.
+    """
     colours = rng.uniform(0.15, 0.95, size=(num_objects, 3))
     textures = np.concatenate(
         [rng.normal(size=(num_objects, 3)), rng.uniform(5, 60, (num_objects, 1))], axis=1
@@ -405,7 +440,9 @@ def _random_appearance(
 
 
 def _camera_rays(cam_intr: np.ndarray, cam_pose: np.ndarray, image_shape) -> np.ndarray:
-    """(H, W, 6) world-frame rays through each pixel; the direction is scaled so that t_hit == depth."""
+    """(H, W, 6) world-frame rays through each pixel; the direction is scaled so that t_hit ==
+    depth.
+    """
     height, width = image_shape
     pix_dirs = geometry.camera_points(np.ones(image_shape), cam_intr)  # (H*W, 3), z = 1
     dirs = pix_dirs @ cam_pose[:3, :3].T
@@ -420,7 +457,9 @@ def render(
     image_shape,
     colour_rngs: list[np.random.RandomState],
 ) -> list[Render]:
-    """Ray-cast the scene once; shade it once per appearance RNG (e.g. original and domain-randomised)."""
+    """Ray-cast the scene once; shade it once per appearance RNG (e.g. original and domain-
+    randomised).
+    """
     scene = o3d.t.geometry.RaycastingScene()
     geometry_to_object = []
     for index, obj in enumerate(objects):
@@ -462,11 +501,15 @@ def sample_ground_truth(
     scene_bounds: np.ndarray,
     rng: np.random.RandomState,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Labelled occupancy points inside the bounds: (num_points, 3) float32 xyz, (num_points,) int32 ids.
+    """Labelled occupancy points inside the bounds: (num_points, 3) float32 xyz, (num_points,) int32
+    ids.
 
-    Half are uniform over the bounds, the rest are split evenly over the objects' boxes (clipped to the
-    bounds), as the exporter samples each collider box (data.md 2.3). A point takes the id of the object
-    whose solid contains it, else the "empty" id len(objects). Hidden parts are sampled like any other.
+    Half are uniform over the bounds, the rest are split evenly over the objects' boxes (clipped to
+    the
+    bounds), as the exporter samples each collider box (data.md 2.3). A point takes the id of the
+    object
+    whose solid contains it, else the "empty" id len(objects). Hidden parts are sampled like any
+    other.
     """
     num_uniform = num_points // 2
     per_object = np.full(len(objects), (num_points - num_uniform) // len(objects))
@@ -516,9 +559,15 @@ class GroundTruth:
             return False
         self.sentences.add(f"{target} {relation} a {reference}")
         self.descriptions.append(
-            dict(target_obj_name=target, target_obj_id=target_id, target_obj_material="",
-                 reference_obj_name=reference, reference_obj_material="", spatial_relation_name=relation)
-        )  # fmt: skip
+            dict(
+                target_obj_name=target,
+                target_obj_id=target_id,
+                target_obj_material="",
+                reference_obj_name=reference,
+                reference_obj_material="",
+                spatial_relation_name=relation,
+            )
+        )
         return True
 
     def rewrite_hidden(self, region: np.ndarray, target_id: int) -> None:
@@ -561,7 +610,8 @@ def add_descriptions(gt: GroundTruth, objects: list[SceneObject], cam_intr, cam_
             if reference in CONTAINER_CLASSES
             else None
         )
-        # deviation: a banana whose region has no hidden point would have an empty GT, so it is skipped
+        # deviation: a banana whose region has no hidden point would have an empty GT, so it is
+        # skipped
         if region is None or not np.any(region & ~gt.visible_pts):
             continue
         if should_add_relation("banana", "in", reference, gt.sentences):
@@ -594,7 +644,9 @@ def _id_statistics(gt: GroundTruth) -> tuple[np.ndarray, np.ndarray, np.ndarray]
 
 
 def _behind_region(gt: GroundTruth, reference: str, cam_intr, cam_pose) -> np.ndarray:
-    """Points farther from the camera than the back side of the reference class, per 10-px image bin."""
+    """Points farther from the camera than the back side of the reference class, per 10-px image
+    bin.
+    """
     u, v, z = geometry.project(gt.xyz.astype(np.float64), cam_intr, cam_pose)
     u, v = np.round(u).astype(np.int64), np.round(v).astype(np.int64)
     u, v = u - u.min(), v - v.min()
@@ -608,7 +660,9 @@ def _behind_region(gt: GroundTruth, reference: str, cam_intr, cam_pose) -> np.nd
 
 
 def _add_geometric_relations(gt: GroundTruth, cam_intr, cam_pose) -> None:
-    """Rule C: behind (with the hidden-target rewrite), then right / left / in front of for visible targets."""
+    """Rule C: behind (with the hidden-target rewrite), then right / left / in front of for visible
+    targets.
+    """
     empty_id = gt.classes.index("empty")
     counts, centroids, extents = _id_statistics(gt)
     references = [i for i in sorted(gt.seg_ids) if gt.classes[i] not in NO_LOCALIZATION_CLASSES]
@@ -633,8 +687,11 @@ def _add_geometric_relations(gt: GroundTruth, cam_intr, cam_pose) -> None:
                     counts, centroids, extents = _id_statistics(gt)
             if reference == "cabinet" or target not in gt.seg_ids:
                 continue
-            for relation, axis in (("on the right of", (0, 1, 0)), ("on the left of", (0, -1, 0)),
-                                   ("in front of", (1, 0, 0))):  # fmt: skip
+            for relation, axis in (
+                ("on the right of", (0, 1, 0)),
+                ("on the left of", (0, -1, 0)),
+                ("in front of", (1, 0, 0)),
+            ):
                 if direction @ np.array(axis, float) > DIRECTION_DOT_THRESHOLD and gt.add(
                     target, relation, reference
                 ):
@@ -666,19 +723,21 @@ def scene_file_name(seed: int, room: str) -> str:
 
 
 def pick_room(seed: int) -> str:
-    """Seed s -> RandomState(s) -> room, uniformly from the sorted room list (data.md 2.2 step 1)."""
+    """Seed s -> RandomState(s) -> room, uniform over the sorted room list (data.md 2.2 step 1)."""
     return ROOMS[np.random.RandomState(seed).randint(len(ROOMS))]
 
 
 def generate_scene(seed: int, options: SceneOptions = PRESETS["full"]) -> dict:
-    """Everything one scene file holds, deterministic in `seed` (descriptions as a list of dicts)."""
+    """Everything one scene file holds, deterministic in `seed` (descriptions as dicts)."""
     rng = np.random.RandomState(seed)
     room = ROOMS[rng.randint(len(ROOMS))]
     objects = layout_scene(room, rng)
     image_shape = (options.image_size, options.image_size)
     cam_intr = geometry.pinhole_intrinsics(*image_shape)
     appearance_rngs = [np.random.RandomState([seed, 1])]
-    if is_test_room(room):  # domain-randomised colours of the same view, test rooms only (2.2 step 7)
+    if is_test_room(
+        room
+    ):  # domain-randomised colours of the same view, test rooms only (2.2 step 7)
         appearance_rngs.append(np.random.RandomState([seed, 2]))
     renders = render(objects, cam_intr, CAMERA_POSE, image_shape, appearance_rngs)
     view = renders[0]
@@ -714,42 +773,89 @@ def generate_scene(seed: int, options: SceneOptions = PRESETS["full"]) -> dict:
     )
 
 
-TOP_LEVEL_KEYS = ("rgb", "depth", "seg", "tsdf_value_pts", "tsdf_xyz_pts", "full_xyz_pts", "full_objid_pts")
-TOP_LEVEL_DTYPES = dict(rgb=np.uint8, depth=np.float32, seg=np.int32, tsdf_value_pts=np.float32,
-                        tsdf_xyz_pts=np.float32, full_xyz_pts=np.float32, full_objid_pts=np.int32)  # fmt: skip
-DESCRIPTION_KEYS = ("target_obj_name", "target_obj_id", "target_obj_material", "reference_obj_name",
-                    "reference_obj_material", "spatial_relation_name")  # fmt: skip
+TOP_LEVEL_KEYS = (
+    "rgb",
+    "depth",
+    "seg",
+    "tsdf_value_pts",
+    "tsdf_xyz_pts",
+    "full_xyz_pts",
+    "full_objid_pts",
+)
+TOP_LEVEL_DTYPES = dict(
+    rgb=np.uint8,
+    depth=np.float32,
+    seg=np.int32,
+    tsdf_value_pts=np.float32,
+    tsdf_xyz_pts=np.float32,
+    full_xyz_pts=np.float32,
+    full_objid_pts=np.int32,
+)
+DESCRIPTION_KEYS = (
+    "target_obj_name",
+    "target_obj_id",
+    "target_obj_material",
+    "reference_obj_name",
+    "reference_obj_material",
+    "spatial_relation_name",
+)
 
 
 def _write_list(group, key: str, values: list, gzip: int) -> None:
-    """A Python list as the original `write_to_hdf5` stores it: vlen UTF-8 strings, int64, or (0,) float64."""
+    """A Python list as the original `write_to_hdf5` stores it: vlen UTF-8 strings, int64, or (0,)
+    float64.
+    """
     if not values:
         group.create_dataset(key, data=np.zeros(0), compression="gzip", compression_opts=gzip)
     elif isinstance(values[0], str):
-        group.create_dataset(key, data=values, dtype=h5py.string_dtype(), compression="gzip", compression_opts=gzip)
+        group.create_dataset(
+            key, data=values, dtype=h5py.string_dtype(), compression="gzip", compression_opts=gzip
+        )
     else:
-        group.create_dataset(key, data=np.asarray(values, np.int64), compression="gzip", compression_opts=gzip)
+        group.create_dataset(
+            key, data=np.asarray(values, np.int64), compression="gzip", compression_opts=gzip
+        )
 
 
 def write_scene_file(path, scene: dict, relevancy_size: int = 128, gzip: int = 9) -> None:
-    """Write one view in the THOR layout of data.md 1.2-1.4 (the `saliencies` rows stay empty, 2.4 step 8)."""
+    """Write one view in the THOR layout of data.md 1.2-1.4 (the `saliencies` rows stay empty, 2.4
+    step 8).
+    """
     with h5py.File(path, "w") as f:
         data = f.create_group("data")
         for key in TOP_LEVEL_KEYS:
             item = np.asarray(scene[key], TOP_LEVEL_DTYPES[key])
-            top = f.create_dataset(key, data=item[None], maxshape=(None, *item.shape), chunks=(1, *item.shape),
-                                   compression="gzip", compression_opts=gzip)  # fmt: skip
-            refs = data.create_dataset(key, (1,), dtype=h5py.regionref_dtype, compression="gzip", compression_opts=gzip)
+            top = f.create_dataset(
+                key,
+                data=item[None],
+                maxshape=(None, *item.shape),
+                chunks=(1, *item.shape),
+                compression="gzip",
+                compression_opts=gzip,
+            )
+            refs = data.create_dataset(
+                key, (1,), dtype=h5py.regionref_dtype, compression="gzip", compression_opts=gzip
+            )
             refs[0] = top.regionref[0, ...]
         shape = (relevancy_size, relevancy_size)
-        f.create_dataset("saliencies", (0, *shape), np.float32, maxshape=(None, *shape), chunks=(1, *shape),
-                         compression="gzip", compression_opts=gzip)  # fmt: skip
+        f.create_dataset(
+            "saliencies",
+            (0, *shape),
+            np.float32,
+            maxshape=(None, *shape),
+            chunks=(1, *shape),
+            compression="gzip",
+            compression_opts=gzip,
+        )
         dr_rgb = scene["domain_randomized_rgb"]
         dr_rgb = np.zeros((1, 1)) if dr_rgb is None else np.asarray(dr_rgb, np.uint8)[None]
-        plain = dict(domain_randomized_rgb=dr_rgb, cam_intr=np.asarray(scene["cam_intr"], np.float64),
-                     cam_pose=np.asarray(scene["cam_pose"], np.float64),
-                     scene_bounds=np.asarray(scene["scene_bounds"], np.float64),
-                     objid_to_class=np.array([s.encode() for s in scene["objid_to_class"]]))  # fmt: skip
+        plain = dict(
+            domain_randomized_rgb=dr_rgb,
+            cam_intr=np.asarray(scene["cam_intr"], np.float64),
+            cam_pose=np.asarray(scene["cam_pose"], np.float64),
+            scene_bounds=np.asarray(scene["scene_bounds"], np.float64),
+            objid_to_class=np.array([s.encode() for s in scene["objid_to_class"]]),
+        )
         for key, value in plain.items():
             data.create_dataset(key, data=value, compression="gzip", compression_opts=gzip)
         descriptions = data.create_group("descriptions")
@@ -767,13 +873,17 @@ def visualization_pickle(scene: dict) -> dict:
         cam_intr=np.asarray(scene["cam_intr"], np.float64),
         cam_extr=np.asarray(scene["cam_pose"], np.float64),
         ovssc_obj_classes=visible,
-        descriptions=[[d["target_obj_name"], d["spatial_relation_name"], d["reference_obj_name"]]
-                      for d in scene["descriptions"]],  # fmt: skip
+        descriptions=[
+            [d["target_obj_name"], d["spatial_relation_name"], d["reference_obj_name"]]
+            for d in scene["descriptions"]
+        ],
     )
 
 
 def split_lists(file_names: list[str]) -> dict[str, list[str]]:
-    """ssc_split.pkl / vool_split.pkl content (data.md 3.7): train rooms, and the test rooms three times."""
+    """ssc_split.pkl / vool_split.pkl content (data.md 3.7): train rooms, and the test rooms three
+    times.
+    """
     names = sorted(file_names)
     test = [n for n in names if is_test_room(n.split("|", 1)[1].removesuffix(".hdf5"))]
     return dict(

@@ -27,7 +27,11 @@ def scenes_per_minute(preset: str, num_scenes: int, num_processes: int, gzip_lev
     with tempfile.TemporaryDirectory() as out_dir:
         start = time.perf_counter()
         generate_scenes.generate_dataset(
-            Path(out_dir), list(range(num_scenes)), scenes.PRESETS[preset], num_processes, gzip_level
+            Path(out_dir),
+            list(range(num_scenes)),
+            scenes.PRESETS[preset],
+            num_processes,
+            gzip_level,
         )
         return num_scenes / (time.perf_counter() - start) * 60
 
@@ -41,9 +45,12 @@ def main(
     for preset, count in (("full", full_scenes), ("small", small_scenes)):
         rate = scenes_per_minute(preset, count, num_processes, gzip_level)
         o = scenes.PRESETS[preset]
-        print(f"{preset:5s} ({o.image_size}x{o.image_size}, {o.num_output_pts} pts, {o.tsdf_size}^3 TSDF): "
-              f"{rate:7.1f} scenes/min with {num_processes} processes, gzip {gzip_level} "
-              f"(target {TARGETS[preset]:.0f}, ratio {rate / TARGETS[preset]:.2f})")  # fmt: skip
+        print(
+            f"{preset:5s} ({o.image_size}x{o.image_size}, {o.num_output_pts} pts, "
+            f"{o.tsdf_size}^3 TSDF): "
+            f"{rate:7.1f} scenes/min with {num_processes} processes, gzip {gzip_level} "
+            f"(target {TARGETS[preset]:.0f}, ratio {rate / TARGETS[preset]:.2f})"
+        )
 
 
 if __name__ == "__main__":

@@ -1,4 +1,6 @@
-"""Procedural scene generator (scenes.py, generate_scenes.py) and the camera geometry it uses (geometry.py)."""
+"""Procedural scene generator (scenes.py, generate_scenes.py) and the camera geometry it uses
+(geometry.py).
+"""
 
 import pickle
 
@@ -47,7 +49,8 @@ def test_backproject_then_project_returns_pixels():
 def test_frustum_is_continuous_and_half_open():
     k = np.array([[10.0, 0, 5.0], [0, 10.0, 5.0], [0, 0, 1]])
     eye = np.eye(4)
-    # u = 10 x / z + 5: x = -0.5 -> u = 0 (in), x = 0.4999 -> u = 9.999 (in), x = 0.5 -> u = 10 (out)
+    # u = 10 x / z + 5: x = -0.5 -> u = 0 (in), x = 0.4999 -> u = 9.999 (in), x = 0.5 -> u = 10
+    # (out)
     pts = np.array([[-0.5, 0, 1], [0.4999, 0, 1], [0.5, 0, 1], [0, 0, -1]])
     assert geometry.in_frustum(pts, k, eye, (10, 10)).tolist() == [True, True, False, False]
 
@@ -66,7 +69,9 @@ def test_tsdf_of_a_flat_wall_by_hand():
     bounds = np.array([[-0.05, -0.05, 0.0], [0.05, 0.05, 2.0]])
     values, corners = geometry.integrate_tsdf(depth, k, np.eye(4), bounds, (1, 1, 20))
     z = corners[:, 2]
-    expected = np.where(z == 0, -1.0, np.where(1.0 - z >= -0.5, np.clip((1.0 - z) / 0.5, -1, 1), -1.0))
+    expected = np.where(
+        z == 0, -1.0, np.where(1.0 - z >= -0.5, np.clip((1.0 - z) / 0.5, -1, 1), -1.0)
+    )
     np.testing.assert_allclose(values.reshape(-1), expected, atol=1e-6)
     assert values.reshape(-1)[0] == -1  # z = 0 is not in front of the camera: stays "occupied"
     assert values.reshape(-1)[19] == -1  # beyond the truncation band
@@ -103,7 +108,9 @@ def test_hidden_objects_have_points_but_no_pixels(generated):
     for s in generated.values():
         for index, obj in enumerate(s["objects"]):
             if not np.any(s["seg"] == index):
-                assert obj.contains(s["full_xyz_pts"]).any(), obj.name  # its volume is still sampled
+                assert obj.contains(s["full_xyz_pts"]).any(), (
+                    obj.name
+                )  # its volume is still sampled
                 hidden.append(obj.name)
     assert hidden, "no scene hides an object"
 
@@ -118,8 +125,13 @@ def test_behind_targets_are_farther_than_references(generated):
             target = s["full_xyz_pts"][s["full_objid_pts"] == d["target_obj_id"]]
             ref_ids = [i for i, c in enumerate(classes) if c == d["reference_obj_name"]]
             refs = [s["full_xyz_pts"][s["full_objid_pts"] == i] for i in ref_ids]
-            z_target = geometry.project(target.mean(0, keepdims=True), s["cam_intr"], s["cam_pose"])[2]
-            z_refs = [geometry.project(r.mean(0, keepdims=True), s["cam_intr"], s["cam_pose"])[2] for r in refs]
+            z_target = geometry.project(
+                target.mean(0, keepdims=True), s["cam_intr"], s["cam_pose"]
+            )[2]
+            z_refs = [
+                geometry.project(r.mean(0, keepdims=True), s["cam_intr"], s["cam_pose"])[2]
+                for r in refs
+            ]
             assert z_target[0] > min(z[0] for z in z_refs)
             count += 1
     assert count > 0
@@ -128,16 +140,24 @@ def test_behind_targets_are_farther_than_references(generated):
 def test_in_targets_lie_inside_their_container(generated):
     count = 0
     for s in generated.values():
-        # a hidden target of "behind" also gets the behind region (rule C shares its id), so skip those
-        behind = {d["target_obj_id"] for d in s["descriptions"] if d["spatial_relation_name"] == "behind"}
+        # a hidden target of "behind" also gets the behind region (rule C shares its id), so skip
+        # those
+        behind = {
+            d["target_obj_id"] for d in s["descriptions"] if d["spatial_relation_name"] == "behind"
+        }
         for d in s["descriptions"]:
             if d["spatial_relation_name"] != "in" or d["target_obj_id"] in behind:
                 continue
             containers = [o for o in s["objects"] if o.name == d["reference_obj_name"]]
             target = s["full_xyz_pts"][s["full_objid_pts"] == d["target_obj_id"]]
             assert len(target) > 0
-            inside = np.any([(target >= o.lower - 1e-6).all(1) & (target <= o.upper + 1e-6).all(1)
-                             for o in containers], axis=0)  # fmt: skip
+            inside = np.any(
+                [
+                    (target >= o.lower - 1e-6).all(1) & (target <= o.upper + 1e-6).all(1)
+                    for o in containers
+                ],
+                axis=0,
+            )
             assert inside.all(), d
             count += 1
     assert count > 0
@@ -145,8 +165,10 @@ def test_in_targets_lie_inside_their_container(generated):
 
 def test_descriptions_follow_the_sentence_rules(generated):
     for s in generated.values():
-        sentences = [f"{d['target_obj_name']} {d['spatial_relation_name']} a {d['reference_obj_name']}"
-                     for d in s["descriptions"]]  # fmt: skip
+        sentences = [
+            f"{d['target_obj_name']} {d['spatial_relation_name']} a {d['reference_obj_name']}"
+            for d in s["descriptions"]
+        ]
         assert len(sentences) == len(set(sentences))
         for d in s["descriptions"]:
             assert d["target_obj_name"] != d["reference_obj_name"]
@@ -161,8 +183,18 @@ def test_descriptions_follow_the_sentence_rules(generated):
 
 def test_cli_writes_files_splits_and_pickles(tmp_path):
     runner = CliRunner()
-    args = ["dataset", str(tmp_path), "--num-scenes", "8", "--preset", "small", "--num-output-pts", "3000",
-            "--vis-seed", "7"]  # fmt: skip
+    args = [
+        "dataset",
+        str(tmp_path),
+        "--num-scenes",
+        "8",
+        "--preset",
+        "small",
+        "--num-output-pts",
+        "3000",
+        "--vis-seed",
+        "7",
+    ]
     result = runner.invoke(generate_scenes.app, args)
     assert result.exit_code == 0, result.output
     names = sorted(p.name for p in tmp_path.glob("*.hdf5"))
@@ -172,14 +204,24 @@ def test_cli_writes_files_splits_and_pickles(tmp_path):
     with open(tmp_path / "ssc_split.pkl", "rb") as f:
         assert pickle.load(f) == splits
     assert sorted(splits["train"] + splits["unseen_instances"]) == names
-    assert splits["unseen_instances"] == splits["unseen_instances_dr"] == splits["unseen_instances_synonyms"]
+    assert (
+        splits["unseen_instances"]
+        == splits["unseen_instances_dr"]
+        == splits["unseen_instances_synonyms"]
+    )
     for name in names:
         with h5py.File(tmp_path / name) as f:
             classes = {c.split("[")[0] for c in f["data/objid_to_class"][()].astype(str)}
             test_room = name in splits["unseen_instances"]
             assert test_room or not classes & set(scenes.TEST_CLASSES), name
-            assert f["data/domain_randomized_rgb"].shape == ((1, 128, 128, 3) if test_room else (1, 1))
-            assert f["full_xyz_pts"].shape == (1, 3000, 3) and f["saliencies"].shape == (0, 128, 128)
+            assert f["data/domain_randomized_rgb"].shape == (
+                (1, 128, 128, 3) if test_room else (1, 1)
+            )
+            assert f["full_xyz_pts"].shape == (1, 3000, 3) and f["saliencies"].shape == (
+                0,
+                128,
+                128,
+            )
     with open(tmp_path / "procedural_00007.pkl", "rb") as f:
         vis = pickle.load(f)
     assert set(vis) == {"rgb", "depth", "cam_intr", "cam_extr", "ovssc_obj_classes", "descriptions"}
