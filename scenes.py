@@ -244,12 +244,10 @@ def build_furniture(name: str, x: float, y: float) -> SceneObject:
         for cx in (lo[0], hi[0] - legs):
             for cy in (lo[1], hi[1] - legs):
                 parts.append(box([cx, cy, 0.0], [cx + legs, cy + legs, top]))
-        support_lo = [lo[0], lo[1], hi[2]]
-        if name == "sofa":  # a backrest along the far side
+        if name == "sofa":  # a backrest along the far side; the seat in front of it is the support
             parts.append(box([hi[0] - 0.1, lo[1], hi[2]], [hi[0], hi[1], hi[2] + 0.3]))
-            support_lo = [lo[0], lo[1], hi[2]]
             hi = np.array([hi[0] - 0.1, hi[1], hi[2]])
-        space = box(support_lo, [hi[0], hi[1], hi[2] + 0.25])
+        space = box([lo[0], lo[1], hi[2]], [hi[0], hi[1], hi[2] + 0.25])
         return SceneObject(name, parts, [space], [space])
     if name == "shelf":
         board = 0.02
