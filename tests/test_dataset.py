@@ -424,3 +424,34 @@ def test_split_pickle_paths_are_relative(generated_root):
     with open(generated_root / "ssc_split.pkl", "rb") as f:
         splits = pickle.load(f)
     assert all("/" not in p for paths in splits.values() for p in paths)
+
+
+def test_random_transform_is_translate_rotate_scale():
+    torch.manual_seed(0)
+    dims = np.array([2.0, 2.0, 2.0])
+    only_scale = ds.random_transform(0.0, 0.0, 0.1, dims)
+    scales = np.diag(only_scale[:3, :3])
+    assert np.allclose(only_scale[:3, :3], np.diag(scales)) and np.all(
+        (scales >= 1) & (scales < 1.1)
+    )
+    assert np.allclose(only_scale[:3, 3], 0)
+    m = ds.random_transform(0.1, 0.3, 0.0, dims)
+    rotation = m[:3, :3]
+    np.testing.assert_allclose(rotation @ rotation.T, np.eye(3), atol=1e-12)
+    # each Euler angle is within +-0.15 rad, so the rotation angle is at most about 0.26 rad
+    assert np.arccos((np.trace(rotation) - 1) / 2) < 0.27
+
+
+def test_domain_randomisation_moves_training_points(generated_root):
+    np.random.seed(1)
+    torch.manual_seed(1)
+    base = dict(num_input_pts=-1, num_output_pts=50, balance_spatial_sampling=False)
+    plain = ds.make_datasets(generated_root, "vool", ds.DatasetConfig(**base))["train"][0]
+    moved = ds.make_datasets(
+        generated_root, "vool", ds.DatasetConfig(**base, domain_randomization=True)
+    )["train"][0]
+    # all in-bounds pixels are kept in both, so only the transform can change the point set
+    assert not np.allclose(
+        np.sort(plain["input_xyz_pts"].numpy(), 0)[:100],
+        np.sort(moved["input_xyz_pts"].numpy(), 0)[:100],
+    )
