@@ -123,3 +123,15 @@ def test_save_is_atomic_when_interrupted(tmp_path, monkeypatch):
         save_checkpoint(path, network, None, epochs=2)
     assert path.read_bytes() == original
     assert [p.name for p in tmp_path.iterdir()] == ["latest.pth"]  # no temp file left behind
+
+
+def test_atomically_written_files_get_ordinary_permissions(tmp_path):
+    import os
+
+    from utils import atomic_path
+
+    with atomic_path(tmp_path / "out.txt") as tmp:
+        tmp.write_text("x")
+    mask = os.umask(0)
+    os.umask(mask)
+    assert (tmp_path / "out.txt").stat().st_mode & 0o777 == 0o666 & ~mask

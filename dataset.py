@@ -1,0 +1,828 @@
+"""Scene files in the original THOR HDF5 layout, and the OVSSC and VOOL datasets built on them.
+
+Spec: data.md section 1 (file layout), 3 (dataset classes, splits), Appendix A (synonyms); models.md
+section 3 (what the networks receive). Files from the released dataset are read unchanged; files
+from
+`generate_scenes.py` have the same layout. Geometry goes through geometry.py (OpenCV camera, stored
+pose).
+
+Quirks kept for fidelity, each with the flag that fixes it (DatasetConfig):
+- the mean-row trap (data.md 1.5): the "mean" map subtracted is row L of the global `saliencies`
+  dataset, i.e. the rgb|ours mean, for every block; `own_mean_relevancy=True` uses the block's own
+  mean;
+- VOOL patch masks compare the x50-scaled relevancy with the cutoff (bug B5, models.md 3);
+  `vool_patch_mask_unscaled=True` compares the unscaled map, as OVSSC does;
+- OVSSC domain randomisation ignores dr_pos / dr_orn / dr_scale and uses 0.05 / 0.3 / 0.1;
+  `ovssc_use_dr_args=True` uses the configured values;
+- `out_of_frustum_pts_mask` uses the untransformed camera pose on domain-randomised points (kept, no
+  flag:
+  it only affects training-time masks and is what trained models saw).
+"""
+
+from __future__ import annotations
+
+import pickle
+from collections import Counter
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import h5py
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+import geometry
+from utils import InputError
+
+# Appendix A, original spelling ("refridgerator", "eletric plug" are what the stored labels use)
+SYNONYMS = {
+    "television": "tv",
+    "sofa": "couch",
+    "house plant": "plant in a pot",
+    "bookcase": "bookshelf",
+    "baseball bat": "rawlings big stick maple bat",
+    "pillow": "cushion",
+    "arm chair": "recliner",
+    "bread": "loaf of sourdough",
+    "cell phone": "mobile phone",
+    "desktop": "computer",
+    "dresser": "wardrobe",
+    "dumbbell": "gym weights",
+    "fridge": "refridgerator",
+    "garbage can": "trash can",
+    "laptop": "computer",
+    "outlet": "eletric plug",
+    "stairs": "staircase",
+}
+# OVSSC maps synonyms back to class names; "computer" keeps the later key, "laptop" (data.md App. A)
+INVERSE_SYNONYMS = {synonym: name for name, synonym in SYNONYMS.items()}
+NOT_CLASSES = {"empty", "out of bounds", "unlabelled"}
+SPLITS = ("train", "unseen_instances", "unseen_instances_dr", "unseen_instances_synonyms")
+SPLIT_FILES = {"ovssc": "ssc_split.pkl", "vool": "vool_split.pkl"}
+NETWORK_INPUTS = ("patch_masks", "saliency", "rgb", "tsdf")
+PAD = "[pad]"
+RELEVANCY_SCALE = 50.0
+
+
+def class_name(entry: str) -> str:
+    """ "apple[12]" -> "apple" (class names carry their id after the first "[")."""
+    return entry.split("[")[0].strip()
+
+
+SENTENCE_KEYS = ("target_obj_name", "spatial_relation_name", "reference_obj_name")
+
+
+def sentence(target: str, relation: str, reference: str) -> str:
+    """The description sentence whose relevancy is stored: "mug in a cabinet" (data.md 1.4)."""
+    return f"{target} {relation} a {reference}"
+
+
+# --------------------------------------------------------------------------------------------------
+# one scene file
+
+
+class SceneFile:
+    """Read access to one scene file; anything missing or malformed is a one-line InputError."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        if not self.path.is_file():
+            raise InputError(f"scene file not found: {self.path}")
+        try:
+            self.file = h5py.File(self.path, "r")
+        except OSError as error:
+            raise InputError(f"{self.path} is not a readable HDF5 file ({error})") from None
+        self.scene_id = self.path.name.split(".")[0]
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.file.close()
+
+    def has(self, key: str) -> bool:
+        return key in self.file
+
+    def get(self, key: str) -> h5py.Dataset | h5py.Group:
+        if key not in self.file:
+            raise InputError(f"{self.path}: missing key '{key}'")
+        return self.file[key]
+
+    def array(self, key: str, shape: tuple | None = None, dtype=None) -> np.ndarray:
+        """A plain dataset, checked against an expected shape (None entries match any size)."""
+        value = np.asarray(self.get(key)[()])
+        if shape is not None and (
+            value.ndim != len(shape)
+            or any(s is not None and s != v for s, v in zip(shape, value.shape, strict=True))
+        ):
+            raise InputError(f"{self.path}: '{key}' has shape {value.shape}, expected {shape}")
+        return value if dtype is None else value.astype(dtype)
+
+    def deref(self, key: str, refs: np.ndarray | None = None) -> np.ndarray:
+        """Follow region references into the top-level dataset `key`; stack element [0] of each,
+        float32.
+
+        `refs` defaults to `data/<key>`. rgb, seg and ids therefore come back as float32 (data.md
+        1.3).
+        """
+        top = self.get(key)
+        if refs is None:
+            refs = self.get(f"data/{key}")
+            if refs.dtype != h5py.regionref_dtype:
+                raise InputError(
+                    f"{self.path}: 'data/{key}' is {refs.dtype}, expected region references"
+                )
+            refs = refs[()]
+        try:
+            return np.stack([top[ref][0] for ref in refs]).astype(np.float32)
+        except (ValueError, OSError) as error:
+            raise InputError(
+                f"{self.path}: cannot follow the references into '{key}' ({error})"
+            ) from None
+
+    def image(self, key: str, channels: int | None) -> np.ndarray:
+        value = self.deref(key)[0]
+        expected = 2 if channels is None else 3
+        if value.ndim != expected or (channels is not None and value.shape[2] != channels):
+            raise InputError(
+                f"{self.path}: '{key}' rows have shape {value.shape}, expected an H x W image"
+            )
+        return value
+
+    def rgb(self, domain_randomized: bool = False) -> np.ndarray:
+        """(H, W, 3) float32 in 0..255: the rendered view, or its domain-randomised copy."""
+        if not domain_randomized:
+            return self.image("rgb", 3)
+        dr = self.array("data/domain_randomized_rgb")
+        if dr.ndim != 4:
+            raise InputError(
+                f"{self.path}: no domain-randomised rgb in this scene (only test rooms have one)"
+            )
+        return dr[0].astype(np.float32)
+
+    def depth(self) -> np.ndarray:
+        depth = self.image("depth", None)
+        if not np.all(np.isfinite(depth)):
+            raise InputError(
+                f"{self.path}: depth has {np.sum(~np.isfinite(depth))} NaN or infinite pixels"
+            )
+        return depth
+
+    def camera(self) -> tuple[np.ndarray, np.ndarray]:
+        """(cam_intr (3, 3), cam_pose (4, 4)) as stored, float64."""
+        return self.array("data/cam_intr", (3, 3), np.float64), self.array(
+            "data/cam_pose", (4, 4), np.float64
+        )
+
+    def object_classes(self) -> list[str]:
+        """Class name per object id ("[k]" suffix removed)."""
+        return [class_name(s) for s in self.array("data/objid_to_class", (None,)).astype(str)]
+
+    def has_ground_truth(self) -> bool:
+        return self.has("data/full_objid_pts")
+
+    def ground_truth(self) -> tuple[np.ndarray, np.ndarray]:
+        """(full_xyz_pts (N, 3), full_objid_pts (N,)) float32."""
+        xyz, objid = self.deref("full_xyz_pts")[0], self.deref("full_objid_pts")[0]
+        if xyz.ndim != 2 or xyz.shape[1] != 3 or objid.shape != xyz.shape[:1]:
+            raise InputError(
+                f"{self.path}: full_xyz_pts {xyz.shape} and full_objid_pts {objid.shape} differ"
+            )
+        return xyz, objid
+
+    def descriptions(self) -> dict[str, list]:
+        """VOOL descriptions as lists (names as str, target ids as int); empty lists when there are
+        none.
+        """
+        group = self.get("data/descriptions")
+        keys = ("target_obj_name", "target_obj_id", "reference_obj_name", "spatial_relation_name")
+        out = {}
+        for key in keys:
+            if key not in group:
+                raise InputError(f"{self.path}: missing key 'data/descriptions/{key}'")
+            value = np.asarray(group[key][()])
+            out[key] = (
+                value.astype(int).tolist() if key == "target_obj_id" else value.astype(str).tolist()
+            )
+        if len({len(v) for v in out.values()}) != 1:
+            raise InputError(f"{self.path}: the description lists have different lengths")
+        return out
+
+    def relevancy_block(self, rgb_key: str, config: str) -> tuple[list[str], str]:
+        """Sorted labels of the `rgb_key|config` block ("mean" last) and the block's group key."""
+        block = f"data/saliencies/{rgb_key}|{config}"
+        if block not in self.file:
+            raise InputError(
+                f"{self.path}: no relevancy maps for {rgb_key}|{config}; "
+                f"run `python generate_relevancy.py dataset {self.path.parent}` first"
+            )
+        labels = self.array(f"{block}|saliency_text_labels", (None,)).astype(str).tolist()
+        if not labels or labels[-1] != "mean":
+            raise InputError(f"{self.path}: {block}|saliency_text_labels does not end with 'mean'")
+        return labels, block
+
+    def label_index(self, labels: list[str], label: str, block: str) -> int:
+        if label not in labels:
+            raise InputError(f"{self.path}: label '{label}' has no relevancy map in {block}")
+        return labels.index(label)
+
+    def relevancy_maps(self, block: str, indices: list[int]) -> np.ndarray:
+        """(len(indices), h, w) float32 maps, found by position in the block's reference list."""
+        refs = self.get(block)[()]
+        if len(indices) == 0:
+            return np.zeros((0, *self.get("saliencies").shape[1:]), np.float32)
+        return self.deref("saliencies", refs[indices])
+
+    def label_features(self, block: str, indices: list[int]) -> np.ndarray:
+        features = self.array(f"{block}|saliency_text_label_features", (None, None), np.float32)
+        return features[indices]
+
+    def mean_relevancy(self, labels: list[str], block: str, own_mean: bool) -> np.ndarray:
+        """(h, w) "mean" map to subtract.
+
+        Quirk kept for fidelity (mean-row trap, data.md 1.5): by default this is row L (= position
+        of
+        "mean") of the global `saliencies` dataset, i.e. the rgb|ours mean for every block.
+        own_mean=True follows the block's own reference (the fix).
+        """
+        mean_idx = labels.index("mean")
+        if own_mean:
+            return self.relevancy_maps(block, [mean_idx])[0]
+        return np.asarray(self.get("saliencies")[mean_idx], np.float32)
+
+
+# --------------------------------------------------------------------------------------------------
+# configuration and shared sampling
+
+
+@dataclass
+class DatasetConfig:
+    """Dataset settings (data.md 3.1), defaults as in the original; per-split: `split_config`."""
+
+    scene_bounds: tuple = tuple(map(tuple, geometry.THOR_SCENE_BOUNDS))
+    num_input_pts: int = 80_000
+    num_output_pts: int = 400_000
+    num_descs: int = 4  # VOOL descriptions per sample
+    num_patches: int = 4  # OVSSC classes per sample
+    network_inputs: tuple[str, ...] = ("saliency",)  # semantic_aware uses ("rgb",)
+    saliency_config: str = "ours"  # or "chefer_et_al"
+    saliency_vmin: float | None = None
+    patch_mask_cutoff: float = 0.004
+    offset_patch_mask: bool = False  # OVSSC masks in {-1, 1} instead of {0, 1}
+    balance_spatial_relations: bool = True
+    balance_spatial_sampling: bool = True
+    always_replace_subsample_pts: bool = False
+    domain_randomization: bool = False
+    dr_pos: float = 0.1
+    dr_orn: float = 0.3
+    dr_scale: float = 0.1
+    xyz_pts_noise: float = 0.0
+    tsdf_shape: tuple[int, int, int] = (128, 128, 128)  # = voxel_shape
+    domain_randomized_rgb: bool = False
+    use_synonyms: bool = False
+    return_vis: bool = False  # evaluation mode: all points, all labels, no padding
+    own_mean_relevancy: bool = False  # fix for the mean-row trap
+    vool_patch_mask_unscaled: bool = False  # fix for bug B5
+    ovssc_use_dr_args: bool = False  # fix: OVSSC uses dr_pos / dr_orn / dr_scale
+
+    def __post_init__(self):
+        unknown = set(self.network_inputs) - set(NETWORK_INPUTS)
+        if unknown or not self.network_inputs:
+            raise InputError(
+                f"unknown network inputs {sorted(unknown)}; choose from {NETWORK_INPUTS}"
+            )
+        if self.saliency_config not in ("ours", "chefer_et_al"):
+            raise InputError(
+                f"unknown saliency_config '{self.saliency_config}'; use ours or chefer_et_al"
+            )
+
+
+APPROACHES = ("semantic_abstraction", "semantic_aware", "clip_spatial")
+
+
+def approach_config(config: DatasetConfig, approach: str) -> DatasetConfig:
+    """The inputs an approach reads (data.md 3.6): semantic_aware forces network_inputs = ("rgb",).
+
+    semantic_abstraction and clip_spatial keep the configured inputs; which relevancy they read
+    (target and reference, or the sentence) is chosen by the network from the same VOOL sample.
+    """
+    if approach not in APPROACHES:
+        raise InputError(f"unknown approach '{approach}'; choose from {APPROACHES}")
+    return replace(config, network_inputs=("rgb",)) if approach == "semantic_aware" else config
+
+
+def split_config(config: DatasetConfig, split: str) -> DatasetConfig:
+    """Per-split settings of `utils.setup_experiment` (data.md 3.1)."""
+    return replace(
+        config,
+        domain_randomized_rgb=split == "unseen_instances_dr",
+        use_synonyms=split == "unseen_instances_synonyms",
+        domain_randomization=config.domain_randomization and split == "train",
+        return_vis=config.return_vis or split != "train",
+    )
+
+
+def random_transform(pos: float, orn: float, scale: float, scene_dims: np.ndarray) -> np.ndarray:
+    """4x4 M = T R S (data.md 3.3), drawn with the torch RNG: per-axis scale, static-xyz Euler,
+    translation.
+    """
+    translation = torch.randn(3).numpy() * scene_dims * pos
+    a, b, c = ((torch.rand(3) - 0.5) * orn).numpy().astype(np.float64)
+    scales = 1 + scale * torch.rand(3).numpy()
+    rx = np.array([[1, 0, 0], [0, np.cos(a), -np.sin(a)], [0, np.sin(a), np.cos(a)]])
+    ry = np.array([[np.cos(b), 0, np.sin(b)], [0, 1, 0], [-np.sin(b), 0, np.cos(b)]])
+    rz = np.array([[np.cos(c), -np.sin(c), 0], [np.sin(c), np.cos(c), 0], [0, 0, 1]])
+    transform = np.eye(4)
+    transform[:3, :3] = rz @ ry @ rx @ np.diag(scales)
+    transform[:3, 3] = translation
+    return transform
+
+
+def filter_subsample(
+    xyz: np.ndarray,
+    sample_size: int,
+    scene_bounds: np.ndarray,
+    arrays: dict[str, np.ndarray],
+    transform: np.ndarray | None = None,
+    probabilities: np.ndarray | None = None,
+    always_replace: bool = False,
+) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    """`transform_filter_subsample` (data.md 3.2): transform, keep in-bounds points, draw
+    `sample_size`.
+
+    Each array is indexed along its first axis whose length is the point count (axis 0, then axis
+    1).
+    sample_size -1 keeps every in-bounds point. Draws use numpy's global RNG, without replacement
+    unless
+    asked, falling back to replacement when that fails.
+    """
+    n = len(xyz)
+    if transform is not None:
+        xyz = geometry.transform_points(xyz, transform)
+    keep = np.flatnonzero(geometry.in_bounds(xyz, scene_bounds))
+    if len(keep) == 0:
+        raise InputError("no point lies inside the scene bounds")
+    if sample_size != -1:
+        p = None
+        if probabilities is not None:
+            p = probabilities[keep] / probabilities[keep].sum()
+        try:
+            keep = keep[np.random.choice(len(keep), sample_size, p=p, replace=always_replace)]
+        except ValueError:
+            keep = keep[np.random.choice(len(keep), sample_size, p=p, replace=True)]
+    out = {}
+    for key, value in arrays.items():
+        axis = 0 if value.shape[0] == n else 1
+        out[key] = np.take(value, keep, axis=axis)
+    return xyz[keep].astype(np.float32), out
+
+
+def upsample(maps: np.ndarray, image_shape: tuple[int, int]) -> np.ndarray:
+    """(P, h, w) -> (P, H, W), bilinear, align_corners False."""
+    if len(maps) == 0:
+        return np.zeros((0, *image_shape), np.float32)
+    tensor = torch.from_numpy(np.ascontiguousarray(maps, np.float32))[None]
+    return F.interpolate(tensor, size=image_shape, mode="bilinear", align_corners=False)[0].numpy()
+
+
+def balanced_probabilities(labels: np.ndarray) -> np.ndarray | None:
+    """Per point: n/n_pos for positives, n/n_neg for negatives; None if one class is absent."""
+    n_pos = labels.sum()
+    if n_pos == 0 or n_pos == len(labels):
+        return None
+    return np.where(labels > 0, len(labels) / n_pos, len(labels) / (len(labels) - n_pos))
+
+
+# --------------------------------------------------------------------------------------------------
+# datasets
+
+
+class SceneDataset(torch.utils.data.Dataset):
+    """Shared part of the two task datasets: scene list, bounds, input and output sampling."""
+
+    def __init__(self, scene_paths: list[str | Path], config: DatasetConfig | None = None):
+        self.scene_paths = sorted(Path(p) for p in scene_paths)
+        self.config = config or DatasetConfig()
+        self.bounds = np.asarray(self.config.scene_bounds, np.float64)
+        self.rgb_key = "domain_randomized_rgb" if self.config.domain_randomized_rgb else "rgb"
+
+    def __len__(self) -> int:
+        return len(self.scene_paths)
+
+    def dr_transform(self, pos: float, orn: float, scale: float) -> np.ndarray | None:
+        if not self.config.domain_randomization:
+            return None
+        return random_transform(pos, orn, scale, self.bounds[1] - self.bounds[0])
+
+    def subsample_inputs(self, xyz, arrays, transform):
+        """Uniform input subsample of num_input_pts; retried without the transform if that fails."""
+        kwargs = dict(always_replace=self.config.always_replace_subsample_pts)
+        try:
+            return filter_subsample(
+                xyz, self.config.num_input_pts, self.bounds, arrays, transform, **kwargs
+            )
+        except InputError:
+            if transform is None:
+                raise InputError("no input point lies inside the scene bounds") from None
+            return filter_subsample(
+                xyz, self.config.num_input_pts, self.bounds, arrays, None, **kwargs
+            )
+
+    def tsdf(self, depth, cam_intr, cam_pose, transform) -> torch.Tensor:
+        """A fresh TSDF of tsdf_shape when "tsdf" is a network input, else ones(1)."""
+        if "tsdf" not in self.config.network_inputs:
+            return torch.ones(1)
+        pose = cam_pose if transform is None else transform @ cam_pose
+        values, _ = geometry.integrate_tsdf(
+            depth, cam_intr, pose, self.bounds, self.config.tsdf_shape
+        )
+        return torch.from_numpy(values)
+
+    def sample_outputs(self, xyz, labels, carried, transform):
+        """Output points per row (R, n, 3), labels (R, n), a carried per-point array, and the
+        branch.
+
+        Balanced (data.md 3.4 step 9): each row is drawn on its own with positives and negatives
+        given
+        equal mass, and `carried` comes out (R, n). Uniform: one draw shared by all rows, `carried`
+        (n,).
+        -1 points (every in-bounds point) in evaluation mode.
+        """
+        size = -1 if self.config.return_vis else self.config.num_output_pts
+        if self.config.balance_spatial_sampling and len(labels) > 0:
+            rows = [
+                self._filter_with_retry(
+                    xyz,
+                    size,
+                    {"label": row, "carried": carried},
+                    transform,
+                    balanced_probabilities(row),
+                )
+                for row in labels
+            ]
+            stacked = {k: np.stack([out[k] for _, out in rows]) for k in ("label", "carried")}
+            return np.stack([x for x, _ in rows]), stacked["label"], stacked["carried"], True
+        out_xyz, out = self._filter_with_retry(
+            xyz, size, {"labels": labels, "carried": carried}, transform, None
+        )
+        return np.repeat(out_xyz[None], len(labels), 0), out["labels"], out["carried"], False
+
+    def _filter_with_retry(self, xyz, size, arrays, transform, probabilities):
+        replace_ = self.config.always_replace_subsample_pts
+        try:
+            return filter_subsample(
+                xyz, size, self.bounds, arrays, transform, probabilities, replace_
+            )
+        except InputError:
+            if transform is None:
+                raise InputError("no ground-truth point lies inside the scene bounds") from None
+            return filter_subsample(xyz, size, self.bounds, arrays, None, probabilities, replace_)
+
+    def add_noise(self, *arrays: np.ndarray) -> list[np.ndarray]:
+        std = self.config.xyz_pts_noise
+        if std == 0:
+            return list(arrays)
+        return [a + np.random.normal(0, std, a.shape).astype(np.float32) for a in arrays]
+
+    def frustum_mask(self, output_xyz, cam_intr, cam_pose, image_shape) -> np.ndarray:
+        """Out-of-frustum mask per output point (any leading shape), with the file's pose.
+
+        Quirk kept: on domain-randomised points the untransformed pose is used (data.md 3.3).
+        """
+        flat = output_xyz.reshape(-1, 3)
+        return ~geometry.in_frustum(flat, cam_intr, cam_pose, image_shape).reshape(
+            output_xyz.shape[:-1]
+        )
+
+
+NUMPY_KEYS = {
+    "seg",
+    "depth",
+    "cam_intr",
+    "cam_pose",
+}  # returned as numpy arrays, as the original does
+
+
+def as_tensors(sample: dict, float32: bool = False) -> dict:
+    """numpy arrays -> torch tensors (optionally float32), except NUMPY_KEYS; other values
+    unchanged.
+    """
+    out = {}
+    for key, value in sample.items():
+        if isinstance(value, np.ndarray) and key not in NUMPY_KEYS:
+            value = torch.from_numpy(np.ascontiguousarray(value, np.float32 if float32 else None))
+        out[key] = value
+    return out
+
+
+class ObjectLocalizationDataset(SceneDataset):
+    """VOOL samples (data.md 3.4): per description, target / reference / sentence relevancy and
+    labels.
+    """
+
+    def descriptions(self, scene: SceneFile) -> dict[str, list]:
+        """Chosen (in the synonyms split: renamed) descriptions, with the sentence to look up."""
+        descs = scene.descriptions()
+        names = [
+            descs[k] for k in ("target_obj_name", "spatial_relation_name", "reference_obj_name")
+        ]
+        sentences = [sentence(*triple) for triple in zip(*names, strict=True)]
+        rows = list(range(len(sentences)))
+        if self.config.use_synonyms:  # substring match on the sentence
+            rows = [i for i in rows if any(key in sentences[i] for key in SYNONYMS)]
+        if len(rows) > self.config.num_descs and not self.config.return_vis:
+            relation_counts = Counter(descs["spatial_relation_name"][i] for i in rows)
+            weights = np.array(
+                [1 / relation_counts[descs["spatial_relation_name"][i]] for i in rows]
+            )
+            if not self.config.balance_spatial_relations:
+                weights = np.ones(len(rows))
+            chosen = np.random.choice(
+                len(rows), self.config.num_descs, replace=False, p=weights / weights.sum()
+            )
+            rows = [rows[i] for i in sorted(chosen)]
+        rename = SYNONYMS if self.config.use_synonyms else {}
+        return dict(
+            target_obj_name=[
+                rename.get(descs["target_obj_name"][i], descs["target_obj_name"][i]) for i in rows
+            ],
+            reference_obj_name=[
+                rename.get(descs["reference_obj_name"][i], descs["reference_obj_name"][i])
+                for i in rows
+            ],
+            spatial_relation_name=[descs["spatial_relation_name"][i] for i in rows],
+            target_obj_id=[descs["target_obj_id"][i] for i in rows],
+            # the sentence lookup uses the original, non-synonym sentence (verified, data.md 3.4)
+            sentence=[sentences[i] for i in rows],
+        )
+
+    def relevancy(self, scene, labels, block, names, mean_map, image_shape) -> np.ndarray:
+        """(D, H*W, 1): subtract mean, optional vmin, bilinear to (H, W), flatten, x50 (data.md 3.4
+        step 4).
+        """
+        indices = [scene.label_index(labels, name, block) for name in names]
+        maps = scene.relevancy_maps(block, indices) - mean_map
+        if self.config.saliency_vmin is not None:
+            maps = np.maximum(maps - self.config.saliency_vmin, 0)
+        unscaled = upsample(maps, image_shape).reshape(
+            len(names), image_shape[0] * image_shape[1], 1
+        )
+        scaled = unscaled * RELEVANCY_SCALE
+        if "patch_masks" in self.config.network_inputs:
+            # bug B5 kept: the x50-scaled map is compared with the cutoff; the flag compares the
+            # unscaled one
+            compared = unscaled if self.config.vool_patch_mask_unscaled else scaled
+            return (compared > self.config.patch_mask_cutoff).astype(np.float32)
+        return scaled.astype(np.float32)
+
+    def __getitem__(self, index: int) -> dict:
+        cfg = self.config
+        with SceneFile(self.scene_paths[index]) as scene:
+            depth = scene.depth()
+            image_shape = depth.shape
+            cam_intr, cam_pose = scene.camera()
+            rgb = scene.rgb(cfg.domain_randomized_rgb) / 255.0
+            input_xyz = geometry.backproject(depth, cam_intr, cam_pose)  # (H*W, 3), zero depth kept
+            full_xyz, full_objid = scene.ground_truth()
+            descs = self.descriptions(scene)
+            num_real = len(descs["sentence"])
+            labels, block = scene.relevancy_block(self.rgb_key, cfg.saliency_config)
+            mean_map = scene.mean_relevancy(labels, block, cfg.own_mean_relevancy)
+            saliency = {
+                key: self.relevancy(scene, labels, block, descs[names], mean_map, image_shape)
+                for key, names in (
+                    ("target", "target_obj_name"),
+                    ("reference", "reference_obj_name"),
+                    ("description", "sentence"),
+                )
+            }
+            classes = scene.object_classes()
+            scene_id = scene.scene_id
+        num_descs = num_real if cfg.return_vis else cfg.num_descs
+        pad = num_descs - num_real
+        for key in ("target_obj_name", "reference_obj_name", "spatial_relation_name"):
+            descs[key] = descs[key] + [PAD] * pad
+        target_ids = np.array(descs["target_obj_id"] + [-2] * pad)
+        saliency = {
+            k: np.concatenate([v, np.zeros((pad, *v.shape[1:]), np.float32)])
+            for k, v in saliency.items()
+        }
+        input_rgb = np.repeat(rgb.reshape(1, -1, 3), num_descs, 0).astype(np.float32)  # (D, H*W, 3)
+        output_labels = (full_objid[None] == target_ids[:, None]).astype(np.float32)  # (D, N)
+
+        transform = self.dr_transform(cfg.dr_pos, cfg.dr_orn, cfg.dr_scale)
+        input_xyz, inputs = self.subsample_inputs(
+            input_xyz, {"rgb": input_rgb, **saliency}, transform
+        )
+        tsdf = self.tsdf(depth, cam_intr, cam_pose, transform)
+        no_oob = np.zeros(len(full_xyz), np.float32)  # VOOL never marks out-of-bounds points
+        output_xyz, output_labels, out_of_bounds, _ = self.sample_outputs(
+            full_xyz, output_labels, no_oob, transform
+        )
+        input_xyz, output_xyz = self.add_noise(input_xyz, output_xyz)
+        sample = dict(
+            rgb=rgb.astype(np.float32),
+            input_xyz_pts=input_xyz,
+            input_target_saliency_pts=inputs["target"],
+            input_reference_saliency_pts=inputs["reference"],
+            input_description_saliency_pts=inputs["description"],
+            input_rgb_pts=inputs["rgb"],
+            output_xyz_pts=output_xyz.astype(np.float32),
+            output_label_pts=output_labels.astype(np.float32),
+            out_of_bounds_pts=out_of_bounds,
+            out_of_frustum_pts_mask=self.frustum_mask(output_xyz, cam_intr, cam_pose, image_shape),
+            full_objid_pts=full_objid,
+            tsdf_vol=tsdf,
+            spatial_relation_name=descs["spatial_relation_name"],
+            target_obj_name=descs["target_obj_name"],
+            reference_obj_name=descs["reference_obj_name"],
+            scene_id=scene_id,
+        )
+        if cfg.return_vis:
+            sample.update(
+                depth=depth,
+                cam_intr=cam_intr,
+                cam_pose=cam_pose,
+                vis_gt_object_labels=classes,
+                vis_gt_objid_pts=full_objid,
+                vis_gt_xyz_pts=full_xyz,
+            )
+        return as_tensors(sample)
+
+
+class SceneCompletionDataset(SceneDataset):
+    """OVSSC samples (data.md 3.5): per class ("patch"), its relevancy (or rgb) and occupancy
+    labels.
+    """
+
+    def patches(
+        self, scene, full_xyz, full_objid, cam_intr, cam_pose, image_shape
+    ) -> tuple[list[int], list[str]]:
+        """Saliency indices and labels of the classes to complete, in sorted label order."""
+        classes = scene.object_classes()
+        seg_ids = set(np.unique(scene.deref("seg")[0]).astype(int).tolist()) - {-1}
+        in_frustum = geometry.in_frustum(full_xyz, cam_intr, cam_pose, image_shape)
+        frustum_ids = set(np.unique(full_objid[in_frustum]).astype(int).tolist())
+        candidates = {
+            classes[i] for i in frustum_ids & seg_ids if 0 <= i < len(classes)
+        } - NOT_CLASSES
+        if self.config.use_synonyms:
+            candidates = {SYNONYMS.get(c, c) for c in candidates}
+        labels, block = scene.relevancy_block(self.rgb_key, self.config.saliency_config)
+        indices = [i for i, label in enumerate(labels[:-1]) if label in candidates]
+        missing = candidates - {labels[i] for i in indices}
+        if missing:
+            raise InputError(
+                f"{scene.path}: classes {sorted(missing)} have no relevancy map in {block}"
+            )
+        if not indices:
+            raise InputError(f"{scene.path}: no visible class is left to complete after filtering")
+        if len(indices) > self.config.num_patches and not self.config.return_vis:
+            indices = sorted(
+                np.random.choice(indices, self.config.num_patches, replace=False).tolist()
+            )
+        return indices, [labels[i] for i in indices]
+
+    def input_features(self, maps: np.ndarray, rgb: np.ndarray) -> np.ndarray:
+        """(P, H*W, F): rgb/255 as one patch, or [patch mask] + [relevancy x 50] per class (data.md
+        3.5 step 4).
+        """
+        cfg = self.config
+        if "rgb" in cfg.network_inputs:
+            return (rgb.reshape(1, -1, 3) / 255.0).astype(np.float32)
+        flat = maps.reshape(len(maps), -1, 1)
+        features = []
+        if "patch_masks" in cfg.network_inputs:  # on the unscaled map
+            mask = (flat > cfg.patch_mask_cutoff).astype(np.float32)
+            features.append(mask * 2 - 1 if cfg.offset_patch_mask else mask)
+        if "saliency" in cfg.network_inputs:
+            shifted = flat if cfg.saliency_vmin is None else np.maximum(flat - cfg.saliency_vmin, 0)
+            features.append(shifted * RELEVANCY_SCALE)
+        return np.concatenate(features, axis=2).astype(np.float32)
+
+    def __getitem__(self, index: int) -> dict:
+        cfg = self.config
+        with SceneFile(self.scene_paths[index]) as scene:
+            depth = scene.depth()
+            cam_intr, cam_pose = scene.camera()
+            rgb = scene.rgb(cfg.domain_randomized_rgb)  # 0..255
+            image_shape = scene.get("rgb").shape[1:3]
+            seg = scene.deref("seg")[0]
+            full_xyz, full_objid = scene.ground_truth()
+            indices, patch_labels = self.patches(
+                scene, full_xyz, full_objid, cam_intr, cam_pose, depth.shape
+            )
+            labels, block = scene.relevancy_block(self.rgb_key, cfg.saliency_config)
+            mean_map = scene.mean_relevancy(labels, block, cfg.own_mean_relevancy)
+            maps = upsample(
+                scene.relevancy_maps(block, indices) - mean_map, image_shape
+            )  # (P, H, W)
+            text_features = scene.label_features(block, indices)
+            classes = scene.object_classes()
+            scene_id = scene.scene_id
+        input_xyz = geometry.backproject(depth, cam_intr, cam_pose)
+        num_patches = len(indices) if cfg.return_vis else cfg.num_patches
+        pad = num_patches - len(indices)
+        names = [INVERSE_SYNONYMS.get(p, p) if cfg.use_synonyms else p for p in patch_labels]
+        objmatches = [[i for i, c in enumerate(classes) if c == name] for name in names]
+        features = self.input_features(maps, rgb)
+        if "rgb" not in cfg.network_inputs:
+            features = np.concatenate([features, np.zeros((pad, *features.shape[1:]), np.float32)])
+        text_features = np.concatenate(
+            [text_features, np.random.randn(pad, text_features.shape[1])]
+        ).astype(np.float32)
+        output_labels = np.stack(
+            [np.isin(full_objid, ids) for ids in objmatches]
+            + [np.zeros(len(full_objid), bool)] * pad
+        )
+        oob_id = classes.index("out of bounds") if "out of bounds" in classes else None
+        out_of_bounds = (
+            (full_objid == oob_id) if oob_id is not None else np.zeros(len(full_objid), bool)
+        )
+
+        transform = None
+        if cfg.domain_randomization:  # OVSSC's hard-coded constants unless ovssc_use_dr_args
+            dr = (
+                (cfg.dr_pos, cfg.dr_orn, cfg.dr_scale)
+                if cfg.ovssc_use_dr_args
+                else (0.05, 0.3, 0.1)
+            )
+            transform = self.dr_transform(*dr)
+        valid = depth.reshape(-1) > 0  # zero-depth pixels are dropped from the inputs (OVSSC only)
+        input_xyz, inputs = self.subsample_inputs(
+            input_xyz[valid], {"features": features[:, valid]}, transform
+        )
+        tsdf = self.tsdf(depth, cam_intr, cam_pose, transform)
+        output_xyz, output_labels, out_of_bounds, per_row = self.sample_outputs(
+            full_xyz, output_labels.astype(np.float32), out_of_bounds.astype(np.float32), transform
+        )
+        if not per_row:  # uniform branch: out_of_bounds comes out (P, 1, n)
+            out_of_bounds = np.repeat(out_of_bounds[None, None], num_patches, 0)
+        input_xyz, output_xyz = self.add_noise(input_xyz, output_xyz)
+        sample = dict(
+            rgb=rgb,
+            input_xyz_pts=input_xyz,
+            input_feature_pts=inputs["features"],
+            semantic_class_features=text_features,
+            output_xyz_pts=output_xyz,
+            output_label_pts=output_labels,
+            out_of_bounds_pts=out_of_bounds,
+            out_of_frustum_pts_mask=self.frustum_mask(output_xyz, cam_intr, cam_pose, depth.shape),
+            full_objid_pts=full_objid,
+            seg=seg,
+            tsdf_vol=tsdf,
+            patch_labels=patch_labels + [""] * pad,
+            scene_id=scene_id,
+        )
+        if cfg.return_vis:
+            keep = full_objid != full_objid.max()  # drops the maximum id, assumed to be "empty"
+            sample.update(
+                depth=depth,
+                cam_intr=cam_intr,
+                cam_pose=cam_pose,
+                patch_objmatches=["|".join(map(str, ids)) for ids in objmatches],
+                vis_gt_object_labels=classes,
+                vis_gt_objid_pts=full_objid[keep],
+                vis_gt_xyz_pts=full_xyz[keep],
+                patch_saliencies=maps,
+            )
+        return as_tensors(sample, float32=True)  # OVSSC returns every tensor as float32
+
+
+DATASET_CLASSES = {"ovssc": SceneCompletionDataset, "vool": ObjectLocalizationDataset}
+
+
+def load_split_lists(file_path: str | Path, task: str) -> dict[str, list[str]]:
+    """`<file_path>/ssc_split.pkl` or `vool_split.pkl`: {split: [relative scene path, ...]} (data.md
+    1.1).
+    """
+    if task not in SPLIT_FILES:
+        raise InputError(f"unknown task '{task}'; use ovssc or vool")
+    path = Path(file_path) / SPLIT_FILES[task]
+    if not path.is_file():
+        raise InputError(f"split file not found: {path}")
+    with open(path, "rb") as f:
+        splits = pickle.load(f)
+    if not isinstance(splits, dict) or not all(isinstance(v, list) for v in splits.values()):
+        raise InputError(f"{path} must hold a dict of split name -> list of scene paths")
+    return splits
+
+
+def make_datasets(
+    file_path: str | Path,
+    task: str,
+    config: DatasetConfig | None = None,
+    splits: tuple[str, ...] = SPLITS,
+) -> dict[str, SceneDataset]:
+    """One dataset per requested split with a non-empty list, with the per-split settings (data.md
+    3.1).
+    """
+    config = config or DatasetConfig()
+    lists = load_split_lists(file_path, task)
+    return {
+        split: DATASET_CLASSES[task](
+            [Path(file_path) / p for p in lists[split]], split_config(config, split)
+        )
+        for split in splits
+        if lists.get(split)
+    }

@@ -1,0 +1,892 @@
+"""Procedural indoor scenes in the THOR scene format, without a game engine (spec data.md sections
+1-2).
+
+A scene is a room (floor, walls, ceiling) holding furniture made of boxes and cylinders (cabinets,
+drawers, fridges and safes are closed hollow containers; boxes, garbage cans and laundry hampers are
+open-top containers; tables, shelves, counters and sofas are supports) and small objects placed in,
+on,
+behind and beside them. One camera view is rendered with open3d's RaycastingScene (RGB, metric
+depth,
+instance segmentation), then:
+
+- ground-truth occupancy points: a uniform sample of the scene bounds plus samples inside every
+  object's
+  box, each labelled with the object whose solid contains it or "empty" (data.md 2.3);
+- the single-frame TSDF of the original (geometry.integrate_tsdf) and its visibility mask (2.4 step
+  6);
+- VOOL descriptions and their ground-truth rewrites by the rules of data.md 2.6 (A: in/on from the
+  placement parent, B: the synthetic "banana in a <container>", C: behind / left / right / in front
+  of).
+
+World frame: z up, the same camera centre (-1.5, 0, 0.8), optical axis (+x), image right (-y) and
+0.6
+world units per metre as the THOR files' stored pose (data.md 1.7), but image down maps to -z so
+gravity
+points down (the stored THOR pose is a reflection; the spec leaves its gravity direction
+unverified).
+So "behind" means larger x and "on the right of" smaller y, as in THOR files.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import h5py
+import numpy as np
+import open3d as o3d
+
+import geometry
+
+WORLD_PER_METRE = 0.6
+# camera-to-world: columns are the camera's right, down and forward axes in the world, times 0.6
+# m->units
+CAMERA_POSE = np.array(
+    [
+        [0.0, 0.0, WORLD_PER_METRE, -1.5],
+        [-WORLD_PER_METRE, 0.0, 0.0, 0.0],
+        [0.0, -WORLD_PER_METRE, 0.0, 0.8],
+        [0.0, 0.0, 0.0, 1.0],
+    ]
+)
+
+# data.md Appendix B
+CONTAINER_CLASSES = {
+    "cabinet",
+    "fridge",
+    "drawer",
+    "bathtub basin",
+    "bowl",
+    "box",
+    "cup",
+    "desk",
+    "garbage can",
+    "laundry hamper",
+    "microwave",
+    "mug",
+    "pot",
+    "safe",
+    "sink basin",
+    "toaster",
+}
+NO_LOCALIZATION_CLASSES = {
+    "wall",
+    "ceiling",
+    "floor",
+    "empty",
+    "countertop",
+    "drawer",
+    "counter",
+    "banana",
+}
+NEVER_DESCRIBED = {"floor", "rug", "baseboard", "light fixture", "decal"}
+TEST_CLASSES = ("pot", "mug", "safe", "teddy bear", "basket ball", "wine bottle")
+DIRECTION_DOT_THRESHOLD = 0.6
+BEHIND_BIN_PX = 10
+
+ROOM_TYPES = {
+    "kitchen": range(1, 31),
+    "living room": range(201, 231),
+    "bedroom": range(301, 331),
+    "bathroom": range(401, 431),
+}
+TEST_ROOM_NUMBERS = {n for numbers in ROOM_TYPES.values() for n in list(numbers)[-5:]}
+ROOMS = sorted(f"FloorPlan{n}_physics" for numbers in ROOM_TYPES.values() for n in numbers)
+
+
+def room_number(room: str) -> int:
+    return int(room.split("_")[0].removeprefix("FloorPlan"))
+
+
+def is_test_room(room: str) -> bool:
+    return room_number(room) in TEST_ROOM_NUMBERS
+
+
+# --------------------------------------------------------------------------------------------------
+# solids
+
+
+@dataclass
+class Part:
+    """A solid primitive: an axis-aligned box, or a cylinder / sphere with a vertical axis.
+
+    `center` and `size` are the centre and full extents of its axis-aligned bounding box.
+    """
+
+    kind: str
+    center: np.ndarray
+    size: np.ndarray
+
+    @property
+    def lower(self) -> np.ndarray:
+        return self.center - self.size / 2
+
+    @property
+    def upper(self) -> np.ndarray:
+        return self.center + self.size / 2
+
+    def contains(self, xyz: np.ndarray) -> np.ndarray:
+        d = np.abs(xyz - self.center) / (self.size / 2)  # (N, 3), <= 1 inside the bounding box
+        if self.kind == "box":
+            return np.all(d <= 1, axis=1)
+        if self.kind == "cylinder":
+            return (d[:, 0] ** 2 + d[:, 1] ** 2 <= 1) & (d[:, 2] <= 1)
+        return np.sum(d**2, axis=1) <= 1  # sphere (ellipsoid)
+
+    def mesh(self) -> o3d.geometry.TriangleMesh:
+        if self.kind == "box":
+            mesh = o3d.geometry.TriangleMesh.create_box(*self.size)
+            return mesh.translate(self.lower)
+        if self.kind == "cylinder":
+            mesh = o3d.geometry.TriangleMesh.create_cylinder(radius=0.5, height=1.0, resolution=24)
+        else:
+            mesh = o3d.geometry.TriangleMesh.create_sphere(radius=0.5, resolution=12)
+        mesh.vertices = o3d.utility.Vector3dVector(np.asarray(mesh.vertices) * self.size)
+        return mesh.translate(self.center)
+
+
+def box(lower, upper) -> Part:
+    lower, upper = np.asarray(lower, float), np.asarray(upper, float)
+    return Part("box", (lower + upper) / 2, upper - lower)
+
+
+@dataclass
+class SceneObject:
+    """One instance: its class name, solid parts, colour, and the regions it offers to others."""
+
+    name: str
+    parts: list[Part]
+    receptacles: list[Part] = field(
+        default_factory=list
+    )  # "inside" boxes (interiors, space on tops)
+    supports: list[Part] = field(default_factory=list)  # free regions small objects may be put in
+    parent: int | None = None  # index of the object it was placed in or on
+
+    @property
+    def lower(self) -> np.ndarray:
+        return np.min([p.lower for p in self.parts], axis=0)
+
+    @property
+    def upper(self) -> np.ndarray:
+        return np.max([p.upper for p in self.parts], axis=0)
+
+    def contains(self, xyz: np.ndarray) -> np.ndarray:
+        inside = np.zeros(len(xyz), bool)
+        near = np.all((xyz >= self.lower) & (xyz <= self.upper), axis=1)
+        if near.any():
+            pts = xyz[near]
+            inside[near] = np.any([p.contains(pts) for p in self.parts], axis=0)
+        return inside
+
+
+def hollow_box(lower, upper, wall: float, open_top: bool) -> tuple[list[Part], Part]:
+    """Walls of a box (closed, or without its lid) and its interior box."""
+    lo, hi = np.asarray(lower, float), np.asarray(upper, float)
+    inner_lo, inner_hi = lo + wall, hi - wall
+    if open_top:
+        inner_hi[2] = hi[2]
+    parts = [
+        box(lo, [hi[0], hi[1], inner_lo[2]]),  # bottom
+        box([lo[0], lo[1], inner_lo[2]], [inner_lo[0], hi[1], hi[2]]),  # front (towards camera)
+        box([inner_hi[0], lo[1], inner_lo[2]], [hi[0], hi[1], hi[2]]),  # back
+        box([inner_lo[0], lo[1], inner_lo[2]], [inner_hi[0], inner_lo[1], hi[2]]),  # right side
+        box([inner_lo[0], inner_hi[1], inner_lo[2]], [inner_hi[0], hi[1], hi[2]]),  # left side
+    ]
+    if not open_top:
+        parts.append(
+            box([inner_lo[0], inner_lo[1], inner_hi[2]], [inner_hi[0], inner_hi[1], hi[2]])
+        )
+    return parts, box(inner_lo, inner_hi)
+
+
+# --------------------------------------------------------------------------------------------------
+# furniture: each builder takes the footprint's lower corner (x, y) and returns a SceneObject
+
+# name: (depth x, width y, height z) in world units, and which room types use it
+FURNITURE = {
+    "cabinet": ((0.3, 0.35, 0.45), ("kitchen", "bathroom", "living room")),
+    "fridge": ((0.4, 0.4, 1.0), ("kitchen",)),
+    "drawer": ((0.3, 0.4, 0.35), ("bedroom", "living room")),
+    "box": ((0.3, 0.3, 0.18), ("bedroom", "living room", "kitchen")),
+    "garbage can": ((0.2, 0.2, 0.3), ("kitchen", "bathroom", "bedroom")),
+    "laundry hamper": ((0.25, 0.25, 0.35), ("bedroom", "bathroom")),
+    "dining table": ((0.45, 0.6, 0.45), ("kitchen", "living room")),
+    "shelf": ((0.25, 0.5, 0.8), ("kitchen", "living room", "bedroom", "bathroom")),
+    "countertop": ((0.35, 0.7, 0.55), ("kitchen", "bathroom")),
+    "sofa": ((0.45, 0.8, 0.45), ("living room",)),
+    "bed": ((0.8, 0.6, 0.3), ("bedroom",)),
+    "safe": ((0.25, 0.25, 0.25), ()),  # novel class: test rooms only
+}
+CLOSED_CONTAINERS = {"cabinet", "fridge", "drawer", "safe"}
+OPEN_CONTAINERS = {"box", "garbage can", "laundry hamper"}
+
+
+def build_furniture(name: str, x: float, y: float) -> SceneObject:
+    (dx, dy, dz), _ = FURNITURE[name]
+    lo, hi = np.array([x, y, 0.0]), np.array([x + dx, y + dy, dz])
+    if name in CLOSED_CONTAINERS or name in OPEN_CONTAINERS:
+        parts, interior = hollow_box(lo, hi, 0.02, open_top=name in OPEN_CONTAINERS)
+        if name == "fridge":  # a shelf halfway up, two compartments
+            mid = (lo[2] + hi[2]) / 2
+            parts.append(
+                box(
+                    [lo[0] + 0.02, lo[1] + 0.02, mid - 0.01],
+                    [hi[0] - 0.02, hi[1] - 0.02, mid + 0.01],
+                )
+            )
+            lower_room = box(interior.lower, [*interior.upper[:2], mid - 0.01])
+            upper_room = box([*interior.lower[:2], mid + 0.01], interior.upper)
+            return SceneObject(name, parts, [interior], [lower_room, upper_room])
+        return SceneObject(name, parts, [interior], [interior])
+    if name in ("dining table", "bed", "sofa"):
+        top = hi[2] - (0.04 if name == "dining table" else 0.15)
+        parts = [box([lo[0], lo[1], top], hi)]
+        legs = 0.04
+        for cx in (lo[0], hi[0] - legs):
+            for cy in (lo[1], hi[1] - legs):
+                parts.append(box([cx, cy, 0.0], [cx + legs, cy + legs, top]))
+        if name == "sofa":  # a backrest along the far side; the seat in front of it is the support
+            parts.append(box([hi[0] - 0.1, lo[1], hi[2]], [hi[0], hi[1], hi[2] + 0.3]))
+            hi = np.array([hi[0] - 0.1, hi[1], hi[2]])
+        space = box([lo[0], lo[1], hi[2]], [hi[0], hi[1], hi[2] + 0.25])
+        return SceneObject(name, parts, [space], [space])
+    if name == "shelf":
+        board = 0.02
+        parts = [box(lo, [hi[0], lo[1] + board, hi[2]]), box([lo[0], hi[1] - board, 0.0], hi)]
+        levels = np.linspace(0.0, hi[2] - board, 3)
+        spaces = []
+        for i, z in enumerate(levels):
+            parts.append(box([lo[0], lo[1] + board, z], [hi[0], hi[1] - board, z + board]))
+            if i + 1 < len(levels):
+                spaces.append(
+                    box([lo[0], lo[1] + board, z + board], [hi[0], hi[1] - board, levels[i + 1]])
+                )
+        return SceneObject(name, parts, spaces, spaces)
+    # countertop: a solid block with space on top
+    space = box([lo[0], lo[1], hi[2]], [hi[0], hi[1], hi[2] + 0.25])
+    return SceneObject(name, [box(lo, hi)], [space], [space])
+
+
+# small objects: name -> parts builder at the origin (bottom centre at 0), as (kind, centre, size)
+SMALL_OBJECTS = {
+    "apple": [("sphere", (0, 0, 0.035), (0.07, 0.07, 0.07))],
+    "tomato": [("sphere", (0, 0, 0.03), (0.06, 0.06, 0.06))],
+    "potato": [("sphere", (0, 0, 0.025), (0.08, 0.05, 0.05))],
+    "bread": [("box", (0, 0, 0.035), (0.15, 0.08, 0.07))],
+    "book": [("box", (0, 0, 0.02), (0.12, 0.16, 0.04))],
+    "laptop": [
+        ("box", (0, 0, 0.01), (0.14, 0.2, 0.02)),
+        ("box", (0.065, 0, 0.08), (0.01, 0.2, 0.14)),
+    ],
+    "cell phone": [("box", (0, 0, 0.005), (0.08, 0.04, 0.01))],
+    "bowl": [("cylinder", (0, 0, 0.03), (0.12, 0.12, 0.06))],
+    "cup": [("cylinder", (0, 0, 0.04), (0.06, 0.06, 0.08))],
+    "vase": [("cylinder", (0, 0, 0.08), (0.07, 0.07, 0.16))],
+    "spray bottle": [("cylinder", (0, 0, 0.07), (0.05, 0.05, 0.14))],
+    "candle": [("cylinder", (0, 0, 0.04), (0.04, 0.04, 0.08))],
+    "alarm clock": [("box", (0, 0, 0.04), (0.05, 0.09, 0.08))],
+    "remote control": [("box", (0, 0, 0.01), (0.04, 0.12, 0.02))],
+    "pillow": [("box", (0, 0, 0.04), (0.12, 0.2, 0.08))],
+    "television": [("box", (0, 0, 0.12), (0.04, 0.3, 0.24))],
+    "house plant": [
+        ("cylinder", (0, 0, 0.04), (0.08, 0.08, 0.08)),
+        ("sphere", (0, 0, 0.12), (0.12, 0.12, 0.1)),
+    ],
+    "statue": [
+        ("box", (0, 0, 0.02), (0.06, 0.06, 0.04)),
+        ("sphere", (0, 0, 0.09), (0.06, 0.06, 0.1)),
+    ],
+    "kettle": [("cylinder", (0, 0, 0.06), (0.1, 0.1, 0.12))],
+    "soap bottle": [("cylinder", (0, 0, 0.05), (0.04, 0.04, 0.1))],
+    "towel": [("box", (0, 0, 0.02), (0.1, 0.14, 0.04))],
+    # novel (test) classes: only in test rooms
+    "mug": [
+        ("cylinder", (0, 0, 0.035), (0.06, 0.06, 0.07)),
+        ("box", (0, 0.04, 0.035), (0.01, 0.02, 0.04)),
+    ],
+    "pot": [
+        ("cylinder", (0, 0, 0.04), (0.14, 0.14, 0.08)),
+        ("box", (0, 0.09, 0.07), (0.02, 0.06, 0.015)),
+    ],
+    "teddy bear": [
+        ("sphere", (0, 0, 0.05), (0.1, 0.1, 0.1)),
+        ("sphere", (0, 0, 0.13), (0.07, 0.07, 0.07)),
+    ],
+    "basket ball": [("sphere", (0, 0, 0.07), (0.14, 0.14, 0.14))],
+    "wine bottle": [
+        ("cylinder", (0, 0, 0.08), (0.05, 0.05, 0.16)),
+        ("cylinder", (0, 0, 0.19), (0.02, 0.02, 0.06)),
+    ],
+}
+TRAIN_SMALL = [name for name in SMALL_OBJECTS if name not in TEST_CLASSES]
+
+
+def build_small(name: str, bottom_centre: np.ndarray) -> SceneObject:
+    parts = [
+        Part(kind, bottom_centre + np.array(c), np.array(s, float))
+        for kind, c, s in SMALL_OBJECTS[name]
+    ]
+    return SceneObject(name, parts)
+
+
+# --------------------------------------------------------------------------------------------------
+# layout
+
+
+def _overlaps(lo, hi, boxes, margin=0.0) -> bool:
+    return any(np.all(lo < b_hi + margin) and np.all(hi > b_lo - margin) for b_lo, b_hi in boxes)
+
+
+FLOOR_X = (-0.55, 0.92)  # usable floor in front of the back wall, seen by the camera
+FLOOR_Y = (-0.92, 0.92)
+
+
+def build_room() -> list[SceneObject]:
+    """Floor, three walls and a ceiling; they extend past the bounds towards the camera so every ray
+    hits.
+    """
+    return [
+        SceneObject("floor", [box([-2.0, -1.0, -0.1], [1.0, 1.0, 0.0])]),
+        SceneObject("wall", [box([0.94, -1.0, 0.0], [1.0, 1.0, 1.8])]),
+        SceneObject("wall", [box([-2.0, -1.0, 0.0], [0.94, -0.94, 1.8])]),
+        SceneObject("wall", [box([-2.0, 0.94, 0.0], [0.94, 1.0, 1.8])]),
+        SceneObject("ceiling", [box([-2.0, -1.0, 1.8], [1.0, 1.0, 1.9])]),
+    ]
+
+
+def layout_scene(room: str, rng: np.random.RandomState) -> list[SceneObject]:
+    """Room shell, 3-5 pieces of furniture for the room type, then 6-12 small objects put in or on
+    them.
+
+    The six test classes (TEST_CLASSES) are used only in test rooms.
+    """
+    room_type = next(t for t, numbers in ROOM_TYPES.items() if room_number(room) in numbers)
+    novel = is_test_room(room)
+    objects = build_room()
+    furniture_names = [n for n, (_, types) in FURNITURE.items() if room_type in types]
+    if novel:
+        furniture_names.append("safe")
+    footprints = []
+    for name in rng.permutation(furniture_names)[: rng.randint(3, 6)]:
+        (dx, dy, _), _ = FURNITURE[name]
+        for _ in range(30):
+            x = rng.uniform(FLOOR_X[0], FLOOR_X[1] - dx)
+            y = rng.uniform(FLOOR_Y[0], FLOOR_Y[1] - dy)
+            lo, hi = np.array([x, y]), np.array([x + dx, y + dy])
+            if not _overlaps(lo, hi, footprints, margin=0.05):
+                footprints.append((lo, hi))
+                objects.append(build_furniture(name, x, y))
+                break
+    small_names = list(SMALL_OBJECTS) if novel else TRAIN_SMALL
+    hosts = [(i, region) for i, obj in enumerate(objects) for region in obj.supports]
+    floor_region = box([FLOOR_X[0], FLOOR_Y[0], 0.0], [FLOOR_X[1], FLOOR_Y[1], 0.5])
+    furniture_columns = [(np.r_[lo, 0.0], np.r_[hi, 1.8]) for lo, hi in footprints]
+    placed: list[tuple[np.ndarray, np.ndarray]] = []  # boxes of the small objects so far
+    filled: set[int] = (
+        set()
+    )  # closed interiors already holding an object (one each, see add_descriptions)
+    for _ in range(rng.randint(6, 13)):
+        name = small_names[rng.randint(len(small_names))]
+        for _ in range(20):
+            on_floor = rng.rand() < 0.2 or not hosts
+            host = rng.randint(len(hosts))
+            parent, region = (0, floor_region) if on_floor else hosts[host]
+            closed = objects[parent].name in CLOSED_CONTAINERS
+            if closed and host in filled:
+                continue
+            obj = build_small(name, np.zeros(3))
+            size = obj.upper - obj.lower
+            if np.any(size > region.size):
+                continue
+            offset = region.lower + rng.rand(3) * (region.size - size) - obj.lower
+            offset[2] = region.lower[2]  # resting on the region's floor
+            obj = build_small(name, offset)
+            blocked = placed + furniture_columns if on_floor else placed
+            if _overlaps(obj.lower, obj.upper, blocked, margin=0.01):
+                continue
+            placed.append((obj.lower, obj.upper))
+            if closed:
+                filled.add(host)
+            obj.parent = parent
+            objects.append(obj)
+            break
+    return objects
+
+
+# --------------------------------------------------------------------------------------------------
+# rendering
+
+
+@dataclass
+class Render:
+    rgb: np.ndarray  # (H, W, 3) uint8
+    depth: np.ndarray  # (H, W) float32, metres along the optical axis; 0 where no hit
+    seg: np.ndarray  # (H, W) int32 object index, -1 where no hit
+
+
+def _random_appearance(
+    num_objects: int, rng: np.random.RandomState
+) -> tuple[np.ndarray, np.ndarray]:
+    """Per object: base colour (K, 3) in [0, 1] and a procedural stripe texture (K, 4): direction,
+    frequency.
+    """
+    colours = rng.uniform(0.15, 0.95, size=(num_objects, 3))
+    textures = np.concatenate(
+        [rng.normal(size=(num_objects, 3)), rng.uniform(5, 60, (num_objects, 1))], axis=1
+    )
+    textures[rng.rand(num_objects) < 0.4, 3] = 0.0  # plain colour for some objects
+    return colours, textures
+
+
+def _camera_rays(cam_intr: np.ndarray, cam_pose: np.ndarray, image_shape) -> np.ndarray:
+    """(H, W, 6) world-frame rays through each pixel; the direction is scaled so that t_hit ==
+    depth.
+    """
+    height, width = image_shape
+    pix_dirs = geometry.camera_points(np.ones(image_shape), cam_intr)  # (H*W, 3), z = 1
+    dirs = pix_dirs @ cam_pose[:3, :3].T
+    origins = np.broadcast_to(cam_pose[:3, 3], dirs.shape)
+    return np.concatenate([origins, dirs], axis=1).reshape(height, width, 6).astype(np.float32)
+
+
+def render(
+    objects: list[SceneObject],
+    cam_intr,
+    cam_pose,
+    image_shape,
+    colour_rngs: list[np.random.RandomState],
+) -> list[Render]:
+    """Ray-cast the scene once; shade it once per appearance RNG (e.g. original and domain-
+    randomised).
+    """
+    scene = o3d.t.geometry.RaycastingScene()
+    geometry_to_object = []
+    for index, obj in enumerate(objects):
+        for part in obj.parts:
+            mesh = o3d.t.geometry.TriangleMesh.from_legacy(part.mesh())
+            scene.add_triangles(mesh)
+            geometry_to_object.append(index)
+    hits = scene.cast_rays(o3d.core.Tensor(_camera_rays(cam_intr, cam_pose, image_shape)))
+    t_hit = hits["t_hit"].numpy()
+    hit = np.isfinite(t_hit)
+    depth = np.where(hit, t_hit, 0.0).astype(np.float32)
+    geom = hits["geometry_ids"].numpy().astype(np.int64)
+    seg = np.where(hit, np.asarray(geometry_to_object + [-1])[np.where(hit, geom, -1)], -1).astype(
+        np.int32
+    )
+    normals = hits["primitive_normals"].numpy()
+    points = geometry.backproject(depth, cam_intr, cam_pose).reshape(*image_shape, 3)
+    light = np.array([-0.5, 0.3, 0.8]) / np.linalg.norm([-0.5, 0.3, 0.8])
+    shade = 0.45 + 0.55 * np.abs(normals @ light)
+    renders = []
+    for rng in colour_rngs:
+        colours, textures = _random_appearance(len(objects), rng)
+        obj = np.where(seg >= 0, seg, 0)
+        phase = np.einsum("hwc,hwc->hw", points, textures[obj, :3]) * textures[obj, 3]
+        stripes = 1.0 + 0.25 * np.sign(np.sin(phase)) * (textures[obj, 3] > 0)
+        rgb = colours[obj] * (shade * stripes)[..., None]
+        rgb[seg < 0] = 0.0
+        renders.append(Render((np.clip(rgb, 0, 1) * 255).astype(np.uint8), depth, seg))
+    return renders
+
+
+# --------------------------------------------------------------------------------------------------
+# ground truth
+
+
+def sample_ground_truth(
+    objects: list[SceneObject],
+    num_points: int,
+    scene_bounds: np.ndarray,
+    rng: np.random.RandomState,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Labelled occupancy points inside the bounds: (num_points, 3) float32 xyz, (num_points,) int32
+    ids.
+
+    Half are uniform over the bounds, the rest are split evenly over the objects' boxes (clipped to
+    the
+    bounds), as the exporter samples each collider box (data.md 2.3). A point takes the id of the
+    object
+    whose solid contains it, else the "empty" id len(objects). Hidden parts are sampled like any
+    other.
+    """
+    num_uniform = num_points // 2
+    per_object = np.full(len(objects), (num_points - num_uniform) // len(objects))
+    per_object[: (num_points - num_uniform) % len(objects)] += 1
+    chunks = [rng.uniform(scene_bounds[0], scene_bounds[1], size=(num_uniform, 3))]
+    for obj, count in zip(objects, per_object, strict=True):
+        lo = np.clip(obj.lower, scene_bounds[0], scene_bounds[1])
+        hi = np.clip(obj.upper, scene_bounds[0], scene_bounds[1])
+        chunks.append(rng.uniform(lo, hi, size=(count, 3)))
+    xyz = np.concatenate(chunks)[rng.permutation(num_points)]
+    objid = np.full(num_points, len(objects), np.int32)
+    for index, obj in enumerate(objects):
+        objid[obj.contains(xyz)] = index
+    return xyz.astype(np.float32), objid
+
+
+def should_add_relation(target: str, relation: str, reference: str, added: set[str]) -> bool:
+    """The sentence filter of the THOR generator (data.md 2.6)."""
+    if target == reference or "ceiling" in reference:
+        return False
+    if target in NEVER_DESCRIBED or reference in NEVER_DESCRIBED:
+        return False
+    if f"{target} {relation} a {reference}" in added:
+        return False
+    if relation not in ("in", "on"):
+        pairs = [(target, reference), (reference, target)]
+        if any(f"{a} {r} a {b}" in added for a, b in pairs for r in ("in", "on")):
+            return False
+    return True
+
+
+@dataclass
+class GroundTruth:
+    """Mutable per-view ground truth that the description rules rewrite (data.md 2.4 step 7)."""
+
+    xyz: np.ndarray  # (N, 3) world
+    objid: np.ndarray  # (N,) int32, index into classes
+    classes: list[str]  # class name per id
+    visible_pts: np.ndarray  # (N,) bool: in observed free space (TSDF > 0)
+    seg_ids: set[int]  # ids with pixels in the segmentation
+    descriptions: list[dict] = field(default_factory=list)
+    sentences: set[str] = field(default_factory=set)
+
+    def add(self, target_id: int, relation: str, reference: str) -> bool:
+        target = self.classes[target_id]
+        if not should_add_relation(target, relation, reference, self.sentences):
+            return False
+        self.sentences.add(f"{target} {relation} a {reference}")
+        self.descriptions.append(
+            dict(
+                target_obj_name=target,
+                target_obj_id=target_id,
+                target_obj_material="",
+                reference_obj_name=reference,
+                reference_obj_material="",
+                spatial_relation_name=relation,
+            )
+        )
+        return True
+
+    def rewrite_hidden(self, region: np.ndarray, target_id: int) -> None:
+        """Points of `region` that are not observed free space take the hidden target's id."""
+        self.objid[region & ~self.visible_pts] = target_id
+
+
+def _receptacle_region(xyz: np.ndarray, objects: list[SceneObject], name: str) -> np.ndarray | None:
+    """Union of the receptacle boxes of every instance of a class, or None if the class has none."""
+    boxes = [r for obj in objects if obj.name == name for r in obj.receptacles]
+    if not boxes:
+        return None
+    return np.any([r.contains(xyz) for r in boxes], axis=0)
+
+
+def add_descriptions(gt: GroundTruth, objects: list[SceneObject], cam_intr, cam_pose) -> None:
+    """VOOL descriptions and their GT rewrites, rules A, B and C of data.md 2.6, in that order."""
+    present = set(np.unique(gt.objid).tolist())
+    # A. in / on from the placement parent (the floor is never a parent for in/on)
+    for index, obj in enumerate(objects):
+        parent = obj.parent
+        if (
+            parent in (None, 0)
+            or parent not in gt.seg_ids
+            or index not in present
+            or parent not in present
+        ):
+            continue
+        reference = objects[parent].name
+        relation = "in" if reference in CONTAINER_CLASSES else "on"
+        if gt.add(index, relation, reference) and index not in gt.seg_ids:
+            region = _receptacle_region(gt.xyz, objects, reference)
+            if region is not None:
+                gt.rewrite_hidden(region, index)
+    # B. the fictitious, never visible "banana in a <container>"
+    for index in sorted(gt.seg_ids):
+        reference = gt.classes[index]
+        region = (
+            _receptacle_region(gt.xyz, objects, reference)
+            if reference in CONTAINER_CLASSES
+            else None
+        )
+        # deviation: a banana whose region has no hidden point would have an empty GT, so it is
+        # skipped
+        if region is None or not np.any(region & ~gt.visible_pts):
+            continue
+        if should_add_relation("banana", "in", reference, gt.sentences):
+            gt.classes.append("banana")
+            gt.add(len(gt.classes) - 1, "in", reference)
+            # deviation: the banana takes only "empty" points, so it cannot erase the hidden objects
+            # that rule A just wrote into the same containers
+            gt.rewrite_hidden(region & (gt.objid == gt.classes.index("empty")), len(gt.classes) - 1)
+    _add_geometric_relations(gt, cam_intr, cam_pose)
+    # deviation: a later rewrite can take all the points of an earlier hidden target; drop those
+    counts = np.bincount(gt.objid, minlength=len(gt.classes))
+    gt.descriptions = [d for d in gt.descriptions if counts[d["target_obj_id"]] > 0]
+
+
+def _id_statistics(gt: GroundTruth) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per id: point count (K,), centroid (K, 3), xy extent (K, 2), on the current labels."""
+    k = len(gt.classes)
+    counts = np.bincount(gt.objid, minlength=k)
+    order = np.argsort(gt.objid, kind="stable")
+    xyz = gt.xyz[order]
+    starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
+    present = counts > 0
+    centroids = np.zeros((k, 3))
+    extents = np.zeros((k, 2))
+    centroids[present] = np.add.reduceat(xyz, starts[present], axis=0) / counts[present, None]
+    lo = np.minimum.reduceat(xyz[:, :2], starts[present], axis=0)
+    hi = np.maximum.reduceat(xyz[:, :2], starts[present], axis=0)
+    extents[present] = hi - lo
+    return counts, centroids, extents
+
+
+def _behind_region(gt: GroundTruth, reference: str, cam_intr, cam_pose) -> np.ndarray:
+    """Points farther from the camera than the back side of the reference class, per 10-px image
+    bin.
+    """
+    u, v, z = geometry.project(gt.xyz.astype(np.float64), cam_intr, cam_pose)
+    u, v = np.round(u).astype(np.int64), np.round(v).astype(np.int64)
+    u, v = u - u.min(), v - v.min()
+    bu, bv = u // BEHIND_BIN_PX, v // BEHIND_BIN_PX
+    bins = bu * (bv.max() + 1) + bv
+    is_ref = np.isin(gt.objid, [i for i, name in enumerate(gt.classes) if name == reference])
+    back_side = np.full(bins.max() + 1, -np.inf)  # -inf: no reference point in the bin
+    np.maximum.at(back_side, bins[is_ref], z[is_ref])
+    has_ref = np.isfinite(back_side)
+    return has_ref[bins] & (z > back_side[bins])
+
+
+def _add_geometric_relations(gt: GroundTruth, cam_intr, cam_pose) -> None:
+    """Rule C: behind (with the hidden-target rewrite), then right / left / in front of for visible
+    targets.
+    """
+    empty_id = gt.classes.index("empty")
+    counts, centroids, extents = _id_statistics(gt)
+    references = [i for i in sorted(gt.seg_ids) if gt.classes[i] not in NO_LOCALIZATION_CLASSES]
+    for ref in references:
+        reference = gt.classes[ref]
+        for target in range(len(gt.classes)):
+            if (
+                target == ref
+                or counts[target] == 0
+                or gt.classes[target] in NO_LOCALIZATION_CLASSES
+            ):
+                continue
+            delta = centroids[ref] - centroids[target]
+            distance = np.linalg.norm(delta)
+            if distance == 0 or distance > min(max(2 * extents[ref].max(), 0.1), 1.0):
+                continue
+            direction = delta / distance
+            if direction @ np.array([-1.0, 0, 0]) > DIRECTION_DOT_THRESHOLD:
+                if gt.add(target, "behind", reference) and target not in gt.seg_ids:
+                    behind = _behind_region(gt, reference, cam_intr, cam_pose)
+                    gt.rewrite_hidden(behind & (gt.objid == empty_id), target)
+                    counts, centroids, extents = _id_statistics(gt)
+            if reference == "cabinet" or target not in gt.seg_ids:
+                continue
+            for relation, axis in (
+                ("on the right of", (0, 1, 0)),
+                ("on the left of", (0, -1, 0)),
+                ("in front of", (1, 0, 0)),
+            ):
+                if direction @ np.array(axis, float) > DIRECTION_DOT_THRESHOLD and gt.add(
+                    target, relation, reference
+                ):
+                    break
+
+
+# --------------------------------------------------------------------------------------------------
+# one view, and its file
+
+
+@dataclass(frozen=True)
+class SceneOptions:
+    """Sizes of a generated view; the defaults are the original's (data.md 1.2)."""
+
+    image_size: int = 896
+    num_output_pts: int = 1_000_000
+    tsdf_size: int = 64
+    relevancy_size: int = 128
+
+
+PRESETS = {
+    "full": SceneOptions(),
+    "small": SceneOptions(image_size=128, num_output_pts=40_000, tsdf_size=32),
+}
+
+
+def scene_file_name(seed: int, room: str) -> str:
+    return f"{seed:05d}|{room}.hdf5"
+
+
+def pick_room(seed: int) -> str:
+    """Seed s -> RandomState(s) -> room, uniform over the sorted room list (data.md 2.2 step 1)."""
+    return ROOMS[np.random.RandomState(seed).randint(len(ROOMS))]
+
+
+def generate_scene(seed: int, options: SceneOptions = PRESETS["full"]) -> dict:
+    """Everything one scene file holds, deterministic in `seed` (descriptions as dicts)."""
+    rng = np.random.RandomState(seed)
+    room = ROOMS[rng.randint(len(ROOMS))]
+    objects = layout_scene(room, rng)
+    image_shape = (options.image_size, options.image_size)
+    cam_intr = geometry.pinhole_intrinsics(*image_shape)
+    appearance_rngs = [np.random.RandomState([seed, 1])]
+    if is_test_room(
+        room
+    ):  # domain-randomised colours of the same view, test rooms only (2.2 step 7)
+        appearance_rngs.append(np.random.RandomState([seed, 2]))
+    renders = render(objects, cam_intr, CAMERA_POSE, image_shape, appearance_rngs)
+    view = renders[0]
+    bounds = geometry.THOR_SCENE_BOUNDS
+    xyz, objid = sample_ground_truth(objects, options.num_output_pts, bounds, rng)
+    tsdf_shape = (options.tsdf_size,) * 3
+    tsdf, tsdf_xyz = geometry.integrate_tsdf(view.depth, cam_intr, CAMERA_POSE, bounds, tsdf_shape)
+    visible_pts = tsdf[tuple(geometry.grid_index(xyz, bounds, tsdf_shape).T)] > 0
+    gt = GroundTruth(
+        xyz=xyz,
+        objid=objid,
+        classes=[obj.name for obj in objects] + ["empty"],
+        visible_pts=visible_pts,
+        seg_ids=set(np.unique(view.seg[view.seg >= 0]).tolist()),
+    )
+    add_descriptions(gt, objects, cam_intr, CAMERA_POSE)
+    return dict(
+        room=room,
+        objects=objects,  # the layout (not written to the file)
+        rgb=view.rgb,
+        domain_randomized_rgb=renders[1].rgb if len(renders) > 1 else None,
+        depth=view.depth,
+        seg=view.seg,
+        cam_intr=cam_intr,
+        cam_pose=CAMERA_POSE.copy(),
+        scene_bounds=bounds.copy(),
+        tsdf_value_pts=tsdf.reshape(-1),
+        tsdf_xyz_pts=tsdf_xyz,
+        full_xyz_pts=gt.xyz,
+        full_objid_pts=gt.objid,
+        objid_to_class=[f"{name}[{k}]" for k, name in enumerate(gt.classes)],
+        descriptions=gt.descriptions,
+    )
+
+
+TOP_LEVEL_KEYS = (
+    "rgb",
+    "depth",
+    "seg",
+    "tsdf_value_pts",
+    "tsdf_xyz_pts",
+    "full_xyz_pts",
+    "full_objid_pts",
+)
+TOP_LEVEL_DTYPES = dict(
+    rgb=np.uint8,
+    depth=np.float32,
+    seg=np.int32,
+    tsdf_value_pts=np.float32,
+    tsdf_xyz_pts=np.float32,
+    full_xyz_pts=np.float32,
+    full_objid_pts=np.int32,
+)
+DESCRIPTION_KEYS = (
+    "target_obj_name",
+    "target_obj_id",
+    "target_obj_material",
+    "reference_obj_name",
+    "reference_obj_material",
+    "spatial_relation_name",
+)
+
+
+def _write_list(group, key: str, values: list, gzip: int) -> None:
+    """A Python list as the original `write_to_hdf5` stores it: vlen UTF-8 strings, int64, or (0,)
+    float64.
+    """
+    if not values:
+        group.create_dataset(key, data=np.zeros(0), compression="gzip", compression_opts=gzip)
+    elif isinstance(values[0], str):
+        group.create_dataset(
+            key, data=values, dtype=h5py.string_dtype(), compression="gzip", compression_opts=gzip
+        )
+    else:
+        group.create_dataset(
+            key, data=np.asarray(values, np.int64), compression="gzip", compression_opts=gzip
+        )
+
+
+def write_scene_file(path, scene: dict, relevancy_size: int = 128, gzip: int = 9) -> None:
+    """Write one view in the THOR layout of data.md 1.2-1.4 (the `saliencies` rows stay empty, 2.4
+    step 8).
+    """
+    with h5py.File(path, "w") as f:
+        data = f.create_group("data")
+        for key in TOP_LEVEL_KEYS:
+            item = np.asarray(scene[key], TOP_LEVEL_DTYPES[key])
+            top = f.create_dataset(
+                key,
+                data=item[None],
+                maxshape=(None, *item.shape),
+                chunks=(1, *item.shape),
+                compression="gzip",
+                compression_opts=gzip,
+            )
+            refs = data.create_dataset(
+                key, (1,), dtype=h5py.regionref_dtype, compression="gzip", compression_opts=gzip
+            )
+            refs[0] = top.regionref[0, ...]
+        shape = (relevancy_size, relevancy_size)
+        f.create_dataset(
+            "saliencies",
+            (0, *shape),
+            np.float32,
+            maxshape=(None, *shape),
+            chunks=(1, *shape),
+            compression="gzip",
+            compression_opts=gzip,
+        )
+        dr_rgb = scene["domain_randomized_rgb"]
+        dr_rgb = np.zeros((1, 1)) if dr_rgb is None else np.asarray(dr_rgb, np.uint8)[None]
+        plain = dict(
+            domain_randomized_rgb=dr_rgb,
+            cam_intr=np.asarray(scene["cam_intr"], np.float64),
+            cam_pose=np.asarray(scene["cam_pose"], np.float64),
+            scene_bounds=np.asarray(scene["scene_bounds"], np.float64),
+            objid_to_class=np.array([s.encode() for s in scene["objid_to_class"]]),
+        )
+        for key, value in plain.items():
+            data.create_dataset(key, data=value, compression="gzip", compression_opts=gzip)
+        descriptions = data.create_group("descriptions")
+        for key in DESCRIPTION_KEYS:
+            _write_list(descriptions, key, [d[key] for d in scene["descriptions"]], gzip)
+
+
+def visualization_pickle(scene: dict) -> dict:
+    """The visualize.py scene dict of data.md section 5 for a generated view."""
+    classes = [name.split("[")[0] for name in scene["objid_to_class"]]
+    visible = sorted({classes[i] for i in np.unique(scene["seg"][scene["seg"] >= 0])} - {"empty"})
+    return dict(
+        rgb=np.asarray(scene["rgb"], np.uint8),
+        depth=np.asarray(scene["depth"], np.float32),
+        cam_intr=np.asarray(scene["cam_intr"], np.float64),
+        cam_extr=np.asarray(scene["cam_pose"], np.float64),
+        ovssc_obj_classes=visible,
+        descriptions=[
+            [d["target_obj_name"], d["spatial_relation_name"], d["reference_obj_name"]]
+            for d in scene["descriptions"]
+        ],
+    )
+
+
+def split_lists(file_names: list[str]) -> dict[str, list[str]]:
+    """ssc_split.pkl / vool_split.pkl content (data.md 3.7): train rooms, and the test rooms three
+    times.
+    """
+    names = sorted(file_names)
+    test = [n for n in names if is_test_room(n.split("|", 1)[1].removesuffix(".hdf5"))]
+    return dict(
+        train=[n for n in names if n not in test],
+        unseen_instances=test,
+        unseen_instances_dr=list(test),
+        unseen_instances_synonyms=list(test),
+    )

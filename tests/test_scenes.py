@@ -1,0 +1,238 @@
+"""Procedural scene generator (scenes.py, generate_scenes.py) and the camera geometry it uses
+(geometry.py).
+"""
+
+import pickle
+
+import h5py
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+import generate_scenes
+import geometry
+import scenes
+
+SMALL = scenes.PRESETS["small"]
+SEEDS = range(6)
+RELATIONS = {"in", "on", "behind", "in front of", "on the left of", "on the right of"}
+
+
+@pytest.fixture(scope="module")
+def generated():
+    return {seed: scenes.generate_scene(seed, SMALL) for seed in SEEDS}
+
+
+def test_thor_intrinsics_match_spec():
+    k = geometry.pinhole_intrinsics(896, 896)
+    assert k[0, 0] == pytest.approx(533.9056094822062)
+    assert (k[0, 2], k[1, 2]) == (448, 448)
+
+
+def test_backproject_then_project_returns_pixels():
+    rng = np.random.RandomState(0)
+    depth = rng.uniform(0.5, 4.0, (6, 8))
+    k = np.array([[7.0, 0, 3.0], [0, 9.0, 4.0], [0, 0, 1]])
+    pose = scenes.CAMERA_POSE
+    xyz = geometry.backproject(depth, k, pose)
+    # hand check of pixel (row 2, column 5): camera ((5-3)d/7, (2-4)d/9, d), then the pose
+    d = depth[2, 5]
+    cam = np.array([(5 - 3) * d / 7, (2 - 4) * d / 9, d])
+    np.testing.assert_allclose(xyz[2 * 8 + 5], pose[:3, :3] @ cam + pose[:3, 3])
+    u, v, z = geometry.project(xyz, k, pose)
+    rows, cols = np.meshgrid(np.arange(6), np.arange(8), indexing="ij")
+    np.testing.assert_allclose(u, cols.reshape(-1), atol=1e-9)
+    np.testing.assert_allclose(v, rows.reshape(-1), atol=1e-9)
+    np.testing.assert_allclose(z, depth.reshape(-1))
+
+
+def test_frustum_is_continuous_and_half_open():
+    k = np.array([[10.0, 0, 5.0], [0, 10.0, 5.0], [0, 0, 1]])
+    eye = np.eye(4)
+    # u = 10 x / z + 5: x = -0.5 -> u = 0 (in), x = 0.4999 -> u = 9.999 (in), x = 0.5 -> u = 10
+    # (out)
+    pts = np.array([[-0.5, 0, 1], [0.4999, 0, 1], [0.5, 0, 1], [0, 0, -1]])
+    assert geometry.in_frustum(pts, k, eye, (10, 10)).tolist() == [True, True, False, False]
+
+
+def test_grid_index_uses_n_minus_one():
+    bounds = np.array([[0.0, 0, 0], [1.0, 1, 1]])
+    pts = np.array([[0.0, 0.5, 1.0], [0.999, 0.2, 0.26]])
+    # 4 cells: index = trunc(p * 3)
+    assert geometry.grid_index(pts, bounds, (4, 4, 4)).tolist() == [[0, 1, 3], [2, 0, 0]]
+
+
+def test_tsdf_of_a_flat_wall_by_hand():
+    # camera at the origin looking along +z at a wall 1.0 away; voxels 0.1, trunc 0.5
+    k = np.array([[2.0, 0, 2.0], [0, 2.0, 2.0], [0, 0, 1]])
+    depth = np.full((4, 4), 1.0)
+    bounds = np.array([[-0.05, -0.05, 0.0], [0.05, 0.05, 2.0]])
+    values, corners = geometry.integrate_tsdf(depth, k, np.eye(4), bounds, (1, 1, 20))
+    z = corners[:, 2]
+    expected = np.where(
+        z == 0, -1.0, np.where(1.0 - z >= -0.5, np.clip((1.0 - z) / 0.5, -1, 1), -1.0)
+    )
+    np.testing.assert_allclose(values.reshape(-1), expected, atol=1e-6)
+    assert values.reshape(-1)[0] == -1  # z = 0 is not in front of the camera: stays "occupied"
+    assert values.reshape(-1)[19] == -1  # beyond the truncation band
+
+
+def test_generation_is_deterministic_and_sized(generated):
+    again = scenes.generate_scene(3, SMALL)
+    for key in ("rgb", "depth", "seg", "full_xyz_pts", "full_objid_pts"):
+        np.testing.assert_array_equal(again[key], generated[3][key])
+    s = generated[3]
+    assert s["rgb"].shape == (128, 128, 3) and s["rgb"].dtype == np.uint8
+    assert s["full_xyz_pts"].shape == (SMALL.num_output_pts, 3)
+    assert geometry.in_bounds(s["full_xyz_pts"], geometry.THOR_SCENE_BOUNDS).all()
+    assert s["tsdf_value_pts"].shape == (32**3,)
+    assert np.all(s["depth"] > 0)  # the room is closed: every ray hits something
+
+
+def test_depth_pixel_lies_on_the_surface_its_segment_names(generated):
+    for s in generated.values():
+        objects = s["objects"]
+        xyz = geometry.backproject(s["depth"], s["cam_intr"], s["cam_pose"])
+        seg = s["seg"].reshape(-1)
+        cam_centre = s["cam_pose"][:3, 3]
+        rays = (xyz - cam_centre) / np.linalg.norm(xyz - cam_centre, axis=1, keepdims=True)
+        for pixel in np.random.RandomState(0).choice(len(seg), 300, replace=False):
+            obj = objects[seg[pixel]]
+            just_inside = obj.contains(xyz[pixel : pixel + 1] + 1e-4 * rays[pixel])
+            just_outside = obj.contains(xyz[pixel : pixel + 1] - 1e-3 * rays[pixel])
+            assert just_inside[0] and not just_outside[0], (obj.name, pixel)
+
+
+def test_hidden_objects_have_points_but_no_pixels(generated):
+    hidden = []
+    for s in generated.values():
+        for index, obj in enumerate(s["objects"]):
+            if not np.any(s["seg"] == index):
+                assert obj.contains(s["full_xyz_pts"]).any(), (
+                    obj.name
+                )  # its volume is still sampled
+                hidden.append(obj.name)
+    assert hidden, "no scene hides an object"
+
+
+def test_behind_targets_are_farther_than_references(generated):
+    count = 0
+    for s in generated.values():
+        classes = [c.split("[")[0] for c in s["objid_to_class"]]
+        for d in s["descriptions"]:
+            if d["spatial_relation_name"] != "behind":
+                continue
+            target = s["full_xyz_pts"][s["full_objid_pts"] == d["target_obj_id"]]
+            ref_ids = [i for i, c in enumerate(classes) if c == d["reference_obj_name"]]
+            refs = [s["full_xyz_pts"][s["full_objid_pts"] == i] for i in ref_ids]
+            z_target = geometry.project(
+                target.mean(0, keepdims=True), s["cam_intr"], s["cam_pose"]
+            )[2]
+            z_refs = [
+                geometry.project(r.mean(0, keepdims=True), s["cam_intr"], s["cam_pose"])[2]
+                for r in refs
+            ]
+            assert z_target[0] > min(z[0] for z in z_refs)
+            count += 1
+    assert count > 0
+
+
+def test_in_targets_lie_inside_their_container(generated):
+    count = 0
+    for s in generated.values():
+        # a hidden target of "behind" also gets the behind region (rule C shares its id), so skip
+        # those
+        behind = {
+            d["target_obj_id"] for d in s["descriptions"] if d["spatial_relation_name"] == "behind"
+        }
+        for d in s["descriptions"]:
+            if d["spatial_relation_name"] != "in" or d["target_obj_id"] in behind:
+                continue
+            containers = [o for o in s["objects"] if o.name == d["reference_obj_name"]]
+            target = s["full_xyz_pts"][s["full_objid_pts"] == d["target_obj_id"]]
+            assert len(target) > 0
+            inside = np.any(
+                [
+                    (target >= o.lower - 1e-6).all(1) & (target <= o.upper + 1e-6).all(1)
+                    for o in containers
+                ],
+                axis=0,
+            )
+            assert inside.all(), d
+            count += 1
+    assert count > 0
+
+
+def test_descriptions_follow_the_sentence_rules(generated):
+    for s in generated.values():
+        sentences = [
+            f"{d['target_obj_name']} {d['spatial_relation_name']} a {d['reference_obj_name']}"
+            for d in s["descriptions"]
+        ]
+        assert len(sentences) == len(set(sentences))
+        for d in s["descriptions"]:
+            assert d["target_obj_name"] != d["reference_obj_name"]
+            assert d["spatial_relation_name"] in RELATIONS
+            if d["spatial_relation_name"] == "in":
+                assert d["reference_obj_name"] in scenes.CONTAINER_CLASSES
+            if d["spatial_relation_name"] not in ("in", "on"):
+                assert d["target_obj_name"] not in scenes.NO_LOCALIZATION_CLASSES
+            assert not {d["target_obj_name"], d["reference_obj_name"]} & scenes.NEVER_DESCRIBED
+            assert (s["full_objid_pts"] == d["target_obj_id"]).any()
+
+
+def test_cli_writes_files_splits_and_pickles(tmp_path):
+    runner = CliRunner()
+    args = [
+        "dataset",
+        str(tmp_path),
+        "--num-scenes",
+        "8",
+        "--preset",
+        "small",
+        "--num-output-pts",
+        "3000",
+        "--vis-seed",
+        "7",
+    ]
+    result = runner.invoke(generate_scenes.app, args)
+    assert result.exit_code == 0, result.output
+    names = sorted(p.name for p in tmp_path.glob("*.hdf5"))
+    assert names == [scenes.scene_file_name(s, scenes.pick_room(s)) for s in range(8)]
+    with open(tmp_path / "vool_split.pkl", "rb") as f:
+        splits = pickle.load(f)
+    with open(tmp_path / "ssc_split.pkl", "rb") as f:
+        assert pickle.load(f) == splits
+    assert sorted(splits["train"] + splits["unseen_instances"]) == names
+    assert (
+        splits["unseen_instances"]
+        == splits["unseen_instances_dr"]
+        == splits["unseen_instances_synonyms"]
+    )
+    for name in names:
+        with h5py.File(tmp_path / name) as f:
+            classes = {c.split("[")[0] for c in f["data/objid_to_class"][()].astype(str)}
+            test_room = name in splits["unseen_instances"]
+            assert test_room or not classes & set(scenes.TEST_CLASSES), name
+            assert f["data/domain_randomized_rgb"].shape == (
+                (1, 128, 128, 3) if test_room else (1, 1)
+            )
+            assert f["full_xyz_pts"].shape == (1, 3000, 3) and f["saliencies"].shape == (
+                0,
+                128,
+                128,
+            )
+    with open(tmp_path / "procedural_00007.pkl", "rb") as f:
+        vis = pickle.load(f)
+    assert set(vis) == {"rgb", "depth", "cam_intr", "cam_extr", "ovssc_obj_classes", "descriptions"}
+    assert vis["rgb"].shape == (128, 128, 3) and all(len(d) == 3 for d in vis["descriptions"])
+    # a second run skips the existing files
+    mtime = (tmp_path / names[0]).stat().st_mtime_ns
+    result = runner.invoke(generate_scenes.app, args[:4] + ["--preset", "small"])
+    assert "0 scene files" in result.output or "wrote 0" in result.output
+    assert (tmp_path / names[0]).stat().st_mtime_ns == mtime
+
+
+def test_cli_rejects_bad_options(tmp_path):
+    result = CliRunner().invoke(generate_scenes.app, ["dataset", str(tmp_path), "--preset", "huge"])
+    assert result.exit_code != 0 and "unknown preset 'huge'" in str(result.exception)
