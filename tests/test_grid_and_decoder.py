@@ -175,3 +175,14 @@ def test_additive_pointing_has_its_vector():
     key, query = torch.randn(2, 4, 8), torch.randn(2, 1, 8)
     expected = torch.tanh(key + query) @ pointer.pointer_v.weight[0]
     torch.testing.assert_close(pointer(key, query)[..., 0], expected)
+
+
+def test_numpy_grid_index_of_geometry_agrees_with_virtual_grid():
+    import geometry
+
+    rng = np.random.default_rng(0)
+    lower, upper = np.array(BOUNDS)
+    xyz = rng.uniform(lower - 0.2, upper + 0.2, size=(5000, 3)).astype(np.float32)  # some outside
+    for shape in [(128, 128, 128), (64, 32, 16)]:
+        ours = net.VirtualGrid(BOUNDS, shape).continuous_index(torch.from_numpy(xyz)).long().numpy()
+        np.testing.assert_array_equal(geometry.grid_index(xyz, np.array(BOUNDS), shape), ours)
