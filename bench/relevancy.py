@@ -1,0 +1,93 @@
+"""Benchmark relevancy extraction (issue 4): seconds per image for `chefer_et_al`, `fast` and `ours`.
+
+640x480 image (assets/room.png), 3 labels, random ViT-B-32 weights. Also measured in the same run: the
+bare time of one no-grad ViT-B-32 crop forward at the same batch size, and the largest difference
+between the fast per-crop maps (batched VJP, CLS-row tail) and the straightforward per-label
+`autograd.grad` computation, relative to the map's range.
+
+    python bench/relevancy.py --threads 2 [--configs chefer_et_al fast ours] [--device cpu]
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+import warnings
+from pathlib import Path
+
+import imageio.v3 as iio
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import relevancy  # noqa: E402
+
+LABELS = ("vase", "red ball", "lamp")
+ORIGINAL_OURS_S = (273, 338)  # spec relevancy.md section 7
+
+
+def bare_crop_forward_s(model, batch_size: int, device: torch.device, repeats: int = 3) -> float:
+    """Median seconds of one no-grad visual forward, divided by the batch size."""
+    crops = torch.randn(batch_size, 3, 224, 224, device=device)
+    times = []
+    with torch.no_grad():
+        model.visual(crops)  # warm-up
+        for _ in range(repeats):
+            start = time.perf_counter()
+            model.visual(crops)
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            times.append(time.perf_counter() - start)
+    return sorted(times)[len(times) // 2] / batch_size
+
+
+def max_relative_difference(extractor, model, device: torch.device, crops: int = 8) -> float:
+    text = extractor.text_features(LABELS, [relevancy.HOME_PROMPT]).to(device)
+    batch = torch.randn(crops, 3, 224, 224, device=device)
+    fast = extractor.crop_relevancy(batch, text)
+    reference = relevancy.reference_crop_relevancy(model, batch, text)
+    return float((fast - reference).abs().max() / (reference.max() - reference.min()))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--configs", nargs="+", default=["chefer_et_al", "fast", "ours"])
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--batch-size", type=int, default=32)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    device = torch.device(args.device)
+    torch.manual_seed(0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        model, tokenizer = relevancy.load_model("ViT-B-32", pretrained="none", device=device)
+    extractor = relevancy.RelevancyExtractor(model, tokenizer, device, batch_size=args.batch_size)
+    image = iio.imread(Path(__file__).resolve().parents[1] / "assets" / "room.png")
+    height, width = image.shape[:2]
+    print(f"device {device}, {torch.get_num_threads()} threads, image {width}x{height}, labels {len(LABELS)}")
+
+    crop_s = bare_crop_forward_s(model, args.batch_size, device)
+    print(f"bare no-grad ViT-B-32 crop forward (batch {args.batch_size}): {crop_s * 1000:.1f} ms/crop")
+    print(f"per-crop maps vs per-label autograd.grad: max abs diff / range = "
+          f"{max_relative_difference(extractor, model, device):.2e}")
+    extractor(image, LABELS, config=relevancy.saliency_config("chefer_et_al", height))  # warm-up
+    for name in args.configs:
+        config = relevancy.saliency_config(name, height)  # img_dim = height, as the image command
+        forwards = relevancy.num_crop_forwards(height, width, config)
+        start = time.perf_counter()
+        maps, _ = extractor(image, LABELS, config=config)
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        seconds = time.perf_counter() - start
+        floor = forwards * crop_s
+        line = (f"{name:>13}: {seconds:8.2f} s/image, {forwards} crop forwards, "
+                f"floor {floor:.2f} s, ratio to floor {seconds / floor:.3f}")
+        if name == "ours":
+            line += f"; original {ORIGINAL_OURS_S[0]}-{ORIGINAL_OURS_S[1]} s"
+        print(line, flush=True)
+        assert maps.shape == (len(LABELS), height, width)
+
+
+if __name__ == "__main__":
+    main()
