@@ -1,31 +1,36 @@
 """Multi-scale CLIP relevancy maps on open_clip vision transformers.
 
-Defines the saliency configs (`ours`, `chefer_et_al`, `fast`), the crop tiling, the per-crop Chefer-style
-relevancy of the last visual block, flip averaging, paste-back and the text features used as targets.
-Spec: ../shared/spec/relevancy.md (sections 1-4 and 6; section numbers below refer to it).
+Defines the saliency configs (`ours`, `chefer_et_al`, `fast`), the crop tiling, the per-crop
+Chefer-style relevancy of the last visual block, flip averaging, paste-back and the text features
+used as targets. Spec: ../shared/spec/relevancy.md (sections 1-4 and 6; "spec N" below).
 
 Per crop c and label p the map is (spec 2):
 
     rel[p, c] = mean_heads( max(0, dS_p/dA * A) )[CLS row, patch columns] -> (grid, grid)
 
-with A the post-softmax attention of the LAST visual block and S_p = 100 * cos(f_c, t_p). Only the CLS
-output of the last block reaches the image feature (token pooling), so only A's CLS row has a gradient
-and only that row is built with autograd; the blocks before it run without autograd, and all labels'
-gradients come from one batched vector-Jacobian product (`torch.autograd.grad(is_grads_batched=True)`).
+with A the post-softmax attention of the LAST visual block and S_p = 100 * cos(f_c, t_p). Only the
+CLS output of the last block reaches the image feature (token pooling), so only A's CLS row has a
+gradient and only that row is built with autograd; the blocks before it run without autograd, and
+all labels' gradients come from one batched vector-Jacobian product
+(`torch.autograd.grad(..., is_grads_batched=True)`).
 
-Quirks kept for parity (default `tiling="parity"`), fixed by `tiling="full"`:
-* the column offset is skipped when it is >= the image height (spec 3.3): landscape images lose columns;
+Quirks kept for parity (default `tiling="parity"`), fixed by `tiling="full"` (`--tiling full`):
+* a column offset is skipped when it is >= the image height (spec 3.3): landscape images lose
+  columns;
 * no edge crop: pixels beyond the last full stride are not covered at that scale;
 * a tile larger than the image gives no crop (portrait images with img_dim = height);
-* every pixel is divided by the number of scales, covered or not (spec 3.5).
+* every pixel is divided by the number of scales, covered or not (spec 3.5);
+* per-scale accumulators are rounded to fp16 (spec 1.3).
 Known differences from the original that are not flags: crops are resized with torch's antialiased
-bicubic on floats instead of PIL on uint8; the per-scale sums are rounded to fp16 once at the end instead
-of at every addition; the colour jitter uses torchvision on tensors (seeded) instead of PIL.
+bicubic on floats instead of PIL on uint8; the fp16 rounding happens once per scale at the end
+instead of at every addition; the colour jitter is torchvision's on tensors, seeded (the original
+never seeded it); labels are not re-run in chunks of 32 (all labels share one image forward).
 """
 
 from __future__ import annotations
 
 import contextlib
+import pickle
 import warnings
 import zipfile
 from collections.abc import Sequence
@@ -48,29 +53,88 @@ HOME_PROMPT = "a photograph of a {} in a home."
 THOR_PROMPT = "a render of a {} in a game engine."
 TILINGS = ("parity", "full")
 
-# The 80 ImageNet prompt templates of CLIP (spec 4), used when a config sets imagenet_prompt_ensemble.
+# The 80 ImageNet prompt templates of CLIP (spec 4), used when a config sets
+# imagenet_prompt_ensemble.
 IMAGENET_TEMPLATES = (
-    "a bad photo of a {}.", "a photo of many {}.", "a sculpture of a {}.", "a photo of the hard to see {}.",
-    "a low resolution photo of the {}.", "a rendering of a {}.", "graffiti of a {}.",
-    "a bad photo of the {}.", "a cropped photo of the {}.", "a tattoo of a {}.",
-    "the embroidered {}.", "a photo of a hard to see {}.", "a bright photo of a {}.",
-    "a photo of a clean {}.", "a photo of a dirty {}.", "a dark photo of the {}.", "a drawing of a {}.",
-    "a photo of my {}.", "the plastic {}.", "a photo of the cool {}.", "a close-up photo of a {}.",
-    "a black and white photo of the {}.", "a painting of the {}.", "a painting of a {}.",
-    "a pixelated photo of the {}.", "a sculpture of the {}.", "a bright photo of the {}.",
-    "a cropped photo of a {}.", "a plastic {}.", "a photo of the dirty {}.", "a jpeg corrupted photo of a {}.",
-    "a blurry photo of the {}.", "a photo of the {}.", "a good photo of the {}.", "a rendering of the {}.",
-    "a {} in a video game.", "a photo of one {}.", "a doodle of a {}.", "a close-up photo of the {}.",
-    "a photo of a {}.", "the origami {}.", "the {} in a video game.", "a sketch of a {}.",
-    "a doodle of the {}.", "a origami {}.", "a low resolution photo of a {}.", "the toy {}.",
-    "a rendition of the {}.", "a photo of the clean {}.", "a photo of a large {}.", "a rendition of a {}.",
-    "a photo of a nice {}.", "a photo of a weird {}.", "a blurry photo of a {}.", "a cartoon {}.",
-    "art of a {}.", "a sketch of the {}.", "a embroidered {}.", "a pixelated photo of a {}.",
-    "itap of the {}.", "a jpeg corrupted photo of the {}.", "a good photo of a {}.", "a plushie {}.",
-    "a photo of the nice {}.", "a photo of the small {}.", "a photo of the weird {}.", "the cartoon {}.",
-    "art of the {}.", "a drawing of the {}.", "a photo of the large {}.",
-    "a black and white photo of a {}.", "the plushie {}.", "a dark photo of a {}.", "itap of a {}.",
-    "graffiti of the {}.", "a toy {}.", "itap of my {}.", "a photo of a cool {}.", "a photo of a small {}.",
+    "a bad photo of a {}.",
+    "a photo of many {}.",
+    "a sculpture of a {}.",
+    "a photo of the hard to see {}.",
+    "a low resolution photo of the {}.",
+    "a rendering of a {}.",
+    "graffiti of a {}.",
+    "a bad photo of the {}.",
+    "a cropped photo of the {}.",
+    "a tattoo of a {}.",
+    "the embroidered {}.",
+    "a photo of a hard to see {}.",
+    "a bright photo of a {}.",
+    "a photo of a clean {}.",
+    "a photo of a dirty {}.",
+    "a dark photo of the {}.",
+    "a drawing of a {}.",
+    "a photo of my {}.",
+    "the plastic {}.",
+    "a photo of the cool {}.",
+    "a close-up photo of a {}.",
+    "a black and white photo of the {}.",
+    "a painting of the {}.",
+    "a painting of a {}.",
+    "a pixelated photo of the {}.",
+    "a sculpture of the {}.",
+    "a bright photo of the {}.",
+    "a cropped photo of a {}.",
+    "a plastic {}.",
+    "a photo of the dirty {}.",
+    "a jpeg corrupted photo of a {}.",
+    "a blurry photo of the {}.",
+    "a photo of the {}.",
+    "a good photo of the {}.",
+    "a rendering of the {}.",
+    "a {} in a video game.",
+    "a photo of one {}.",
+    "a doodle of a {}.",
+    "a close-up photo of the {}.",
+    "a photo of a {}.",
+    "the origami {}.",
+    "the {} in a video game.",
+    "a sketch of a {}.",
+    "a doodle of the {}.",
+    "a origami {}.",
+    "a low resolution photo of a {}.",
+    "the toy {}.",
+    "a rendition of the {}.",
+    "a photo of the clean {}.",
+    "a photo of a large {}.",
+    "a rendition of a {}.",
+    "a photo of a nice {}.",
+    "a photo of a weird {}.",
+    "a blurry photo of a {}.",
+    "a cartoon {}.",
+    "art of a {}.",
+    "a sketch of the {}.",
+    "a embroidered {}.",
+    "a pixelated photo of a {}.",
+    "itap of the {}.",
+    "a jpeg corrupted photo of the {}.",
+    "a good photo of a {}.",
+    "a plushie {}.",
+    "a photo of the nice {}.",
+    "a photo of the small {}.",
+    "a photo of the weird {}.",
+    "the cartoon {}.",
+    "art of the {}.",
+    "a drawing of the {}.",
+    "a photo of the large {}.",
+    "a black and white photo of a {}.",
+    "the plushie {}.",
+    "a dark photo of a {}.",
+    "itap of a {}.",
+    "graffiti of the {}.",
+    "a toy {}.",
+    "itap of my {}.",
+    "a photo of a cool {}.",
+    "a photo of a small {}.",
     "a tattoo of the {}.",
 )
 
@@ -91,7 +155,9 @@ class SaliencyConfig:
 
 def _ours(img_dim: int) -> SaliencyConfig:
     sizes = (img_dim, int(img_dim * 2 / 3), img_dim // 2, img_dim // 4)
-    return SaliencyConfig(tuple((s, s // 4) for s in sizes), horizontal_flipping=True, augmentations=5)
+    return SaliencyConfig(
+        tuple((s, s // 4) for s in sizes), horizontal_flipping=True, augmentations=5
+    )
 
 
 def _chefer_et_al(img_dim: int) -> SaliencyConfig:
@@ -130,7 +196,9 @@ def _offsets(length: int, tile: int, stride: int, edge: bool) -> list[int]:
     return offsets
 
 
-def crop_regions(height: int, width: int, tile: int, stride: int, tiling: str) -> list[tuple[int, int]]:
+def crop_regions(
+    height: int, width: int, tile: int, stride: int, tiling: str
+) -> list[tuple[int, int]]:
     """(row, col) offsets of the square crops of one scale, in the original's order (column-major).
 
     parity: the original loop (spec 3.3), including the skip of column offsets >= height and of row
@@ -198,7 +266,9 @@ def load_model(
     * `pretrained="none"`: random weights for tests and smoke runs; the maps mean nothing.
     """
     if model_name not in open_clip.list_models():
-        raise InputError(f"unknown open_clip model {model_name!r}; e.g. ViT-B-32, ViT-B-16, ViT-L-14")
+        raise InputError(
+            f"unknown open_clip model {model_name!r}; e.g. ViT-B-32, ViT-B-16, ViT-L-14"
+        )
     if checkpoint is not None:
         path = Path(checkpoint)
         if not path.is_file():
@@ -208,8 +278,10 @@ def load_model(
                 model = open_clip.load_openai_model(str(path), device="cpu")
             else:
                 model = open_clip.create_model(model_name, pretrained=str(path))
-        except (RuntimeError, KeyError, ValueError) as error:
-            first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        except (RuntimeError, KeyError, ValueError, EOFError, pickle.UnpicklingError) as error:
+            first = (
+                str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+            )
             raise InputError(f"cannot load checkpoint {path} as {model_name}: {first}") from error
     elif pretrained is None or pretrained.lower() == "none":
         warnings.warn(
@@ -219,7 +291,9 @@ def load_model(
     else:
         if pretrained not in open_clip.list_pretrained_tags_by_model(model_name):
             tags = ", ".join(open_clip.list_pretrained_tags_by_model(model_name)) or "none"
-            raise InputError(f"unknown pretrained tag {pretrained!r} for {model_name}; known: {tags}")
+            raise InputError(
+                f"unknown pretrained tag {pretrained!r} for {model_name}; known: {tags}"
+            )
         try:
             model = open_clip.create_model(model_name, pretrained=pretrained)
         except Exception as error:  # download or cache failures come in many types
@@ -249,11 +323,15 @@ class RelevancyExtractor:
             or getattr(visual, "attn_pool", None) is not None
             or getattr(visual, "final_ln_after_pool", False)
         ):
-            raise InputError("relevancy needs an open_clip ViT with CLS-token pooling (e.g. ViT-B-32)")
+            raise InputError(
+                "relevancy needs an open_clip ViT with CLS-token pooling (e.g. ViT-B-32)"
+            )
         self.model, self.tokenizer = model, tokenizer
         self.device = torch.device(device)
         self.batch_size = batch_size
-        self.input_size = visual.image_size[0] if isinstance(visual.image_size, tuple) else visual.image_size
+        self.input_size = (
+            visual.image_size[0] if isinstance(visual.image_size, tuple) else visual.image_size
+        )
         self.grid = visual.grid_size[0]
         self.mean = torch.tensor(getattr(visual, "image_mean", None) or CLIP_MEAN).view(1, 3, 1, 1)
         self.std = torch.tensor(getattr(visual, "image_std", None) or CLIP_STD).view(1, 3, 1, 1)
@@ -267,7 +345,12 @@ class RelevancyExtractor:
 
         QUIRK (parity): the mean is not re-normalised, so a multi-prompt feature has norm < 1.
         """
-        missing = [(lab, p) for lab in dict.fromkeys(labels) for p in prompts if (lab, p) not in self._text_cache]
+        missing = [
+            (lab, p)
+            for lab in dict.fromkeys(labels)
+            for p in prompts
+            if (lab, p) not in self._text_cache
+        ]
         if missing:
             texts = [p.format(lab) for lab, p in missing]
             tokens = self.tokenizer(texts).to(self.device)
@@ -288,7 +371,10 @@ class RelevancyExtractor:
         return tokens
 
     def crop_logits(self, tokens: torch.Tensor, text: torch.Tensor):
-        """Last block for the CLS query only. Returns (attention (B, heads, T) with grad, logits (B, N))."""
+        """Last block for the CLS query only.
+
+        Returns the CLS-row attention (B, heads, T), requiring grad, and the logits (B, N).
+        """
         visual = self.model.visual
         block = visual.transformer.resblocks[-1]
         attn_module = block.attn
@@ -296,7 +382,9 @@ class RelevancyExtractor:
         batch, num_tokens, width = tokens.shape
         head_dim = width // heads
         with torch.no_grad():
-            q, k, v = F.linear(block.ln_1(tokens), attn_module.in_proj_weight, attn_module.in_proj_bias).chunk(3, -1)
+            q, k, v = F.linear(
+                block.ln_1(tokens), attn_module.in_proj_weight, attn_module.in_proj_bias
+            ).chunk(3, -1)
             q = q[:, 0].view(batch, heads, 1, head_dim) * head_dim**-0.5  # (B, h, 1, hd)
             k = k.view(batch, num_tokens, heads, head_dim).transpose(1, 2)  # (B, h, T, hd)
             v = v.view(batch, num_tokens, heads, head_dim).transpose(1, 2)  # (B, h, T, hd)
@@ -310,13 +398,15 @@ class RelevancyExtractor:
         return attention, LOGIT_SCALE * features @ text.to(features).T  # (B, N)
 
     def crop_relevancy(self, crops: torch.Tensor, text: torch.Tensor, positive_only: bool = True):
-        """(N, B, grid, grid) relevancy of preprocessed crops (B, 3, S, S) for text features (N, D)."""
+        """(N, B, grid, grid) relevancy of preprocessed crops (B, 3, S, S) for text (N, D)."""
         attention, logits = self.crop_logits(self._last_block_inputs(crops), text)
         num_labels = text.shape[0]
         # one batched VJP: row p of `selector` picks label p's logit in every crop
         selector = torch.eye(num_labels, dtype=logits.dtype, device=logits.device)
         selector = selector[:, None, :].expand(num_labels, *logits.shape)  # (N, B, N)
-        (grads,) = torch.autograd.grad(logits, attention, selector, is_grads_batched=True)  # (N, B, h, T)
+        (grads,) = torch.autograd.grad(
+            logits, attention, selector, is_grads_batched=True
+        )  # (N, B, h, T)
         return relevancy_from_attention(attention.detach(), grads, self.grid, positive_only)
 
     # ---- crops (spec 1.4, 3.2, 3.3)
@@ -325,14 +415,18 @@ class RelevancyExtractor:
         """uint8-valued float crops (B, 3, s, s) in [0, 255] -> normalised (B, 3, S, S)."""
         size = self.input_size
         if crops.shape[-1] != size:
-            crops = F.interpolate(crops, size=(size, size), mode="bicubic", antialias=True, align_corners=False)
+            crops = F.interpolate(
+                crops, size=(size, size), mode="bicubic", antialias=True, align_corners=False
+            )
         crops = crops.clamp(0, 255) / 255.0
         return (crops - self.mean.to(crops)) / self.std.to(crops)
 
     @staticmethod
     def image_copies(image: np.ndarray, augmentations: int, seed: int | None) -> list[torch.Tensor]:
-        """[original, jittered x augmentations] as (3, H, W) float tensors in [0, 255] (spec 3.2)."""
-        base = torch.from_numpy(np.ascontiguousarray(image[..., :3])).permute(2, 0, 1)  # (3, H, W) uint8
+        """[original, jittered copies] as (3, H, W) float tensors in [0, 255] (spec 3.2)."""
+        base = torch.from_numpy(np.ascontiguousarray(image[..., :3])).permute(
+            2, 0, 1
+        )  # (3, H, W) uint8
         copies = [base.float()]
         if augmentations:
             jitter = ColorJitter(brightness=0.6, contrast=0.6, saturation=0.6, hue=0.1)
@@ -354,7 +448,7 @@ class RelevancyExtractor:
         seed: int | None = 0,
         progress: bool = False,
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Relevancy maps (N, H, W) float32 and text features (N, D) of an RGB uint8 image (H, W, 3)."""
+        """Maps (N, H, W) float32 and text features (N, D) of an RGB uint8 image (H, W, 3)."""
         if image.ndim != 3 or image.shape[2] not in (3, 4) or image.dtype != np.uint8:
             raise InputError(f"image must be uint8 (H, W, 3), got {image.dtype} {image.shape}")
         if len(labels) == 0:
@@ -368,8 +462,15 @@ class RelevancyExtractor:
         copies = self.image_copies(image, config.augmentations, seed)
 
         # per scale: sum over copies and flips of each crop's (N, grid, grid) map
-        sums = [torch.zeros(len(labels), len(regions), self.grid, self.grid) for _, regions in tiles]
-        jobs = [(c, s, i) for c in range(len(copies)) for s, (_, regions) in enumerate(tiles) for i in range(len(regions))]
+        sums = [
+            torch.zeros(len(labels), len(regions), self.grid, self.grid) for _, regions in tiles
+        ]
+        jobs = [
+            (c, s, i)
+            for c in range(len(copies))
+            for s, (_, regions) in enumerate(tiles)
+            for i in range(len(regions))
+        ]
         flips = 2 if config.horizontal_flipping else 1
         per_batch = max(1, self.batch_size // flips)
         bar = tqdm(total=len(jobs) * flips, desc="crop forwards", unit="crop", disable=not progress)
@@ -378,7 +479,11 @@ class RelevancyExtractor:
             crops = self._cut(copies, tiles, chunk)  # (b, 3, S, S)
             if config.horizontal_flipping:
                 crops = torch.cat([crops, crops.flip(-1)])
-            maps = self.crop_relevancy(crops.to(self.device), text, config.positive_attn_only).float().cpu()
+            maps = (
+                self.crop_relevancy(crops.to(self.device), text, config.positive_attn_only)
+                .float()
+                .cpu()
+            )
             if config.horizontal_flipping:
                 # flip the maps of the flipped crops back and average (spec 3.4)
                 maps = (maps[:, : len(chunk)] + maps[:, len(chunk) :].flip(-1)) / 2
@@ -389,7 +494,7 @@ class RelevancyExtractor:
         return paste_back(sums, tiles, (height, width), len(copies), config.tiling), text.cpu()
 
     def _cut(self, copies, tiles, chunk) -> torch.Tensor:
-        """Preprocessed crops for (copy, scale, region) jobs, grouped by tile size for batched resizing."""
+        """Preprocessed crops for (copy, scale, region) jobs, resized in batches per tile size."""
         out = [None] * len(chunk)
         by_tile: dict[int, list[int]] = {}
         for j, (_, s, _) in enumerate(chunk):
@@ -410,7 +515,7 @@ class RelevancyExtractor:
 def relevancy_from_attention(
     attention: torch.Tensor, grads: torch.Tensor, grid: int, positive_only: bool = True
 ) -> torch.Tensor:
-    """CLS-row attention (B, h, T) and its gradients (N, B, h, T) -> maps (N, B, grid, grid) (spec 2)."""
+    """CLS-row attention (B, h, T) and its gradients (N, B, h, T) -> maps (N, B, g, g) (spec 2)."""
     cam = grads * attention
     if positive_only:
         cam = cam.clamp(min=0)
@@ -419,12 +524,16 @@ def relevancy_from_attention(
 
 
 def paste_back(
-    sums: list[torch.Tensor], tiles: list[tuple[int, list]], shape: tuple[int, int], copies: int, tiling: str
+    sums: list[torch.Tensor],
+    tiles: list[tuple[int, list]],
+    shape: tuple[int, int],
+    copies: int,
+    tiling: str,
 ) -> torch.Tensor:
     """Per-scale mean over covering crops, then mean over scales (spec 3.5) -> (N, H, W) float32.
 
-    `sums[s]` (N, R_s, g, g) holds each region's map summed over copies; bilinear upsampling is linear,
-    so upsampling the sum equals summing the upsampled maps of the original.
+    `sums[s]` (N, R_s, g, g) holds each region's map summed over copies; bilinear upsampling is
+    linear, so upsampling the sum equals summing the upsampled maps of the original.
     """
     height, width = shape
     num_labels = sums[0].shape[0]
@@ -432,18 +541,25 @@ def paste_back(
     scale_maps: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
     for (tile, regions), region_sums in zip(tiles, sums, strict=True):
         # scales with equal tile size share one accumulator, as the original's dict keyed by size
-        acc, counts = scale_maps.setdefault(tile, (torch.zeros(num_labels, height, width), torch.full((height, width), 1e-5)))
+        acc, counts = scale_maps.setdefault(
+            tile, (torch.zeros(num_labels, height, width), torch.full((height, width), 1e-5))
+        )
         for start in range(0, len(regions), 32):
             block = region_sums[:, start : start + 32]
             up = F.interpolate(block, size=(tile, tile), mode="bilinear", align_corners=False)
-            for (row, col), region_map in zip(regions[start : start + 32], up.unbind(1), strict=True):
+            for (row, col), region_map in zip(
+                regions[start : start + 32], up.unbind(1), strict=True
+            ):
                 acc[:, row : row + tile, col : col + tile] += region_map
                 counts[row : row + tile, col : col + tile] += copies
     for acc, counts in scale_maps.values():
         if tiling == "parity":
-            acc = acc.half().float()  # QUIRK (parity): fp16 accumulators (spec 1.3); --tiling full keeps fp32
+            acc = (
+                acc.half().float()
+            )  # QUIRK (parity): fp16 accumulators (spec 1.3); --tiling full keeps fp32
         total += acc / counts
-    # QUIRK (parity): divide by the number of scales even where a scale covers nothing (full covers all)
+    # QUIRK (parity): divide by the number of scales even where a scale covers nothing;
+    # --tiling full covers every pixel at every scale
     return total / len(scale_maps)
 
 
@@ -459,22 +575,26 @@ def mean_over_labels(maps: torch.Tensor) -> torch.Tensor:
 
 
 def resize_maps(maps: torch.Tensor, shape: tuple[int, int]) -> torch.Tensor:
-    """(N, H, W) -> (N, *shape) with nearest-exact, as the dataset command stores them (spec 5.2)."""
+    """(N, H, W) -> (N, *shape) with nearest-exact, as the dataset command stores them (5.2)."""
     if tuple(maps.shape[-2:]) == tuple(shape):
         return maps
     return F.interpolate(maps[None], size=shape, mode="nearest-exact")[0]
 
 
 def default_prompt(path: str | Path) -> str:
-    """THOR render prompt, or the home photograph prompt when the path names matterport or nyu (spec 4)."""
+    """THOR render prompt, or the home photo prompt when the path names matterport or nyu (4)."""
     text = str(path).lower()
     return HOME_PROMPT if ("matterport" in text or "nyu" in text) else THOR_PROMPT
 
 
+def reference_crop_relevancy(
+    model, crops: torch.Tensor, text: torch.Tensor, positive_only: bool = True
+):
+    """The straightforward computation, for checks only (slow) -> (N, B, g, g).
 
-def reference_crop_relevancy(model, crops: torch.Tensor, text: torch.Tensor, positive_only: bool = True):
-    """The straightforward computation, for checks only (slow): a full autograd forward that records the
-    last block's complete (B, h, T, T) attention, and one `autograd.grad` per label. -> (N, B, g, g)."""
+    A full autograd forward that records the last block's complete (B, h, T, T) attention, and one
+    `autograd.grad` per label.
+    """
     visual = model.visual
     block = visual.transformer.resblocks[-1]
     attn_module, heads = block.attn, block.attn.num_heads
@@ -484,7 +604,9 @@ def reference_crop_relevancy(model, crops: torch.Tensor, text: torch.Tensor, pos
             tokens = earlier(tokens)
         batch, num_tokens, width = tokens.shape
         head_dim = width // heads
-        q, k, v = F.linear(block.ln_1(tokens), attn_module.in_proj_weight, attn_module.in_proj_bias).chunk(3, -1)
+        q, k, v = F.linear(
+            block.ln_1(tokens), attn_module.in_proj_weight, attn_module.in_proj_bias
+        ).chunk(3, -1)
         q, k, v = (t.view(batch, num_tokens, heads, head_dim).transpose(1, 2) for t in (q, k, v))
         attention = ((q * head_dim**-0.5) @ k.transpose(-1, -2)).softmax(-1)  # (B, h, T, T)
         if not attention.requires_grad:
@@ -493,9 +615,14 @@ def reference_crop_relevancy(model, crops: torch.Tensor, text: torch.Tensor, pos
         out = tokens + block.ls_1(attn_module.out_proj(mixed))
         out = out + block.ls_2(block.mlp(block.ln_2(out)))
         pooled, _ = visual._pool(out)
-        logits = LOGIT_SCALE * F.normalize(pooled @ visual.proj, dim=-1) @ text.to(pooled).T  # (B, N)
+        logits = (
+            LOGIT_SCALE * F.normalize(pooled @ visual.proj, dim=-1) @ text.to(pooled).T
+        )  # (B, N)
         grads = torch.stack(
-            [torch.autograd.grad(logits[:, p].sum(), attention, retain_graph=True)[0] for p in range(text.shape[0])]
+            [
+                torch.autograd.grad(logits[:, p].sum(), attention, retain_graph=True)[0]
+                for p in range(text.shape[0])
+            ]
         )  # (N, B, h, T, T)
     cam = grads * attention.detach()
     if positive_only:

@@ -1,9 +1,9 @@
-"""Benchmark relevancy extraction (issue 4): seconds per image for `chefer_et_al`, `fast` and `ours`.
+"""Benchmark relevancy extraction (issue 4): seconds per image for chefer_et_al, fast and ours.
 
-640x480 image (assets/room.png), 3 labels, random ViT-B-32 weights. Also measured in the same run: the
-bare time of one no-grad ViT-B-32 crop forward at the same batch size, and the largest difference
-between the fast per-crop maps (batched VJP, CLS-row tail) and the straightforward per-label
-`autograd.grad` computation, relative to the map's range.
+640x480 image (assets/room.png), 3 labels, random ViT-B-32 weights. Also measured in the same
+run: the bare time of one no-grad ViT-B-32 crop forward at the same batch size, and the largest
+difference between the fast per-crop maps (batched VJP, CLS-row tail) and the straightforward
+per-label `autograd.grad` computation, relative to the map's range.
 
     python bench/relevancy.py --threads 2 [--configs chefer_et_al fast ours] [--device cpu]
 """
@@ -50,7 +50,9 @@ def max_relative_difference(extractor, model, device: torch.device, crops: int =
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--configs", nargs="+", default=["chefer_et_al", "fast", "ours"])
     parser.add_argument("--device", default="cpu")
@@ -65,12 +67,19 @@ def main() -> None:
     extractor = relevancy.RelevancyExtractor(model, tokenizer, device, batch_size=args.batch_size)
     image = iio.imread(Path(__file__).resolve().parents[1] / "assets" / "room.png")
     height, width = image.shape[:2]
-    print(f"device {device}, {torch.get_num_threads()} threads, image {width}x{height}, labels {len(LABELS)}")
+    print(
+        f"device {device}, {torch.get_num_threads()} threads, image {width}x{height}, "
+        f"labels {len(LABELS)}"
+    )
 
     crop_s = bare_crop_forward_s(model, args.batch_size, device)
-    print(f"bare no-grad ViT-B-32 crop forward (batch {args.batch_size}): {crop_s * 1000:.1f} ms/crop")
-    print(f"per-crop maps vs per-label autograd.grad: max abs diff / range = "
-          f"{max_relative_difference(extractor, model, device):.2e}")
+    print(
+        f"bare no-grad ViT-B-32 crop forward (batch {args.batch_size}): {crop_s * 1000:.1f} ms/crop"
+    )
+    print(
+        f"per-crop maps vs per-label autograd.grad: max abs diff / range = "
+        f"{max_relative_difference(extractor, model, device):.2e}"
+    )
     extractor(image, LABELS, config=relevancy.saliency_config("chefer_et_al", height))  # warm-up
     for name in args.configs:
         config = relevancy.saliency_config(name, height)  # img_dim = height, as the image command
@@ -81,8 +90,10 @@ def main() -> None:
             torch.cuda.synchronize()
         seconds = time.perf_counter() - start
         floor = forwards * crop_s
-        line = (f"{name:>13}: {seconds:8.2f} s/image, {forwards} crop forwards, "
-                f"floor {floor:.2f} s, ratio to floor {seconds / floor:.3f}")
+        line = (
+            f"{name:>13}: {seconds:8.2f} s/image, {forwards} crop forwards, "
+            f"floor {floor:.2f} s, ratio to floor {seconds / floor:.3f}"
+        )
         if name == "ours":
             line += f"; original {ORIGINAL_OURS_S[0]}-{ORIGINAL_OURS_S[1]} s"
         print(line, flush=True)

@@ -1,7 +1,8 @@
 """Render assets/room.png, the bundled default image of `generate_relevancy.py image`.
 
 A procedural 640x480 living-room drawing made with numpy (our own picture, no third-party content):
-wall, floor, window, a table with a vase, a red ball and a lamp. Run: python scripts/make_default_image.py
+wall, floor, window, a table with a vase, a red ball and a lamp.
+Run: python scripts/make_default_image.py
 """
 
 from pathlib import Path
