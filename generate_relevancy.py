@@ -361,8 +361,15 @@ def shard(items: list, rank: int, world_size: int) -> list:
     return items[rank::world_size]
 
 
+def open_scene(path: Path) -> h5py.File:
+    try:
+        return h5py.File(path, "r")
+    except OSError as error:
+        raise InputError(f"{path}: not a readable HDF5 file ({error})") from error
+
+
 def scene_done(path: Path) -> bool:
-    with h5py.File(path, "r") as scene:
+    with open_scene(path) as scene:
         return "data/saliencies" in scene
 
 
@@ -406,36 +413,34 @@ def dataset(
         scenes = [p for p in scenes if not scene_done(p)]
     if device == "auto" and torch.cuda.is_available():
         device = f"cuda:{int(os.environ.get('LOCAL_RANK', 0)) % torch.cuda.device_count()}"
-    extractor = None
+    extractor, source_name = None, ORACLE_SOURCE
     if source == "clip" and scenes:
         extractor = build_extractor(
             model, pretrained, checkpoint, resolve_device(device), batch_size
         )
-        label = f"clip {model} {checkpoint or pretrained}"
+        source_name = f"clip {model} {checkpoint or pretrained}"
     prompts = prompts or [relevancy.default_prompt(file_path)]
     rng = np.random.default_rng(seed + rank)
+
+    def compute(scene, labels, rgb, config_name):
+        """(maps (N, H, W), text features (N, D)) of one rgb frame and config."""
+        if extractor is None:
+            maps = oracle_maps(scene, labels, oracle_blur, oracle_noise, oracle_scale, rng)
+            return maps, torch.zeros(len(labels), 512)
+        settings = relevancy.saliency_config(config_name, min(rgb.shape[:2]), tiling)
+        return extractor(rgb, labels, prompts, settings, seed)
+
     for path in tqdm(scenes, desc=f"scenes (rank {rank}/{world_size})", unit="scene"):
-        with h5py.File(path, "r") as scene:
+        with open_scene(path) as scene:
             labels, visible = scene_labels(scene)
             if not labels:
                 raise InputError(f"{path}: empty scene (no labels)")
-            blocks = {}
-            for rgb_name, rgb in scene_rgbs(scene).items():
-                for name in configs:
-                    if extractor is None:
-                        maps, features = (
-                            oracle_maps(
-                                scene, labels, oracle_blur, oracle_noise, oracle_scale, rng
-                            ),
-                            torch.zeros(len(labels), 512),
-                        )
-                    else:
-                        settings = relevancy.saliency_config(name, min(rgb.shape[:2]), tiling)
-                        maps, features = extractor(rgb, labels, prompts, settings, seed)
-                    blocks[f"{rgb_name}|{name}"] = (labels, maps, features)
-        write_saliencies(
-            path, blocks, visible, ORACLE_SOURCE if extractor is None else label, replace
-        )
+            blocks = {
+                f"{rgb_name}|{name}": (labels, *compute(scene, labels, rgb, name))
+                for rgb_name, rgb in scene_rgbs(scene).items()
+                for name in configs
+            }
+        write_saliencies(path, blocks, visible, source_name, replace)
 
 
 if __name__ == "__main__":

@@ -21,10 +21,11 @@ Quirks kept for parity (default `tiling="parity"`), fixed by `tiling="full"` (`-
 * a tile larger than the image gives no crop (portrait images with img_dim = height);
 * every pixel is divided by the number of scales, covered or not (spec 3.5);
 * per-scale accumulators are rounded to fp16 (spec 1.3).
-Known differences from the original that are not flags: crops are resized with torch's antialiased
-bicubic on floats instead of PIL on uint8; the fp16 rounding happens once per scale at the end
-instead of at every addition; the colour jitter is torchvision's on tensors, seeded (the original
-never seeded it); labels are not re-run in chunks of 32 (all labels share one image forward).
+Known differences from the original that are not flags: crops are resized with torch's
+antialiased uint8 bicubic instead of PIL's (same filter family, small rounding differences); the
+fp16 rounding happens once per scale at the end instead of at every addition; the colour jitter is
+torchvision's on tensors, seeded (the original never seeded it); labels are not re-run in chunks
+of 32 (all labels share one image forward).
 """
 
 from __future__ import annotations
@@ -412,29 +413,34 @@ class RelevancyExtractor:
     # ---- crops (spec 1.4, 3.2, 3.3)
 
     def preprocess(self, crops: torch.Tensor) -> torch.Tensor:
-        """uint8-valued float crops (B, 3, s, s) in [0, 255] -> normalised (B, 3, S, S)."""
+        """uint8 crops (B, 3, s, s) -> normalised float (B, 3, S, S) (spec 1.4).
+
+        Antialiased bicubic on uint8, rounded like PIL's resize of the original.
+        """
         size = self.input_size
         if crops.shape[-1] != size:
             crops = F.interpolate(
-                crops, size=(size, size), mode="bicubic", antialias=True, align_corners=False
+                crops.contiguous(memory_format=torch.channels_last),
+                size=(size, size),
+                mode="bicubic",
+                antialias=True,
+                align_corners=False,
             )
-        crops = crops.clamp(0, 255) / 255.0
-        return (crops - self.mean.to(crops)) / self.std.to(crops)
+        crops = crops.float() / 255.0
+        return ((crops - self.mean) / self.std).contiguous()
 
     @staticmethod
     def image_copies(image: np.ndarray, augmentations: int, seed: int | None) -> list[torch.Tensor]:
-        """[original, jittered copies] as (3, H, W) float tensors in [0, 255] (spec 3.2)."""
-        base = torch.from_numpy(np.ascontiguousarray(image[..., :3])).permute(
-            2, 0, 1
-        )  # (3, H, W) uint8
-        copies = [base.float()]
+        """[original, jittered copies] as (3, H, W) uint8 tensors (spec 3.2)."""
+        base = torch.from_numpy(np.ascontiguousarray(image[..., :3])).permute(2, 0, 1)  # (3, H, W)
+        copies = [base]
         if augmentations:
             jitter = ColorJitter(brightness=0.6, contrast=0.6, saturation=0.6, hue=0.1)
             rng = torch.random.fork_rng() if seed is not None else contextlib.nullcontext()
             with rng:
                 if seed is not None:
                     torch.manual_seed(seed)
-                copies += [jitter(base).float() for _ in range(augmentations)]
+                copies += [jitter(base) for _ in range(augmentations)]
         return copies
 
     # ---- whole image (spec 3.4, 3.5)

@@ -89,11 +89,14 @@ def main() -> None:
         if device.type == "cuda":
             torch.cuda.synchronize()
         seconds = time.perf_counter() - start
-        floor = forwards * crop_s
+        # the floor is re-measured after each config and averaged, to follow the machine's load
+        after = bare_crop_forward_s(model, args.batch_size, device)
+        floor = forwards * (crop_s + after) / 2
         line = (
-            f"{name:>13}: {seconds:8.2f} s/image, {forwards} crop forwards, "
-            f"floor {floor:.2f} s, ratio to floor {seconds / floor:.3f}"
+            f"{name:>13}: {seconds:8.2f} s/image, {forwards} crop forwards, floor {floor:.2f} s "
+            f"({(crop_s + after) / 2 * 1000:.1f} ms/crop), ratio to floor {seconds / floor:.3f}"
         )
+        crop_s = after
         if name == "ours":
             line += f"; original {ORIGINAL_OURS_S[0]}-{ORIGINAL_OURS_S[1]} s"
         print(line, flush=True)

@@ -267,6 +267,16 @@ def test_bad_scenes_and_paths_give_clear_errors(tmp_path):
     make_scene(tmp_path / "s.hdf5", ground_truth=False)
     with pytest.raises(gr.InputError, match="needs ground-truth segmentation"):
         run("dataset", tmp_path, "--source", "oracle")
+    broken = tmp_path / "other" / "broken.hdf5"
+    broken.parent.mkdir()
+    broken.write_bytes(b"not hdf5")
+    with pytest.raises(gr.InputError, match="not a readable HDF5 file"):
+        run("dataset", broken.parent, "--source", "oracle")
+    broken.unlink()
+    with h5py.File(broken, "w") as scene:
+        scene.create_group("data").create_dataset("objid_to_class", data=np.array([b"empty[0]"]))
+    with pytest.raises(gr.InputError, match="empty scene"):
+        run("dataset", broken.parent, "--source", "oracle")
     with pytest.raises(gr.InputError, match="unknown --source"):
         run("dataset", tmp_path, "--source", "lidar")
     with pytest.raises(gr.InputError, match="unknown saliency config"):
