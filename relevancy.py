@@ -506,14 +506,12 @@ class RelevancyExtractor:
         for j, (_, s, _) in enumerate(chunk):
             by_tile.setdefault(tiles[s][0], []).append(j)
         for tile, members in by_tile.items():
-            batch = torch.stack(
-                [
-                    copies[chunk[j][0]][:, row : row + tile, col : col + tile]
-                    for j in members
-                    for row, col in [tiles[chunk[j][1]][1][chunk[j][2]]]
-                ]
-            )
-            for j, crop in zip(members, self.preprocess(batch), strict=True):
+            pieces = []
+            for j in members:
+                copy, scale, index = chunk[j]
+                row, col = tiles[scale][1][index]
+                pieces.append(copies[copy][:, row : row + tile, col : col + tile])
+            for j, crop in zip(members, self.preprocess(torch.stack(pieces)), strict=True):
                 out[j] = crop
         return torch.stack(out)
 

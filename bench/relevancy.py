@@ -14,6 +14,7 @@ import argparse
 import sys
 import time
 import warnings
+from functools import partial
 from pathlib import Path
 
 import imageio.v3 as iio
@@ -26,19 +27,23 @@ LABELS = ("vase", "red ball", "lamp")
 ORIGINAL_OURS_S = (273, 338)  # spec relevancy.md section 7
 
 
-def bare_crop_forward_s(model, batch_size: int, device: torch.device, repeats: int = 3) -> float:
-    """Median seconds of one no-grad visual forward, divided by the batch size."""
+def timed(function):
+    """(result, wall seconds, process CPU seconds). CPU time barely moves when other processes load
+    the machine, so its ratios are the stable ones on a shared CPU."""
+    wall, cpu = time.perf_counter(), time.process_time()
+    result = function()
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+    return result, time.perf_counter() - wall, time.process_time() - cpu
+
+
+def bare_crop_forward_s(model, batch_size: int, device: torch.device, repeats: int = 3):
+    """(wall, CPU) seconds of one no-grad visual forward divided by the batch size (medians)."""
     crops = torch.randn(batch_size, 3, 224, 224, device=device)
-    times = []
     with torch.no_grad():
         model.visual(crops)  # warm-up
-        for _ in range(repeats):
-            start = time.perf_counter()
-            model.visual(crops)
-            if device.type == "cuda":
-                torch.cuda.synchronize()
-            times.append(time.perf_counter() - start)
-    return sorted(times)[len(times) // 2] / batch_size
+        runs = [timed(lambda: model.visual(crops))[1:] for _ in range(repeats)]
+    return tuple(sorted(column)[repeats // 2] / batch_size for column in zip(*runs, strict=True))
 
 
 def max_relative_difference(extractor, model, device: torch.device, crops: int = 8) -> float:
@@ -74,7 +79,8 @@ def main() -> None:
 
     crop_s = bare_crop_forward_s(model, args.batch_size, device)
     print(
-        f"bare no-grad ViT-B-32 crop forward (batch {args.batch_size}): {crop_s * 1000:.1f} ms/crop"
+        f"bare no-grad ViT-B-32 crop forward (batch {args.batch_size}): "
+        f"{crop_s[0] * 1000:.1f} ms/crop wall, {crop_s[1] * 1000:.1f} ms/crop CPU"
     )
     print(
         f"per-crop maps vs per-label autograd.grad: max abs diff / range = "
@@ -84,17 +90,14 @@ def main() -> None:
     for name in args.configs:
         config = relevancy.saliency_config(name, height)  # img_dim = height, as the image command
         forwards = relevancy.num_crop_forwards(height, width, config)
-        start = time.perf_counter()
-        maps, _ = extractor(image, LABELS, config=config)
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        seconds = time.perf_counter() - start
+        (maps, _), seconds, cpu_seconds = timed(partial(extractor, image, LABELS, config=config))
         # the floor is re-measured after each config and averaged, to follow the machine's load
         after = bare_crop_forward_s(model, args.batch_size, device)
-        floor = forwards * (crop_s + after) / 2
+        floor = [forwards * (before + now) / 2 for before, now in zip(crop_s, after, strict=True)]
         line = (
-            f"{name:>13}: {seconds:8.2f} s/image, {forwards} crop forwards, floor {floor:.2f} s "
-            f"({(crop_s + after) / 2 * 1000:.1f} ms/crop), ratio to floor {seconds / floor:.3f}"
+            f"{name:>13}: {seconds:8.2f} s/image ({cpu_seconds:.2f} s CPU), {forwards} crop "
+            f"forwards, floor {floor[0]:.2f} s ({floor[1]:.2f} s CPU), ratio to floor "
+            f"{seconds / floor[0]:.3f} wall, {cpu_seconds / floor[1]:.3f} CPU"
         )
         crop_s = after
         if name == "ours":
