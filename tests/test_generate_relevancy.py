@@ -3,6 +3,7 @@ after an interruption, replaces, shards by rank and computes oracle maps; the im
 its figure."""
 
 import hashlib
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -18,6 +19,7 @@ import generate_relevancy as gr
 import relevancy
 
 REPO = Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.filterwarnings("ignore:--pretrained none")
 CLASSES = ["wall[0]", "television[1]", "mug[2]", "empty[3]", "apple[4]"]
 TINY_ARGS = ["--model", TINY, "--pretrained", "none", "--device", "cpu"]
 
@@ -261,6 +263,30 @@ def test_shards_split_scenes_by_rank(tmp_path, monkeypatch):
     monkeypatch.setenv("RANK", "2")
     with pytest.raises(gr.InputError, match="outside WORLD_SIZE"):
         run("dataset", tmp_path, "--source", "oracle")
+
+
+def test_two_rank_processes_share_the_scenes(tmp_path):
+    """Two processes as torchrun would start them (RANK / WORLD_SIZE), running at the same time."""
+    scenes = [make_scene(tmp_path / f"{i:05d}|r.hdf5", seed=i) for i in range(4)]
+    command = [
+        sys.executable,
+        "generate_relevancy.py",
+        "dataset",
+        str(tmp_path),
+        "--source",
+        "oracle",
+    ]
+    env = {**os.environ, "WORLD_SIZE": "2"}
+    ranks = [
+        subprocess.Popen(command, cwd=REPO, env={**env, "RANK": str(rank)}, stderr=subprocess.PIPE)
+        for rank in range(2)
+    ]
+    for process in ranks:
+        assert process.wait(timeout=120) == 0, process.stderr.read().decode()
+    for path in scenes:
+        with h5py.File(path, "r") as scene:
+            assert read_block(scene, "rgb|chefer_et_al")[0] == [*EXPECTED_LABELS, "mean"]
+            assert scene["saliencies"].shape[0] == 2 * (len(EXPECTED_LABELS) + 1)  # written once
 
 
 def test_bad_scenes_and_paths_give_clear_errors(tmp_path):

@@ -219,3 +219,9 @@ def test_checkpoint_file_round_trip(tiny_models, tmp_path):
     path.write_bytes(b"not a checkpoint")
     with pytest.raises(InputError, match="cannot load checkpoint"):
         relevancy.load_model(TINY, checkpoint=path)
+
+
+def test_default_prompt_follows_the_path():
+    assert relevancy.default_prompt("data/thor/") == relevancy.THOR_PROMPT
+    assert relevancy.default_prompt("/data/Matterport3D/x") == relevancy.HOME_PROMPT
+    assert relevancy.default_prompt("nyu_ovssc/") == relevancy.HOME_PROMPT
