@@ -1,6 +1,8 @@
 """relevancy.py with small random-weight open_clip ViTs: per-crop maths, batched backward, flips,
 tiling and coverage, paste-back, text features, weight loading."""
 
+import warnings
+
 import numpy as np
 import open_clip
 import pytest
@@ -225,3 +227,29 @@ def test_default_prompt_follows_the_path():
     assert relevancy.default_prompt("data/thor/") == relevancy.THOR_PROMPT
     assert relevancy.default_prompt("/data/Matterport3D/x") == relevancy.HOME_PROMPT
     assert relevancy.default_prompt("nyu_ovssc/") == relevancy.HOME_PROMPT
+
+
+def test_openai_format_torchscript_checkpoint_loads_with_fp16_rounded_weights(tmp_path):
+    """An OpenAI-format file (a TorchScript archive, as ~/.cache/clip/ViT-B-32.pt): the architecture
+    is read from the file and the weights come back fp16-rounded, as in the original (spec 1.3)."""
+    torch.manual_seed(6)
+    vision = open_clip.model.CLIPVisionCfg(layers=2, width=64, head_width=64, patch_size=32)
+    text = open_clip.model.CLIPTextCfg(layers=1, width=64, heads=1)
+    source = open_clip.CLIP(embed_dim=32, vision_cfg=vision, text_cfg=text, quick_gelu=True).eval()
+    source.attn_mask = source._buffers.pop("attn_mask")  # OpenAI's files have no attn_mask entry
+    path = tmp_path / "ViT-B-32.pt"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # torch.jit deprecation notice
+        torch.jit.save(torch.jit.script(source), path)
+        loaded, _ = relevancy.load_model("ViT-B-32", checkpoint=path)
+    state = loaded.state_dict()
+    for name, tensor in source.state_dict().items():
+        assert torch.equal(state[name], tensor) or torch.equal(
+            state[name], tensor.half().float()
+        ), name
+    assert loaded.visual.transformer.resblocks[-1].attn.num_heads == 1  # width 64 / 64
+    extractor = relevancy.RelevancyExtractor(loaded, open_clip.get_tokenizer("ViT-B-32"))
+    maps = extractor.crop_relevancy(
+        torch.randn(1, 3, 224, 224), extractor.text_features(["x"], ["{}"])
+    )
+    assert maps.shape == (1, 1, 7, 7)
