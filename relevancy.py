@@ -31,6 +31,7 @@ of 32 (all labels share one image forward).
 from __future__ import annotations
 
 import contextlib
+import logging
 import pickle
 import warnings
 import zipfile
@@ -252,6 +253,16 @@ def _is_torchscript(path: Path) -> bool:
         return any(name.endswith("constants.pkl") for name in archive.namelist())
 
 
+@contextlib.contextmanager
+def _quiet_open_clip_logging():
+    """open_clip logs download failures and 'no pretrained weights' on the root logger."""
+    logging.disable(logging.ERROR)
+    try:
+        yield
+    finally:
+        logging.disable(logging.NOTSET)
+
+
 def load_model(
     model_name: str = "ViT-B-32",
     pretrained: str | None = "openai",
@@ -288,7 +299,8 @@ def load_model(
         warnings.warn(
             "--pretrained none: random CLIP weights, the relevancy maps mean nothing", stacklevel=2
         )
-        model = open_clip.create_model(model_name, pretrained=None)
+        with _quiet_open_clip_logging():
+            model = open_clip.create_model(model_name, pretrained=None)
     else:
         if pretrained not in open_clip.list_pretrained_tags_by_model(model_name):
             tags = ", ".join(open_clip.list_pretrained_tags_by_model(model_name)) or "none"
@@ -296,7 +308,8 @@ def load_model(
                 f"unknown pretrained tag {pretrained!r} for {model_name}; known: {tags}"
             )
         try:
-            model = open_clip.create_model(model_name, pretrained=pretrained)
+            with _quiet_open_clip_logging():  # our one-line error replaces open_clip's log lines
+                model = open_clip.create_model(model_name, pretrained=pretrained)
         except Exception as error:  # download or cache failures come in many types
             raise InputError(
                 f"no {model_name} weights for --pretrained {pretrained}: they are neither in the "

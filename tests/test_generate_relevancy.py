@@ -353,3 +353,19 @@ def test_jet_matches_matplotlib_anchor_colours():
     np.testing.assert_allclose(
         gr.jet(np.array([0.0, 0.5, 1.0])), [[0, 0, 0.5], [0.5, 1, 0.5], [0.5, 0, 0]], atol=1e-6
     )
+
+
+def test_no_weights_offline_is_one_line_naming_both_options(tmp_path):
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf")}
+    result = subprocess.run(
+        [sys.executable, "generate_relevancy.py", "image", "--device", "cpu"],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 1
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: no ViT-B-32 weights")
+    assert "--pretrained openai" in lines[0] and "--checkpoint PATH" in lines[0]
