@@ -11,3 +11,11 @@ def shared_dir() -> Path:
     if not SHARED.is_dir():
         pytest.fail(f"../shared is missing beside the checkout ({SHARED})")
     return SHARED
+
+
+@pytest.fixture(scope="session")
+def tiny_models(tmp_path_factory):
+    """Register the small random-weight open_clip ViTs of tests/relevancy_models.py."""
+    from relevancy_models import register_tiny
+
+    register_tiny(tmp_path_factory.mktemp("open_clip_configs"))

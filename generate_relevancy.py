@@ -1,0 +1,447 @@
+"""Relevancy maps from the command line: `image` (one picture, a per-label figure) and
+`dataset` (every scene .hdf5 under a folder, stored in the original layout).
+
+Spec: ../shared/spec/relevancy.md section 5 (CLI), ../shared/spec/data.md sections 1.5 (layout)
+and 2.8 (label set, prompts, configs).
+
+    python generate_relevancy.py image [FILE] --labels vase --labels "red ball" --pretrained openai
+    python generate_relevancy.py dataset dataset/ [--source clip|oracle] [--replace]
+    torchrun --nproc_per_node 4 generate_relevancy.py dataset dataset/    # scenes sharded by RANK
+
+Differences from the original CLI: the dataset command has no NUM_PROCESSES / LOCAL positionals
+(ray is gone; processes come from torchrun, or RANK / WORLD_SIZE set by hand, on GPU or CPU);
+`--replace` regenerates instead of only deleting; a scene file is rewritten through a temporary
+copy, so a crash or Ctrl-C never leaves it half-written.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import time
+from pathlib import Path
+from typing import Annotated
+
+import h5py
+import imageio.v3 as iio
+import numpy as np
+import torch
+import typer
+from PIL import Image, ImageDraw
+from scipy.ndimage import gaussian_filter
+from tqdm import tqdm
+
+import relevancy
+from utils import InputError, atomic_path, resolve_device, run_app
+
+REPO = Path(__file__).resolve().parent
+DEFAULT_IMAGE = REPO / "assets" / "room.png"
+DEFAULT_LABELS = ["vase", "red ball", "lamp", "window", "table", "wooden floor", "wall"]
+RELEVANCY_SHAPE = (128, 128)  # item shape of the top-level `saliencies` in THOR files (data.md 1.2)
+DROPPED_LABELS = {"unlabelled", "empty", "out of bounds"}
+# data.md Appendix A (misspellings kept: the stored relevancy labels were generated from them)
+SYNONYMS = {
+    "television": "tv",
+    "sofa": "couch",
+    "house plant": "plant in a pot",
+    "bookcase": "bookshelf",
+    "baseball bat": "rawlings big stick maple bat",
+    "pillow": "cushion",
+    "arm chair": "recliner",
+    "bread": "loaf of sourdough",
+    "cell phone": "mobile phone",
+    "desktop": "computer",
+    "dresser": "wardrobe",
+    "dumbbell": "gym weights",
+    "fridge": "refridgerator",
+    "garbage can": "trash can",
+    "laptop": "computer",
+    "outlet": "eletric plug",
+    "stairs": "staircase",
+}
+ORACLE_SOURCE = "oracle: ground-truth masks (upper bound), not CLIP"
+
+app = typer.Typer(add_completion=False, help=__doc__.split("\n\n")[0])
+
+ModelOpt = Annotated[
+    str, typer.Option(help="open_clip model name (any ViT: ViT-B-32, ViT-B-16, ViT-L-14)")
+]
+PretrainedOpt = Annotated[
+    str,
+    typer.Option(help="open_clip pretrained tag (downloads or uses the HF cache); 'none' = random"),
+]
+CheckpointOpt = Annotated[
+    Path | None,
+    typer.Option(help="local open_clip state dict or OpenAI-format .pt (overrides --pretrained)"),
+]
+DeviceOpt = Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:1 ...")]
+TilingOpt = Annotated[
+    str | None, typer.Option(help="parity (original quirks) or full (every pixel at every scale)")
+]
+
+
+def build_extractor(
+    model: str, pretrained: str, checkpoint: Path | None, device: torch.device, batch_size: int
+):
+    clip_model, tokenizer = relevancy.load_model(model, pretrained, checkpoint, device)
+    return relevancy.RelevancyExtractor(clip_model, tokenizer, device, batch_size)
+
+
+# --------------------------------------------------------------------------------------------------
+# image
+
+
+def jet(values: np.ndarray) -> np.ndarray:
+    """matplotlib's 'jet' colormap: values in [0, 1] -> RGB in [0, 1]."""
+    return np.clip(np.stack([1.5 - np.abs(4 * values - k) for k in (3, 2, 1)], -1), 0, 1)
+
+
+def relevancy_figure(
+    image: np.ndarray, maps: np.ndarray, labels: list[str], vmin: float, vmax: float
+):
+    """Per-label grid like the original's grads.png (spec 5.1), 3 panels a row, as a PIL image.
+
+    Each panel: g = clip((rel - vmin) / (vmax - vmin), 0, 1) drawn as jet(g) with alpha 0.7 (1 - g)
+    over the photo, so relevant pixels stay clear and the rest is tinted blue.
+    """
+    columns = 3
+    rows = -(-len(labels) // columns)
+    height, width = image.shape[:2]
+    scale = min(1.0, 640 / (columns * width))
+    panel_w, panel_h, title_h = int(width * scale), int(height * scale), 18
+    canvas = Image.new("RGB", (columns * panel_w, rows * (panel_h + title_h)), "white")
+    draw = ImageDraw.Draw(canvas)
+    photo = image[..., :3].astype(np.float32) / 255
+    for k, (rel, label) in enumerate(zip(maps, labels, strict=True)):
+        g = np.clip((rel - vmin) / (vmax - vmin), 0, 1)[..., None]
+        alpha = 0.7 * (1 - g)
+        panel = (alpha * jet(g[..., 0]) + (1 - alpha) * photo) * 255
+        panel = Image.fromarray(panel.astype(np.uint8)).resize((panel_w, panel_h), Image.BILINEAR)
+        x, y = (k % columns) * panel_w, (k // columns) * (panel_h + title_h)
+        canvas.paste(panel, (x, y + title_h))
+        draw.text((x + 4, y + 3), label, fill="black")
+    return canvas
+
+
+@app.command()
+def image(
+    file_path: Annotated[
+        Path, typer.Argument(help="RGB image (default: the bundled assets/room.png)")
+    ] = DEFAULT_IMAGE,
+    labels: Annotated[list[str] | None, typer.Option("--labels", help="repeatable")] = None,
+    prompts: Annotated[
+        list[str] | None, typer.Option("--prompts", help="repeatable; {} = label")
+    ] = None,
+    config: Annotated[str, typer.Option(help="ours, chefer_et_al or fast")] = "ours",
+    tiling: TilingOpt = None,
+    img_dim: Annotated[
+        int | None, typer.Option(help="base crop size (default: image height, as the original)")
+    ] = None,
+    model: ModelOpt = "ViT-B-32",
+    pretrained: PretrainedOpt = "openai",
+    checkpoint: CheckpointOpt = None,
+    device: DeviceOpt = "auto",
+    batch_size: int = 32,
+    seed: Annotated[
+        int, typer.Option(help="colour-jitter seed (the original never seeded it)")
+    ] = 0,
+    vmin: float = 0.002,
+    vmax: float = 0.008,
+    output: Annotated[Path, typer.Option(help="per-label figure (PNG)")] = Path("grads.png"),
+    save_maps: Annotated[
+        Path | None, typer.Option(help="also save the raw (N, H, W) maps as .npy")
+    ] = None,
+) -> None:
+    """Relevancy maps of one image: a per-label figure with the mean over labels subtracted."""
+    labels = labels or DEFAULT_LABELS
+    if not file_path.is_file():
+        raise InputError(f"image not found: {file_path}")
+    picture = iio.imread(file_path)
+    if picture.dtype != np.uint8 or picture.ndim != 3 or picture.shape[2] not in (3, 4):
+        raise InputError(
+            f"{file_path}: expected an 8-bit RGB image, got {picture.dtype} {picture.shape}"
+        )
+    extractor = build_extractor(model, pretrained, checkpoint, resolve_device(device), batch_size)
+    settings = relevancy.saliency_config(config, img_dim or picture.shape[0], tiling)
+    start = time.perf_counter()
+    maps, _ = extractor(
+        picture, labels, prompts or [relevancy.HOME_PROMPT], settings, seed, progress=True
+    )
+    print(
+        f"relevancy of {len(labels)} labels took {time.perf_counter() - start:.1f} s, "
+        f"maps {tuple(maps.shape)}"
+    )
+    if save_maps is not None:
+        with atomic_path(save_maps) as tmp, open(tmp, "wb") as handle:
+            np.save(handle, maps.numpy())
+    figure = relevancy_figure(
+        picture, relevancy.mean_over_labels(maps).numpy(), list(labels), vmin, vmax
+    )
+    with atomic_path(output) as tmp:
+        figure.save(tmp, format="PNG")
+    print(f"wrote {output}")
+
+
+# --------------------------------------------------------------------------------------------------
+# dataset: scene files
+
+
+def strip_label(name: str) -> str:
+    return name.split("[")[0].strip()
+
+
+def _strings(dataset) -> list[str]:
+    return [s.decode() if isinstance(s, bytes) else str(s) for s in np.asarray(dataset).ravel()]
+
+
+def deref(scene: h5py.File, key: str) -> np.ndarray:
+    """Row 0 of top-level `key` through the region reference `data/key` (data.md 1.3)."""
+    if f"data/{key}" not in scene or key not in scene:
+        raise InputError(f"{scene.filename}: missing data/{key} or top-level {key}")
+    return scene[key][scene["data"][key][0]][0]
+
+
+def scene_labels(scene: h5py.File) -> tuple[list[str], list[str] | None]:
+    """(label set of data.md 2.8, visible labels or None without ground truth)."""
+    if "data/objid_to_class" not in scene:
+        raise InputError(f"{scene.filename}: missing data/objid_to_class")
+    names = [strip_label(n) for n in _strings(scene["data/objid_to_class"])]
+    labels, visible = set(names), None
+    if "data/seg" in scene and "data/full_objid_pts" in scene:
+        in_view = set(np.unique(deref(scene, "seg")).astype(int)) - {-1}
+        in_points = set(np.unique(deref(scene, "full_objid_pts")).astype(int)) - {-1}
+        visible = sorted({names[i] for i in in_view & in_points if 0 <= i < len(names)})
+        labels = set(visible)
+    for target, relation, reference in scene_descriptions(scene):
+        labels |= {target, reference, f"{target} {relation} a {reference}"}
+        labels.add(
+            f"{SYNONYMS.get(target, target)} {relation} a {SYNONYMS.get(reference, reference)}"
+        )
+    labels = {strip_label(label) for label in labels}
+    labels |= {SYNONYMS[label] for label in labels if label in SYNONYMS}
+    return sorted(labels - DROPPED_LABELS), visible
+
+
+def scene_descriptions(scene: h5py.File) -> list[tuple[str, str, str]]:
+    group = scene.get("data/descriptions")
+    if group is None or "target_obj_name" not in group or len(group["target_obj_name"]) == 0:
+        return []
+    columns = [
+        _strings(group[k])
+        for k in ("target_obj_name", "spatial_relation_name", "reference_obj_name")
+    ]
+    return list(zip(*columns, strict=True))
+
+
+def scene_rgbs(scene: h5py.File) -> dict[str, np.ndarray]:
+    """{"rgb": frame, "domain_randomized_rgb": frame when it is a real image (data.md 1.5)}."""
+    rgbs = {"rgb": deref(scene, "rgb")}
+    randomized = scene.get("data/domain_randomized_rgb")
+    if randomized is not None and randomized.ndim > 2:
+        rgbs["domain_randomized_rgb"] = randomized[0]
+    for name, rgb in rgbs.items():
+        if rgb.dtype != np.uint8 or rgb.ndim != 3 or rgb.shape[2] != 3:
+            raise InputError(
+                f"{scene.filename}: {name} must be uint8 (H, W, 3), got {rgb.dtype} {rgb.shape}"
+            )
+    return rgbs
+
+
+def oracle_maps(
+    scene: h5py.File,
+    labels: list[str],
+    blur: float,
+    noise: float,
+    scale: float,
+    rng: np.random.Generator,
+) -> torch.Tensor:
+    """(N, H, W) ground-truth relevancy: scale * blurred mask of the label's objects + noise.
+
+    A sentence label "T R a Ref" takes its target's mask; a synonym takes its original's mask.
+    """
+    if "data/seg" not in scene:
+        raise InputError(
+            f"{scene.filename}: --source oracle needs ground-truth segmentation (data/seg)"
+        )
+    seg = deref(scene, "seg").astype(int)
+    names = [strip_label(n) for n in _strings(scene["data/objid_to_class"])]
+    originals = {synonym: name for name, synonym in SYNONYMS.items()}
+    targets = {f"{t} {r} a {ref}": t for t, r, ref in scene_descriptions(scene)}
+    targets |= {
+        f"{SYNONYMS.get(t, t)} {r} a {SYNONYMS.get(ref, ref)}": t
+        for t, r, ref in scene_descriptions(scene)
+    }
+    maps = []
+    for label in labels:
+        name = targets.get(label, label)
+        ids = [i for i, n in enumerate(names) if n in (name, originals.get(name))]
+        mask = np.isin(seg, ids).astype(np.float32)
+        relevance = scale * gaussian_filter(mask, blur) if blur > 0 else scale * mask
+        maps.append(relevance + noise * rng.standard_normal(mask.shape).astype(np.float32))
+    return torch.from_numpy(np.stack(maps))
+
+
+def write_saliencies(
+    path: Path,
+    blocks: dict[str, tuple[list[str], torch.Tensor, torch.Tensor]],
+    visible: list[str] | None,
+    source: str,
+    replace: bool,
+) -> None:
+    """Store {"R|C": (labels, maps (N, H, W), text (N, D))} in the original layout (data.md 1.5).
+
+    The scene is copied, edited and renamed over the original: an interruption leaves it untouched.
+    """
+    with atomic_path(path) as tmp:
+        shutil.copyfile(path, tmp)
+        with h5py.File(tmp, "a") as scene:
+            data = scene["data"]
+            if replace:
+                for key in [k for k in data if "salienc" in k]:
+                    del data[key]
+            if "saliencies" in scene and replace:
+                item_shape = scene["saliencies"].shape[1:]
+                del scene["saliencies"]
+            else:
+                item_shape = (
+                    scene["saliencies"].shape[1:] if "saliencies" in scene else RELEVANCY_SHAPE
+                )
+            if "saliencies" not in scene:
+                scene.create_dataset(
+                    "saliencies",
+                    shape=(0, *item_shape),
+                    maxshape=(None, *item_shape),
+                    dtype="f",
+                    chunks=(1, *item_shape),
+                    compression="gzip",
+                    compression_opts=9,
+                )
+            if "visible_scene_obj_labels" in data:
+                del data["visible_scene_obj_labels"]
+            if visible is not None:
+                data.create_dataset(
+                    "visible_scene_obj_labels",
+                    data=np.array(visible, dtype="S"),
+                    compression="gzip",
+                    compression_opts=9,
+                )
+            group = data.create_group("saliencies")
+            group.attrs["source"] = source
+            store = scene["saliencies"]
+            for key, (labels, maps, features) in blocks.items():
+                resized = relevancy.resize_maps(maps.float(), tuple(item_shape))
+                rows = torch.cat([resized, resized.mean(0, keepdim=True)]).numpy()  # (N + 1, h, w)
+                features = torch.cat([features, features.mean(0, keepdim=True)]).float()
+                features = torch.nn.functional.normalize(features, dim=-1).numpy()
+                _write(group, f"{key}|saliency_text_labels", np.array([*labels, "mean"], dtype="S"))
+                _write(group, f"{key}|saliency_text_label_features", features)
+                first = store.shape[0]
+                store.resize(first + len(rows), axis=0)
+                store[first:] = rows
+                refs = [store.regionref[i] for i in range(first, first + len(rows))]
+                _write(group, key, np.array(refs, dtype=h5py.regionref_dtype))
+
+
+def _write(group: h5py.Group, key: str, array: np.ndarray) -> None:
+    group.create_dataset(key, data=array, compression="gzip", compression_opts=9)
+
+
+def find_scenes(root: Path) -> list[Path]:
+    """Every *.hdf5 under root, recursive, sorted then reversed (as the original)."""
+    if not root.exists():
+        raise InputError(f"scene folder not found: {root}")
+    scenes = [root] if root.is_file() else sorted(root.rglob("*.hdf5"))
+    return scenes[::-1]
+
+
+def shard(items: list, rank: int, world_size: int) -> list:
+    """This process's share: every world_size-th item from rank (torchrun's RANK, WORLD_SIZE)."""
+    if not 0 <= rank < world_size:
+        raise InputError(f"RANK {rank} is outside WORLD_SIZE {world_size}")
+    return items[rank::world_size]
+
+
+def open_scene(path: Path) -> h5py.File:
+    try:
+        return h5py.File(path, "r")
+    except OSError as error:
+        raise InputError(f"{path}: not a readable HDF5 file ({error})") from error
+
+
+def scene_done(path: Path) -> bool:
+    with open_scene(path) as scene:
+        return "data/saliencies" in scene
+
+
+@app.command()
+def dataset(
+    file_path: Annotated[
+        Path, typer.Argument(help="folder searched recursively for scene .hdf5 files")
+    ],
+    source: Annotated[
+        str, typer.Option(help="clip, or oracle: maps from ground-truth masks")
+    ] = "clip",
+    configs: Annotated[
+        list[str] | None, typer.Option("--configs", help="default: ours, chefer_et_al")
+    ] = None,
+    prompts: Annotated[
+        list[str] | None, typer.Option("--prompts", help="default: by path (spec 4)")
+    ] = None,
+    replace: Annotated[
+        bool, typer.Option(help="regenerate scenes that already have relevancies")
+    ] = False,
+    tiling: TilingOpt = None,
+    model: ModelOpt = "ViT-B-32",
+    pretrained: PretrainedOpt = "openai",
+    checkpoint: CheckpointOpt = None,
+    device: DeviceOpt = "auto",
+    batch_size: int = 32,
+    seed: int = 0,
+    oracle_blur: Annotated[float, typer.Option(help="oracle: Gaussian blur sigma in pixels")] = 0.0,
+    oracle_noise: Annotated[float, typer.Option(help="oracle: std of added Gaussian noise")] = 0.0,
+    oracle_scale: Annotated[float, typer.Option(help="oracle: value inside the mask")] = 0.02,
+) -> None:
+    """Relevancies of every scene under FILE_PATH, stored in the original layout (data.md 1.5)."""
+    if source not in ("clip", "oracle"):
+        raise InputError(f"unknown --source {source!r}; choose clip or oracle")
+    configs = configs or list(relevancy.ORIGINAL_CONFIGS)
+    for name in configs:
+        relevancy.saliency_config(name, 224, tiling)  # validate names early
+    rank, world_size = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
+    scenes = shard(find_scenes(file_path), rank, world_size)
+    if not replace:
+        scenes = [p for p in scenes if not scene_done(p)]
+    if device == "auto" and torch.cuda.is_available():
+        device = f"cuda:{int(os.environ.get('LOCAL_RANK', 0)) % torch.cuda.device_count()}"
+    extractor, source_name = None, ORACLE_SOURCE
+    if source == "clip" and scenes:
+        extractor = build_extractor(
+            model, pretrained, checkpoint, resolve_device(device), batch_size
+        )
+        source_name = f"clip {model} {checkpoint or pretrained}"
+    prompts = prompts or [relevancy.default_prompt(file_path)]
+    rng = np.random.default_rng(seed + rank)
+
+    def compute(scene, labels, rgb, config_name):
+        """(maps (N, H, W), text features (N, D)) of one rgb frame and config."""
+        if extractor is None:
+            maps = oracle_maps(scene, labels, oracle_blur, oracle_noise, oracle_scale, rng)
+            return maps, torch.zeros(len(labels), 512)
+        settings = relevancy.saliency_config(config_name, min(rgb.shape[:2]), tiling)
+        return extractor(rgb, labels, prompts, settings, seed)
+
+    for path in tqdm(scenes, desc=f"scenes (rank {rank}/{world_size})", unit="scene"):
+        with open_scene(path) as scene:
+            labels, visible = scene_labels(scene)
+            if not labels:
+                raise InputError(f"{path}: empty scene (no labels)")
+            blocks = {
+                f"{rgb_name}|{name}": (labels, *compute(scene, labels, rgb, name))
+                for rgb_name, rgb in scene_rgbs(scene).items()
+                for name in configs
+            }
+        write_saliencies(path, blocks, visible, source_name, replace)
+
+
+if __name__ == "__main__":
+    run_app(app)
