@@ -32,6 +32,7 @@ from scipy.ndimage import gaussian_filter
 from tqdm import tqdm
 
 import relevancy
+from dataset import SYNONYMS, SceneFile, class_name, sentence
 from utils import InputError, atomic_path, resolve_device, run_app
 
 REPO = Path(__file__).resolve().parent
@@ -39,26 +40,6 @@ DEFAULT_IMAGE = REPO / "assets" / "room.png"
 DEFAULT_LABELS = ["vase", "red ball", "lamp", "window", "table", "wooden floor", "wall"]
 RELEVANCY_SHAPE = (128, 128)  # item shape of the top-level `saliencies` in THOR files (data.md 1.2)
 DROPPED_LABELS = {"unlabelled", "empty", "out of bounds"}
-# data.md Appendix A (misspellings kept: the stored relevancy labels were generated from them)
-SYNONYMS = {
-    "television": "tv",
-    "sofa": "couch",
-    "house plant": "plant in a pot",
-    "bookcase": "bookshelf",
-    "baseball bat": "rawlings big stick maple bat",
-    "pillow": "cushion",
-    "arm chair": "recliner",
-    "bread": "loaf of sourdough",
-    "cell phone": "mobile phone",
-    "desktop": "computer",
-    "dresser": "wardrobe",
-    "dumbbell": "gym weights",
-    "fridge": "refridgerator",
-    "garbage can": "trash can",
-    "laptop": "computer",
-    "outlet": "eletric plug",
-    "stairs": "staircase",
-}
 ORACLE_SOURCE = "oracle: ground-truth masks (upper bound), not CLIP"
 
 app = typer.Typer(add_completion=False, help=__doc__.split("\n\n")[0])
@@ -186,65 +167,40 @@ def image(
 # dataset: scene files
 
 
-def strip_label(name: str) -> str:
-    return name.split("[")[0].strip()
-
-
-def _strings(dataset) -> list[str]:
-    return [s.decode() if isinstance(s, bytes) else str(s) for s in np.asarray(dataset).ravel()]
-
-
-def deref(scene: h5py.File, key: str) -> np.ndarray:
-    """Row 0 of top-level `key` through the region reference `data/key` (data.md 1.3)."""
-    if f"data/{key}" not in scene or key not in scene:
-        raise InputError(f"{scene.filename}: missing data/{key} or top-level {key}")
-    return scene[key][scene["data"][key][0]][0]
-
-
-def scene_labels(scene: h5py.File) -> tuple[list[str], list[str] | None]:
+def scene_labels(scene: SceneFile) -> tuple[list[str], list[str] | None]:
     """(label set of data.md 2.8, visible labels or None without ground truth)."""
-    if "data/objid_to_class" not in scene:
-        raise InputError(f"{scene.filename}: missing data/objid_to_class")
-    names = [strip_label(n) for n in _strings(scene["data/objid_to_class"])]
+    names = scene.object_classes()
     labels, visible = set(names), None
-    if "data/seg" in scene and "data/full_objid_pts" in scene:
-        in_view = set(np.unique(deref(scene, "seg")).astype(int)) - {-1}
-        in_points = set(np.unique(deref(scene, "full_objid_pts")).astype(int)) - {-1}
+    if scene.has("data/seg") and scene.has_ground_truth():
+        in_view = set(np.unique(scene.deref("seg")).astype(int)) - {-1}
+        in_points = set(np.unique(scene.deref("full_objid_pts")).astype(int)) - {-1}
         visible = sorted({names[i] for i in in_view & in_points if 0 <= i < len(names)})
         labels = set(visible)
     for target, relation, reference in scene_descriptions(scene):
-        labels |= {target, reference, f"{target} {relation} a {reference}"}
+        labels |= {target, reference, sentence(target, relation, reference)}
         labels.add(
-            f"{SYNONYMS.get(target, target)} {relation} a {SYNONYMS.get(reference, reference)}"
+            sentence(SYNONYMS.get(target, target), relation, SYNONYMS.get(reference, reference))
         )
-    labels = {strip_label(label) for label in labels}
+    labels = {class_name(label) for label in labels}
     labels |= {SYNONYMS[label] for label in labels if label in SYNONYMS}
     return sorted(labels - DROPPED_LABELS), visible
 
 
-def scene_descriptions(scene: h5py.File) -> list[tuple[str, str, str]]:
-    group = scene.get("data/descriptions")
-    if group is None or "target_obj_name" not in group or len(group["target_obj_name"]) == 0:
+def scene_descriptions(scene: SceneFile) -> list[tuple[str, str, str]]:
+    """(target, relation, reference) of every description; none when the scene has none."""
+    if not scene.has("data/descriptions/target_obj_name"):
         return []
-    columns = [
-        _strings(group[k])
-        for k in ("target_obj_name", "spatial_relation_name", "reference_obj_name")
-    ]
-    return list(zip(*columns, strict=True))
+    columns = scene.descriptions()
+    keys = ("target_obj_name", "spatial_relation_name", "reference_obj_name")
+    return list(zip(*(columns[key] for key in keys), strict=True))
 
 
-def scene_rgbs(scene: h5py.File) -> dict[str, np.ndarray]:
-    """{"rgb": frame, "domain_randomized_rgb": frame when it is a real image (data.md 1.5)}."""
-    rgbs = {"rgb": deref(scene, "rgb")}
-    randomized = scene.get("data/domain_randomized_rgb")
-    if randomized is not None and randomized.ndim > 2:
-        rgbs["domain_randomized_rgb"] = randomized[0]
-    for name, rgb in rgbs.items():
-        if rgb.dtype != np.uint8 or rgb.ndim != 3 or rgb.shape[2] != 3:
-            raise InputError(
-                f"{scene.filename}: {name} must be uint8 (H, W, 3), got {rgb.dtype} {rgb.shape}"
-            )
-    return rgbs
+def scene_rgbs(scene: SceneFile) -> dict[str, np.ndarray]:
+    """{"rgb": uint8 frame, "domain_randomized_rgb": frame when it is a real image (data.md 1.5)}."""
+    rgbs = {"rgb": scene.rgb()}
+    if scene.has("data/domain_randomized_rgb") and scene.get("data/domain_randomized_rgb").ndim > 2:
+        rgbs["domain_randomized_rgb"] = scene.rgb(domain_randomized=True)
+    return {name: rgb.astype(np.uint8) for name, rgb in rgbs.items()}  # stored as uint8
 
 
 def oracle_maps(
@@ -259,18 +215,18 @@ def oracle_maps(
 
     A sentence label "T R a Ref" takes its target's mask; a synonym takes its original's mask.
     """
-    if "data/seg" not in scene:
+    if not scene.has("data/seg"):
         raise InputError(
-            f"{scene.filename}: --source oracle needs ground-truth segmentation (data/seg)"
+            f"{scene.path}: --source oracle needs ground-truth segmentation (data/seg)"
         )
-    seg = deref(scene, "seg").astype(int)
-    names = [strip_label(n) for n in _strings(scene["data/objid_to_class"])]
+    seg = scene.deref("seg")[0].astype(int)
+    names = scene.object_classes()
     originals = {synonym: name for name, synonym in SYNONYMS.items()}
-    targets = {f"{t} {r} a {ref}": t for t, r, ref in scene_descriptions(scene)}
-    targets |= {
-        f"{SYNONYMS.get(t, t)} {r} a {SYNONYMS.get(ref, ref)}": t
-        for t, r, ref in scene_descriptions(scene)
-    }
+    targets = {}
+    for t, r, ref in scene_descriptions(scene):
+        targets[sentence(t, r, ref)] = targets[
+            sentence(SYNONYMS.get(t, t), r, SYNONYMS.get(ref, ref))
+        ] = t
     maps = []
     for label in labels:
         name = targets.get(label, label)
@@ -361,16 +317,9 @@ def shard(items: list, rank: int, world_size: int) -> list:
     return items[rank::world_size]
 
 
-def open_scene(path: Path) -> h5py.File:
-    try:
-        return h5py.File(path, "r")
-    except OSError as error:
-        raise InputError(f"{path}: not a readable HDF5 file ({error})") from error
-
-
 def scene_done(path: Path) -> bool:
-    with open_scene(path) as scene:
-        return "data/saliencies" in scene
+    with SceneFile(path) as scene:
+        return scene.has("data/saliencies")
 
 
 @app.command()
@@ -431,7 +380,7 @@ def dataset(
         return extractor(rgb, labels, prompts, settings, seed)
 
     for path in tqdm(scenes, desc=f"scenes (rank {rank}/{world_size})", unit="scene"):
-        with open_scene(path) as scene:
+        with SceneFile(path) as scene:
             labels, visible = scene_labels(scene)
             if not labels:
                 raise InputError(f"{path}: empty scene (no labels)")

@@ -17,6 +17,7 @@ from typer.testing import CliRunner
 
 import generate_relevancy as gr
 import relevancy
+from dataset import SceneFile
 
 REPO = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.filterwarnings("ignore:--pretrained none")
@@ -60,8 +61,15 @@ def make_scene(path, seed=0, size=(24, 32), randomized=False, descriptions=True,
                 ("reference_obj_name", "television"),
             ]:
                 group.create_dataset(key, data=np.array([value], dtype=object), dtype=strings)
-        else:
-            group.create_dataset("target_obj_name", data=np.zeros(0))
+            group.create_dataset("target_obj_id", data=np.array([2], np.int64))
+        else:  # zero descriptions: every key is an empty float64 array (data.md 1.4)
+            for key in (
+                "target_obj_name",
+                "target_obj_id",
+                "reference_obj_name",
+                "spatial_relation_name",
+            ):
+                group.create_dataset(key, data=np.zeros(0))
         scene.create_dataset(
             "saliencies", shape=(0, 16, 16), maxshape=(None, 16, 16), dtype="f", chunks=(1, 16, 16)
         )
@@ -90,7 +98,7 @@ EXPECTED_LABELS = sorted(
 
 
 def test_label_set_follows_data_spec_2_8(tmp_path):
-    with h5py.File(make_scene(tmp_path / "s.hdf5"), "r") as scene:
+    with SceneFile(make_scene(tmp_path / "s.hdf5")) as scene:
         labels, visible = gr.scene_labels(scene)
     # visible = ids in seg and in the points (0, 1, 4); mug only via the description; empty dropped
     assert visible == ["apple", "television", "wall"]
