@@ -2,9 +2,8 @@
 
 Spec: data.md section 1 (file layout), 3 (dataset classes, splits), Appendix A (synonyms); models.md
 section 3 (what the networks receive). Files from the released dataset are read unchanged; files
-from
-`generate_scenes.py` have the same layout. Geometry goes through geometry.py (OpenCV camera, stored
-pose).
+from `generate_scenes.py` have the same layout. Geometry goes through geometry.py (OpenCV camera,
+stored pose).
 
 Quirks kept for fidelity, each with the flag that fixes it (DatasetConfig):
 - the mean-row trap (data.md 1.5): the "mean" map subtracted is row L of the global `saliencies`
@@ -15,8 +14,7 @@ Quirks kept for fidelity, each with the flag that fixes it (DatasetConfig):
 - OVSSC domain randomisation ignores dr_pos / dr_orn / dr_scale and uses 0.05 / 0.3 / 0.1;
   `ovssc_use_dr_args=True` uses the configured values;
 - `out_of_frustum_pts_mask` uses the untransformed camera pose on domain-randomised points (kept, no
-  flag:
-  it only affects training-time masks and is what trained models saw).
+  flag: it only affects training-time masks and is what trained models saw).
 """
 
 from __future__ import annotations
@@ -241,8 +239,7 @@ class SceneFile:
         """(h, w) "mean" map to subtract.
 
         Quirk kept for fidelity (mean-row trap, data.md 1.5): by default this is row L (= position
-        of
-        "mean") of the global `saliencies` dataset, i.e. the rgb|ours mean for every block.
+        of "mean") of the global `saliencies` dataset, i.e. the rgb|ours mean for every block.
         own_mean=True follows the block's own reference (the fix).
         """
         mean_idx = labels.index("mean")
@@ -351,10 +348,8 @@ def filter_subsample(
     `sample_size`.
 
     Each array is indexed along its first axis whose length is the point count (axis 0, then axis
-    1).
-    sample_size -1 keeps every in-bounds point. Draws use numpy's global RNG, without replacement
-    unless
-    asked, falling back to replacement when that fails.
+    1). sample_size -1 keeps every in-bounds point. Draws use numpy's global RNG, without
+    replacement unless asked, falling back to replacement when that fails.
     """
     n = len(xyz)
     if transform is not None:
@@ -439,14 +434,11 @@ class SceneDataset(torch.utils.data.Dataset):
         return torch.from_numpy(values)
 
     def sample_outputs(self, xyz, labels, carried, transform):
-        """Output points per row (R, n, 3), labels (R, n), a carried per-point array, and the
-        branch.
+        """Output points per row (R, n, 3), labels (R, n), a carried per-point array, and the branch.
 
-        Balanced (data.md 3.4 step 9): each row is drawn on its own with positives and negatives
-        given
+        Balanced (data.md 3.4 step 9): each row is drawn on its own with positives and negatives given
         equal mass, and `carried` comes out (R, n). Uniform: one draw shared by all rows, `carried`
-        (n,).
-        -1 points (every in-bounds point) in evaluation mode.
+        (n,). In evaluation mode n is every in-bounds point.
         """
         size = -1 if self.config.return_vis else self.config.num_output_pts
         if self.config.balance_spatial_sampling and len(labels) > 0:

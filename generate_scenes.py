@@ -6,8 +6,7 @@ engine.
     python generate_scenes.py pickle scene_files/procedural_00003.pkl --seed 3 --preset small
 
 `dataset` writes "{seed:05d}|{room}.hdf5" per seed (existing files are skipped), then ssc_split.pkl
-and
-vool_split.pkl over every scene file in the folder. Relevancy maps are added afterwards by
+and vool_split.pkl over every scene file in the folder. Relevancy maps are added afterwards by
 `generate_relevancy.py dataset`. Scene content is built by scenes.py.
 """
 

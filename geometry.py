@@ -115,10 +115,9 @@ def integrate_tsdf(
     (X*Y*Z,3)).
 
     Unobserved voxels start at -1 ("assume occupied", unlike Zeng's +1). A voxel is updated where
-    its
-    corner projects (rounded to the nearest pixel) inside the image, in front of the camera, onto a
-    pixel with depth > 0, and depth - z >= -trunc; the value is clip((depth - z) / trunc, -1, 1).
-    As in the original, z is the camera-frame depth and trunc is in world units (5 voxels).
+    its corner projects (rounded to the nearest pixel) inside the image, in front of the camera,
+    onto a pixel with depth > 0, and depth - z >= -trunc; the value is clip((depth - z) / trunc, -1,
+    1). As in the original, z is the camera-frame depth and trunc is in world units (5 voxels).
     """
     corners, voxel_size = tsdf_voxel_corners(scene_bounds, tsdf_shape)
     trunc = trunc_voxels * voxel_size

@@ -4,14 +4,11 @@
 A scene is a room (floor, walls, ceiling) holding furniture made of boxes and cylinders (cabinets,
 drawers, fridges and safes are closed hollow containers; boxes, garbage cans and laundry hampers are
 open-top containers; tables, shelves, counters and sofas are supports) and small objects placed in,
-on,
-behind and beside them. One camera view is rendered with open3d's RaycastingScene (RGB, metric
-depth,
-instance segmentation), then:
+on, behind and beside them. One camera view is rendered with open3d's RaycastingScene (RGB, metric
+depth, instance segmentation), then:
 
 - ground-truth occupancy points: a uniform sample of the scene bounds plus samples inside every
-  object's
-  box, each labelled with the object whose solid contains it or "empty" (data.md 2.3);
+  object's box, each labelled with the object whose solid contains it or "empty" (data.md 2.3);
 - the single-frame TSDF of the original (geometry.integrate_tsdf) and its visibility mask (2.4 step
   6);
 - VOOL descriptions and their ground-truth rewrites by the rules of data.md 2.6 (A: in/on from the
@@ -19,12 +16,9 @@ instance segmentation), then:
   of).
 
 World frame: z up, the same camera centre (-1.5, 0, 0.8), optical axis (+x), image right (-y) and
-0.6
-world units per metre as the THOR files' stored pose (data.md 1.7), but image down maps to -z so
-gravity
-points down (the stored THOR pose is a reflection; the spec leaves its gravity direction
-unverified).
-So "behind" means larger x and "on the right of" smaller y, as in THOR files.
+0.6 world units per metre as the THOR files' stored pose (data.md 1.7), but image down maps to -z so
+gravity points down (the stored THOR pose is a reflection; the spec leaves its gravity direction
+unverified). So "behind" means larger x and "on the right of" smaller y, as in THOR files.
 """
 
 from __future__ import annotations
@@ -503,11 +497,9 @@ def sample_ground_truth(
     ids.
 
     Half are uniform over the bounds, the rest are split evenly over the objects' boxes (clipped to
-    the
-    bounds), as the exporter samples each collider box (data.md 2.3). A point takes the id of the
-    object
-    whose solid contains it, else the "empty" id len(objects). Hidden parts are sampled like any
-    other.
+    the bounds), as the exporter samples each collider box (data.md 2.3). A point takes the id of
+    the object whose solid contains it, else the "empty" id len(objects). Hidden parts are sampled
+    like any other.
     """
     num_uniform = num_points // 2
     per_object = np.full(len(objects), (num_points - num_uniform) // len(objects))

@@ -2,8 +2,7 @@
 spec.
 
 The relevancy engineer's code writes this layout for real; the dataset tests build it themselves so
-that
-they check the reader against the spec, not against another module.
+that they check the reader against the spec, not against another module.
 """
 
 from __future__ import annotations
@@ -46,8 +45,7 @@ def add_relevancy_layout(path, seed: int = 0, shape=(128, 128), block_offsets=No
     labels.
 
     Map values are random (about +-0.02), each block's last row is its own mean. `block_offsets`
-    adds a
-    constant per block so tests can tell the blocks apart.
+    adds a constant per block so tests can tell the blocks apart.
     """
     rng = np.random.RandomState(seed)
     with h5py.File(path, "a") as f:

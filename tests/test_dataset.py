@@ -1,6 +1,6 @@
 """dataset.py: the HDF5 reader against a hand-built file that follows data.md 1 byte for byte, the
-OVSSC
-and VOOL samples of generated scenes for every approach and input, and the bad-input messages."""
+OVSSC and VOOL samples of generated scenes for every approach and input, and the bad-input
+messages."""
 
 import pickle
 
