@@ -523,12 +523,11 @@ class ObjectLocalizationDataset(SceneDataset):
         if self.config.use_synonyms:  # substring match on the sentence
             rows = [i for i in rows if any(key in sentences[i] for key in SYNONYMS)]
         if len(rows) > self.config.num_descs and not self.config.return_vis:
-            relation_counts = Counter(descs["spatial_relation_name"][i] for i in rows)
-            weights = np.array(
-                [1 / relation_counts[descs["spatial_relation_name"][i]] for i in rows]
-            )
-            if not self.config.balance_spatial_relations:
-                weights = np.ones(len(rows))
+            weights = np.ones(len(rows))
+            if self.config.balance_spatial_relations:  # each relation gets the same total weight
+                relations = [descs["spatial_relation_name"][i] for i in rows]
+                counts = Counter(relations)
+                weights = np.array([1 / counts[relation] for relation in relations])
             chosen = np.random.choice(
                 len(rows), self.config.num_descs, replace=False, p=weights / weights.sum()
             )
@@ -648,11 +647,20 @@ class SceneCompletionDataset(SceneDataset):
     """
 
     def patches(
-        self, scene, full_xyz, full_objid, cam_intr, cam_pose, image_shape
+        self,
+        scene,
+        classes,
+        seg,
+        labels,
+        block,
+        full_xyz,
+        full_objid,
+        cam_intr,
+        cam_pose,
+        image_shape,
     ) -> tuple[list[int], list[str]]:
         """Saliency indices and labels of the classes to complete, in sorted label order."""
-        classes = scene.object_classes()
-        seg_ids = set(np.unique(scene.deref("seg")[0]).astype(int).tolist()) - {-1}
+        seg_ids = set(np.unique(seg).astype(int).tolist()) - {-1}
         in_frustum = geometry.in_frustum(full_xyz, cam_intr, cam_pose, image_shape)
         frustum_ids = set(np.unique(full_objid[in_frustum]).astype(int).tolist())
         candidates = {
@@ -660,7 +668,6 @@ class SceneCompletionDataset(SceneDataset):
         } - NOT_CLASSES
         if self.config.use_synonyms:
             candidates = {SYNONYMS.get(c, c) for c in candidates}
-        labels, block = scene.relevancy_block(self.rgb_key, self.config.saliency_config)
         indices = [i for i, label in enumerate(labels[:-1]) if label in candidates]
         missing = candidates - {labels[i] for i in indices}
         if missing:
@@ -700,17 +707,26 @@ class SceneCompletionDataset(SceneDataset):
             rgb = scene.rgb(cfg.domain_randomized_rgb)  # 0..255
             image_shape = scene.get("rgb").shape[1:3]
             seg = scene.deref("seg")[0]
+            classes = scene.object_classes()
             full_xyz, full_objid = scene.ground_truth()
-            indices, patch_labels = self.patches(
-                scene, full_xyz, full_objid, cam_intr, cam_pose, depth.shape
-            )
             labels, block = scene.relevancy_block(self.rgb_key, cfg.saliency_config)
+            indices, patch_labels = self.patches(
+                scene,
+                classes,
+                seg,
+                labels,
+                block,
+                full_xyz,
+                full_objid,
+                cam_intr,
+                cam_pose,
+                depth.shape,
+            )
             mean_map = scene.mean_relevancy(labels, block, cfg.own_mean_relevancy)
             maps = upsample(
                 scene.relevancy_maps(block, indices) - mean_map, image_shape
             )  # (P, H, W)
             text_features = scene.label_features(block, indices)
-            classes = scene.object_classes()
             scene_id = scene.scene_id
         input_xyz = geometry.backproject(depth, cam_intr, cam_pose)
         num_patches = len(indices) if cfg.return_vis else cfg.num_patches
