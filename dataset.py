@@ -7,12 +7,12 @@ stored pose).
 
 Quirks kept for fidelity, each with the flag that fixes it (DatasetConfig):
 - the mean-row trap (data.md 1.5): the "mean" map subtracted is row L of the global `saliencies`
-  dataset, i.e. the rgb|ours mean, for every block; `own_mean_relevancy=True` uses the block's own
+  dataset, i.e. the rgb|ours mean, for every block; `fix_mean_relevancy=True` uses the block's own
   mean;
 - VOOL patch masks compare the x50-scaled relevancy with the cutoff (bug B5, models.md 3);
-  `vool_patch_mask_unscaled=True` compares the unscaled map, as OVSSC does;
+  `fix_vool_patch_mask_scale=True` compares the unscaled map, as OVSSC does;
 - OVSSC domain randomisation ignores dr_pos / dr_orn / dr_scale and uses 0.05 / 0.3 / 0.1;
-  `ovssc_use_dr_args=True` uses the configured values;
+  `fix_ovssc_dr_args=True` uses the configured values;
 - `out_of_frustum_pts_mask` uses the untransformed camera pose on domain-randomised points (kept, no
   flag: it only affects training-time masks and is what trained models saw).
 """
@@ -278,9 +278,9 @@ class DatasetConfig:
     domain_randomized_rgb: bool = False
     use_synonyms: bool = False
     return_vis: bool = False  # evaluation mode: all points, all labels, no padding
-    own_mean_relevancy: bool = False  # fix for the mean-row trap
-    vool_patch_mask_unscaled: bool = False  # fix for bug B5
-    ovssc_use_dr_args: bool = False  # fix: OVSSC uses dr_pos / dr_orn / dr_scale
+    fix_mean_relevancy: bool = False  # fix for the mean-row trap
+    fix_vool_patch_mask_scale: bool = False  # fix for bug B5
+    fix_ovssc_dr_args: bool = False  # fix: OVSSC uses dr_pos / dr_orn / dr_scale
 
     def __post_init__(self):
         unknown = set(self.network_inputs) - set(NETWORK_INPUTS)
@@ -562,7 +562,7 @@ class ObjectLocalizationDataset(SceneDataset):
         if "patch_masks" in self.config.network_inputs:
             # bug B5 kept: the x50-scaled map is compared with the cutoff; the flag compares the
             # unscaled one
-            compared = unscaled if self.config.vool_patch_mask_unscaled else scaled
+            compared = unscaled if self.config.fix_vool_patch_mask_scale else scaled
             return (compared > self.config.patch_mask_cutoff).astype(np.float32)
         return scaled.astype(np.float32)
 
@@ -578,7 +578,7 @@ class ObjectLocalizationDataset(SceneDataset):
             descs = self.descriptions(scene)
             num_real = len(descs["sentence"])
             labels, block = scene.relevancy_block(self.rgb_key, cfg.saliency_config)
-            mean_map = scene.mean_relevancy(labels, block, cfg.own_mean_relevancy)
+            mean_map = scene.mean_relevancy(labels, block, cfg.fix_mean_relevancy)
             saliency = {
                 key: self.relevancy(scene, labels, block, descs[names], mean_map, image_shape)
                 for key, names in (
@@ -722,7 +722,7 @@ class SceneCompletionDataset(SceneDataset):
                 cam_pose,
                 depth.shape,
             )
-            mean_map = scene.mean_relevancy(labels, block, cfg.own_mean_relevancy)
+            mean_map = scene.mean_relevancy(labels, block, cfg.fix_mean_relevancy)
             maps = upsample(
                 scene.relevancy_maps(block, indices) - mean_map, image_shape
             )  # (P, H, W)
@@ -749,10 +749,10 @@ class SceneCompletionDataset(SceneDataset):
         )
 
         transform = None
-        if cfg.domain_randomization:  # OVSSC's hard-coded constants unless ovssc_use_dr_args
+        if cfg.domain_randomization:  # OVSSC's hard-coded constants unless fix_ovssc_dr_args
             dr = (
                 (cfg.dr_pos, cfg.dr_orn, cfg.dr_scale)
-                if cfg.ovssc_use_dr_args
+                if cfg.fix_ovssc_dr_args
                 else (0.05, 0.3, 0.1)
             )
             transform = self.dr_transform(*dr)

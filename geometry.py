@@ -16,7 +16,9 @@ from __future__ import annotations
 
 import numpy as np
 
-THOR_SCENE_BOUNDS = np.array([[-1.0, -1.0, -0.1], [1.0, 1.0, 1.9]])
+DEFAULT_SCENE_BOUNDS = ((-1.0, -1.0, -0.1), (1.0, 1.0, 1.9))  # metres, (lower corner, upper corner)
+DEFAULT_VOXEL_SHAPE = (128, 128, 128)  # network feature volume and TSDF grid
+THOR_SCENE_BOUNDS = np.array(DEFAULT_SCENE_BOUNDS)
 THOR_FOV_DEG = 80.0
 
 

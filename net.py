@@ -10,8 +10,8 @@ VOOL (visually obscured object localization):
 
 Every network takes the whole batch dict (`net(**batch)`), ignores the keys it does not use, and returns
 raw logits [B, P or D, M] (no sigmoid). Constructor defaults are the training scripts' defaults, so
-`SemAbs3D()` builds the released architecture; every constructor takes **kwargs so that a training
-Namespace (args.pkl) can be passed whole.
+`SemAbs3D()` builds the released architecture. `build_network(task, approach, args)` picks the
+arguments a network uses out of a training Namespace (args.pkl) and rejects unknown keys.
 
 Fidelity quirks, kept by default so that the released checkpoints reproduce their published outputs:
     B1  the point-to-voxel scatter averages (mean) although reduce_method says "max".
@@ -25,18 +25,19 @@ runs the UNet once per scene instead of once per class (B10, same output).
 
 from __future__ import annotations
 
+import argparse
+import inspect
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from geometry import DEFAULT_SCENE_BOUNDS, DEFAULT_VOXEL_SHAPE
 from unet3d import ResidualUNet3D, maybe_checkpoint
 from utils import InputError
 
-DEFAULT_SCENE_BOUNDS = ((-1.0, -1.0, -0.1), (1.0, 1.0, 1.9))  # metres, (lower corner, upper corner)
-DEFAULT_VOXEL_SHAPE = (128, 128, 128)
 SPATIAL_RELATIONS = (
     "in",
     "behind",
@@ -232,7 +233,6 @@ class SemAbs3D(nn.Module):
         fix_scatter_reduce: bool = False,
         fix_decoder_sampling: bool = False,
         activation_checkpointing: bool = False,
-        **kwargs,
     ):
         super().__init__()
         self.register_buffer("steps", torch.zeros(1))
@@ -321,12 +321,12 @@ class SemanticAwareOVSSC(SemAbs3D):
     """OVSSC baseline: RGB points -> 512-d CLIP-space point features; logits are cosine / 0.07 with the
     class text features (semantic_class_features [B,P,512])."""
 
-    def __init__(self, clip_hidden_dim: int = CLIP_TEXT_DIM, **kwargs):
+    def __init__(
+        self, clip_hidden_dim: int = CLIP_TEXT_DIM, pointing_method: str = "cosine_sim", **kwargs
+    ):
         kwargs.update(output_dim=clip_hidden_dim, network_inputs=("rgb",))
         super().__init__(**kwargs)
-        self.semantic_class_pointer = PointingAttention(
-            clip_hidden_dim, kwargs.get("pointing_method", "cosine_sim")
-        )
+        self.semantic_class_pointer = PointingAttention(clip_hidden_dim, pointing_method)
 
     def forward(
         self,
@@ -534,12 +534,52 @@ VOOL_NETWORKS = {
 NETWORKS = {"ovssc": OVSSC_NETWORKS, "vool": VOOL_NETWORKS}
 
 
-def build_network(task: str, approach: str = "semantic_abstraction", **config) -> nn.Module:
-    """The network the training scripts build for (task, approach), from a config like args.pkl's."""
+# Constructor arguments set by the networks themselves, never taken from a configuration.
+_INTERNAL_ARGUMENTS = {"self", "kwargs", "output_dim", "sampler_volumes", "sampler_output_dim"}
+
+
+def network_arguments(network_class: type[nn.Module]) -> set[str]:
+    """The configuration keys a network class uses: its constructors' parameters along the class
+    chain, plus the completion net's for the VOOL networks."""
+    classes = list(network_class.__mro__)
+    if issubclass(network_class, VOOLNetwork):
+        classes.append(SemAbs3D)
+    names = set()
+    for klass in classes:
+        if "__init__" in vars(klass) and issubclass(klass, nn.Module) and klass is not nn.Module:
+            names |= set(inspect.signature(klass.__init__).parameters)
+    return names - _INTERNAL_ARGUMENTS
+
+
+def build_network(
+    task: str,
+    approach: str = "semantic_abstraction",
+    config: argparse.Namespace | Mapping | None = None,
+    **overrides,
+) -> nn.Module:
+    """The network of (task, approach), configured like the training scripts configure it.
+
+    `config` is a training Namespace (e.g. options.load_args("args.pkl")), from which the keys the
+    network uses are picked and the others (lr, epochs, ...) left; or a plain mapping, which like
+    `overrides` must hold only keys the network uses: an unknown key is an InputError naming it.
+    """
     if task not in NETWORKS:
         raise InputError(f"unknown task {task!r}: use ovssc or vool")
     if approach not in NETWORKS[task]:
         raise InputError(
             f"unknown {task} approach {approach!r}: use one of {sorted(NETWORKS[task])}"
         )
-    return NETWORKS[task][approach](**config)
+    network_class = NETWORKS[task][approach]
+    accepted = network_arguments(network_class)
+    if isinstance(config, argparse.Namespace):
+        chosen = {k: v for k, v in vars(config).items() if k in accepted}
+    else:
+        chosen = dict(config or {})
+    chosen.update(overrides)
+    unknown = sorted(set(chosen) - accepted)
+    if unknown:
+        raise InputError(
+            f"{network_class.__name__} has no argument {', '.join(map(repr, unknown))}; "
+            f"it takes {', '.join(sorted(accepted))}"
+        )
+    return network_class(**chosen)

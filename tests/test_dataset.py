@@ -154,7 +154,7 @@ def test_vool_values_by_hand_and_the_mean_row_trap(minimal):
     trap = ds.ObjectLocalizationDataset([minimal], ds.DatasetConfig(**chefer))[0]
     np.testing.assert_allclose(trap["input_target_saliency_pts"], (10 - 5) * 50)
     fixed = ds.ObjectLocalizationDataset(
-        [minimal], ds.DatasetConfig(**chefer, own_mean_relevancy=True)
+        [minimal], ds.DatasetConfig(**chefer, fix_mean_relevancy=True)
     )[0]
     np.testing.assert_allclose(fixed["input_target_saliency_pts"], (10 - 15) * 50)
 
@@ -166,7 +166,7 @@ def test_vool_patch_mask_bug_b5_and_its_fix(minimal):
     scaled = ds.ObjectLocalizationDataset([minimal], ds.DatasetConfig(**cfg))[0]
     assert scaled["input_target_saliency_pts"].min() == 1  # bug B5 kept: compared after x50
     unscaled = ds.ObjectLocalizationDataset(
-        [minimal], ds.DatasetConfig(**cfg, vool_patch_mask_unscaled=True)
+        [minimal], ds.DatasetConfig(**cfg, fix_vool_patch_mask_scale=True)
     )[0]
     assert unscaled["input_target_saliency_pts"].max() == 0
     assert unscaled["input_reference_saliency_pts"].min() == 1  # 2.001 passes either way

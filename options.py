@@ -1,0 +1,246 @@
+"""The command-line flags of training, evaluation and visualization, declared once.
+
+Spec: train-eval.md 1.1 (the shared parser) and 1.2 (per-script flags). Names and defaults are the
+original's, so its commands and its `args.pkl` files work unchanged. Changes, each a bug that only
+hurt users:
+- every flag that defaults to True can be switched off (`--no_domain_randomization`, ...);
+- `--voxel_shape X Y Z` and `--scene_bounds x0 y0 z0 x1 y1 z1` can be set;
+- `--device auto` (the default) picks CUDA when present, where the original hard-coded "cuda";
+- `--gpus` is still accepted, but whether DDP runs is decided by the world size torchrun gives.
+New: the `--fix_*` flags of fixes.py, `--activation_checkpointing`, `--amp_dtype`.
+
+`args.pkl` (the pickled training Namespace beside a checkpoint) is read back by `load_args`, which
+fills flags that an older file lacks with their defaults, so released and our own files read alike.
+"""
+
+from __future__ import annotations
+
+import argparse
+import pickle
+from pathlib import Path
+
+import fixes
+from geometry import DEFAULT_SCENE_BOUNDS, DEFAULT_VOXEL_SHAPE
+from utils import InputError, atomic_path
+
+NETWORK_INPUTS = ("patch_masks", "saliency", "rgb", "tsdf")
+SALIENCY_CONFIGS = ("ours", "chefer_et_al")
+LR_SCHEDULES = ("constant", "linear", "cosine", "cosine_with_restarts", "constant_with_warmup")
+POINTING_METHODS = ("cosine_sim", "dot_product", "additive")
+APPROACHES = {
+    "ovssc": ("semantic_abstraction", "semantic_aware"),
+    "vool": ("semantic_abstraction", "semantic_aware", "clip_spatial"),
+}
+ARGS_FILE = "args.pkl"
+
+
+def _add_bool(parser: argparse.ArgumentParser, name: str, default: bool, help: str) -> None:
+    """--name / --no_name, in the original's underscore style."""
+    group = parser.add_mutually_exclusive_group()
+    group.add_argument(
+        f"--{name}", dest=name, action="store_true", help=f"{help} (default: {default})"
+    )
+    group.add_argument(f"--no_{name}", dest=name, action="store_false", help=argparse.SUPPRESS)
+    parser.set_defaults(**{name: default})
+
+
+def _scene_bounds(values: list[float]) -> list[list[float]]:
+    lower, upper = values[:3], values[3:]
+    if not all(u > lo for lo, u in zip(lower, upper)):
+        raise argparse.ArgumentTypeError(
+            f"--scene_bounds upper corner must exceed the lower: {values}"
+        )
+    return [lower, upper]
+
+
+class _SceneBounds(argparse.Action):
+    def __call__(self, parser, namespace, values, option_string=None):
+        try:
+            setattr(namespace, self.dest, _scene_bounds(values))
+        except argparse.ArgumentTypeError as error:
+            parser.error(str(error))
+
+
+def add_shared_flags(parser: argparse.ArgumentParser) -> None:
+    """The original's `utils.config_parser` flags (train-eval.md 1.1), with the fix flags."""
+    add = parser.add_argument
+    add("--file_path", required=True, help="dataset root holding ssc_split.pkl / vool_split.pkl")
+    add(
+        "--voxel_shape",
+        type=int,
+        nargs=3,
+        default=list(DEFAULT_VOXEL_SHAPE),
+        metavar=("X", "Y", "Z"),
+        help="feature-volume grid (and TSDF shape)",
+    )
+    add("--load", default=None, help="checkpoint to resume from (train) or to evaluate")
+    add("--batch_size", type=int, default=1, help="per-process training batch size")
+    add("--num_warmup_steps", type=int, default=1024)
+    add("--save_freq", type=int, default=1, help="save ckpt_<epoch>.pth every N epochs")
+    add("--eval_freq", type=int, default=5, help="evaluate unseen_instances every N epochs")
+    add(
+        "--gpus",
+        nargs="+",
+        default=["0"],
+        help="accepted for the original's commands; torchrun decides",
+    )
+    add("--seed", type=int, default=0)
+    add("--epochs", type=int, default=200)
+    add("--num_descs", type=int, default=4, help="VOOL descriptions per training scene")
+    add("--saliency_vmin", type=float, default=None)
+    add("--lr", type=float, default=1e-3)
+    add("--weight_decay", type=float, default=1e-5)
+    add("--grad_max_norm", type=float, default=2.0)
+    add("--xyz_pts_noise", type=float, default=0.0)
+    add("--num_input_pts", type=int, default=80_000)
+    add("--num_output_pts", type=int, default=400_000, help="query points per training scene")
+    add("--pointing_dim", type=int, default=64)
+    add("--unet_f_maps", type=int, default=16)
+    add("--unet_num_channels", type=int, default=16)
+    add("--unet_num_groups", type=int, default=8)
+    add("--unet_num_levels", type=int, default=6)
+    add("--num_patches", type=int, default=4, help="OVSSC classes per training scene")
+    add("--patch_mask_cutoff", type=float, default=0.004)
+    _add_bool(parser, "domain_randomization", True, "random rigid/scale transform in training")
+    _add_bool(parser, "use_pts_feat_extractor", True, "per-point MLP before scattering")
+    add("--pts_feat_extractor_hidden_dim", type=int, default=128)
+    _add_bool(parser, "subtract_mean_relevancy", True, "subtract the per-scene mean relevancy map")
+    _add_bool(parser, "offset_patch_mask", False, "patch masks in {-1, 1} instead of {0, 1}")
+    _add_bool(parser, "balance_positive_negative", False, "per-row BCE reweighting")
+    _add_bool(
+        parser, "balance_spatial_relations", True, "VOOL: descriptions uniform over relations"
+    )
+    _add_bool(parser, "always_replace_subsample_pts", False, "sample points with replacement")
+    _add_bool(parser, "balance_spatial_sampling", True, "class-balanced training query points")
+    _add_bool(parser, "decoder_concat_xyz_pts", True, "decoder also sees the query xyz")
+    _add_bool(parser, "use_amp", False, "CUDA autocast (with a gradient scaler for fp16)")
+    add(
+        "--amp_dtype", choices=("fp16", "bf16"), default="fp16", help="autocast type with --use_amp"
+    )
+    add("--num_workers", type=int, default=8, help="DataLoader workers per process")
+    add("--dr_pos", type=float, default=0.1)
+    add("--dr_orn", type=float, default=0.3)
+    add("--dr_scale", type=float, default=0.1)
+    add(
+        "--scene_bounds",
+        type=float,
+        nargs=6,
+        action=_SceneBounds,
+        default=[list(c) for c in DEFAULT_SCENE_BOUNDS],
+        metavar="B",
+        help="x0 y0 z0 x1 y1 z1 (metres)",
+    )
+    add(
+        "--device",
+        default="auto",
+        help="auto, cpu, cuda or cuda:N (under torchrun: LOCAL_RANK's GPU)",
+    )
+    add("--pointing_method", choices=POINTING_METHODS, default="cosine_sim")
+    add("--saliency_config", choices=SALIENCY_CONFIGS, default="ours")
+    add("--network_inputs", nargs="+", choices=NETWORK_INPUTS, default=["saliency"])
+    add("--lr_scheduler_type", choices=LR_SCHEDULES, default="cosine_with_restarts")
+    add(
+        "--reduce_method",
+        choices=("max", "mean"),
+        default="max",
+        help="scatter reduction (used only with --fix_scatter_reduce)",
+    )
+    _add_bool(
+        parser, "activation_checkpointing", False, "recompute activations in backward (less memory)"
+    )
+    for fix in fixes.FIXES:
+        if fix.used_by != "relevancy":
+            _add_bool(parser, fix.name, False, f"{fix.fixed} [{fix.spec}]")
+
+
+def training_parser(task: str) -> argparse.ArgumentParser:
+    """train_ovssc.py / train_vool.py: shared flags + --log and --approach (train-eval.md 1.2)."""
+    parser = argparse.ArgumentParser(description=f"Train the {task.upper()} network.")
+    add_shared_flags(parser)
+    parser.add_argument("--log", required=True, help="output directory")
+    parser.add_argument("--approach", choices=APPROACHES[task], default="semantic_abstraction")
+    return parser
+
+
+def finalize(args: argparse.Namespace) -> argparse.Namespace:
+    """What the original's scripts did after parsing: semantic_aware reads RGB only."""
+    if getattr(args, "approach", None) == "semantic_aware":
+        args.network_inputs = ["rgb"]
+    return args
+
+
+def defaults() -> argparse.Namespace:
+    """Every shared flag at its default (file_path left None)."""
+    parser = argparse.ArgumentParser()
+    add_shared_flags(parser)
+    for action in parser._actions:
+        action.required = False
+    return parser.parse_args([])
+
+
+# Keys of a stored Namespace that describe the run rather than the model (not compared on resume).
+RUN_KEYS = {
+    "log",
+    "file_path",
+    "load",
+    "gpus",
+    "device",
+    "num_workers",
+    "epochs",
+    "save_freq",
+    "eval_freq",
+    "task",
+}
+
+
+def load_args(path: str | Path) -> argparse.Namespace:
+    """A training Namespace from args.pkl; flags the file lacks (older or original files) get their
+    defaults, which are the original's behaviour."""
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(
+            f"{path} not found: the training arguments are read from args.pkl beside the checkpoint"
+        )
+    try:
+        with open(path, "rb") as f:
+            stored = pickle.load(f)
+    except Exception as error:  # pickle raises many types on a bad file
+        raise InputError(
+            f"{path} is not a readable args.pkl ({type(error).__name__}: {error})"
+        ) from None
+    if not isinstance(stored, argparse.Namespace):
+        raise InputError(f"{path} holds a {type(stored).__name__}, not a training Namespace")
+    args = defaults()
+    vars(args).update(vars(stored))
+    args.voxel_shape = [int(v) for v in args.voxel_shape]
+    args.scene_bounds = [[float(v) for v in corner] for corner in _as_corners(args.scene_bounds)]
+    return args
+
+
+def _as_corners(bounds) -> list[list[float]]:
+    flat = [
+        float(v) for corner in bounds for v in (corner if hasattr(corner, "__len__") else [corner])
+    ]
+    if len(flat) != 6:
+        raise InputError(f"scene_bounds must hold 6 numbers, got {bounds!r}")
+    return [flat[:3], flat[3:]]
+
+
+def differences(stored: argparse.Namespace, current: argparse.Namespace) -> list[str]:
+    """'name: stored -> current' for every model/data flag that differs (resume check)."""
+    lines = []
+    for name in sorted(set(vars(stored)) | set(vars(current))):
+        if name in RUN_KEYS:
+            continue
+        old, new = getattr(stored, name, None), getattr(current, name, None)
+        if old != new:
+            lines.append(f"{name}: {old!r} -> {new!r}")
+    return lines
+
+
+def save_args(args: argparse.Namespace, log_dir: str | Path) -> Path:
+    """Write <log>/args.pkl atomically (a plain argparse.Namespace, as the original's)."""
+    path = Path(log_dir) / ARGS_FILE
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+        pickle.dump(argparse.Namespace(**vars(args)), f)
+    return path
