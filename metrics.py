@@ -30,20 +30,10 @@ import torch
 
 from net import VirtualGrid
 
-METRIC_NAMES = (
-    "precision",
-    "recall",
-    "false_negative",
-    "false_positive",
-    "iou",
-)  # column order, 2.5
-SUMMARY_KEYS = (
-    "iou",
-    "precision",
-    "recall",
-    "false_negative",
-    "false_positive",
-)  # section 1.6 step 3
+# column order of section 2.5
+METRIC_NAMES = ("precision", "recall", "false_negative", "false_positive", "iou")
+# substrings that pick the epoch-summary columns (section 1.6 step 3)
+SUMMARY_KEYS = ("iou", "precision", "recall", "false_negative", "false_positive")
 RATE_METRICS = ("false_negative", "false_positive")
 # bool entries handled per chunk of rows in detailed_stats (bounds the int64 histogram index memory)
 _CHUNK_ENTRIES = 1 << 25
@@ -162,9 +152,8 @@ def _counts_at_cutoffs(logits, label, ignore, sorted_cutoffs):
 def _metrics_at_cutoffs(logits, label, ignore, cutoffs: Sequence[float]) -> dict[str, np.ndarray]:
     """logits [R, N] etc. -> {metric: float64 [R, C]} in the given cutoff order (rows chunked)."""
     rows, entries = logits.shape
-    cut = torch.as_tensor(np.asarray(cutoffs, dtype=np.float64)).to(
-        logits
-    )  # compared in logits' dtype
+    # compared in the logits' dtype, as torch compares `logits > float`
+    cut = torch.as_tensor(np.asarray(cutoffs, dtype=np.float64)).to(logits)
     sorted_cut, order = torch.sort(cut)
     unsort = torch.argsort(order)
     chunk = max(1, _CHUNK_ENTRIES // max(entries, 1))
