@@ -353,7 +353,10 @@ def render_csv(table: Table) -> str:
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
     writer.writerow(["table", *table.columns])
+    approach = ""
     for cells in table.rows:
+        approach = cells[0] or approach  # CSV repeats the approach on every row (machine-readable)
+        cells = [approach, *cells[1:]]
         writer.writerow([table.title, *(cell_text(c, nan="nan") for c in cells)])
     return buffer.getvalue()
 
