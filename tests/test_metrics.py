@@ -302,3 +302,9 @@ def test_epoch_summary_argmax_and_quirk():
 def test_format_epoch_summary():
     text = metrics.format_epoch_summary([("train", "point_iou", 60.0, -0.5)])
     assert text.splitlines() == ["train", "    POINT_IOU" + " " * 21 + ": 60.00     -0.50"]
+
+
+def test_no_device_named():
+    from pathlib import Path
+
+    assert "cuda" not in Path(metrics.__file__).read_text().lower()
