@@ -20,18 +20,24 @@ Quirks kept for fidelity, each with the flag that fixes it (DatasetConfig):
 from __future__ import annotations
 
 import argparse
-import pickle
 from collections import Counter
 from dataclasses import dataclass, fields, replace
 from pathlib import Path
 
-import h5py
 import numpy as np
 import torch
 
 import geometry
 import inputs
 from inputs import NETWORK_INPUTS, PAD  # noqa: F401  (PAD: public API of this module)
+from scene_file import (  # noqa: F401  (re-exported: public API of this module)
+    SENTENCE_KEYS,
+    SPLIT_FILES,
+    SceneFile,
+    class_name,
+    load_split_lists,
+    sentence,
+)
 from utils import InputError
 
 # Appendix A, original spelling ("refridgerator", "eletric plug" are what the stored labels use)
@@ -58,197 +64,6 @@ SYNONYMS = {
 INVERSE_SYNONYMS = {synonym: name for name, synonym in SYNONYMS.items()}
 NOT_CLASSES = {"empty", "out of bounds", "unlabelled"}
 SPLITS = ("train", "unseen_instances", "unseen_instances_dr", "unseen_instances_synonyms")
-SPLIT_FILES = {"ovssc": "ssc_split.pkl", "vool": "vool_split.pkl"}
-
-
-def class_name(entry: str) -> str:
-    """ "apple[12]" -> "apple" (class names carry their id after the first "[")."""
-    return entry.split("[")[0].strip()
-
-
-SENTENCE_KEYS = ("target_obj_name", "spatial_relation_name", "reference_obj_name")
-
-
-def sentence(target: str, relation: str, reference: str) -> str:
-    """The description sentence whose relevancy is stored: "mug in a cabinet" (data.md 1.4)."""
-    return f"{target} {relation} a {reference}"
-
-
-# --------------------------------------------------------------------------------------------------
-# one scene file
-
-
-class SceneFile:
-    """Read access to one scene file; anything missing or malformed is a one-line InputError."""
-
-    def __init__(self, path: str | Path):
-        self.path = Path(path)
-        if not self.path.is_file():
-            raise InputError(f"scene file not found: {self.path}")
-        try:
-            self.file = h5py.File(self.path, "r")
-        except OSError as error:
-            raise InputError(f"{self.path} is not a readable HDF5 file ({error})") from None
-        self.scene_id = self.path.name.split(".")[0]
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.file.close()
-
-    def has(self, key: str) -> bool:
-        return key in self.file
-
-    def get(self, key: str) -> h5py.Dataset | h5py.Group:
-        if key not in self.file:
-            raise InputError(f"{self.path}: missing key '{key}'")
-        return self.file[key]
-
-    def array(self, key: str, shape: tuple | None = None, dtype=None) -> np.ndarray:
-        """A plain dataset, checked against an expected shape (None entries match any size)."""
-        value = np.asarray(self.get(key)[()])
-        if shape is not None and (
-            value.ndim != len(shape)
-            or any(s is not None and s != v for s, v in zip(shape, value.shape, strict=True))
-        ):
-            raise InputError(f"{self.path}: '{key}' has shape {value.shape}, expected {shape}")
-        return value if dtype is None else value.astype(dtype)
-
-    def deref(self, key: str, refs: np.ndarray | None = None) -> np.ndarray:
-        """Follow region references into the top-level dataset `key`; stack element [0] of each,
-        float32.
-
-        `refs` defaults to `data/<key>`. rgb, seg and ids therefore come back as float32 (data.md
-        1.3).
-        """
-        top = self.get(key)
-        if refs is None:
-            refs = self.get(f"data/{key}")
-            if refs.dtype != h5py.regionref_dtype:
-                raise InputError(
-                    f"{self.path}: 'data/{key}' is {refs.dtype}, expected region references"
-                )
-            refs = refs[()]
-        try:
-            return np.stack([top[ref][0] for ref in refs]).astype(np.float32)
-        except (ValueError, OSError) as error:
-            raise InputError(
-                f"{self.path}: cannot follow the references into '{key}' ({error})"
-            ) from None
-
-    def image(self, key: str, channels: int | None) -> np.ndarray:
-        value = self.deref(key)[0]
-        expected = 2 if channels is None else 3
-        if value.ndim != expected or (channels is not None and value.shape[2] != channels):
-            raise InputError(
-                f"{self.path}: '{key}' rows have shape {value.shape}, expected an H x W image"
-            )
-        return value
-
-    def rgb(self, domain_randomized: bool = False) -> np.ndarray:
-        """(H, W, 3) float32 in 0..255: the rendered view, or its domain-randomised copy."""
-        if not domain_randomized:
-            return self.image("rgb", 3)
-        dr = self.array("data/domain_randomized_rgb")
-        if dr.ndim != 4:
-            raise InputError(
-                f"{self.path}: no domain-randomised rgb in this scene (only test rooms have one)"
-            )
-        return dr[0].astype(np.float32)
-
-    def image_shape(self) -> tuple[int, int]:
-        """(H, W) of the stored rgb rows."""
-        return tuple(self.get("rgb").shape[1:3])
-
-    def depth(self) -> np.ndarray:
-        depth = self.image("depth", None)
-        if not np.all(np.isfinite(depth)):
-            raise InputError(
-                f"{self.path}: depth has {np.sum(~np.isfinite(depth))} NaN or infinite pixels"
-            )
-        return depth
-
-    def camera(self) -> tuple[np.ndarray, np.ndarray]:
-        """(cam_intr (3, 3), cam_pose (4, 4)) as stored, float64."""
-        return self.array("data/cam_intr", (3, 3), np.float64), self.array(
-            "data/cam_pose", (4, 4), np.float64
-        )
-
-    def object_classes(self) -> list[str]:
-        """Class name per object id ("[k]" suffix removed)."""
-        return [class_name(s) for s in self.array("data/objid_to_class", (None,)).astype(str)]
-
-    def has_ground_truth(self) -> bool:
-        return self.has("data/full_objid_pts")
-
-    def ground_truth(self) -> tuple[np.ndarray, np.ndarray]:
-        """(full_xyz_pts (N, 3), full_objid_pts (N,)) float32."""
-        xyz, objid = self.deref("full_xyz_pts")[0], self.deref("full_objid_pts")[0]
-        if xyz.ndim != 2 or xyz.shape[1] != 3 or objid.shape != xyz.shape[:1]:
-            raise InputError(
-                f"{self.path}: full_xyz_pts {xyz.shape} and full_objid_pts {objid.shape} differ"
-            )
-        return xyz, objid
-
-    def descriptions(self) -> dict[str, list]:
-        """VOOL descriptions as lists (names as str, target ids as int); empty lists when there are
-        none.
-        """
-        group = self.get("data/descriptions")
-        keys = ("target_obj_name", "target_obj_id", "reference_obj_name", "spatial_relation_name")
-        out = {}
-        for key in keys:
-            if key not in group:
-                raise InputError(f"{self.path}: missing key 'data/descriptions/{key}'")
-            value = np.asarray(group[key][()])
-            out[key] = (
-                value.astype(int).tolist() if key == "target_obj_id" else value.astype(str).tolist()
-            )
-        if len({len(v) for v in out.values()}) != 1:
-            raise InputError(f"{self.path}: the description lists have different lengths")
-        return out
-
-    def relevancy_block(self, rgb_key: str, config: str) -> tuple[list[str], str]:
-        """Sorted labels of the `rgb_key|config` block ("mean" last) and the block's group key."""
-        block = f"data/saliencies/{rgb_key}|{config}"
-        if block not in self.file:
-            raise InputError(
-                f"{self.path}: no relevancy maps for {rgb_key}|{config}; "
-                f"run `python generate_relevancy.py dataset {self.path.parent}` first"
-            )
-        labels = self.array(f"{block}|saliency_text_labels", (None,)).astype(str).tolist()
-        if not labels or labels[-1] != "mean":
-            raise InputError(f"{self.path}: {block}|saliency_text_labels does not end with 'mean'")
-        return labels, block
-
-    def label_index(self, labels: list[str], label: str, block: str) -> int:
-        if label not in labels:
-            raise InputError(f"{self.path}: label '{label}' has no relevancy map in {block}")
-        return labels.index(label)
-
-    def relevancy_maps(self, block: str, indices: list[int]) -> np.ndarray:
-        """(len(indices), h, w) float32 maps, found by position in the block's reference list."""
-        refs = self.get(block)[()]
-        if len(indices) == 0:
-            return np.zeros((0, *self.get("saliencies").shape[1:]), np.float32)
-        return self.deref("saliencies", refs[indices])
-
-    def label_features(self, block: str, indices: list[int]) -> np.ndarray:
-        features = self.array(f"{block}|saliency_text_label_features", (None, None), np.float32)
-        return features[indices]
-
-    def mean_relevancy(self, labels: list[str], block: str, own_mean: bool) -> np.ndarray:
-        """(h, w) "mean" map to subtract.
-
-        Quirk kept for fidelity (mean-row trap, data.md 1.5): by default this is row L (= position
-        of "mean") of the global `saliencies` dataset, i.e. the rgb|ours mean for every block.
-        own_mean=True follows the block's own reference (the fix).
-        """
-        mean_idx = labels.index("mean")
-        if own_mean:
-            return self.relevancy_maps(block, [mean_idx])[0]
-        return np.asarray(self.get("saliencies")[mean_idx], np.float32)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -790,22 +605,6 @@ class SceneCompletionDataset(SceneDataset):
 
 
 DATASET_CLASSES = {"ovssc": SceneCompletionDataset, "vool": ObjectLocalizationDataset}
-
-
-def load_split_lists(file_path: str | Path, task: str) -> dict[str, list[str]]:
-    """`<file_path>/ssc_split.pkl` or `vool_split.pkl`: {split: [relative scene path, ...]} (data.md
-    1.1).
-    """
-    if task not in SPLIT_FILES:
-        raise InputError(f"unknown task '{task}'; use ovssc or vool")
-    path = Path(file_path) / SPLIT_FILES[task]
-    if not path.is_file():
-        raise InputError(f"split file not found: {path}")
-    with open(path, "rb") as f:
-        splits = pickle.load(f)
-    if not isinstance(splits, dict) or not all(isinstance(v, list) for v in splits.values()):
-        raise InputError(f"{path} must hold a dict of split name -> list of scene paths")
-    return splits
 
 
 def make_datasets(

@@ -20,6 +20,7 @@ from pathlib import Path
 import typer
 from tqdm import tqdm
 
+import scene_file
 import scenes
 from utils import InputError, atomic_path, run_app
 
@@ -46,9 +47,9 @@ def _write_one(job: tuple[int, Path, scenes.SceneOptions, int, Path | None]) -> 
     """
     seed, out_dir, options, gzip_level, vis_dir = job
     scene = scenes.generate_scene(seed, options)
-    name = scenes.scene_file_name(seed, scene["room"])
+    name = scene_file.scene_file_name(seed, scene["room"])
     with atomic_path(out_dir / name) as tmp:
-        scenes.write_scene_file(tmp, scene, options.relevancy_size, gzip_level)
+        scene_file.write_scene(tmp, scene, options.relevancy_size, gzip_level)
     if vis_dir is not None:
         write_pickle(vis_dir / f"procedural_{seed:05d}.pkl", scenes.visualization_pickle(scene))
     return name
@@ -87,8 +88,7 @@ def generate_dataset(
         for name in tqdm(pool.imap_unordered(_write_one, jobs), total=len(jobs), desc="scenes"):
             written.append(name)
     splits = scenes.split_lists([p.name for p in out_dir.glob("*.hdf5")])
-    for split_file in ("ssc_split.pkl", "vool_split.pkl"):
-        write_pickle(out_dir / split_file, splits)
+    scene_file.write_split_lists(out_dir, splits)
     return written
 
 
