@@ -17,6 +17,7 @@ copy, so a crash or Ctrl-C never leaves it half-written.
 from __future__ import annotations
 
 import os
+import sys
 import time
 from pathlib import Path
 from typing import Annotated
@@ -34,7 +35,7 @@ import scene_file
 from dataset import SYNONYMS
 from inputs import CLIP_TEXT_DIM
 from scene_file import SceneFile, class_name, sentence
-from utils import InputError, atomic_path, resolve_device, run_app
+from utils import InputError, atomic_path, remove_stale_temp_files, resolve_device, run_app
 
 REPO = Path(__file__).resolve().parent
 DEFAULT_IMAGE = REPO / "assets" / "room.png"
@@ -242,6 +243,8 @@ def find_scenes(root: Path) -> list[Path]:
     if not root.exists():
         raise InputError(f"scene folder not found: {root}")
     scenes = [root] if root.is_file() else sorted(root.rglob("*.hdf5"))
+    if not scenes:
+        raise InputError(f"no scene .hdf5 files found under {root}")
     return scenes[::-1]
 
 
@@ -284,6 +287,9 @@ def dataset(
     oracle_blur: Annotated[float, typer.Option(help="oracle: Gaussian blur sigma in pixels")] = 0.0,
     oracle_noise: Annotated[float, typer.Option(help="oracle: std of added Gaussian noise")] = 0.0,
     oracle_scale: Annotated[float, typer.Option(help="oracle: value inside the mask")] = 0.02,
+    stop_on_error: Annotated[
+        bool, typer.Option(help="stop at the first unreadable scene instead of listing them all")
+    ] = False,
 ) -> None:
     """Relevancies of every scene under FILE_PATH, stored in the original layout (data.md 1.5)."""
     if source not in ("clip", "oracle"):
@@ -292,9 +298,26 @@ def dataset(
     for name in configs:
         relevancy.saliency_config(name, 224, tiling)  # validate names early
     rank, world_size = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
-    scenes = shard(find_scenes(file_path), rank, world_size)
-    if not replace:
-        scenes = [p for p in scenes if not scene_done(p)]
+    start = time.perf_counter()
+    found = find_scenes(file_path)
+    if file_path.is_dir():
+        for stale in remove_stale_temp_files(file_path, recursive=True):
+            print(f"removed {stale}, left by an interrupted run")
+    mine = shard(found, rank, world_size)
+    failed: dict[Path, str] = {}
+
+    def fail(path: Path, error: Exception) -> None:
+        if stop_on_error:
+            raise error
+        failed[path] = str(error) if isinstance(error, InputError) else f"{path}: {error}"
+
+    scenes = []
+    for path in mine:
+        try:
+            if replace or not scene_done(path):
+                scenes.append(path)
+        except (InputError, OSError) as error:
+            fail(path, error)
     if device == "auto" and torch.cuda.is_available():
         device = f"cuda:{int(os.environ.get('LOCAL_RANK', 0)) % torch.cuda.device_count()}"
     extractor, source_name = None, ORACLE_SOURCE
@@ -314,19 +337,40 @@ def dataset(
         settings = relevancy.saliency_config(config_name, min(rgb.shape[:2]), tiling)
         return extractor(rgb, labels, prompts, settings, seed)
 
+    done = 0
     for path in tqdm(scenes, desc=f"scenes (rank {rank}/{world_size})", unit="scene"):
-        with SceneFile(path) as scene:
-            labels, visible = scene_labels(scene)
-            if not labels:
-                raise InputError(f"{path}: empty scene (no labels)")
-            shape = scene.relevancy_shape()
-            blocks = {}
-            for rgb_name, rgb in scene_rgbs(scene).items():
-                for name in configs:
-                    maps, features = compute(scene, labels, rgb, name)
-                    maps = relevancy.resize_maps(maps.float(), shape)  # stored at the rows' shape
-                    blocks[f"{rgb_name}|{name}"] = (labels, maps, features)
-        scene_file.write_saliencies(path, blocks, visible, source_name, replace)
+        try:
+            store_scene(path, configs, compute, source_name, replace)
+            done += 1
+        except (InputError, OSError) as error:
+            fail(path, error)
+    skipped = len(mine) - len(scenes) - len(failed)
+    print(
+        f"rank {rank}/{world_size}: {done} scenes processed, {skipped} skipped (already done), "
+        f"{len(failed)} failed, of {len(mine)} under {file_path}; written in place, "
+        f"in {time.perf_counter() - start:.1f} s"
+    )
+    if failed:
+        for reason in failed.values():
+            print(f"  failed: {reason}", file=sys.stderr)
+        first = next(iter(failed.values()))
+        raise InputError(f"{len(failed)} of {len(mine)} scenes failed (listed above); {first}")
+
+
+def store_scene(path: Path, configs: list[str], compute, source_name: str, replace: bool) -> None:
+    """Relevancy blocks of one scene, stored through scene_file (data.md 1.5)."""
+    with SceneFile(path) as scene:
+        labels, visible = scene_labels(scene)
+        if not labels:
+            raise InputError(f"{path}: empty scene (no labels)")
+        shape = scene.relevancy_shape()
+        blocks = {}
+        for rgb_name, rgb in scene_rgbs(scene).items():
+            for name in configs:
+                maps, features = compute(scene, labels, rgb, name)
+                maps = relevancy.resize_maps(maps.float(), shape)  # stored at the rows' shape
+                blocks[f"{rgb_name}|{name}"] = (labels, maps, features)
+    scene_file.write_saliencies(path, blocks, visible, source_name, replace)
 
 
 if __name__ == "__main__":
