@@ -17,6 +17,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from inputs import PAD
 from utils import InputError, atomic_path
 
 DDP_PREFIX = "module."
@@ -55,7 +56,7 @@ def describe_state_dict(state_dict: Mapping[str, torch.Tensor]) -> str:
     if "completion_net.pts_feat_extractor.0.weight" in state_dict:
         if "mlp.weight" in state_dict:
             return "SemanticAwareVOOL"
-        return "SemAbsVOOL" if "relation_embeddings.[pad]" in state_dict else "ClipSpatialVOOL"
+        return "SemAbsVOOL" if f"relation_embeddings.{PAD}" in state_dict else "ClipSpatialVOOL"
     sampler_out = state_dict.get("visual_sampler.mlp.2.weight")
     if sampler_out is not None:
         return "SemAbs3D" if sampler_out.shape[0] == 1 else "SemanticAwareOVSSC"

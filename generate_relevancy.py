@@ -17,12 +17,11 @@ copy, so a crash or Ctrl-C never leaves it half-written.
 from __future__ import annotations
 
 import os
-import shutil
+import sys
 import time
 from pathlib import Path
 from typing import Annotated
 
-import h5py
 import imageio.v3 as iio
 import numpy as np
 import torch
@@ -32,13 +31,15 @@ from scipy.ndimage import gaussian_filter
 from tqdm import tqdm
 
 import relevancy
-from dataset import SYNONYMS, SceneFile, class_name, sentence
-from utils import InputError, atomic_path, resolve_device, run_app
+import scene_file
+from dataset import SYNONYMS
+from inputs import CLIP_TEXT_DIM
+from scene_file import SceneFile, class_name, sentence
+from utils import InputError, atomic_path, remove_stale_temp_files, resolve_device, run_app
 
 REPO = Path(__file__).resolve().parent
 DEFAULT_IMAGE = REPO / "assets" / "room.png"
 DEFAULT_LABELS = ["vase", "red ball", "lamp", "window", "table", "wooden floor", "wall"]
-RELEVANCY_SHAPE = (128, 128)  # item shape of the top-level `saliencies` in THOR files (data.md 1.2)
 DROPPED_LABELS = {"unlabelled", "empty", "out of bounds"}
 ORACLE_SOURCE = "oracle: ground-truth masks (upper bound), not CLIP"
 
@@ -171,7 +172,7 @@ def scene_labels(scene: SceneFile) -> tuple[list[str], list[str] | None]:
     """(label set of data.md 2.8, visible labels or None without ground truth)."""
     names = scene.object_classes()
     labels, visible = set(names), None
-    if scene.has("data/seg") and scene.has_ground_truth():
+    if scene.has_segmentation() and scene.has_ground_truth():
         in_view = set(np.unique(scene.deref("seg")).astype(int)) - {-1}
         in_points = set(np.unique(scene.deref("full_objid_pts")).astype(int)) - {-1}
         visible = sorted({names[i] for i in in_view & in_points if 0 <= i < len(names)})
@@ -188,7 +189,7 @@ def scene_labels(scene: SceneFile) -> tuple[list[str], list[str] | None]:
 
 def scene_descriptions(scene: SceneFile) -> list[tuple[str, str, str]]:
     """(target, relation, reference) of every description; none when the scene has none."""
-    if not scene.has("data/descriptions/target_obj_name"):
+    if not scene.has_descriptions():
         return []
     columns = scene.descriptions()
     keys = ("target_obj_name", "spatial_relation_name", "reference_obj_name")
@@ -198,13 +199,13 @@ def scene_descriptions(scene: SceneFile) -> list[tuple[str, str, str]]:
 def scene_rgbs(scene: SceneFile) -> dict[str, np.ndarray]:
     """{"rgb": uint8 frame, "domain_randomized_rgb": frame when it is a real image (data.md 1.5)}."""
     rgbs = {"rgb": scene.rgb()}
-    if scene.has("data/domain_randomized_rgb") and scene.get("data/domain_randomized_rgb").ndim > 2:
+    if scene.has_domain_randomized_rgb():
         rgbs["domain_randomized_rgb"] = scene.rgb(domain_randomized=True)
     return {name: rgb.astype(np.uint8) for name, rgb in rgbs.items()}  # stored as uint8
 
 
 def oracle_maps(
-    scene: h5py.File,
+    scene: SceneFile,
     labels: list[str],
     blur: float,
     noise: float,
@@ -215,7 +216,7 @@ def oracle_maps(
 
     A sentence label "T R a Ref" takes its target's mask; a synonym takes its original's mask.
     """
-    if not scene.has("data/seg"):
+    if not scene.has_segmentation():
         raise InputError(
             f"{scene.path}: --source oracle needs ground-truth segmentation (data/seg)"
         )
@@ -237,76 +238,13 @@ def oracle_maps(
     return torch.from_numpy(np.stack(maps))
 
 
-def write_saliencies(
-    path: Path,
-    blocks: dict[str, tuple[list[str], torch.Tensor, torch.Tensor]],
-    visible: list[str] | None,
-    source: str,
-    replace: bool,
-) -> None:
-    """Store {"R|C": (labels, maps (N, H, W), text (N, D))} in the original layout (data.md 1.5).
-
-    The scene is copied, edited and renamed over the original: an interruption leaves it untouched.
-    """
-    with atomic_path(path) as tmp:
-        shutil.copyfile(path, tmp)
-        with h5py.File(tmp, "a") as scene:
-            data = scene["data"]
-            if replace:
-                for key in [k for k in data if "salienc" in k]:
-                    del data[key]
-            if "saliencies" in scene and replace:
-                item_shape = scene["saliencies"].shape[1:]
-                del scene["saliencies"]
-            else:
-                item_shape = (
-                    scene["saliencies"].shape[1:] if "saliencies" in scene else RELEVANCY_SHAPE
-                )
-            if "saliencies" not in scene:
-                scene.create_dataset(
-                    "saliencies",
-                    shape=(0, *item_shape),
-                    maxshape=(None, *item_shape),
-                    dtype="f",
-                    chunks=(1, *item_shape),
-                    compression="gzip",
-                    compression_opts=9,
-                )
-            if "visible_scene_obj_labels" in data:
-                del data["visible_scene_obj_labels"]
-            if visible is not None:
-                data.create_dataset(
-                    "visible_scene_obj_labels",
-                    data=np.array(visible, dtype="S"),
-                    compression="gzip",
-                    compression_opts=9,
-                )
-            group = data.create_group("saliencies")
-            group.attrs["source"] = source
-            store = scene["saliencies"]
-            for key, (labels, maps, features) in blocks.items():
-                resized = relevancy.resize_maps(maps.float(), tuple(item_shape))
-                rows = torch.cat([resized, resized.mean(0, keepdim=True)]).numpy()  # (N + 1, h, w)
-                features = torch.cat([features, features.mean(0, keepdim=True)]).float()
-                features = torch.nn.functional.normalize(features, dim=-1).numpy()
-                _write(group, f"{key}|saliency_text_labels", np.array([*labels, "mean"], dtype="S"))
-                _write(group, f"{key}|saliency_text_label_features", features)
-                first = store.shape[0]
-                store.resize(first + len(rows), axis=0)
-                store[first:] = rows
-                refs = [store.regionref[i] for i in range(first, first + len(rows))]
-                _write(group, key, np.array(refs, dtype=h5py.regionref_dtype))
-
-
-def _write(group: h5py.Group, key: str, array: np.ndarray) -> None:
-    group.create_dataset(key, data=array, compression="gzip", compression_opts=9)
-
-
 def find_scenes(root: Path) -> list[Path]:
     """Every *.hdf5 under root, recursive, sorted then reversed (as the original)."""
     if not root.exists():
         raise InputError(f"scene folder not found: {root}")
     scenes = [root] if root.is_file() else sorted(root.rglob("*.hdf5"))
+    if not scenes:
+        raise InputError(f"no scene .hdf5 files found under {root}")
     return scenes[::-1]
 
 
@@ -319,7 +257,7 @@ def shard(items: list, rank: int, world_size: int) -> list:
 
 def scene_done(path: Path) -> bool:
     with SceneFile(path) as scene:
-        return scene.has("data/saliencies")
+        return scene.has_saliencies()
 
 
 @app.command()
@@ -349,6 +287,9 @@ def dataset(
     oracle_blur: Annotated[float, typer.Option(help="oracle: Gaussian blur sigma in pixels")] = 0.0,
     oracle_noise: Annotated[float, typer.Option(help="oracle: std of added Gaussian noise")] = 0.0,
     oracle_scale: Annotated[float, typer.Option(help="oracle: value inside the mask")] = 0.02,
+    stop_on_error: Annotated[
+        bool, typer.Option(help="stop at the first unreadable scene instead of listing them all")
+    ] = False,
 ) -> None:
     """Relevancies of every scene under FILE_PATH, stored in the original layout (data.md 1.5)."""
     if source not in ("clip", "oracle"):
@@ -357,9 +298,26 @@ def dataset(
     for name in configs:
         relevancy.saliency_config(name, 224, tiling)  # validate names early
     rank, world_size = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
-    scenes = shard(find_scenes(file_path), rank, world_size)
-    if not replace:
-        scenes = [p for p in scenes if not scene_done(p)]
+    start = time.perf_counter()
+    found = find_scenes(file_path)
+    if file_path.is_dir():
+        for stale in remove_stale_temp_files(file_path, recursive=True):
+            print(f"removed {stale}, left by an interrupted run")
+    mine = shard(found, rank, world_size)
+    failed: dict[Path, str] = {}
+
+    def fail(path: Path, error: Exception) -> None:
+        if stop_on_error:
+            raise error
+        failed[path] = str(error) if isinstance(error, InputError) else f"{path}: {error}"
+
+    scenes = []
+    for path in mine:
+        try:
+            if replace or not scene_done(path):
+                scenes.append(path)
+        except (InputError, OSError) as error:
+            fail(path, error)
     if device == "auto" and torch.cuda.is_available():
         device = f"cuda:{int(os.environ.get('LOCAL_RANK', 0)) % torch.cuda.device_count()}"
     extractor, source_name = None, ORACLE_SOURCE
@@ -375,21 +333,44 @@ def dataset(
         """(maps (N, H, W), text features (N, D)) of one rgb frame and config."""
         if extractor is None:
             maps = oracle_maps(scene, labels, oracle_blur, oracle_noise, oracle_scale, rng)
-            return maps, torch.zeros(len(labels), 512)
+            return maps, torch.zeros(len(labels), CLIP_TEXT_DIM)
         settings = relevancy.saliency_config(config_name, min(rgb.shape[:2]), tiling)
         return extractor(rgb, labels, prompts, settings, seed)
 
+    done = 0
     for path in tqdm(scenes, desc=f"scenes (rank {rank}/{world_size})", unit="scene"):
-        with SceneFile(path) as scene:
-            labels, visible = scene_labels(scene)
-            if not labels:
-                raise InputError(f"{path}: empty scene (no labels)")
-            blocks = {
-                f"{rgb_name}|{name}": (labels, *compute(scene, labels, rgb, name))
-                for rgb_name, rgb in scene_rgbs(scene).items()
-                for name in configs
-            }
-        write_saliencies(path, blocks, visible, source_name, replace)
+        try:
+            store_scene(path, configs, compute, source_name, replace)
+            done += 1
+        except (InputError, OSError) as error:
+            fail(path, error)
+    skipped = len(mine) - len(scenes) - len(failed)
+    print(
+        f"rank {rank}/{world_size}: {done} scenes processed, {skipped} skipped (already done), "
+        f"{len(failed)} failed, of {len(mine)} under {file_path}; written in place, "
+        f"in {time.perf_counter() - start:.1f} s"
+    )
+    if failed:
+        for reason in failed.values():
+            print(f"  failed: {reason}", file=sys.stderr)
+        first = next(iter(failed.values()))
+        raise InputError(f"{len(failed)} of {len(mine)} scenes failed (listed above); {first}")
+
+
+def store_scene(path: Path, configs: list[str], compute, source_name: str, replace: bool) -> None:
+    """Relevancy blocks of one scene, stored through scene_file (data.md 1.5)."""
+    with SceneFile(path) as scene:
+        labels, visible = scene_labels(scene)
+        if not labels:
+            raise InputError(f"{path}: empty scene (no labels)")
+        shape = scene.relevancy_shape()
+        blocks = {}
+        for rgb_name, rgb in scene_rgbs(scene).items():
+            for name in configs:
+                maps, features = compute(scene, labels, rgb, name)
+                maps = relevancy.resize_maps(maps.float(), shape)  # stored at the rows' shape
+                blocks[f"{rgb_name}|{name}"] = (labels, maps, features)
+    scene_file.write_saliencies(path, blocks, visible, source_name, replace)
 
 
 if __name__ == "__main__":

@@ -35,6 +35,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from geometry import DEFAULT_SCENE_BOUNDS, DEFAULT_VOXEL_SHAPE
+from inputs import CLIP_TEXT_DIM, PAD
 from unet3d import ResidualUNet3D, maybe_checkpoint
 from utils import InputError
 
@@ -45,9 +46,8 @@ SPATIAL_RELATIONS = (
     "on the left of",
     "on the right of",
     "on",
-    "[pad]",
+    PAD,
 )
-CLIP_TEXT_DIM = 512
 
 
 class VirtualGrid:

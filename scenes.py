@@ -25,11 +25,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-import h5py
 import numpy as np
 import open3d as o3d
 
 import geometry
+from scene_file import sentence
 
 WORLD_PER_METRE = 0.6
 # camera-to-world: columns are the camera's right, down and forward axes in the world, times 0.6
@@ -522,11 +522,11 @@ def should_add_relation(target: str, relation: str, reference: str, added: set[s
         return False
     if target in NEVER_DESCRIBED or reference in NEVER_DESCRIBED:
         return False
-    if f"{target} {relation} a {reference}" in added:
+    if sentence(target, relation, reference) in added:
         return False
     if relation not in ("in", "on"):
         pairs = [(target, reference), (reference, target)]
-        if any(f"{a} {r} a {b}" in added for a, b in pairs for r in ("in", "on")):
+        if any(sentence(a, r, b) in added for a, b in pairs for r in ("in", "on")):
             return False
     return True
 
@@ -547,7 +547,7 @@ class GroundTruth:
         target = self.classes[target_id]
         if not should_add_relation(target, relation, reference, self.sentences):
             return False
-        self.sentences.add(f"{target} {relation} a {reference}")
+        self.sentences.add(sentence(target, relation, reference))
         self.descriptions.append(
             dict(
                 target_obj_name=target,
@@ -708,15 +708,6 @@ PRESETS = {
 }
 
 
-def scene_file_name(seed: int, room: str) -> str:
-    return f"{seed:05d}|{room}.hdf5"
-
-
-def pick_room(seed: int) -> str:
-    """Seed s -> RandomState(s) -> room, uniform over the sorted room list (data.md 2.2 step 1)."""
-    return ROOMS[np.random.RandomState(seed).randint(len(ROOMS))]
-
-
 def generate_scene(seed: int, options: SceneOptions = PRESETS["full"]) -> dict:
     """Everything one scene file holds, deterministic in `seed` (descriptions as dicts)."""
     rng = np.random.RandomState(seed)
@@ -761,96 +752,6 @@ def generate_scene(seed: int, options: SceneOptions = PRESETS["full"]) -> dict:
         objid_to_class=[f"{name}[{k}]" for k, name in enumerate(gt.classes)],
         descriptions=gt.descriptions,
     )
-
-
-TOP_LEVEL_KEYS = (
-    "rgb",
-    "depth",
-    "seg",
-    "tsdf_value_pts",
-    "tsdf_xyz_pts",
-    "full_xyz_pts",
-    "full_objid_pts",
-)
-TOP_LEVEL_DTYPES = dict(
-    rgb=np.uint8,
-    depth=np.float32,
-    seg=np.int32,
-    tsdf_value_pts=np.float32,
-    tsdf_xyz_pts=np.float32,
-    full_xyz_pts=np.float32,
-    full_objid_pts=np.int32,
-)
-DESCRIPTION_KEYS = (
-    "target_obj_name",
-    "target_obj_id",
-    "target_obj_material",
-    "reference_obj_name",
-    "reference_obj_material",
-    "spatial_relation_name",
-)
-
-
-def _write_list(group, key: str, values: list, gzip: int) -> None:
-    """A Python list as the original `write_to_hdf5` stores it: vlen UTF-8 strings, int64, or (0,)
-    float64.
-    """
-    if not values:
-        group.create_dataset(key, data=np.zeros(0), compression="gzip", compression_opts=gzip)
-    elif isinstance(values[0], str):
-        group.create_dataset(
-            key, data=values, dtype=h5py.string_dtype(), compression="gzip", compression_opts=gzip
-        )
-    else:
-        group.create_dataset(
-            key, data=np.asarray(values, np.int64), compression="gzip", compression_opts=gzip
-        )
-
-
-def write_scene_file(path, scene: dict, relevancy_size: int = 128, gzip: int = 9) -> None:
-    """Write one view in the THOR layout of data.md 1.2-1.4 (the `saliencies` rows stay empty, 2.4
-    step 8).
-    """
-    with h5py.File(path, "w") as f:
-        data = f.create_group("data")
-        for key in TOP_LEVEL_KEYS:
-            item = np.asarray(scene[key], TOP_LEVEL_DTYPES[key])
-            top = f.create_dataset(
-                key,
-                data=item[None],
-                maxshape=(None, *item.shape),
-                chunks=(1, *item.shape),
-                compression="gzip",
-                compression_opts=gzip,
-            )
-            refs = data.create_dataset(
-                key, (1,), dtype=h5py.regionref_dtype, compression="gzip", compression_opts=gzip
-            )
-            refs[0] = top.regionref[0, ...]
-        shape = (relevancy_size, relevancy_size)
-        f.create_dataset(
-            "saliencies",
-            (0, *shape),
-            np.float32,
-            maxshape=(None, *shape),
-            chunks=(1, *shape),
-            compression="gzip",
-            compression_opts=gzip,
-        )
-        dr_rgb = scene["domain_randomized_rgb"]
-        dr_rgb = np.zeros((1, 1)) if dr_rgb is None else np.asarray(dr_rgb, np.uint8)[None]
-        plain = dict(
-            domain_randomized_rgb=dr_rgb,
-            cam_intr=np.asarray(scene["cam_intr"], np.float64),
-            cam_pose=np.asarray(scene["cam_pose"], np.float64),
-            scene_bounds=np.asarray(scene["scene_bounds"], np.float64),
-            objid_to_class=np.array([s.encode() for s in scene["objid_to_class"]]),
-        )
-        for key, value in plain.items():
-            data.create_dataset(key, data=value, compression="gzip", compression_opts=gzip)
-        descriptions = data.create_group("descriptions")
-        for key in DESCRIPTION_KEYS:
-            _write_list(descriptions, key, [d[key] for d in scene["descriptions"]], gzip)
 
 
 def visualization_pickle(scene: dict) -> dict:

@@ -1,10 +1,14 @@
-"""Helpers shared by the scripts: clear one-line errors, atomic file writes, devices, seeding."""
+"""Helpers shared by the scripts: the one top-level error handler, atomic file writes and their
+stale temporaries, worker processes that end with their parent, devices, seeding."""
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import random
+import re
+import socket
 import sys
 import tempfile
 from collections.abc import Iterator
@@ -12,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import typer
 
 
 class InputError(ValueError):
@@ -21,13 +26,64 @@ class InputError(ValueError):
     """
 
 
+ORDINARY_ERRNOS = {
+    errno.EEXIST,
+    errno.EACCES,
+    errno.EPERM,
+    errno.ENOENT,
+    errno.ENOTDIR,
+    errno.EISDIR,
+    errno.ENOSPC,
+    errno.EDQUOT,
+    errno.EROFS,
+}
+
+
+def os_error_line(error: OSError) -> str | None:
+    """`<path>: <problem>` for the OSErrors a user causes (existing file, permissions, missing
+    parent, disk full); None for anything else, which stays a traceback."""
+    if error.errno not in ORDINARY_ERRNOS:
+        return None
+    problem = error.strerror or os.strerror(error.errno)
+    if error.errno == errno.EEXIST:
+        problem = "already exists and is not a folder"
+    elif error.errno == errno.ENOENT and error.filename is not None:
+        problem = "no such file or folder (is its parent missing?)"
+    return problem if error.filename is None else f"{error.filename}: {problem}"
+
+
 def run_app(app) -> None:
-    """Run a typer app, turning an InputError into `error: <message>` on stderr and exit code 1."""
+    """The one top-level handler of every script: run a typer app or a plain `main()` callable.
+
+    An InputError, or an OSError a user causes (`os_error_line`), prints `error: <message>` on
+    stderr as one line and exits 1; Ctrl-C prints one line and exits 130. Anything else is a bug
+    and keeps its traceback.
+    """
     try:
-        app()
+        code = app(standalone_mode=False) if isinstance(app, typer.Typer) else app()
+        if code == 130:  # typer's own answer to Ctrl-C outside standalone mode
+            raise KeyboardInterrupt
+        if isinstance(code, int) and code:
+            sys.exit(code)
+    except typer.Exit as done:
+        sys.exit(done.exit_code)
+    except (KeyboardInterrupt, typer.Abort):
+        print("interrupted: stopped before the end (finished files are complete)", file=sys.stderr)
+        sys.exit(130)
     except InputError as error:
         print(f"error: {error}", file=sys.stderr)
         sys.exit(1)
+    except OSError as error:
+        line = os_error_line(error)
+        if line is None:
+            raise
+        print(f"error: {line}", file=sys.stderr)
+        sys.exit(1)
+    except Exception as error:
+        if hasattr(error, "show") and hasattr(error, "exit_code"):  # typer's usage errors
+            error.show()
+            sys.exit(error.exit_code)
+        raise
 
 
 def _current_umask() -> int:
@@ -36,15 +92,28 @@ def _current_umask() -> int:
     return mask
 
 
+def _temp_owner() -> str:
+    """`<host>-<pid>` of this process, as it goes into a temporary file's name."""
+    return f"{re.sub(r'[^A-Za-z0-9_-]', '_', socket.gethostname())}-{os.getpid()}"
+
+
+# `.<name>.<host>-<pid>.<random>.tmp`: the temporary files of atomic_path
+_TEMP_NAME = re.compile(r"^\..+\.(?P<host>[A-Za-z0-9_-]+)-(?P<pid>\d+)\.[a-z0-9_]+\.tmp$")
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary path beside `path`; rename it onto `path` only if the block succeeds.
 
-    A crash or Ctrl-C inside the block leaves any existing file at `path` untouched.
+    A crash or Ctrl-C inside the block leaves any existing file at `path` untouched. The temporary
+    file is `.<name>.<host>-<pid>.<random>.tmp`; after a kill -9, `remove_stale_temp_files`
+    removes it once its writer is gone.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    fd, tmp = tempfile.mkstemp(
+        prefix=f".{path.name}.{_temp_owner()}.", suffix=".tmp", dir=path.parent
+    )
     os.close(fd)
     os.chmod(tmp, 0o666 & ~_current_umask())  # mkstemp makes 0600; give the file open() permissions
     try:
@@ -53,6 +122,54 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, another user's
+        return True
+    return True
+
+
+def remove_stale_temp_files(folder: str | os.PathLike, recursive: bool = False) -> list[Path]:
+    """Remove the temporary files `atomic_path` left in `folder` when its writer was killed.
+
+    Only files of atomic_path's naming whose writer ran on this host and is no longer alive are
+    removed, so a file another live run is writing (here or on another machine sharing the folder)
+    is never touched. Returns the removed paths.
+    """
+    folder = Path(folder)
+    if not folder.is_dir():
+        return []
+    host = _temp_owner().rsplit("-", 1)[0]
+    removed = []
+    for candidate in folder.rglob(".*.tmp") if recursive else folder.glob(".*.tmp"):
+        match = _TEMP_NAME.match(candidate.name)
+        if match is None or match["host"] != host or _pid_alive(int(match["pid"])):
+            continue
+        with contextlib.suppress(FileNotFoundError):
+            candidate.unlink()
+            removed.append(candidate)
+    return removed
+
+
+def die_with_parent(parent_pid: int) -> None:
+    """Worker-process initializer: end this process when its parent ends, even by SIGKILL.
+
+    Linux: prctl(PR_SET_PDEATHSIG, SIGKILL); elsewhere nothing (the pool's own shutdown applies).
+    If the parent is already gone when this runs, exit at once.
+    """
+    if sys.platform.startswith("linux"):
+        import ctypes
+        import signal
+
+        pr_set_pdeathsig = 1
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(pr_set_pdeathsig, signal.SIGKILL)
+    if os.getppid() != parent_pid:
+        os._exit(1)
 
 
 def resolve_device(device: str | torch.device | None = None) -> torch.device:

@@ -17,7 +17,8 @@ from typer.testing import CliRunner
 
 import generate_relevancy as gr
 import relevancy
-from dataset import SceneFile
+import scene_file
+from scene_file import SceneFile
 
 REPO = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.filterwarnings("ignore:--pretrained none")
@@ -181,15 +182,15 @@ def test_interrupted_run_leaves_readable_files_and_resumes(tiny_models, tmp_path
     second = make_scene(tmp_path / "00002|b.hdf5", seed=2)  # processed first (reverse order)
     before = file_digest(first)
     writes = {"count": 0}
-    real_write = gr._write
+    real_write = scene_file._write
 
-    def crash_in_second_scene(group, key, array):
+    def crash_in_second_scene(group, key, array, gzip):
         writes["count"] += 1
         if writes["count"] == 3 + 1:  # first scene: 3 writes per block (oracle: 1 config)
             raise KeyboardInterrupt
-        real_write(group, key, array)
+        real_write(group, key, array, gzip)
 
-    monkeypatch.setattr(gr, "_write", crash_in_second_scene)
+    monkeypatch.setattr(scene_file, "_write", crash_in_second_scene)
     with pytest.raises(
         KeyboardInterrupt
     ):  # called directly: click would turn Ctrl-C into an exit code
@@ -203,7 +204,7 @@ def test_interrupted_run_leaves_readable_files_and_resumes(tiny_models, tmp_path
         "00002|b.hdf5",
     ]  # no temp left
     done = file_digest(second)
-    monkeypatch.setattr(gr, "_write", real_write)
+    monkeypatch.setattr(scene_file, "_write", real_write)
     run("dataset", tmp_path, "--source", "oracle", "--configs", "ours")
     assert file_digest(second) == done  # skipped: already done
     with h5py.File(first, "r") as scene:

@@ -9,6 +9,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from relevancy_models import TINY, TINY_224
+from relevancy_reference import coverage, reference_crop_relevancy
 
 import relevancy
 from relevancy import SaliencyConfig
@@ -77,7 +78,7 @@ def test_batched_backward_equals_per_label_autograd_grad(extractor224):
     crops = torch.randn(4, 3, 224, 224)
     text = extractor224.text_features(["a", "b", "c", "d", "e"], [relevancy.HOME_PROMPT])
     fast = extractor224.crop_relevancy(crops, text)
-    reference = relevancy.reference_crop_relevancy(extractor224.model, crops, text)
+    reference = reference_crop_relevancy(extractor224.model, crops, text)
     assert (fast - reference).abs().max() <= 1e-5 * (reference.max() - reference.min())
     unclamped = extractor224.crop_relevancy(crops, text, positive_only=False)
     assert (unclamped < 0).any() and (fast >= 0).all()
@@ -122,7 +123,7 @@ def test_parity_crop_counts_match_spec(width, height, counts):
 
 def test_parity_coverage_and_full_tiling_covers_every_pixel():
     config = relevancy.saliency_config("ours", 480)
-    covered = relevancy.coverage(480, 640, config)
+    covered = coverage(480, 640, config)
     uncovered_columns = [(~c.any(0)).sum() for c in covered]
     assert uncovered_columns == [40, 0, 40, 70]  # spec 3.3 table
     assert covered[3][:, :570].all() and not covered[3][:, 570:].any()
@@ -130,7 +131,7 @@ def test_parity_coverage_and_full_tiling_covers_every_pixel():
     for height, width in [(480, 640), (720, 1280), (256, 192), (300, 301)]:
         for name in relevancy.CONFIGS:
             full = relevancy.saliency_config(name, height, tiling="full")
-            assert relevancy.coverage(height, width, full).all(), (name, height, width)
+            assert coverage(height, width, full).all(), (name, height, width)
 
 
 def test_chefer_parity_leaves_last_columns_zero_and_full_fills_them(extractor64):

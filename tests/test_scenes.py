@@ -11,11 +11,17 @@ from typer.testing import CliRunner
 
 import generate_scenes
 import geometry
+import scene_file
 import scenes
 
 SMALL = scenes.PRESETS["small"]
 SEEDS = range(6)
 RELATIONS = {"in", "on", "behind", "in front of", "on the left of", "on the right of"}
+
+
+def pick_room(seed: int) -> str:
+    """Seed s -> RandomState(s) -> room, uniform over the sorted room list (data.md 2.2 step 1)."""
+    return scenes.ROOMS[np.random.RandomState(seed).randint(len(scenes.ROOMS))]
 
 
 @pytest.fixture(scope="module")
@@ -198,7 +204,7 @@ def test_cli_writes_files_splits_and_pickles(tmp_path):
     result = runner.invoke(generate_scenes.app, args)
     assert result.exit_code == 0, result.output
     names = sorted(p.name for p in tmp_path.glob("*.hdf5"))
-    assert names == [scenes.scene_file_name(s, scenes.pick_room(s)) for s in range(8)]
+    assert names == [scene_file.scene_file_name(s, pick_room(s)) for s in range(8)]
     with open(tmp_path / "vool_split.pkl", "rb") as f:
         splits = pickle.load(f)
     with open(tmp_path / "ssc_split.pkl", "rb") as f:
