@@ -219,7 +219,7 @@ def test_checkpoint_file_round_trip(tiny_models, tmp_path):
     for name, tensor in source.state_dict().items():
         assert torch.equal(loaded.state_dict()[name], tensor), name
     path.write_bytes(b"not a checkpoint")
-    with pytest.raises(InputError, match="cannot load checkpoint"):
+    with pytest.raises(InputError, match="is not a PyTorch weights file"):
         relevancy.load_model(TINY, checkpoint=path)
 
 
