@@ -241,7 +241,9 @@ def test_openai_format_torchscript_checkpoint_loads_with_fp16_rounded_weights(tm
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # torch.jit deprecation notice
         torch.jit.save(torch.jit.script(source), path)
-        loaded, _ = relevancy.load_model("ViT-B-32", checkpoint=path)
+        loaded, _ = relevancy.load_model(None, checkpoint=path)  # architecture from the file
+        with pytest.raises(InputError, match="--model ViT-B-32 contradicts"):
+            relevancy.load_model("ViT-B-32", checkpoint=path)
     state = loaded.state_dict()
     for name, tensor in source.state_dict().items():
         assert torch.equal(state[name], tensor) or torch.equal(
