@@ -47,7 +47,7 @@ import numpy as np
 import open_clip
 import torch
 import torch.nn.functional as F
-from PIL import Image
+from PIL import Image, UnidentifiedImageError
 from torchvision.transforms import ColorJitter
 from tqdm import tqdm
 
@@ -403,11 +403,11 @@ def read_weights(path: str | Path) -> tuple[dict[str, torch.Tensor], bool]:
                 "for safety; save the model's state_dict() alone and pass that file"
             ) from error
         raise InputError(
-            f"checkpoint {path} is not a PyTorch weights file (torch cannot unpickle it)"
+            f"checkpoint {path} is not a PyTorch weights file (torch cannot read it)"
         ) from error
     except Exception as error:  # torch / zipfile / safetensors raise many types for foreign files
         raise InputError(
-            f"checkpoint {path} is not a PyTorch weights file ({type(error).__name__})"
+            f"checkpoint {path} is not a PyTorch weights file (torch cannot read it)"
         ) from error
     if isinstance(state, Mapping) and isinstance(state.get("state_dict"), Mapping):
         state = state["state_dict"]  # open_clip training checkpoints, other wrappers
@@ -1071,3 +1071,60 @@ def reference_crop_relevancy(
     cls_row = cam.mean(2)[:, :, 0, 1:]  # (N, B, T - 1)
     grid = visual.grid_size[0]
     return cls_row.reshape(*cls_row.shape[:2], grid, grid)
+
+
+# --------------------------------------------------------------------------------------------------
+# Input images and the cost of a run (shared by generate_relevancy.py and app.py)
+
+
+def load_image(path: str | Path) -> np.ndarray:
+    """(H, W, 3) uint8 RGB of an image file; anything unusable is one InputError line."""
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"image not found: {path}")
+    try:
+        with Image.open(path) as picture:
+            if picture.mode.startswith(("I", "F")):
+                raise InputError(
+                    f"{path} has {picture.mode} pixels (more than 8 bits per channel); "
+                    "convert it to 8-bit RGB"
+                )
+            rgb = np.array(picture.convert("RGB"))
+    except InputError:
+        raise
+    except Image.DecompressionBombError as error:
+        raise InputError(f"{path} is too large to open safely ({error.args[0][:60]}...)") from error
+    except UnidentifiedImageError as error:
+        raise InputError(f"{path} is not an image (no image format recognised)") from error
+    except (OSError, ValueError, SyntaxError) as error:
+        raise InputError(f"{path} is not a readable image: truncated or corrupt") from error
+    if min(rgb.shape[:2]) < 4:
+        raise InputError(f"{path} is {rgb.shape[1]}x{rgb.shape[0]} pixels: too small for crops")
+    return rgb
+
+
+def format_seconds(seconds: float) -> str:
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    if seconds < 5400:
+        return f"{seconds / 60:.0f} min"
+    return f"{seconds / 3600:.1f} h"
+
+
+def check_crop_budget(
+    height: int,
+    width: int,
+    config: SaliencyConfig,
+    config_name: str,
+    limit: int = MAX_CROP_FORWARDS,
+    flag: str = "--max-crop-forwards",
+) -> int:
+    """Crop forwards of a run; above `limit` an InputError naming the flag that goes on anyway."""
+    forwards = num_crop_forwards(height, width, config)
+    if forwards > limit:
+        raise InputError(
+            f"a {width}x{height} image with {config_name} needs {forwards:,} crop forwards, more "
+            f"than the limit of {limit:,}; pass {flag} {forwards} to go on anyway, or use a "
+            "smaller image, a larger --img-dim or --config fast"
+        )
+    return forwards
