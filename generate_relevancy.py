@@ -149,6 +149,22 @@ def relevancy_figure(
     return canvas
 
 
+def shown_maps(
+    maps: torch.Tensor, vmin: float, vmax: float
+) -> tuple[np.ndarray, float, float, str | None]:
+    """(maps to draw, vmin, vmax, note): the mean over labels subtracted (spec 3.6), as the
+    original's figure. With a single label that would leave zeros, so its raw map is drawn from
+    its own minimum to maximum instead, and the note says so."""
+    if len(maps) == 1:
+        raw = maps.numpy()
+        note = (
+            "one label: its raw relevancy is drawn from its minimum to its maximum (subtracting "
+            "the mean over labels would leave zeros; add labels to compare them)"
+        )
+        return raw, float(raw.min()), float(raw.max()), note
+    return relevancy.mean_over_labels(maps).numpy(), vmin, vmax, None
+
+
 def figure_of_maps(
     image: np.ndarray,
     maps: torch.Tensor,
@@ -158,24 +174,10 @@ def figure_of_maps(
     columns: int | None = None,
     panel_width: int | None = None,
 ) -> tuple[Image.Image, str | None]:
-    """(figure, note): the mean over labels subtracted (spec 3.6), as the original's figure.
-
-    With a single label that would leave zeros, so its raw map is drawn from its own minimum to
-    maximum instead, and the note says so.
-    """
-    if len(labels) == 1:
-        raw = maps.numpy()
-        low, high = float(raw.min()), float(raw.max())
-        note = (
-            "one label: its raw relevancy is drawn from its minimum to its maximum (subtracting "
-            "the mean over labels would leave zeros; add labels to compare them)"
-        )
-        figure = relevancy_figure(
-            image, raw, labels, low, high, columns, panel_width, "raw relevancy (one label)"
-        )
-        return figure, note
-    shown = relevancy.mean_over_labels(maps).numpy()
-    return relevancy_figure(image, shown, labels, vmin, vmax, columns, panel_width), None
+    """(figure, note) of raw maps (N, H, W), drawn as `shown_maps` says."""
+    shown, low, high, note = shown_maps(maps, vmin, vmax)
+    caption = "raw relevancy (one label)" if note else "relevancy minus the mean over labels"
+    return relevancy_figure(image, shown, labels, low, high, columns, panel_width, caption), note
 
 
 @app.command()
