@@ -35,6 +35,7 @@ import logging
 import os
 import pickle
 import socket
+import threading
 import time
 import warnings
 import zipfile
@@ -547,14 +548,23 @@ def cached_weights(model_name: str, pretrained: str) -> Path | None:
 
 
 def hub_reachable(host: str = "huggingface.co", timeout: float = 3.0) -> bool:
-    """Whether a TCP connection to the weights host opens within `timeout` (no data is sent)."""
+    """Whether a TCP connection to the weights host opens within `timeout`, name lookup included
+    (no data is sent)."""
     if os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes"):
         return False
-    try:
-        with socket.create_connection((host, 443), timeout=timeout):
-            return True
-    except OSError:
-        return False
+    result = []
+
+    def probe():
+        try:
+            with socket.create_connection((host, 443), timeout=timeout):
+                result.append(True)
+        except OSError:
+            result.append(False)
+
+    thread = threading.Thread(target=probe, daemon=True)  # a hung DNS lookup is left behind
+    thread.start()
+    thread.join(timeout)
+    return bool(result and result[0])
 
 
 def load_model(
