@@ -188,3 +188,25 @@ def test_bf16_autocast_on_cpu_is_close_to_fp32_and_fp32_unchanged(openai_source,
     assert (bf16 - fp32).abs().max() <= 0.1 * (fp32.max() - fp32.min())
     with pytest.raises(InputError, match="unknown precision"):
         relevancy.RelevancyExtractor(model, tokenizer, precision="fp8")
+
+
+def test_cuda_out_of_memory_halves_the_batch_and_gives_the_same_maps(tiny_models, monkeypatch):
+    with pytest.warns(UserWarning):
+        model, tokenizer = relevancy.load_model("semabs-tiny-vit", pretrained="none")
+    extractor = relevancy.RelevancyExtractor(model, tokenizer, batch_size=8)
+    image = np.random.default_rng(0).integers(0, 256, (24, 32, 3), dtype=np.uint8)
+    config = relevancy.saliency_config("chefer_et_al", 16)  # 15 crops
+    expected, _ = extractor(image, ["a", "b"], config=config)
+    real, sizes = extractor._chunk_maps, []
+
+    def small_memory(copies, tiles, chunk, text, config):
+        sizes.append(len(chunk))
+        if len(chunk) > 2:
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory (simulated)")
+        return real(copies, tiles, chunk, text, config)
+
+    monkeypatch.setattr(extractor, "_chunk_maps", small_memory)
+    maps, _ = extractor(image, ["a", "b"], config=config)
+    assert sizes[:3] == [8, 4, 2] and max(sizes[3:]) == 2
+    # batch size changes fp32 summation order, which can flip one fp16 accumulator rounding
+    assert (maps - expected).abs().max() <= 1e-3 * (expected.max() - expected.min())
