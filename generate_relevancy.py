@@ -16,17 +16,17 @@ copy, so a crash or Ctrl-C never leaves it half-written.
 
 from __future__ import annotations
 
+import math
 import os
 import sys
 import time
 from pathlib import Path
 from typing import Annotated
 
-import imageio.v3 as iio
 import numpy as np
 import torch
 import typer
-from PIL import Image, ImageDraw
+from PIL import Image, ImageDraw, ImageFont
 from scipy.ndimage import gaussian_filter
 from tqdm import tqdm
 
@@ -63,10 +63,15 @@ TilingOpt = Annotated[
 
 
 def build_extractor(
-    model: str, pretrained: str, checkpoint: Path | None, device: torch.device, batch_size: int
+    model: str | None,
+    pretrained: str,
+    checkpoint: Path | None,
+    device: torch.device,
+    batch_size: int | None,
+    precision: str = "fp32",
 ):
     clip_model, tokenizer = relevancy.load_model(model, pretrained, checkpoint, device)
-    return relevancy.RelevancyExtractor(clip_model, tokenizer, device, batch_size)
+    return relevancy.RelevancyExtractor(clip_model, tokenizer, device, batch_size, precision)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -78,31 +83,102 @@ def jet(values: np.ndarray) -> np.ndarray:
     return np.clip(np.stack([1.5 - np.abs(4 * values - k) for k in (3, 2, 1)], -1), 0, 1)
 
 
-def relevancy_figure(
-    image: np.ndarray, maps: np.ndarray, labels: list[str], vmin: float, vmax: float
-):
-    """Per-label grid like the original's grads.png (spec 5.1), 3 panels a row, as a PIL image.
-
-    Each panel: g = clip((rel - vmin) / (vmax - vmin), 0, 1) drawn as jet(g) with alpha 0.7 (1 - g)
-    over the photo, so relevant pixels stay clear and the rest is tinted blue.
-    """
-    columns = 3
-    rows = -(-len(labels) // columns)
-    height, width = image.shape[:2]
-    scale = min(1.0, 640 / (columns * width))
-    panel_w, panel_h, title_h = int(width * scale), int(height * scale), 18
-    canvas = Image.new("RGB", (columns * panel_w, rows * (panel_h + title_h)), "white")
-    draw = ImageDraw.Draw(canvas)
+def overlay(image: np.ndarray, relevance: np.ndarray, vmin: float, vmax: float) -> np.ndarray:
+    """The original's colour scheme (spec 5.1, train-eval.md 4.3): g = clip((rel - vmin) / (vmax -
+    vmin), 0, 1) drawn as jet(g) with alpha 0.7 (1 - g) over the photo, so relevant pixels stay
+    clear and the rest is tinted blue. (H, W, 3) uint8."""
+    g = np.clip((relevance - vmin) / max(vmax - vmin, 1e-12), 0, 1)[..., None]
+    alpha = 0.7 * (1 - g)
     photo = image[..., :3].astype(np.float32) / 255
-    for k, (rel, label) in enumerate(zip(maps, labels, strict=True)):
-        g = np.clip((rel - vmin) / (vmax - vmin), 0, 1)[..., None]
-        alpha = 0.7 * (1 - g)
-        panel = (alpha * jet(g[..., 0]) + (1 - alpha) * photo) * 255
-        panel = Image.fromarray(panel.astype(np.uint8)).resize((panel_w, panel_h), Image.BILINEAR)
-        x, y = (k % columns) * panel_w, (k // columns) * (panel_h + title_h)
+    return np.round((alpha * jet(g[..., 0]) + (1 - alpha) * photo) * 255).astype(np.uint8)
+
+
+def _font(size: int) -> ImageFont.ImageFont:
+    try:
+        return ImageFont.load_default(size=size)  # scalable when Pillow has FreeType
+    except TypeError:  # older Pillow
+        return ImageFont.load_default()
+
+
+def relevancy_figure(
+    image: np.ndarray,
+    maps: np.ndarray,
+    labels: list[str],
+    vmin: float,
+    vmax: float,
+    columns: int | None = None,
+    panel_width: int | None = None,
+    caption: str = "relevancy minus the mean over labels",
+) -> Image.Image:
+    """One titled panel per label (its map over the photo, `overlay`), `columns` a row (default:
+    all in one row up to 3, else a near-square grid), and a colour bar from vmin to vmax.
+
+    Panels are `panel_width` pixels wide (default: the image width, between 320 and 640).
+    """
+    count = len(labels)
+    columns = max(1, min(columns or (count if count <= 3 else math.ceil(math.sqrt(count))), count))
+    rows = math.ceil(count / columns)
+    height, width = image.shape[:2]
+    panel_w = panel_width or min(max(width, 320), 640)
+    panel_h = max(1, round(height * panel_w / width))
+    size = max(14, panel_w // 24)
+    font, small = _font(size), _font(max(12, size * 4 // 5))
+    pad, title_h, bar_h = max(8, size // 2), round(size * 1.6), size
+    canvas_w = columns * panel_w + (columns + 1) * pad
+    panels_h = rows * (title_h + panel_h + pad)
+    canvas = Image.new("RGB", (canvas_w, pad + panels_h + bar_h + 3 * size), "white")
+    draw = ImageDraw.Draw(canvas)
+    for k, (relevance, label) in enumerate(zip(maps, labels, strict=True)):
+        panel = Image.fromarray(overlay(image, relevance, vmin, vmax))
+        panel = panel.resize((panel_w, panel_h), Image.LANCZOS)
+        x = pad + (k % columns) * (panel_w + pad)
+        y = pad + (k // columns) * (title_h + panel_h + pad)
+        title = label if draw.textlength(label, font=font) <= panel_w else label[:40] + "..."
+        draw.text((x + panel_w // 2, y + title_h // 2), title, fill="black", font=font, anchor="mm")
         canvas.paste(panel, (x, y + title_h))
-        draw.text((x + 4, y + 3), label, fill="black")
+    # colour bar: the overlay's colours over mid grey, vmin to vmax
+    bar_w = min(canvas_w - 2 * pad, 480)
+    ramp = np.linspace(vmin, vmax, bar_w)[None].repeat(bar_h, 0)
+    grey = np.full((bar_h, bar_w, 3), 128, np.uint8)
+    x0, y0 = (canvas_w - bar_w) // 2, pad + panels_h
+    canvas.paste(Image.fromarray(overlay(grey, ramp, vmin, vmax)), (x0, y0))
+    draw.rectangle((x0 - 1, y0 - 1, x0 + bar_w, y0 + bar_h), outline="black")
+    below = y0 + bar_h + size // 3
+    draw.text((x0, below), f"{vmin:.3g}", fill="black", font=small, anchor="lt")
+    draw.text((x0 + bar_w, below), f"{vmax:.3g}", fill="black", font=small, anchor="rt")
+    draw.text((x0 + bar_w // 2, below), caption, fill="black", font=small, anchor="mt")
     return canvas
+
+
+def shown_maps(
+    maps: torch.Tensor, vmin: float, vmax: float
+) -> tuple[np.ndarray, float, float, str | None]:
+    """(maps to draw, vmin, vmax, note): the mean over labels subtracted (spec 3.6), as the
+    original's figure. With a single label that would leave zeros, so its raw map is drawn from
+    its own minimum to maximum instead, and the note says so."""
+    if len(maps) == 1:
+        raw = maps.numpy()
+        note = (
+            "one label: its raw relevancy is drawn from its minimum to its maximum (subtracting "
+            "the mean over labels would leave zeros; add labels to compare them)"
+        )
+        return raw, float(raw.min()), float(raw.max()), note
+    return relevancy.mean_over_labels(maps).numpy(), vmin, vmax, None
+
+
+def figure_of_maps(
+    image: np.ndarray,
+    maps: torch.Tensor,
+    labels: list[str],
+    vmin: float,
+    vmax: float,
+    columns: int | None = None,
+    panel_width: int | None = None,
+) -> tuple[Image.Image, str | None]:
+    """(figure, note) of raw maps (N, H, W), drawn as `shown_maps` says."""
+    shown, low, high, note = shown_maps(maps, vmin, vmax)
+    caption = "raw relevancy (one label)" if note else "relevancy minus the mean over labels"
+    return relevancy_figure(image, shown, labels, low, high, columns, panel_width, caption), note
 
 
 @app.command()
@@ -116,19 +192,49 @@ def image(
     ] = None,
     config: Annotated[str, typer.Option(help="ours, chefer_et_al or fast")] = "ours",
     tiling: TilingOpt = None,
+    fix_crop_tiling: Annotated[
+        bool, typer.Option(help="every pixel at every scale (same as --tiling full)")
+    ] = False,
+    resize: Annotated[
+        str | None,
+        typer.Option(help="crop resize: pil (parity, default) or torch (batched, faster on GPU)"),
+    ] = None,
     img_dim: Annotated[
         int | None, typer.Option(help="base crop size (default: image height, as the original)")
     ] = None,
-    model: ModelOpt = "ViT-B-32",
+    model: Annotated[
+        str | None,
+        typer.Option(help="open_clip model (default ViT-B-32, or read from --checkpoint)"),
+    ] = None,
     pretrained: PretrainedOpt = "openai",
-    checkpoint: CheckpointOpt = None,
+    checkpoint: Annotated[
+        Path | None,
+        typer.Option(
+            help="local CLIP weights: OpenAI .pt (TorchScript or state dict) or open_clip state "
+            "dict; the architecture is read from the file (overrides --pretrained)"
+        ),
+    ] = None,
     device: DeviceOpt = "auto",
-    batch_size: int = 32,
+    precision: Annotated[
+        str, typer.Option(help="fp32, or fp16 / bf16 autocast (GPU; not parity)")
+    ] = "fp32",
+    batch_size: Annotated[
+        int | None, typer.Option(help="crop forwards per batch (default: 32, or by GPU memory)")
+    ] = None,
+    max_crop_forwards: Annotated[
+        int, typer.Option(help="stop before a run needing more crop forwards than this")
+    ] = relevancy.MAX_CROP_FORWARDS,
     seed: Annotated[
         int, typer.Option(help="colour-jitter seed (the original never seeded it)")
     ] = 0,
     vmin: float = 0.002,
     vmax: float = 0.008,
+    columns: Annotated[
+        int | None, typer.Option(help="figure layout: panels per row (default: by label count)")
+    ] = None,
+    panel_width: Annotated[
+        int | None, typer.Option(help="figure panel width in pixels (default: image width)")
+    ] = None,
     output: Annotated[Path, typer.Option(help="per-label figure (PNG)")] = Path("grads.png"),
     save_maps: Annotated[
         Path | None, typer.Option(help="also save the raw (N, H, W) maps as .npy")
@@ -136,19 +242,30 @@ def image(
 ) -> None:
     """Relevancy maps of one image: a per-label figure with the mean over labels subtracted."""
     labels = labels or DEFAULT_LABELS
-    if not file_path.is_file():
-        raise InputError(f"image not found: {file_path}")
-    picture = iio.imread(file_path)
-    if picture.dtype != np.uint8 or picture.ndim != 3 or picture.shape[2] not in (3, 4):
-        raise InputError(
-            f"{file_path}: expected an 8-bit RGB image, got {picture.dtype} {picture.shape}"
-        )
-    extractor = build_extractor(model, pretrained, checkpoint, resolve_device(device), batch_size)
-    settings = relevancy.saliency_config(config, img_dim or picture.shape[0], tiling)
-    start = time.perf_counter()
-    maps, _ = extractor(
-        picture, labels, prompts or [relevancy.HOME_PROMPT], settings, seed, progress=True
+    prompts = prompts or [relevancy.HOME_PROMPT]
+    relevancy.check_labels(labels, prompts)
+    if fix_crop_tiling:
+        if tiling not in (None, "full"):
+            raise InputError("--fix-crop-tiling contradicts --tiling parity")
+        tiling = "full"
+    if columns is not None and columns < 1:
+        raise InputError(f"--columns must be at least 1, got {columns}")
+    if panel_width is not None and panel_width < 16:
+        raise InputError(f"--panel-width must be at least 16 pixels, got {panel_width}")
+    picture = relevancy.load_image(file_path)
+    height, width = picture.shape[:2]
+    settings = relevancy.saliency_config(config, img_dim or height, tiling, resize)
+    forwards = relevancy.check_crop_budget(height, width, settings, config, max_crop_forwards)
+    torch_device = resolve_device(device)
+    extractor = build_extractor(model, pretrained, checkpoint, torch_device, batch_size, precision)
+    estimate = forwards * extractor.crop_seconds()
+    print(
+        f"{config} on a {width}x{height} image: {forwards:,} crop forwards, about "
+        f"{relevancy.format_seconds(estimate)} on {torch_device} ({precision})",
+        flush=True,
     )
+    start = time.perf_counter()
+    maps, _ = extractor(picture, labels, prompts, settings, seed, progress=True)
     print(
         f"relevancy of {len(labels)} labels took {time.perf_counter() - start:.1f} s, "
         f"maps {tuple(maps.shape)}"
@@ -156,12 +273,32 @@ def image(
     if save_maps is not None:
         with atomic_path(save_maps) as tmp, open(tmp, "wb") as handle:
             np.save(handle, maps.numpy())
-    figure = relevancy_figure(
-        picture, relevancy.mean_over_labels(maps).numpy(), list(labels), vmin, vmax
-    )
+    figure, note = figure_of_maps(picture, maps, list(labels), vmin, vmax, columns, panel_width)
+    if note:
+        print(f"note: {note}")
     with atomic_path(output) as tmp:
         figure.save(tmp, format="PNG")
     print(f"wrote {output}")
+
+
+@app.command()
+def serve(
+    port: Annotated[int, typer.Option(help="local port")] = 7860,
+    checkpoint: Annotated[
+        Path | None, typer.Option(help="local CLIP weights offered on the page")
+    ] = None,
+    device: DeviceOpt = "auto",
+) -> None:
+    """The local web page (app.py): upload an image, type labels, see and download the maps."""
+    try:
+        import app as web_app
+    except ModuleNotFoundError as error:
+        if error.name != "gradio":
+            raise
+        raise InputError(
+            "the web page needs gradio: pip install -r requirements-app.txt"
+        ) from error
+    web_app.serve(port=port, checkpoint=checkpoint, device=device)
 
 
 # --------------------------------------------------------------------------------------------------

@@ -6,6 +6,12 @@ difference between the fast per-crop maps (batched VJP, CLS-row tail) and the st
 per-label `autograd.grad` computation, relative to the map's range.
 
     python bench/relevancy.py --threads 2 [--configs chefer_et_al fast ours] [--device cpu]
+    python bench/relevancy.py --device cuda --precision fp16 --resize torch --batch-size 0
+
+On CUDA `--batch-size 0` sizes batches from free GPU memory; `--precision fp16|bf16` runs the
+image side under autocast (issue 12 target: `ours` under 2 s on one H100-class GPU); `--resize pil`
+(parity, PIL in threads on the CPU) or `torch` (batched on the device). The first timed config is
+preceded by a warm-up run of chefer_et_al, so CUDA start-up is not counted.
 """
 
 from __future__ import annotations
@@ -35,15 +41,17 @@ def timed(function):
     the machine, so its ratios are the stable ones on a shared CPU."""
     wall, cpu = time.perf_counter(), time.process_time()
     result = function()
-    if torch.cuda.is_available():
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
         torch.cuda.synchronize()
     return result, time.perf_counter() - wall, time.process_time() - cpu
 
 
-def bare_crop_forward_s(model, batch_size: int, device: torch.device, repeats: int = 3):
-    """(wall, CPU) seconds of one no-grad visual forward divided by the batch size (medians)."""
-    crops = torch.randn(batch_size, 3, 224, 224, device=device)
-    with torch.no_grad():
+def bare_crop_forward_s(extractor, repeats: int = 3):
+    """(wall, CPU) seconds of one no-grad visual forward divided by the batch size (medians), at
+    the extractor's batch size and precision."""
+    model, batch_size = extractor.model, extractor.batch_size
+    crops = torch.randn(batch_size, 3, 224, 224, device=extractor.device)
+    with torch.no_grad(), extractor._autocast():
         model.visual(crops)  # warm-up
         runs = [timed(lambda: model.visual(crops))[1:] for _ in range(repeats)]
     return tuple(sorted(column)[repeats // 2] / batch_size for column in zip(*runs, strict=True))
@@ -64,7 +72,9 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--configs", nargs="+", default=["chefer_et_al", "fast", "ours"])
     parser.add_argument("--device", default="cpu")
-    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--batch-size", type=int, default=32, help="0: from free GPU memory")
+    parser.add_argument("--precision", default="fp32", choices=list(relevancy.PRECISIONS))
+    parser.add_argument("--resize", default=None, choices=list(relevancy.RESIZES))
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     device = torch.device(args.device)
@@ -72,17 +82,20 @@ def main() -> None:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         model, tokenizer = relevancy.load_model("ViT-B-32", pretrained="none", device=device)
-    extractor = relevancy.RelevancyExtractor(model, tokenizer, device, batch_size=args.batch_size)
+    extractor = relevancy.RelevancyExtractor(
+        model, tokenizer, device, batch_size=args.batch_size or None, precision=args.precision
+    )
     image = iio.imread(Path(__file__).resolve().parents[1] / "assets" / "room.png")
     height, width = image.shape[:2]
     print(
         f"device {device}, {torch.get_num_threads()} threads, image {width}x{height}, "
-        f"labels {len(LABELS)}"
+        f"labels {len(LABELS)}, precision {args.precision}, batch {extractor.batch_size}, "
+        f"resize {args.resize or 'by config'}"
     )
 
-    crop_s = bare_crop_forward_s(model, args.batch_size, device)
+    crop_s = bare_crop_forward_s(extractor)
     print(
-        f"bare no-grad ViT-B-32 crop forward (batch {args.batch_size}): "
+        f"bare no-grad ViT-B-32 crop forward (batch {extractor.batch_size}): "
         f"{crop_s[0] * 1000:.1f} ms/crop wall, {crop_s[1] * 1000:.1f} ms/crop CPU"
     )
     print(
@@ -91,11 +104,12 @@ def main() -> None:
     )
     extractor(image, LABELS, config=relevancy.saliency_config("chefer_et_al", height))  # warm-up
     for name in args.configs:
-        config = relevancy.saliency_config(name, height)  # img_dim = height, as the image command
+        # img_dim = height, as the image command
+        config = relevancy.saliency_config(name, height, resize=args.resize)
         forwards = relevancy.num_crop_forwards(height, width, config)
         (maps, _), seconds, cpu_seconds = timed(partial(extractor, image, LABELS, config=config))
         # the floor is re-measured after each config and averaged, to follow the machine's load
-        after = bare_crop_forward_s(model, args.batch_size, device)
+        after = bare_crop_forward_s(extractor)
         floor = [forwards * (before + now) / 2 for before, now in zip(crop_s, after, strict=True)]
         line = (
             f"{name:>13}: {seconds:8.2f} s/image ({cpu_seconds:.2f} s CPU), {forwards} crop "

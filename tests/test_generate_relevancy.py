@@ -12,6 +12,7 @@ import h5py
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 from relevancy_models import TINY
 from typer.testing import CliRunner
 
@@ -330,16 +331,10 @@ def test_bad_scenes_and_paths_give_clear_errors(tmp_path):
 
 def test_image_command_writes_figure_and_maps(tiny_models, tmp_path):
     out, maps_path = tmp_path / "grads.png", tmp_path / "maps.npy"
-    run(
+    labels = ["vase", "red ball", "lamp", "table"]
+    result = run(
         "image",
-        "--labels",
-        "vase",
-        "--labels",
-        "red ball",
-        "--labels",
-        "lamp",
-        "--labels",
-        "table",
+        *[arg for label in labels for arg in ("--labels", label)],
         "--config",
         "chefer_et_al",
         *TINY_ARGS,
@@ -347,15 +342,90 @@ def test_image_command_writes_figure_and_maps(tiny_models, tmp_path):
         out,
         "--save-maps",
         maps_path,
+        "--panel-width",
+        320,
     )
+    assert "2 crop forwards, about" in result.output
     maps = np.load(maps_path)
     assert maps.shape == (4, 480, 640) and np.isfinite(maps).all()
-    import imageio.v3 as iio
+    figure = np.asarray(Image.open(out))
+    # 4 labels: a 2 x 2 grid of 320 x 240 panels, titles and a colour bar
+    assert 2 * 320 < figure.shape[1] < 2 * 320 + 60 and figure.shape[0] > 2 * 240 + 40
+    run(
+        "image",
+        "--labels",
+        "a",
+        "--labels",
+        "b",
+        "--columns",
+        2,
+        *TINY_ARGS,
+        "--output",
+        out,
+        "--config",
+        "chefer_et_al",
+        "--fix-crop-tiling",
+        "--panel-width",
+        100,
+    )
+    assert np.asarray(Image.open(out)).shape[1] < 2 * 100 + 60
 
-    figure = iio.imread(out)
-    assert figure.shape == (2 * (160 + 18), 3 * 213, 3)  # 2 rows of 3 panels with titles
-    with pytest.raises(gr.InputError, match="image not found"):
-        run("image", tmp_path / "nope.png", *TINY_ARGS)
+
+def test_figure_panels_use_the_original_colour_scheme():
+    image = np.full((20, 30, 3), 200, np.uint8)
+    maps = np.stack([np.full((20, 30), 0.008), np.full((20, 30), 0.002)])
+    figure = np.asarray(
+        gr.relevancy_figure(image, maps, ["hot", "cold"], 0.002, 0.008, panel_width=30)
+    )
+    assert (figure == gr.overlay(image, maps[0], 0.002, 0.008)[0, 0]).all(-1).sum() >= 20 * 30
+    hot, cold = gr.overlay(image, maps[0], 0.002, 0.008), gr.overlay(image, maps[1], 0.002, 0.008)
+    assert (hot == 200).all()  # relevant: the photo shows through
+    np.testing.assert_array_equal(
+        cold[0, 0], np.round((0.3 * 200 / 255 + 0.7 * np.array([0, 0, 0.5])) * 255)
+    )
+
+
+def image_error(*args):
+    result = CliRunner().invoke(gr.app, [str(a) for a in args])
+    assert isinstance(result.exception, gr.InputError), result.output
+    return str(result.exception)
+
+
+def test_image_command_bad_inputs_are_one_line(tiny_models, tmp_path):
+    assert "image not found" in image_error("image", tmp_path / "nope.png", *TINY_ARGS)
+    text = tmp_path / "notes.png"
+    text.write_text("not a picture")
+    message = image_error("image", text, *TINY_ARGS)
+    assert message == f"{text} is not an image (no image format recognised)"
+    assert "empty label" in image_error("image", "--labels", " ", *TINY_ARGS)
+    assert "has no {}" in image_error("image", "--labels", "a", "--prompts", "a photo", *TINY_ARGS)
+    wide = tmp_path / "wide.png"
+    Image.fromarray(np.zeros((10, 10000, 3), np.uint8)).save(wide)
+    message = image_error("image", wide, "--config", "fast", *TINY_ARGS)
+    assert "203,958 crop forwards" in message and "--max-crop-forwards 203958" in message
+    garbage = tmp_path / "w.pt"
+    garbage.write_bytes(b"junk")
+    message = image_error("image", "--checkpoint", garbage, "--device", "cpu")
+    assert message == f"checkpoint {garbage} is not a PyTorch weights file (torch cannot read it)"
+
+
+def test_single_label_figure_shows_the_raw_map_and_says_so(tiny_models, tmp_path):
+    out = tmp_path / "one.png"
+    result = run(
+        "image",
+        "--labels",
+        "vase",
+        "--config",
+        "chefer_et_al",
+        *TINY_ARGS,
+        "--output",
+        out,
+        "--panel-width",
+        64,
+    )
+    assert "note: one label: its raw relevancy" in result.output
+    figure = np.asarray(Image.open(out)).astype(int)
+    assert figure.std() > 5  # not a blank figure
 
 
 def test_jet_matches_matplotlib_anchor_colours():
