@@ -1,113 +1,287 @@
-"""PROVISIONAL stand-in for branch `eval`'s metrics.py (same API), so that training runs and is tested
-before that branch lands. At the merge, take `eval`'s file (git checkout --theirs metrics.py).
+"""Per-row binary metrics of Semantic Abstraction (spec: train-eval.md sections 1.6, 1.8 and 2).
 
-Spec: train-eval.md 2 (binary one-vs-rest metrics per row, point and voxel granularities).
+A row is one (scene, class) for OVSSC or one (scene, description) for VOOL, at one logit cutoff
+(section 2.1). Every metric is binary and computed over the row's non-ignored entries (section 2.3):
+
+    iou = TP / |pred or label|      precision = TP / |pred|      recall = TP / |label|
+    false_negative = |label and not pred| / M      false_positive = |pred and not label| / M
+
+with M the number of non-ignored entries; 0/0 gives NaN. The same metrics are taken on raw points
+(`point_`) and on voxel grids over `scene_bounds` (`voxel{g}x{g}x{g}_`, section 2.4), where a voxel is
+predicted / labelled when any of its points is, and ignored when any of its points is ignored or it
+holds no point at all. Voxels are indexed exactly as `net.VirtualGrid` (truncation of
+(p - lower) * (g - 1) / (upper - lower), clamped to [0, g-1]).
+
+`detailed_stats` evaluates all cutoffs at once without materialising one mask per cutoff:
+`logit > c` for every cutoff c is decided by the number of cutoffs below the logit (one searchsorted),
+so per-row counts at every cutoff are cumulative sums of one histogram. For voxels, "any point above c"
+is "the voxel's max logit above c", so the voxel grid is built once from max logits.
+
+Everything follows the inputs' device; nothing here names one.
 """
 
 from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 import pandas as pd
 import torch
 
+from net import VirtualGrid
+
+# column order of section 2.5
 METRIC_NAMES = ("precision", "recall", "false_negative", "false_positive", "iou")
+# substrings that pick the epoch-summary columns (section 1.6 step 3)
+SUMMARY_KEYS = ("iou", "precision", "recall", "false_negative", "false_positive")
+RATE_METRICS = ("false_negative", "false_positive")
+# bool entries handled per chunk of rows in detailed_stats (bounds the int64 histogram index memory)
+_CHUNK_ENTRIES = 1 << 25
 
 
-def binary_metrics(pred: torch.Tensor, label: torch.Tensor, ignore: torch.Tensor) -> dict:
-    """pred, label, ignore bool [R, N] -> {name: float64 [R]} over the non-ignored entries."""
-    keep = ~ignore
-    p, lab = pred & keep, label & keep
-    tp = (p & lab).sum(-1).double()
-    pp, lp = p.sum(-1).double(), lab.sum(-1).double()
-    union = (p | lab).sum(-1).double()
-    m = keep.sum(-1).double()
-    nan = torch.tensor(float("nan"), dtype=torch.float64, device=pred.device)
-    div = lambda a, b: torch.where(b > 0, a / b.clamp(min=1), nan)  # noqa: E731
+def _ratios(tp, pp, lp, m, dtype) -> dict[str, torch.Tensor]:
+    """Section 2.3 from counts (any shape): true positives, predicted, labelled, non-ignored."""
+    tp, pp, lp, m = (x.to(dtype) for x in (tp, pp, lp, m))
     return {
-        "precision": div(tp, pp),
-        "recall": div(tp, lp),
-        "false_negative": div((lab & ~p).sum(-1).double(), m),
-        "false_positive": div((p & ~lab).sum(-1).double(), m),
-        "iou": div(tp, union),
+        "precision": tp / pp,  # 0/0 -> NaN
+        "recall": tp / lp,
+        "false_negative": (lp - tp) / m,
+        "false_positive": (pp - tp) / m,
+        "iou": tp / (pp + lp - tp),  # |pred or label| = pp + lp - tp
     }
 
 
-def voxelize(xyz, pred, label, ignore, scene_bounds, grid_size):
-    """Per row, max-reduce points into grid_size^3 voxels (VirtualGrid indexing, spec 2.4).
+def binary_metrics(
+    pred: torch.Tensor, label: torch.Tensor, ignore: torch.Tensor
+) -> dict[str, torch.Tensor]:
+    """Section 2.3: pred, label, ignore bool [R, N] -> {metric: float [R]} over non-ignored entries."""
+    if not (pred.shape == label.shape == ignore.shape):
+        raise ValueError(
+            f"pred, label and ignore must share a shape, got {tuple(pred.shape)}, "
+            f"{tuple(label.shape)}, {tuple(ignore.shape)}"
+        )
+    valid = ~ignore.bool()
+    pred, label = pred.bool() & valid, label.bool() & valid
+    tp = (pred & label).sum(-1)  # [R]
+    return _ratios(tp, pred.sum(-1), label.sum(-1), valid.sum(-1), torch.float32)
 
-    xyz [R, N, 3]; pred, label, ignore bool [R, N] -> voxel pred, label, ignore bool [R, G^3].
+
+def _voxel_index(xyz: torch.Tensor, scene_bounds, grid_size: int) -> torch.Tensor:
+    """xyz [B, N, 3] -> int64 [B, N] flat voxel index, net.VirtualGrid's indexing (section 2.4)."""
+    bounds = torch.as_tensor(scene_bounds, dtype=torch.float32).cpu()
+    return VirtualGrid(bounds, (grid_size,) * 3).flat_index(xyz)
+
+
+def _occupied(index: torch.Tensor, num_voxels: int) -> torch.Tensor:
+    """index [B, N] -> bool [B, G^3]: voxels holding at least one point."""
+    occupied = torch.zeros(index.shape[0], num_voxels, dtype=torch.bool, device=index.device)
+    return occupied.scatter_(1, index, True)
+
+
+def _voxel_any(index: torch.Tensor, mask: torch.Tensor, num_voxels: int) -> torch.Tensor:
+    """index [B, N], mask bool [B, R, N] -> bool [B, R, G^3]: voxels with any True point."""
+    batch, rows, _ = mask.shape
+    out = torch.zeros(batch, rows, num_voxels, dtype=torch.bool, device=mask.device)
+    b, r, n = mask.nonzero(as_tuple=True)  # only the True entries are touched
+    return out.index_put_((b, r, index[b, n]), torch.ones_like(b, dtype=torch.bool))
+
+
+def _check_points(xyz: torch.Tensor, *masks: torch.Tensor) -> None:
+    if xyz.dim() != 3 or xyz.shape[-1] != 3:
+        raise ValueError(f"xyz must be [B, N, 3], got {tuple(xyz.shape)}")
+    for mask in masks:
+        if mask.dim() != 3 or mask.shape[0] != xyz.shape[0] or mask.shape[2] != xyz.shape[1]:
+            raise ValueError(
+                f"per-row tensors must be [B, R, N] = [{xyz.shape[0]}, R, {xyz.shape[1]}] "
+                f"to match xyz {tuple(xyz.shape)}, got {tuple(mask.shape)}"
+            )
+
+
+def voxelize(
+    xyz: torch.Tensor,
+    pred: torch.Tensor,
+    label: torch.Tensor,
+    ignore: torch.Tensor,
+    scene_bounds,
+    grid_size: int,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Section 2.4: point masks -> voxel masks on a grid_size^3 grid over scene_bounds.
+
+    xyz [B, N, 3]; pred, label, ignore bool [B, R, N] (R rows share their scene's points; rows with
+    points of their own go in as B = R with R' = 1) -> pred_v, label_v, ignore_v bool [B, R, G^3],
+    flat index x slowest as net.VirtualGrid. A voxel is predicted / labelled if any of its points is,
+    and ignored if any of its points is ignored or it holds no point.
     """
-    bounds = torch.as_tensor(scene_bounds, dtype=xyz.dtype, device=xyz.device)
-    lower, upper = bounds[0], bounds[1]
-    idx = ((xyz - lower) * (grid_size - 1) / (upper - lower)).long().clamp(0, grid_size - 1)
-    flat = (idx[..., 0] * grid_size + idx[..., 1]) * grid_size + idx[..., 2]  # [R, N]
-    rows, cells = xyz.shape[0], grid_size**3
-    out = []
-    for values in (pred, label.float() * 2 - 1, ignore):
-        grid = torch.zeros(rows, cells, device=xyz.device)
-        grid.scatter_reduce_(1, flat, values.float(), reduce="amax", include_self=True)
-        out.append(grid)
-    occupied = torch.zeros(rows, cells, dtype=torch.bool, device=xyz.device)
-    occupied.scatter_(1, flat, True)
-    return out[0] > 0, out[1] > 0, (out[2] > 0) | ~occupied
+    _check_points(xyz, pred, label, ignore)
+    num_voxels = grid_size**3
+    index = _voxel_index(xyz, scene_bounds, grid_size)  # [B, N]
+    empty = ~_occupied(index, num_voxels)  # [B, G^3]
+    pred_v = _voxel_any(index, pred.bool(), num_voxels)
+    label_v = _voxel_any(index, label.bool(), num_voxels)
+    ignore_v = _voxel_any(index, ignore.bool(), num_voxels) | empty[:, None]
+    return pred_v, label_v, ignore_v
+
+
+def _voxel_max_logits(index: torch.Tensor, logits: torch.Tensor, num_voxels: int) -> torch.Tensor:
+    """index [B, N], logits [B, R, N] -> [B, R, G^3] max logit per voxel (-inf where empty)."""
+    batch, rows, _ = logits.shape
+    out = logits.new_full((batch, rows, num_voxels), float("-inf"))
+    return out.scatter_reduce_(2, index[:, None].expand_as(logits), logits, reduce="amax")
+
+
+def _counts_at_cutoffs(logits, label, ignore, sorted_cutoffs):
+    """logits float [R, N], label/ignore bool [R, N], sorted_cutoffs [C] ascending (logits' dtype)
+    -> tp, pp [R, C] and lp, m [R] (int64): counts of `logit > cutoff` for every cutoff at once."""
+    rows, _ = logits.shape
+    bins = sorted_cutoffs.numel() + 1
+    # above[r, n] = number of cutoffs strictly below the logit, so logit > cutoffs[j] <=> j < above
+    above = torch.searchsorted(sorted_cutoffs, logits.contiguous(), right=False)
+    row_offset = torch.arange(rows, device=logits.device)[:, None] * (2 * bins)
+    flat = row_offset + label.long() * bins + above  # [R, N] bin of (row, label, above)
+    flat = torch.where(ignore, rows * 2 * bins, flat)  # ignored entries go to one spare bin
+    hist = torch.bincount(flat.reshape(-1), minlength=rows * 2 * bins + 1)[:-1]
+    hist = hist.view(rows, 2, bins)  # [R, label?, above]
+    tail = hist.flip(-1).cumsum(-1).flip(-1)  # tail[..., k] = entries with above >= k
+    tp = tail[:, 1, 1:]  # [R, C]: labelled entries with above > j
+    pp = tail[:, 0, 1:] + tp
+    lp = tail[:, 1, 0]
+    m = tail[:, 0, 0] + lp
+    return tp, pp, lp, m
+
+
+def _metrics_at_cutoffs(logits, label, ignore, cutoffs: Sequence[float]) -> dict[str, np.ndarray]:
+    """logits [R, N] etc. -> {metric: float64 [R, C]} in the given cutoff order (rows chunked)."""
+    rows, entries = logits.shape
+    # compared in the logits' dtype, as torch compares `logits > float`
+    cut = torch.as_tensor(np.asarray(cutoffs, dtype=np.float64)).to(logits)
+    sorted_cut, order = torch.sort(cut)
+    unsort = torch.argsort(order)
+    chunk = max(1, _CHUNK_ENTRIES // max(entries, 1))
+    parts = [
+        _counts_at_cutoffs(
+            logits[s : s + chunk], label[s : s + chunk], ignore[s : s + chunk], sorted_cut
+        )
+        for s in range(0, rows, chunk)
+    ]
+    tp, pp, lp, m = (torch.cat(p).cpu() for p in zip(*parts))
+    tp, pp = tp[:, unsort.cpu()], pp[:, unsort.cpu()]
+    metrics = _ratios(tp, pp, lp[:, None], m[:, None], torch.float64)
+    return {name: value.numpy() for name, value in metrics.items()}
 
 
 def detailed_stats(
-    logits,
-    label,
-    ignore,
-    xyz,
-    cutoffs,
+    logits: torch.Tensor,
+    label: torch.Tensor,
+    ignore: torch.Tensor,
+    xyz: torch.Tensor,
+    cutoffs: Sequence[float],
     scene_bounds,
-    row_columns,
-    voxel_sizes=(32,),
-    padded=None,
-):
-    """One row per (scene, row) per cutoff with point_* and voxel<G>^3_* columns (spec 2.5)."""
-    b, p, n = logits.shape
-    if xyz.dim() == 3:
-        xyz = xyz[:, None].expand(b, p, n, 3)
-    flat = lambda t: t.reshape(b * p, *t.shape[2:])  # noqa: E731
-    frames = []
-    for cutoff in cutoffs:
-        pred = flat(logits > cutoff)
-        cols = {k: [v for per_b in vals for v in per_b] for k, vals in row_columns.items()}
-        for name, value in binary_metrics(pred, flat(label), flat(ignore)).items():
-            cols[f"point_{name}"] = value.cpu().numpy()
-        for g in voxel_sizes:
-            vox = voxelize(flat(xyz), pred, flat(label), flat(ignore), scene_bounds, g)
-            for name, value in binary_metrics(*vox).items():
-                cols[f"voxel{g}x{g}x{g}_{name}"] = value.cpu().numpy()
-        frame = pd.DataFrame(cols)
-        if padded is not None:
-            metric_cols = [c for c in frame.columns if c not in row_columns]
-            frame.loc[np.asarray(padded).reshape(-1), metric_cols] = np.nan
-        frame["cutoff"] = float(cutoff)
-        frames.append(frame)
-    return pd.concat(frames)
+    row_columns: Mapping[str, Sequence[Sequence[str]]],
+    voxel_sizes: Sequence[int] = (32,),
+    padded: torch.Tensor | None = None,
+) -> pd.DataFrame:
+    """Sections 1.8 and 2.5: per-row stats of a batch at every cutoff, as the original's frame.
+
+    logits float [B, P, N]; label, ignore bool [B, P, N]; xyz [B, N, 3]; cutoffs: floats, prediction
+    is `logit > cutoff` (compared in the logits' dtype, as torch does); row_columns: column name ->
+    nested [B][P] strings (scene_id, label for OVSSC; scene_id, target_obj_name, reference_obj_name,
+    spatial_relation_name for VOOL); voxel_sizes: 32 in training, (32, 64) in eval.py; padded bool
+    [B, P]: rows whose metric columns are NaN (section 2.3, last line).
+
+    Columns: row_columns in order, point_<METRIC_NAMES>, voxel{g}x{g}x{g}_<METRIC_NAMES> per size,
+    cutoff. Rows: scene -> cutoff (given order) -> row; the index restarts at 0 per (scene, cutoff).
+    """
+    _check_points(xyz, logits, label, ignore)
+    batch, rows, _ = logits.shape
+    cutoffs = [float(c) for c in cutoffs]
+    label, ignore = label.bool(), ignore.bool()
+
+    per_prefix: dict[str, dict[str, np.ndarray]] = {}  # prefix -> metric -> [B*P, C]
+    flat = (logits.reshape(batch * rows, -1), label.reshape(batch * rows, -1))
+    per_prefix["point"] = _metrics_at_cutoffs(*flat, ignore.reshape(batch * rows, -1), cutoffs)
+    for g in voxel_sizes:
+        num_voxels = g**3
+        index = _voxel_index(xyz, scene_bounds, g)  # [B, N]
+        logits_v = _voxel_max_logits(index, logits, num_voxels)  # [B, P, G^3]
+        label_v = _voxel_any(index, label, num_voxels)
+        ignore_v = _voxel_any(index, ignore, num_voxels) | ~_occupied(index, num_voxels)[:, None]
+        per_prefix[f"voxel{g}x{g}x{g}"] = _metrics_at_cutoffs(
+            logits_v.reshape(batch * rows, -1),
+            label_v.reshape(batch * rows, -1),
+            ignore_v.reshape(batch * rows, -1),
+            cutoffs,
+        )
+
+    num_cut = len(cutoffs)
+    # output row (b, c, p) reads metric row b*P + p at cutoff c
+    b_idx, c_idx, p_idx = np.meshgrid(
+        np.arange(batch), np.arange(num_cut), np.arange(rows), indexing="ij"
+    )
+    b_idx, c_idx, p_idx = b_idx.ravel(), c_idx.ravel(), p_idx.ravel()
+    metric_row = b_idx * rows + p_idx
+    pad = (
+        np.zeros(len(metric_row), dtype=bool)
+        if padded is None
+        else padded.bool().cpu().numpy().reshape(-1)[metric_row]
+    )
+
+    data: dict[str, object] = {}
+    for name, nested in row_columns.items():
+        values = np.asarray(nested, dtype=object)
+        if values.shape != (batch, rows):
+            raise ValueError(
+                f"row column {name!r} must be [B][P] = [{batch}][{rows}], got {values.shape}"
+            )
+        data[name] = values.reshape(-1)[metric_row]
+    for prefix, metrics in per_prefix.items():
+        for name in METRIC_NAMES:
+            column = metrics[name][metric_row, c_idx]
+            data[f"{prefix}_{name}"] = np.where(pad, np.nan, column)
+    data["cutoff"] = np.asarray(cutoffs, dtype=np.float64)[c_idx]
+    return pd.DataFrame(data, index=pd.Index(p_idx))
 
 
-def epoch_summary(frame, fix_rate_argmin=False):
-    rows = []
-    for split, part in frame.groupby("split", sort=False):
-        means = part.groupby("cutoff").mean(numeric_only=True)
-        for column in means.columns:
-            if not any(k in column for k in METRIC_NAMES):
+def summary_columns(columns) -> list[str]:
+    """Columns the epoch summary reports (section 1.6 step 3), in frame order."""
+    return [c for c in columns if any(key in c for key in SUMMARY_KEYS)]
+
+
+def epoch_summary(
+    frame: pd.DataFrame, fix_rate_argmin: bool = False
+) -> list[tuple[str, str, float, float]]:
+    """Section 1.6 step 3: (split, column, 100 * mean at the best cutoff, best cutoff) rows.
+
+    The best cutoff is the argmax over cutoffs of the column's mean (NaN skipped), even for the
+    false_negative / false_positive rates (quirk 6 of section 6; fix_rate_argmin=True takes their
+    argmin). Splits in order of appearance; an all-NaN column gives (nan, nan).
+    """
+    for needed in ("split", "cutoff"):
+        if needed not in frame.columns:
+            raise ValueError(f"stats frame has no {needed!r} column")
+    out = []
+    for split in frame["split"].unique():
+        rows = frame[frame["split"] == split]
+        for column in summary_columns(frame.columns):
+            means = pd.to_numeric(rows[column], errors="coerce").groupby(rows["cutoff"]).mean()
+            means = means.dropna()
+            if means.empty:
+                out.append((split, column, float("nan"), float("nan")))
                 continue
-            series = means[column]
-            if series.isna().all():
-                continue
-            rate = "false_" in column
-            cutoff = series.idxmin() if (rate and fix_rate_argmin) else series.idxmax()
-            rows.append((split, column, 100 * float(series[cutoff]), float(cutoff)))
-    return rows
+            use_min = fix_rate_argmin and any(rate in column for rate in RATE_METRICS)
+            best = means.idxmin() if use_min else means.idxmax()
+            out.append((split, column, 100.0 * float(means[best]), float(best)))
+    return out
 
 
-def format_epoch_summary(rows):
-    lines, last = [], None
+def format_epoch_summary(rows: Sequence[tuple[str, str, float, float]]) -> str:
+    """Console lines of section 1.6: `    COLUMN_UPPER<30>:` + score (6.2f) + cutoff (>10, 2 dp).
+
+    Each split's lines follow a `split` header line.
+    """
+    lines, current = [], None
     for split, column, score, cutoff in rows:
-        if split != last:
-            lines.append(f"  {split}")
-            last = split
-        lines.append(f"    {column.upper():<30}: {score:6.2f}{cutoff:>10.3f}")
+        if split != current:
+            lines.append(f"{split}")
+            current = split
+        lines.append(f"    {column.upper():<30}:{score:6.2f}{cutoff:>10.2f}")
     return "\n".join(lines)

@@ -493,6 +493,37 @@ def gather_frames(frame: pd.DataFrame, procs: Processes) -> pd.DataFrame:
     return pd.concat(frames)
 
 
+def row_stats(
+    logits, label, ignore, xyz, cutoffs, scene_bounds, columns, padded, voxel_sizes=(32,)
+):
+    """metrics.detailed_stats for query points per row: training's balanced sampling draws each row's
+    points on its own (xyz [B, R, N, 3]), so every row is scored as a scene of one row. Same rows, same
+    order (scene, then row) as with shared points."""
+    if xyz.dim() == 3:
+        return metrics.detailed_stats(
+            logits, label, ignore, xyz, cutoffs, scene_bounds, columns, voxel_sizes, padded
+        )
+    b, r, n = logits.shape
+    flat = {k: [[v] for row in nested for v in row] for k, nested in columns.items()}
+    frame = metrics.detailed_stats(
+        logits.reshape(b * r, 1, n),
+        label.reshape(b * r, 1, n),
+        ignore.reshape(b * r, 1, n),
+        xyz.reshape(b * r, n, 3),
+        cutoffs,
+        scene_bounds,
+        flat,
+        voxel_sizes,
+        padded.reshape(b * r, 1),
+    )
+    k = np.arange(len(frame))  # row (i, c) at k = i * C + c, i = b * R + p
+    i, c = k // len(cutoffs), k % len(cutoffs)
+    order = np.lexsort((i % r, c, i // r))  # back to scene -> cutoff -> row
+    frame = frame.iloc[order]
+    frame.index = pd.Index((i % r)[order])
+    return frame
+
+
 def grad_norm(model: nn.Module) -> float:
     norms = [p.grad.detach().norm(2) for p in model.parameters() if p.grad is not None]
     return torch.norm(torch.stack(norms), 2).item() if norms else 0.0
@@ -548,7 +579,7 @@ class Trainer:
             self.scheduler.step()
             self.bare.steps += 1
             stats["gradnorm"] = grad_norm(self.model)
-        frame = metrics.detailed_stats(
+        frame = row_stats(
             logits.detach().float(),
             label,
             ignore,
@@ -556,8 +587,7 @@ class Trainer:
             cutoffs,
             self.args.scene_bounds,
             self.task.row_columns(batch),
-            voxel_sizes=(32,),
-            padded=padded,
+            padded,
         )
         for column in frame.columns:
             if "iou" in column:

@@ -1,0 +1,469 @@
+"""Print the paper's result tables from eval.py stats frames (spec: train-eval.md section 3).
+
+    python summarize.py                                  # released models/ layout, rich tables
+    python summarize.py --tables ovssc --format markdown --ovssc ours=runs/new/ovssc_eval_stats.pkl
+
+Three tables, each one row per approach (VOOL: one row per approach and spatial relation, plus a mean):
+    OVSSC THOR      Novel Room / Novel Visual / Novel Vocab / Novel Class, voxel 32^3 IoU x 100
+    FULL VOOL THOR  the same four columns per spatial relation
+    OVSSC NYU       per NYU class and their mean, voxel 60^3 IoU x 100
+
+Selection rules (section 3.1-3.4): one best cutoff per approach, the argmax over cutoffs of the metric's
+mean over all rows; Novel Room / Visual average per room first, Novel Vocab / Class (OVSSC) per label
+first; Novel Class pools every non-train split.
+
+Fixed against the original (section 6.13): paths are options, a missing or unreadable stats file
+leaves its row out with one line on stderr instead of stopping, NaN cells print as "–" instead of
+crashing the to_csv round trip, and the VOOL mean row averages however many relations there are.
+
+Works on pandas frames alone: it imports neither torch nor dataset.py (vocab.py holds the synonym map
+and the test classes). Note that stats files are pickles: only read files you trust.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import math
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pandas as pd
+import typer
+from rich import box
+from rich.console import Console
+from rich.table import Table as RichTable
+
+from vocab import SYNONYMS, TEST_CLASSES
+
+THOR_METRIC = "voxel32x32x32_iou"
+NYU_METRIC = "voxel60x60x60_iou"
+NOVEL_COLUMNS = ("Novel Room", "Novel Visual", "Novel Vocab", "Novel Class")
+NYU_CLASSES = (
+    "ceiling",
+    "floor",
+    "wall",
+    "window",
+    "chair",
+    "bed",
+    "sofa",
+    "table",
+    "tvs",
+    "furn",
+    "objs",
+)
+PAD = "[pad]"
+
+# key -> (row label, path under --models-dir); the order is the table's row order
+OVSSC_APPROACHES = {
+    "semaware": ("Semantic Aware", "semaware/ovssc/ovssc_eval_stats.pkl"),
+    "chefer_et_al": ("SemAbs + [Chefer et al]", "chefer_et_al/ovssc/ovssc_eval_stats.pkl"),
+    "ours": ("Ours", "ours/ovssc/ovssc_eval_stats.pkl"),
+}
+VOOL_APPROACHES = {
+    "semaware": ("Semantic Aware", "semaware/vool/vool_eval_stats.pkl"),
+    "clipspatial": ("ClipSpatial", "clipspatial/vool/vool_eval_stats.pkl"),
+    "chefer_et_al": ("SemAbs + [Chefer et al]", "chefer_et_al/vool/vool_eval_stats.pkl"),
+    "ours": ("Ours", "ours/vool/vool_eval_stats.pkl"),
+}
+NYU_APPROACHES = {
+    "supervised": ("Ours (Supervised)", "ours/ovssc/ovssc_eval_stats_supervised_nyu_merged.pkl"),
+    "zeroshot": ("Ours (Zeroshot)", "ours/ovssc/ovssc_eval_stats_zs_nyu_merged.pkl"),
+}
+TABLES = ("ovssc", "vool", "nyu")
+FORMATS = ("rich", "markdown", "csv")
+
+
+class SummaryError(ValueError):
+    """Bad input from the user; printed as one line `error: <message>` (as utils.InputError, which
+    cannot be imported here without torch)."""
+
+
+@dataclass
+class Table:
+    """A rendered-format-free table: cells are str or float (NaN allowed)."""
+
+    title: str
+    columns: list[str]
+    left_columns: int  # the first columns are text (left-justified), the rest numbers
+    rows: list[list] = field(default_factory=list)
+    styles: list[str] = field(default_factory=list)
+    section_after: list[bool] = field(default_factory=list)
+
+    def add(self, cells: list, style: str = "white", end_section: bool = False) -> None:
+        self.rows.append(cells)
+        self.styles.append(style)
+        self.section_after.append(end_section)
+
+
+# ----------------------------------------------------------------------------- loading
+
+
+def load_stats(path: Path, columns: list[str], notes: list[str]) -> pd.DataFrame | None:
+    """The pickled frame at path, or None with one line in notes saying why it is left out."""
+    if not path.is_file():
+        notes.append(f"{path}: not found, row left out")
+        return None
+    try:
+        frame = pd.read_pickle(path)
+    except Exception as error:  # any unpickling failure means "not a stats frame"; say which
+        notes.append(
+            f"{path}: not a pickled DataFrame ({type(error).__name__}: {error}), row left out"
+        )
+        return None
+    if not isinstance(frame, pd.DataFrame):
+        notes.append(f"{path}: holds a {type(frame).__name__}, not a DataFrame, row left out")
+        return None
+    missing = [c for c in columns if c not in frame.columns]
+    if missing:
+        hint = ""
+        if NYU_METRIC in missing:
+            hint = " (the NYU table needs 60^3 voxel metrics, which eval.py does not compute; pick another with --nyu-metric)"
+        notes.append(f"{path}: no column {', '.join(map(repr, missing))}{hint}, row left out")
+        return None
+    return frame
+
+
+def room_ids(scene_id: pd.Series) -> pd.Series:
+    """'00123|FloorPlan26_physics' -> 26: the int after "FloorPlan" in the first "_" token (3.1 step 2)."""
+    text = scene_id.astype(str).str.split("_").str[0].str.split("FloorPlan").str[1]
+    rooms = pd.to_numeric(text, errors="coerce")
+    if rooms.isna().any():
+        bad = scene_id[rooms.isna()].iloc[0]
+        raise SummaryError(f"scene_id {bad!r} has no FloorPlan<room> in its first '_' token")
+    return rooms.astype(int)
+
+
+def at_best_cutoff(frame: pd.DataFrame, metric: str) -> pd.DataFrame:
+    """Rows at the cutoff whose mean metric over all rows is largest (3.1 step 3); none if all NaN."""
+    means = frame.groupby("cutoff")[metric].mean().dropna()
+    if means.empty:
+        return frame.iloc[:0]
+    return frame[frame["cutoff"] == means.idxmax()]
+
+
+def mean_of_group_means(rows: pd.DataFrame, by, score: str, skipna: bool) -> float:
+    """Mean per group (NaN skipped inside a group), then the mean over groups: plain (NaN if a
+    group's mean is NaN) or nanmean (skipna=True). NaN when there are no rows."""
+    if rows.empty:
+        return math.nan
+    return float(rows.groupby(by)[score].mean().mean(skipna=skipna))
+
+
+# ----------------------------------------------------------------------------- the three tables
+
+
+def ovssc_scores(frame: pd.DataFrame, metric: str = THOR_METRIC) -> dict[str, float]:
+    """One OVSSC THOR row (3.2): the four Novel columns, metric x 100 at the best cutoff."""
+    rows = at_best_cutoff(frame, metric).copy()
+    rows["score"] = rows[metric] * 100
+    rows["room_id"] = room_ids(rows["scene_id"])
+    novel_class = rows["label"].isin(TEST_CLASSES)
+    novel_vocab = rows["label"].isin(set(SYNONYMS.values()))
+    split = rows["split"]
+    return {
+        "Novel Room": mean_of_group_means(
+            rows[(split == "unseen_instances") & ~novel_class], "room_id", "score", skipna=False
+        ),
+        "Novel Visual": mean_of_group_means(
+            rows[(split == "unseen_instances_dr") & ~novel_class], "room_id", "score", skipna=False
+        ),
+        "Novel Vocab": mean_of_group_means(
+            rows[(split == "unseen_instances_synonyms") & novel_vocab],
+            "label",
+            "score",
+            skipna=False,
+        ),
+        "Novel Class": mean_of_group_means(
+            rows[novel_class & (split != "train")], "label", "score", skipna=False
+        ),
+    }
+
+
+def vool_relations(frame: pd.DataFrame) -> list[str]:
+    """Spatial relations in order of first appearance, [pad] skipped (3.3)."""
+    return [r for r in frame["spatial_relation_name"].unique() if r != PAD]
+
+
+def vool_scores(
+    frame: pd.DataFrame, relations: list[str], metric: str = THOR_METRIC
+) -> pd.DataFrame:
+    """FULL VOOL THOR rows of one approach (3.3): index relations + "mean", columns NOVEL_COLUMNS."""
+    rows = at_best_cutoff(frame, metric).copy()
+    rows["score"] = rows[metric] * 100
+    rows["room_id"] = room_ids(rows["scene_id"])
+    vocab = set(SYNONYMS.values())
+    novel_vocab = rows["target_obj_name"].isin(vocab) | rows["reference_obj_name"].isin(vocab)
+    novel_class = rows["target_obj_name"].isin(TEST_CLASSES) | rows["reference_obj_name"].isin(
+        TEST_CLASSES
+    )
+    split = rows["split"]
+    table = {}
+    for relation in relations:
+        rel = rows["spatial_relation_name"] == relation
+        vocab_rows = rows[rel & (split == "unseen_instances_synonyms") & novel_vocab]
+        class_rows = rows[rel & novel_class & (split != "train")]
+        table[relation] = {
+            "Novel Room": mean_of_group_means(
+                rows[rel & (split == "unseen_instances") & ~novel_class], "room_id", "score", True
+            ),
+            "Novel Visual": mean_of_group_means(
+                rows[rel & (split == "unseen_instances_dr") & ~novel_class],
+                "room_id",
+                "score",
+                True,
+            ),
+            "Novel Vocab": float(vocab_rows["score"].mean()),  # nanmean over rows, NaN if none
+            "Novel Class": float(class_rows["score"].mean()),
+        }
+    out = pd.DataFrame.from_dict(table, orient="index", columns=list(NOVEL_COLUMNS))
+    # the per-approach mean over its relation rows (plain: NaN if a relation is NaN)
+    out.loc["mean"] = out.mean(skipna=False) if len(out) else math.nan
+    return out
+
+
+def nyu_scores(frame: pd.DataFrame, metric: str = NYU_METRIC) -> dict[str, float]:
+    """One OVSSC NYU row (3.4): per-class means at the best cutoff and the mean over every label."""
+    rows = at_best_cutoff(frame, metric)
+    per_label = (rows[metric] * 100).groupby(rows["label"]).mean()
+    scores = {name.title(): float(per_label.get(name, math.nan)) for name in NYU_CLASSES}
+    scores["Mean"] = float(per_label.mean()) if len(per_label) else math.nan
+    return scores
+
+
+def _resolve(
+    approaches: dict, models_dir: Path, overrides: dict[str, Path]
+) -> list[tuple[str, Path]]:
+    return [
+        (label, overrides.get(key, models_dir / default))
+        for key, (label, default) in approaches.items()
+    ]
+
+
+def _scores_or_note(score, path: Path, notes: list[str], *args):
+    """score(*args), or None with a note naming the file when its contents are unusable."""
+    try:
+        return score(*args)
+    except SummaryError as error:
+        notes.append(f"{path}: {error}, row left out")
+        return None
+
+
+def ovssc_table(paths: list[tuple[str, Path]], metric: str, notes: list[str]) -> Table:
+    table = Table("OVSSC THOR", ["Approach", *NOVEL_COLUMNS], left_columns=1)
+    needed = ["scene_id", "label", "split", "cutoff", metric]
+    for name, path in paths:
+        frame = load_stats(path, needed, notes)
+        if frame is None:
+            continue
+        scores = _scores_or_note(ovssc_scores, path, notes, frame, metric)
+        if scores is None:
+            continue
+        style = "green" if name == "Ours" else "white"
+        table.add(
+            [name, *(scores[c] for c in NOVEL_COLUMNS)],
+            style,
+            end_section=name == "SemAbs + [Chefer et al]",
+        )
+    return table
+
+
+def vool_table(paths: list[tuple[str, Path]], metric: str, notes: list[str]) -> Table:
+    table = Table(
+        "FULL VOOL THOR", ["Approach", "Spatial Relation", *NOVEL_COLUMNS], left_columns=2
+    )
+    needed = [
+        "scene_id",
+        "target_obj_name",
+        "reference_obj_name",
+        "spatial_relation_name",
+        "split",
+        "cutoff",
+        metric,
+    ]
+    loaded = [(name, path, load_stats(path, needed, notes)) for name, path in paths]
+    loaded = [(name, path, frame) for name, path, frame in loaded if frame is not None]
+    frames = [(name, frame) for name, _, frame in loaded]
+    loaded_paths = [path for _, path, _ in loaded]
+    if not frames:
+        return table
+    # relations come from the Ours frame (3.3); without it, from the first approach that loaded
+    reference = dict(frames).get("Ours", frames[0][1])
+    relations = vool_relations(reference)
+    for (name, frame), path in zip(frames, loaded_paths):
+        scores = _scores_or_note(vool_scores, path, notes, frame, relations, metric)
+        if scores is None:
+            continue
+        style = "green" if name == "Ours" else "white"
+        for i, (relation, values) in enumerate(scores.iterrows()):
+            table.add(
+                [name if i == 0 else "", relation, *values.tolist()],
+                style,
+                end_section=relation == "mean" and i == len(scores) - 1,
+            )
+    return table
+
+
+def nyu_table(paths: list[tuple[str, Path]], metric: str, notes: list[str]) -> Table:
+    columns = [*(c.title() for c in NYU_CLASSES), "Mean"]
+    table = Table("OVSSC NYU", ["Approach", *columns], left_columns=1)
+    for name, path in paths:
+        frame = load_stats(path, ["label", "cutoff", metric], notes)
+        if frame is None:
+            continue
+        scores = nyu_scores(frame, metric)
+        style = "green" if name == "Ours (Zeroshot)" else "white"
+        table.add(
+            [name, *(scores[c] for c in columns)], style, end_section=name == "Ours (Supervised)"
+        )
+    return table
+
+
+# ----------------------------------------------------------------------------- rendering
+
+
+def cell_text(value, nan: str = "–") -> str:
+    if isinstance(value, str):
+        return value
+    return nan if value is None or math.isnan(value) else f"{value:.1f}"
+
+
+def render_rich(table: Table, console: Console) -> None:
+    out = RichTable(title=table.title, box=box.MINIMAL_DOUBLE_HEAD)
+    for i, column in enumerate(table.columns):
+        out.add_column(column, justify="left" if i < table.left_columns else "right")
+    for cells, style, end in zip(table.rows, table.styles, table.section_after):
+        out.add_row(*(cell_text(c) for c in cells), style=style, end_section=end)
+    console.print(out)
+
+
+def render_markdown(table: Table) -> str:
+    lines = [f"**{table.title}**", "", "| " + " | ".join(table.columns) + " |"]
+    lines.append(
+        "|"
+        + "|".join("---" if i < table.left_columns else "---:" for i in range(len(table.columns)))
+        + "|"
+    )
+    lines += ["| " + " | ".join(cell_text(c) for c in cells) + " |" for cells in table.rows]
+    return "\n".join(lines) + "\n"
+
+
+def render_csv(table: Table) -> str:
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(["table", *table.columns])
+    for cells in table.rows:
+        writer.writerow([table.title, *(cell_text(c, nan="nan") for c in cells)])
+    return buffer.getvalue()
+
+
+# ----------------------------------------------------------------------------- command line
+
+
+def parse_overrides(entries: list[str], approaches: dict, option: str) -> dict[str, Path]:
+    """["ours=path", ...] -> {"ours": Path}; unknown keys and malformed entries are errors."""
+    out = {}
+    for entry in entries:
+        key, sep, path = entry.partition("=")
+        if not sep or not path:
+            raise SummaryError(f"{option} takes APPROACH=PATH, got {entry!r}")
+        if key not in approaches:
+            raise SummaryError(
+                f"{option}: unknown approach {key!r}; known: {', '.join(approaches)}"
+            )
+        out[key] = Path(path)
+    return out
+
+
+def summarize(
+    models_dir: Path,
+    tables: list[str],
+    overrides: dict[str, dict[str, Path]],
+    thor_metric: str = THOR_METRIC,
+    nyu_metric: str = NYU_METRIC,
+) -> tuple[list[Table], list[str]]:
+    """Build the requested tables; the notes say which stats files were left out and why."""
+    notes: list[str] = []
+    builders = {
+        "ovssc": (ovssc_table, OVSSC_APPROACHES, thor_metric),
+        "vool": (vool_table, VOOL_APPROACHES, thor_metric),
+        "nyu": (nyu_table, NYU_APPROACHES, nyu_metric),
+    }
+    out = []
+    for name in tables:
+        build, approaches, metric = builders[name]
+        paths = _resolve(approaches, models_dir, overrides.get(name, {}))
+        out.append(build(paths, metric, notes))
+    return out, notes
+
+
+app = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
+
+
+@app.command()
+def main(
+    models_dir: Path = typer.Option(Path("models"), help="root of the released models/ layout"),
+    tables: str = typer.Option("ovssc,vool,nyu", help="comma-separated subset of ovssc,vool,nyu"),
+    format: str = typer.Option("rich", "--format", help="rich, markdown or csv"),
+    ovssc: list[str] = typer.Option(
+        [],
+        help=f"APPROACH=PATH stats file replacing the default; APPROACH in {', '.join(OVSSC_APPROACHES)}",
+    ),
+    vool: list[str] = typer.Option(
+        [], help=f"APPROACH=PATH; APPROACH in {', '.join(VOOL_APPROACHES)}"
+    ),
+    nyu: list[str] = typer.Option(
+        [], help=f"APPROACH=PATH; APPROACH in {', '.join(NYU_APPROACHES)}"
+    ),
+    thor_metric: str = typer.Option(THOR_METRIC, help="metric column of the THOR tables"),
+    nyu_metric: str = typer.Option(
+        NYU_METRIC,
+        help="metric column of the NYU table (eval.py writes voxel64x64x64_iou, not 60^3)",
+    ),
+) -> None:
+    """Print the OVSSC THOR, FULL VOOL THOR and OVSSC NYU tables (train-eval.md section 3)."""
+    chosen = [t.strip() for t in tables.split(",") if t.strip()]
+    unknown = [t for t in chosen if t not in TABLES]
+    if unknown or not chosen:
+        raise SummaryError(
+            f"--tables takes a comma-separated subset of {','.join(TABLES)}, got {tables!r}"
+        )
+    if format not in FORMATS:
+        raise SummaryError(f"--format must be one of {', '.join(FORMATS)}, got {format!r}")
+    overrides = {
+        "ovssc": parse_overrides(ovssc, OVSSC_APPROACHES, "--ovssc"),
+        "vool": parse_overrides(vool, VOOL_APPROACHES, "--vool"),
+        "nyu": parse_overrides(nyu, NYU_APPROACHES, "--nyu"),
+    }
+    built, notes = summarize(models_dir, chosen, overrides, thor_metric, nyu_metric)
+    for note in notes:
+        print(f"note: {note}", file=sys.stderr)
+    if not any(table.rows for table in built):
+        raise SummaryError(
+            f"no stats file could be read for {','.join(chosen)} (see the notes above)"
+        )
+    console = Console()
+    for table in built:
+        if not table.rows:
+            print(f"note: {table.title}: no rows", file=sys.stderr)
+            continue
+        if format == "rich":
+            render_rich(table, console)
+        elif format == "markdown":
+            print(render_markdown(table))
+        else:
+            print(render_csv(table))
+
+
+def run() -> None:
+    """Run the app, turning a SummaryError into `error: <message>` on stderr and exit code 1."""
+    try:
+        app()
+    except SummaryError as error:
+        print(f"error: {error}", file=sys.stderr)
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    run()
