@@ -290,7 +290,8 @@ def evaluate_split(model, data, split: str, args, procs) -> pd.DataFrame | None:
         dynamic_ncols=True,
     )
     parts = []
-    for index, batch in zip(indices, bar):
+    for k, batch in enumerate(bar):
+        index = indices[k]
         frame = score_scene(model, training.to_device(batch, procs.device), args)
         parts.append((index, frame))
         running.add(frame)
