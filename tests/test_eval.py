@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import io
 import os
 import pickle
 import subprocess
@@ -39,13 +41,14 @@ SPLITS = ("unseen_instances", "unseen_instances_synonyms")
 
 @pytest.fixture(scope="module")
 def data(tmp_path_factory) -> Path:
-    """Three small generated scenes with oracle relevancy; one train scene, two test splits."""
+    """Three small generated scenes with oracle relevancy: one train scene, two test splits of two
+    scenes and one scene (an odd count: the second process's shard is empty)."""
     root = tmp_path_factory.mktemp("eval_scenes")
     generate_scenes.generate_dataset(root, SEEDS, scenes.PRESETS["small"])
     generate_relevancy.dataset(root, source="oracle", configs=["ours"])
     for name in ("ssc_split.pkl", "vool_split.pkl"):
         files = sorted(p.name for p in root.glob("*.hdf5"))
-        lists = {"train": files[:1], SPLITS[0]: files[1:], SPLITS[1]: files[1:]}
+        lists = {"train": files[:1], SPLITS[0]: files[1:], SPLITS[1]: files[2:]}
         (root / name).write_bytes(pickle.dumps(lists))
     return root
 
@@ -69,48 +72,55 @@ def eval_argv(data, ckpt, task="ovssc", *extra):
     return [*argv, "--num_workers", "0", *extra]
 
 
-def test_stats_frame_columns_rows_and_splits(data, ovssc_ckpt, tmp_path, capsys):
-    out = tmp_path / "stats.pkl"
+@pytest.fixture(scope="module")
+def evaluated(data, ovssc_ckpt, tmp_path_factory):
+    """The checkpoint copied as <dir>/ovssc.pth with its args.pkl, evaluated with --suffix nyu:
+    (checkpoint, stats frame, summary line, training log listing before/after)."""
+    ckpt = tmp_path_factory.mktemp("evaluated") / "ovssc.pth"
+    ckpt.write_bytes(ovssc_ckpt.read_bytes())
+    (ckpt.parent / "args.pkl").write_bytes((ovssc_ckpt.parent / "args.pkl").read_bytes())
     log_before = sorted(ovssc_ckpt.parent.rglob("*"))
-    line = run_eval(eval_argv(data, ovssc_ckpt, "ovssc", "--output", out), capsys)
-    frame = pd.read_pickle(out)
+    argv = [str(a) for a in eval_argv(data, ckpt, "ovssc", "--suffix", "nyu")]
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        evaluation.main(argv)
+    frame = pd.read_pickle(ckpt.parent / "ovssc_eval_stats_nyu.pkl")
+    return ckpt, frame, out.getvalue(), (log_before, sorted(ovssc_ckpt.parent.rglob("*")))
+
+
+def test_stats_frame_columns_rows_and_splits(evaluated, ovssc_ckpt):
+    ckpt, frame, line, (log_before, log_after) = evaluated
     grids = ("point", "voxel32x32x32", "voxel64x64x64")
     metric_cols = [f"{g}_{m}" for g in grids for m in metrics.METRIC_NAMES]
     assert list(frame.columns) == ["scene_id", "label", *metric_cols, "cutoff", "epoch", "split"]
     assert list(frame["split"].unique()) == list(SPLITS)  # pickle order, no train
-    assert (frame["epoch"] == checkpoint.read_checkpoint(ovssc_ckpt)["epochs"]).all()
+    assert (frame["epoch"] == checkpoint.read_checkpoint(ckpt)["epochs"]).all()
     np.testing.assert_array_equal(np.unique(frame["cutoff"]), np.arange(-2.5, 0.0, 0.1))
     per_row = frame.groupby(["split", "scene_id", "label"]).size()
     assert (per_row == 25).all()
+    assert list(frame.groupby("split", sort=False)["scene_id"].nunique()) == [2, 1]
     # split -> scene -> cutoff -> row: within a (split, scene) block the cutoffs rise in runs
     block = frame[(frame["split"] == SPLITS[0]) & (frame["scene_id"] == frame["scene_id"].iloc[0])]
     rows = block["label"].nunique()
     assert list(block["cutoff"].iloc[::rows]) == list(np.arange(-2.5, 0.0, 0.1))
     assert list(block.index[:rows]) == list(range(rows))
-    assert frame["scene_id"].nunique() == 2 and frame["voxel64x64x64_iou"].notna().any()
-    assert "2 splits" in line and str(out) in line and "\n" not in line.strip()
-    assert sorted(ovssc_ckpt.parent.rglob("*")) == log_before  # nothing written to the training log
+    assert frame["voxel64x64x64_iou"].notna().any()
+    assert "2 splits" in line and "ovssc_eval_stats_nyu.pkl" in line and line.count("\n") == 1
+    assert log_after == log_before  # nothing written into the training log (no TensorBoard dirs)
 
 
-def test_default_name_suffix_and_resume(data, ovssc_ckpt, tmp_path, capsys):
-    ckpt = tmp_path / "run" / "ovssc.pth"
-    ckpt.parent.mkdir()
-    ckpt.write_bytes(ovssc_ckpt.read_bytes())
-    (ckpt.parent / "args.pkl").write_bytes((ovssc_ckpt.parent / "args.pkl").read_bytes())
-    run_eval(eval_argv(data, ckpt, "ovssc", "--suffix", "nyu"), capsys)
-    stats = ckpt.parent / "ovssc_eval_stats_nyu.pkl"
-    full = pd.read_pickle(stats)
-    # an interrupted run: only the first split finished
-    first = full[full["split"] == SPLITS[0]]
-    first.to_pickle(ckpt.parent / "ovssc_eval_stats.pkl")
+def test_resume_skips_finished_splits_and_replace_redoes_them(data, evaluated, capsys):
+    ckpt, full, _, _ = evaluated
+    stats = ckpt.parent / "ovssc_eval_stats.pkl"  # the default name
+    full[full["split"] == SPLITS[0]].to_pickle(stats)  # an interrupted run: one split finished
     line = run_eval(eval_argv(data, ckpt), capsys)
     assert f"1 splits ({SPLITS[1]}), 1 already done" in line
-    pd.testing.assert_frame_equal(pd.read_pickle(ckpt.parent / "ovssc_eval_stats.pkl"), full)
+    pd.testing.assert_frame_equal(pd.read_pickle(stats), full)
     line = run_eval(eval_argv(data, ckpt), capsys)
     assert "0 splits" in line and "0 rows" in line
     line = run_eval(eval_argv(data, ckpt, "ovssc", "--replace"), capsys)
     assert f"2 splits ({', '.join(SPLITS)})" in line
-    pd.testing.assert_frame_equal(pd.read_pickle(ckpt.parent / "ovssc_eval_stats.pkl"), full)
+    pd.testing.assert_frame_equal(pd.read_pickle(stats), full)
 
 
 def one_error_line(argv, capsys) -> str:
@@ -126,9 +136,12 @@ def test_checkpoint_without_args_pkl_names_the_flags(data, ovssc_ckpt, tmp_path,
     ckpt.write_bytes(ovssc_ckpt.read_bytes())
     err = one_error_line(eval_argv(data, ckpt), capsys)
     assert "args.pkl" in err and "--args" in err and "--approach" in err
-    # --args supplies it
-    run_eval(eval_argv(data, ckpt, "ovssc", "--args", ovssc_ckpt.parent / "args.pkl"))
-    assert (tmp_path / "ovssc_eval_stats.pkl").is_file()
+    # --args supplies it: the training run's flags, this command's run flags
+    argv = eval_argv(data, ckpt, "ovssc", "--args", ovssc_ckpt.parent / "args.pkl")
+    args = evaluation.eval_config(evaluation.parser().parse_args(map(str, argv)))
+    assert args.voxel_shape == [8, 8, 8] and args.load == str(ckpt) and args.num_workers == 0
+    assert not args.domain_randomization and not args.balance_spatial_sampling
+    assert args.batch_size == 1
 
 
 def test_another_tasks_checkpoint_is_one_line(data, ovssc_ckpt, tmp_path, capsys):
@@ -145,15 +158,19 @@ def test_two_process_torchrun_equals_one_process(data, ovssc_ckpt, tmp_path):
     frames = []
     for nproc in (1, 2):
         out = tmp_path / f"stats{nproc}.pkl"
-        cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(nproc)]
-        cmd += ["--standalone", str(REPO / "eval.py")]  # --master_port 0 hangs the rendezvous
+        cmd = [sys.executable]
+        if nproc > 1:  # --master_port 0 hangs the workers' rendezvous; --standalone picks a port
+            cmd += ["-m", "torch.distributed.run", "--nproc_per_node", str(nproc), "--standalone"]
+        cmd += [str(REPO / "eval.py")]
         cmd += map(str, eval_argv(data, ovssc_ckpt, "ovssc", "--output", out))
         done = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=240)
         assert done.returncode == 0, done.stderr[-3000:]
         assert done.stdout.count("eval ovssc:") == 1  # only rank 0 reports
         frames.append(pd.read_pickle(out))
     pd.testing.assert_frame_equal(frames[0], frames[1])
-    assert frames[0]["scene_id"].nunique() == 2  # each scene once, no padding duplicates
+    assert len(frames[0].drop_duplicates(["split", "scene_id", "label", "cutoff"])) == len(
+        frames[0]
+    )
 
 
 # -- semantic-aware VOOL through the chunked (one description at a time) forward
