@@ -677,8 +677,11 @@ def train(
     task: Task,
     args: argparse.Namespace,
     stop_after_steps: int | None = None,
-) -> Path:
-    """Train as train-eval.md 1.6; returns the log directory."""
+) -> nn.Module:
+    """Train as train-eval.md 1.6; returns this process's (bare) network.
+
+    stop_after_steps (tests, benchmarks): save latest.pth and return after that many optimizer steps.
+    """
     log_dir = Path(args.log)
     procs = setup_processes(args.device)
     try:
@@ -753,7 +756,7 @@ def _train(task, args, procs, log_dir, stop_after_steps):
                 if procs.main:
                     save_state(log_dir / "latest.pth", model, optimizer, scheduler, scaler, after)
                 if trainer.stopped():
-                    return log_dir
+                    return trainer.bare
                 frame = frame.assign(epoch=epoch, split=split)
                 epoch_frames.append(frame)
                 if procs.main:
@@ -772,7 +775,7 @@ def _train(task, args, procs, log_dir, stop_after_steps):
     finally:
         for writer in writers.values():
             writer.close()
-    return log_dir
+    return trainer.bare
 
 
 def main(task: Task, argv: list[str] | None = None) -> None:
