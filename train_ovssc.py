@@ -34,8 +34,8 @@ def loss(logits: torch.Tensor, batch: dict, args: argparse.Namespace):
     padded = padded_rows(batch).to(logits.device)  # [B, P]
     ignore = (
         padded[..., None]
-        | (batch["out_of_bounds_pts"] > 0)
-        | batch["out_of_frustum_pts_mask"].bool()
+        | training.per_row(batch["out_of_bounds_pts"], label.shape)
+        | training.per_row(batch["out_of_frustum_pts_mask"], label.shape)
     )
     keep = ~ignore
     weight = training.bce_weight(label, args.balance_positive_negative)

@@ -44,7 +44,7 @@ def loss(logits: torch.Tensor, batch: dict, args: argparse.Namespace):
     accuracy and the metrics ignore padding and out-of-bounds points."""
     label = batch["output_label_pts"] > 0.5  # [B, D, N]
     padded = padded_rows(batch).to(logits.device)
-    ignore = padded[..., None] | (batch["out_of_bounds_pts"] > 0)
+    ignore = padded[..., None] | training.per_row(batch["out_of_bounds_pts"], label.shape)
     weight = training.bce_weight(label, args.balance_positive_negative)
     value = F.binary_cross_entropy_with_logits(logits.float(), label.float(), weight=weight)
     return value, label, ignore, padded

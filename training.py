@@ -30,6 +30,7 @@ import pickle
 import random
 import sys
 import tempfile
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -83,6 +84,17 @@ def bce_weight(label: torch.Tensor, balance: bool) -> torch.Tensor | None:
     frac_pos = label.mean(-1, keepdim=True)
     weight = label / (frac_pos + 1e-10) + (1 - label) / (1 - frac_pos + 1e-10)
     return weight * weight.numel() / weight.sum()
+
+
+def per_row(mask: torch.Tensor, shape: torch.Size) -> torch.Tensor:
+    """A per-point mask as bool [B, R, N]: the datasets give out_of_bounds_pts as [B, R, N]
+    (balanced sampling), [B, R, 1, N] (OVSSC, uniform) or [B, N] (VOOL, uniform)."""
+    mask = mask.bool()
+    if mask.dim() == 2:
+        mask = mask[:, None]
+    elif mask.dim() == 4:
+        mask = mask.squeeze(2)
+    return mask.expand(shape)
 
 
 def accuracy(logits: torch.Tensor, label: torch.Tensor, ignore: torch.Tensor) -> torch.Tensor:
@@ -547,6 +559,7 @@ class Trainer:
     scaler: torch.amp.GradScaler | None
     writers: dict
     stop_after_steps: int | None = None  # tests: save latest.pth and stop after this many steps
+    deadline: float | None = None  # benchmarks: the same once time.monotonic() passes this
 
     @property
     def bare(self) -> nn.Module:
@@ -634,7 +647,7 @@ class Trainer:
                     for key, value in stats.items():
                         writer.add_scalar(key, value, steps)
                     writer.add_scalar("lr", self.scheduler.get_last_lr()[0], steps)
-                if self.stop_after_steps is not None and steps >= self.stop_after_steps:
+                if self.stopped():
                     complete = index + 1 >= start + len(loader)
                     break
         if writer is not None and history:
@@ -645,6 +658,8 @@ class Trainer:
         return (pd.concat(frames) if frames else pd.DataFrame()), complete
 
     def stopped(self) -> bool:
+        if self.deadline is not None and time.monotonic() > self.deadline:
+            return True
         return (
             self.stop_after_steps is not None
             and int(self.bare.steps.item()) >= self.stop_after_steps
@@ -677,17 +692,23 @@ def train(
     task: Task,
     args: argparse.Namespace,
     stop_after_steps: int | None = None,
-) -> Path:
-    """Train as train-eval.md 1.6; returns the log directory."""
+    max_seconds: float | None = None,
+) -> nn.Module:
+    """Train as train-eval.md 1.6; returns this process's (bare) network.
+
+    stop_after_steps / max_seconds (tests, benchmarks): save latest.pth and return after that many
+    optimizer steps / once that much time has passed (checked after each training step).
+    """
+    deadline = None if max_seconds is None else time.monotonic() + max_seconds
     log_dir = Path(args.log)
     procs = setup_processes(args.device)
     try:
-        return _train(task, args, procs, log_dir, stop_after_steps)
+        return _train(task, args, procs, log_dir, stop_after_steps, deadline)
     finally:
         teardown_processes()
 
 
-def _train(task, args, procs, log_dir, stop_after_steps):
+def _train(task, args, procs, log_dir, stop_after_steps, deadline):
     if args.use_amp and procs.device.type != "cuda":
         raise InputError("--use_amp needs CUDA; drop it or use --device cuda")
     check_log_dir(log_dir)
@@ -727,7 +748,7 @@ def _train(task, args, procs, log_dir, stop_after_steps):
 
         writers = {split: SummaryWriter(str(log_dir / split)) for split in lists}
     trainer = Trainer(
-        task, args, procs, model, optimizer, scheduler, scaler, writers, stop_after_steps
+        task, args, procs, model, optimizer, scheduler, scaler, writers, stop_after_steps, deadline
     )
     stats_path = log_dir / "detailed_stats.pkl"
     all_stats = (
@@ -753,7 +774,7 @@ def _train(task, args, procs, log_dir, stop_after_steps):
                 if procs.main:
                     save_state(log_dir / "latest.pth", model, optimizer, scheduler, scaler, after)
                 if trainer.stopped():
-                    return log_dir
+                    return trainer.bare
                 frame = frame.assign(epoch=epoch, split=split)
                 epoch_frames.append(frame)
                 if procs.main:
@@ -772,7 +793,7 @@ def _train(task, args, procs, log_dir, stop_after_steps):
     finally:
         for writer in writers.values():
             writer.close()
-    return log_dir
+    return trainer.bare
 
 
 def main(task: Task, argv: list[str] | None = None) -> None:
