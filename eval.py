@@ -214,19 +214,9 @@ def shared_points(xyz: torch.Tensor) -> torch.Tensor:
     return xyz
 
 
-def squeeze_out_of_bounds(batch: dict) -> dict:
-    """OVSSC's evaluation samples carry out_of_bounds_pts as [B, P, 1, N] (the dataset's uniform
-    branch); the loss masks want [B, P, N]."""
-    oob = batch.get("out_of_bounds_pts")
-    if isinstance(oob, torch.Tensor) and oob.dim() == 4 and oob.shape[2] == 1:
-        batch = {**batch, "out_of_bounds_pts": oob.squeeze(2)}
-    return batch
-
-
 def score_scene(model, batch: dict, args: argparse.Namespace) -> pd.DataFrame:
     """One scene's rows: scene -> cutoff -> row, 25 cutoffs, point/32^3/64^3 columns."""
     module = TASKS[args.task]
-    batch = squeeze_out_of_bounds(batch)
     with torch.no_grad():
         logits = forward(model, batch, module.ROW_KEYS, args.chunk_points).float()
         _, label, ignore, padded = module.TASK.loss_fn(logits, batch, args)

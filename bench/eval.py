@@ -53,7 +53,7 @@ def bench_task(task: str, file_path: str, device: torch.device, scenes: int) -> 
     for index in range(min(scenes, len(data))):
         t0 = time.perf_counter()
         batch = torch.utils.data.default_collate([data[index]])
-        batch = evaluation.squeeze_out_of_bounds(training.to_device(batch, device))
+        batch = training.to_device(batch, device)
         sync(device)
         t1 = time.perf_counter()
         with torch.no_grad():
