@@ -111,10 +111,19 @@ def load_network(
 
 
 def save_checkpoint(
-    path: str | Path, net: nn.Module, optimizer: torch.optim.Optimizer | None, epochs: int
+    path: str | Path,
+    net: nn.Module,
+    optimizer: torch.optim.Optimizer | None,
+    epochs: int,
+    extra: Mapping | None = None,
 ) -> None:
-    """Write {"net", "optimizer", "epochs"} atomically: an existing file survives a crash mid-write."""
+    """Write {"net", "optimizer", "epochs"} atomically: an existing file survives a crash mid-write.
+
+    `extra` adds keys beside the released three (training adds scheduler, scaler, rng, position),
+    which the original's loader ignores.
+    """
     checkpoint = {
+        **(extra or {}),
         "net": unwrap(net).state_dict(),
         "optimizer": optimizer.state_dict() if optimizer is not None else {},
         "epochs": epochs,

@@ -1,0 +1,169 @@
+"""Proof that training learns: small OVSSC and VOOL models against two baselines that learn nothing.
+
+1. Generates scenes (small preset) with oracle relevancy into --data (skipped when already there).
+2. Trains a small-config OVSSC and VOOL model (semantic_abstraction) for --minutes each, single
+   process, into outputs/learn/{ovssc,vool}/ (latest.pth, ckpt_*.pth, args.pkl: eval.py input).
+3. Scores the novel-room scenes (`unseen_instances`, every in-bounds ground-truth point) by voxel 32^3
+   IoU, each approach at its best threshold (as summarize.py picks the best cutoff), beside
+   - "all in frustum": every query point inside the camera frustum is positive;
+   - "lifted relevancy": a query point is positive when the nearest input point within one 32^3 voxel
+     has relevancy above a threshold: the visible answer, with no completion of hidden parts.
+   Baseline thresholds are swept too, so they get their best case.
+
+    python bench/learn.py                      # 10 + 10 minutes of training, then the table
+    python bench/learn.py --minutes 1 --eval-only
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from scipy.spatial import cKDTree
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import checkpoint  # noqa: E402
+import dataset  # noqa: E402
+import generate_relevancy  # noqa: E402
+import generate_scenes  # noqa: E402
+import net  # noqa: E402
+import options  # noqa: E402
+import scenes  # noqa: E402
+import train_ovssc  # noqa: E402
+import train_vool  # noqa: E402
+import training  # noqa: E402
+
+TASKS = {"ovssc": train_ovssc.TASK, "vool": train_vool.TASK}
+SMALL = (
+    "--voxel_shape 32 32 32 --unet_num_levels 4 --unet_f_maps 16 --unet_num_groups 8 "
+    "--unet_num_channels 16 --num_input_pts 8000 --num_output_pts 8000 --batch_size 1 "
+    "--lr 3e-3 --num_warmup_steps 50 --lr_scheduler_type constant_with_warmup --epochs 1000 "
+    "--eval_freq 1000 --save_freq 1000 --device cpu"
+).split()
+CUTOFFS = np.arange(-2.5, 0.0, 0.1).tolist()  # eval.py's 25 cutoffs
+GRID = 32
+
+
+def make_data(root: Path, num_scenes: int) -> None:
+    if (root / "ssc_split.pkl").is_file():
+        return
+    generate_scenes.generate_dataset(root, list(range(num_scenes)), scenes.PRESETS["small"])
+    generate_relevancy.dataset(root, source="oracle", configs=["ours"])
+
+
+def train(task: str, data: Path, log: Path, minutes: float, workers: int) -> None:
+    argv = ["--file_path", str(data), "--log", str(log), *SMALL, "--num_workers", str(workers)]
+    args = training.prepare_args(task, argv)
+    start = time.monotonic()
+    model = training.train(TASKS[task], args, max_seconds=minutes * 60)
+    print(
+        f"{task}: {int(model.steps.item())} steps in {(time.monotonic() - start) / 60:.1f} min",
+        flush=True,
+    )
+
+
+def best_iou(frames: list) -> tuple[float, float]:
+    """Mean voxel32 IoU over all rows at the best cutoff -> (100 x IoU, cutoff)."""
+    frame = training.pd.concat(frames)
+    means = frame.groupby("cutoff")["voxel32x32x32_iou"].mean()
+    return 100 * float(means.max()), float(means.idxmax())
+
+
+def lifted_relevancy(batch: dict, task: str) -> torch.Tensor:
+    """[1, R, N] score: the relevancy of the nearest input point within one voxel, else -inf."""
+    key = "input_feature_pts" if task == "ovssc" else "input_description_saliency_pts"
+    relevancy = batch[key][0, ..., -1].numpy()  # [R, n_in]
+    tree = cKDTree(batch["input_xyz_pts"][0].numpy())
+    query = batch["output_xyz_pts"][0].numpy()  # [R, N, 3]
+    bounds = np.asarray(training.options.defaults().scene_bounds)
+    voxel = float(np.max((bounds[1] - bounds[0]) / GRID))
+    dist, index = tree.query(query[0], distance_upper_bound=voxel)  # rows share their points
+    found = np.isfinite(dist)
+    scores = np.full((len(relevancy), len(dist)), -np.inf, np.float32)
+    scores[:, found] = relevancy[:, index[found]]
+    return torch.from_numpy(scores)[None]
+
+
+def evaluate(task: str, data: Path, log: Path) -> dict:
+    args = options.load_args(log / "args.pkl")
+    training.seed_all(0)  # the input subsample is random: the same draw for every approach and run
+    args.balance_spatial_sampling = False  # as eval.py: every in-bounds ground-truth point
+    args.domain_randomization = False
+    model = net.build_network(task, args.approach, args)
+    checkpoint.load_network(model, log / "latest.pth")
+    model.eval()
+    config = training.dataset_config(args, task)
+    split = dataset.make_datasets(data, task, config, splits=("unseen_instances",))
+    scored = {"trained": [], "all in frustum": [], "lifted relevancy": []}
+    relevancy_cutoffs = np.linspace(-20, 40, 61).tolist()  # relevancy x 50 minus the mean map
+    for index in range(len(split["unseen_instances"])):
+        batch = torch.utils.data.default_collate([split["unseen_instances"][index]])
+        with torch.no_grad():
+            logits = TASKS[task].forward(model, batch)
+            _, label, ignore, padded = TASKS[task].loss_fn(logits, batch, args)
+        columns = TASKS[task].row_columns(batch)
+        xyz = batch["output_xyz_pts"]
+        frustum = ~training.per_row(batch["out_of_frustum_pts_mask"], label.shape)
+        cases = {
+            "trained": (logits, CUTOFFS),
+            "all in frustum": (torch.where(frustum, 1.0, -1.0), [0.0]),
+            "lifted relevancy": (lifted_relevancy(batch, task), relevancy_cutoffs),
+        }
+        for name, (scores, cutoffs) in cases.items():
+            scored[name].append(
+                training.row_stats(
+                    scores.float(),
+                    label,
+                    ignore,
+                    xyz,
+                    cutoffs,
+                    args.scene_bounds,
+                    columns,
+                    padded,
+                )
+            )
+    scenes_n = len(split["unseen_instances"])
+    return {name: (*best_iou(frames), scenes_n) for name, frames in scored.items()}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data", type=Path, default=Path("outputs/learn/data"))
+    parser.add_argument("--out", type=Path, default=Path("outputs/learn"))
+    parser.add_argument("--num-scenes", type=int, default=120)
+    parser.add_argument("--minutes", type=float, default=10.0, help="training time per task")
+    parser.add_argument("--num-workers", type=int, default=1)
+    parser.add_argument("--tasks", nargs="+", default=["ovssc", "vool"])
+    parser.add_argument("--eval-only", action="store_true")
+    cli = parser.parse_args()
+    torch.set_num_threads(2)
+    make_data(cli.data, cli.num_scenes)
+    results = {}
+    for task in cli.tasks:
+        if not cli.eval_only:
+            train(task, cli.data, cli.out / task, cli.minutes, cli.num_workers)
+        results[task] = evaluate(task, cli.data, cli.out / task)
+    lines = [
+        "| task | trained (best cutoff) | all in frustum | lifted relevancy (best threshold) |",
+        "|---|---|---|---|",
+    ]
+    for task, r in results.items():
+        t, f, lr = r["trained"], r["all in frustum"], r["lifted relevancy"]
+        lines.append(
+            f"| {task.upper()} ({t[2]} novel-room scenes) | {t[0]:.1f} ({t[1]:.1f}) | {f[0]:.1f} "
+            f"| {lr[0]:.1f} ({lr[1]:.0f}) |"
+        )
+    table = "\n".join(lines)
+    print(table)
+    (cli.out / "results.md").write_text(table + "\n")
+    (cli.out / "results.json").write_text(json.dumps(results, indent=1))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,296 @@
+"""training.py with train_ovssc.py / train_vool.py: schedules, steps, exact resume, DDP, bad input."""
+
+from __future__ import annotations
+
+import math
+import os
+import pickle
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import generate_relevancy
+import generate_scenes
+import scenes
+import train_ovssc
+import train_vool
+import training
+from checkpoint import read_checkpoint
+
+REPO = Path(__file__).resolve().parents[1]
+SEEDS = [0, 1, 3, 4, 2]  # seed 2 is a test room (FloorPlan228)
+TINY = (
+    "--voxel_shape 16 16 16 --unet_num_levels 2 --unet_f_maps 8 --unet_num_groups 4 "
+    "--unet_num_channels 8 --pts_feat_extractor_hidden_dim 16 --pointing_dim 16 "
+    "--num_input_pts 300 --num_output_pts 300 --num_workers 0 --device cpu --num_patches 2 "
+    "--num_descs 2"
+).split()
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory) -> Path:
+    """Five small generated scenes with oracle relevancy; split pickles of our own choosing."""
+    root = tmp_path_factory.mktemp("training_scenes")
+    generate_scenes.generate_dataset(root, SEEDS, scenes.PRESETS["small"])
+    generate_relevancy.dataset(root, source="oracle", configs=["ours"])
+    return root
+
+
+def with_splits(root: Path, train: int, unseen: int) -> Path:
+    """A folder whose split pickles list `train` train scenes and `unseen` test scenes of root."""
+    split = pickle.loads((root / "ssc_split.pkl").read_bytes())
+    folder = root / f"splits_{train}_{unseen}"
+    folder.mkdir(exist_ok=True)
+    lists = {
+        "train": [f"../{n}" for n in split["train"][:train]],
+        "unseen_instances": [f"../{n}" for n in split["unseen_instances"][:unseen]],
+    }
+    for name in ("ssc_split.pkl", "vool_split.pkl"):
+        (folder / name).write_bytes(pickle.dumps(lists))
+    return folder
+
+
+def args_for(task: str, file_path: Path, log: Path, *extra: str):
+    return training.prepare_args(
+        task, ["--file_path", str(file_path), "--log", str(log), *TINY, *extra]
+    )
+
+
+# -- schedules (train-eval.md 1.5), checked against the formulas written out by hand
+
+
+@pytest.mark.parametrize(
+    "kind, step, expected",
+    [
+        ("constant", 0, 1.0),
+        ("constant", 500, 1.0),
+        ("constant_with_warmup", 5, 0.5),
+        ("constant_with_warmup", 80, 1.0),
+        ("linear", 5, 0.5),
+        ("linear", 60, 0.5),  # (110 - 60) / (110 - 10)
+        ("linear", 120, 0.0),
+        ("cosine", 0, 0.0),
+        ("cosine", 10, 1.0),
+        ("cosine", 60, 0.5),  # 0.5 (1 + cos(pi / 2))
+        ("cosine", 35, 0.5 * (1 + math.cos(math.pi * 0.25))),
+        ("cosine_with_restarts", 35, 0.5 * (1 + math.cos(math.pi * 0.25))),
+        ("cosine_with_restarts", 109, 0.5 * (1 + math.cos(math.pi * 0.99))),
+        ("cosine_with_restarts", 110, 0.0),  # progress >= 1 -> 0
+    ],
+)
+def test_schedule_values_equal_the_formulas(kind, step, expected):
+    assert training.SCHEDULES[kind](step, 10, 110) == pytest.approx(expected, abs=1e-12)
+
+
+def test_lambda_lr_follows_the_schedule_per_optimizer_step():
+    args = training.prepare_args("ovssc", ["--file_path", "x", "--log", "y", "--lr", "0.5"])
+    args.num_warmup_steps = 4
+    model = torch.nn.Linear(2, 1)
+    optimizer, scheduler = training.make_optimizer(model, args, total=20)
+    lrs = []
+    for _ in range(8):
+        lrs.append(optimizer.param_groups[0]["lr"])
+        optimizer.step()
+        scheduler.step()
+    expected = [0.5 * training.cosine_with_restarts(s, 4, 20) for s in range(8)]
+    assert lrs == pytest.approx(expected)
+    assert lrs[0] == 0.0 and lrs[4] == pytest.approx(0.5)
+
+
+def test_total_steps_ignores_world_size_unless_fixed():
+    args = training.prepare_args("ovssc", ["--file_path", "x", "--log", "y", "--epochs", "3"])
+    four = training.Processes(world_size=4)
+    assert training.total_steps(args, 100, four) == 300  # original: len // batch, not per process
+    args.fix_lr_schedule_world_size = True
+    assert training.total_steps(args, 100, four) == 75
+
+
+# -- data loading
+
+
+class Draws(torch.utils.data.Dataset):
+    def __len__(self):
+        return 8
+
+    def __getitem__(self, index):
+        return np.random.rand()
+
+
+def test_two_workers_draw_different_samples_every_epoch():
+    args = training.prepare_args("ovssc", ["--file_path", "x", "--log", "y", "--num_workers", "2"])
+    procs = training.Processes()
+    draws = [
+        torch.cat(list(training.make_loader(Draws(), True, args, procs, epoch))).tolist()
+        for epoch in (0, 1)
+    ]
+    values = draws[0] + draws[1]
+    assert len(set(values)) == len(values)  # no worker or epoch repeats another's draw
+    again = torch.cat(list(training.make_loader(Draws(), True, args, procs, 0))).tolist()
+    assert again == draws[0]  # but the same seed and epoch draw the same
+
+
+# -- training steps
+
+
+def test_loss_falls_over_a_few_steps(data):
+    folder = with_splits(data, 1, 0)
+    args = args_for("ovssc", folder, data / "unused", "--lr", "0.01", "--num_warmup_steps", "0")
+    datasets = training.dataset.make_datasets(
+        folder, "ovssc", training.dataset_config(args, "ovssc")
+    )
+    batch = next(iter(torch.utils.data.DataLoader(datasets["train"], batch_size=1)))
+    torch.manual_seed(0)
+    model = training.net.build_network("ovssc", args.approach, args)
+    optimizer, scheduler = training.make_optimizer(model, args, total=100)
+    trainer = training.Trainer(
+        train_ovssc.TASK, args, training.Processes(), model, optimizer, scheduler, None, {}
+    )
+    losses = [trainer.step(batch, [-1.0], train=True)[0]["loss"] for _ in range(6)]
+    assert losses[-1] < losses[0] - 0.01, losses
+    assert model.steps.item() == 6  # the steps buffer counts optimizer steps
+
+
+def weights(path: Path) -> dict:
+    return read_checkpoint(path)["net"]
+
+
+def test_four_steps_equal_two_steps_resume_two_steps(data, tmp_path):
+    folder = with_splits(data, 4, 0)
+    common = ("--epochs", "1", "--num_warmup_steps", "2", "--lr", "0.01")
+    straight = tmp_path / "straight"
+    training.train(train_ovssc.TASK, args_for("ovssc", folder, straight, *common))
+    split = tmp_path / "split"
+    training.train(train_ovssc.TASK, args_for("ovssc", folder, split, *common), stop_after_steps=2)
+    stopped = read_checkpoint(split / "latest.pth")
+    assert stopped["position"] == {"epoch": 0, "batches": 2, "train_done": False}
+    assert stopped["net"]["steps"].item() == 2
+    resumed = args_for("ovssc", folder, split, *common, "--load", str(split / "latest.pth"))
+    training.train(train_ovssc.TASK, resumed)
+
+    a, b = read_checkpoint(straight / "ckpt_0.pth"), read_checkpoint(split / "ckpt_0.pth")
+    assert a["net"]["steps"].item() == b["net"]["steps"].item() == 4
+    for key in a["net"]:
+        assert torch.equal(a["net"][key], b["net"][key]), key
+    assert a["scheduler"]["_last_lr"] == b["scheduler"]["_last_lr"]
+    assert a["epochs"] == b["epochs"] == 1
+    assert {"net", "optimizer", "epochs"} <= set(a)  # the released format's keys
+    for name in ("args.pkl", "latest.pth", "detailed_stats.pkl", "train"):
+        assert (split / name).exists(), name
+
+
+def test_vool_trains_and_evaluates(data, tmp_path):
+    folder = with_splits(data, 1, 1)
+    model = training.train(
+        train_vool.TASK, args_for("vool", folder, tmp_path / "vool", "--epochs", "1")
+    )
+    assert model.steps.item() == 1
+    frame = training.pd.read_pickle(tmp_path / "vool" / "detailed_stats.pkl")
+    assert set(frame["split"]) == {"train", "unseen_instances"}
+    assert len(frame[frame["split"] == "unseen_instances"]["cutoff"].unique()) == 10
+
+
+# -- two processes under torchrun (gloo)
+
+DDP_SCRIPT = """
+import os, sys, torch
+sys.path.insert(0, {repo!r})
+import train_ovssc, training
+args = training.prepare_args("ovssc", sys.argv[1:])
+model = training.train(train_ovssc.TASK, args)
+torch.save(model.state_dict(), os.path.join(args.log, f"rank{{os.environ['RANK']}}.pt"))
+"""
+
+
+def test_two_process_torchrun_gloo(data, tmp_path):
+    folder = with_splits(data, 4, 1)
+    script = tmp_path / "ddp_train.py"
+    script.write_text(DDP_SCRIPT.format(repo=str(REPO)))
+    log = tmp_path / "ddp"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2"]
+    # "--" keeps torchrun's own parser off our flags (its --log-dir makes "--log" ambiguous)
+    cmd += ["--standalone", "--", str(script), "--file_path", str(folder), "--log", str(log)]
+    cmd += TINY + ["--epochs", "1"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    done = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=240)
+    assert done.returncode == 0, done.stderr[-3000:]
+    for name in ("args.pkl", "latest.pth", "ckpt_0.pth", "detailed_stats.pkl", "train"):
+        assert (log / name).exists(), name
+    ranks = [torch.load(log / f"rank{r}.pt") for r in (0, 1)]
+    assert ranks[0]["steps"].item() == 2  # 4 scenes over 2 processes, batch 1
+    for key in ranks[0]:
+        assert torch.equal(ranks[0][key], ranks[1][key]), key
+    saved = weights(log / "ckpt_0.pth")
+    assert all(torch.equal(saved[k], ranks[0][k]) for k in saved)
+
+
+# -- bad input: one line naming the problem
+
+
+def run_main(main, argv, capsys) -> str:
+    capsys.readouterr()  # drop the output of earlier runs
+    with pytest.raises(SystemExit):
+        main(argv)
+    err = capsys.readouterr().err.strip().splitlines()[-1]  # tqdm bars and logs come before
+    assert err.startswith("error: "), err
+    return err
+
+
+def test_missing_split_pickles(tmp_path, capsys):
+    argv = ["--file_path", str(tmp_path), "--log", str(tmp_path / "log"), *TINY]
+    assert "ssc_split.pkl" in run_main(train_ovssc.main, argv, capsys)
+
+
+def test_scenes_without_relevancy_name_the_command(tmp_path, capsys):
+    generate_scenes.generate_dataset(tmp_path, [0], scenes.PRESETS["small"])
+    argv = ["--file_path", str(tmp_path), "--log", str(tmp_path / "log"), *TINY]
+    err = run_main(train_ovssc.main, argv, capsys)
+    assert "generate_relevancy.py dataset" in err and "ours" in err
+
+
+def test_load_of_another_tasks_checkpoint(data, tmp_path, capsys):
+    folder = with_splits(data, 1, 0)
+    vool = tmp_path / "vool"
+    training.train(
+        train_vool.TASK, args_for("vool", folder, vool, "--epochs", "1"), stop_after_steps=1
+    )
+    argv = ["--file_path", str(folder), "--log", str(tmp_path / "o"), *TINY]
+    err = run_main(train_ovssc.main, [*argv, "--load", str(vool / "latest.pth")], capsys)
+    assert "SemAbsVOOL" in err and "SemAbs3D" in err
+
+
+def test_resume_with_different_flags_lists_them(data, tmp_path, capsys):
+    folder = with_splits(data, 1, 0)
+    log = tmp_path / "run"
+    training.train(
+        train_ovssc.TASK, args_for("ovssc", folder, log, "--epochs", "1"), stop_after_steps=1
+    )
+    argv = ["--file_path", str(folder), "--log", str(log), *TINY, "--load", str(log / "latest.pth")]
+    err = run_main(train_ovssc.main, [*argv, "--lr", "0.5", "--seed", "3"], capsys)
+    assert "lr: 0.001 -> 0.5" in err and "seed: 0 -> 3" in err
+
+
+def test_unwritable_log_directory(data, tmp_path, capsys):
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    argv = ["--file_path", str(with_splits(data, 1, 0)), "--log", str(blocker / "log"), *TINY]
+    assert "cannot be written" in run_main(train_ovssc.main, argv, capsys)
+
+
+def test_amp_on_cpu_is_refused(data, tmp_path, capsys):
+    argv = ["--file_path", str(data), "--log", str(tmp_path), *TINY, "--use_amp"]
+    assert "--use_amp needs CUDA" in run_main(train_ovssc.main, argv, capsys)
+
+
+def test_step_errors_stop_training_with_the_place(data, tmp_path):
+    folder = with_splits(data, 1, 0)
+
+    def broken(logits, batch, args):
+        raise ValueError("boom")
+
+    task = training.Task("ovssc", broken, train_ovssc.row_columns, train_ovssc.forward)
+    with pytest.raises(RuntimeError, match="epoch 0, split train, batch 0: ValueError: boom"):
+        training.train(task, args_for("ovssc", folder, tmp_path / "b", "--epochs", "1"))

@@ -1,0 +1,805 @@
+"""What train_ovssc.py and train_vool.py share: process group, loaders, optimizer and schedule, the
+epoch loop, checkpoints and logging (spec: train-eval.md 1.4-1.8).
+
+A task (`Task`) brings only its loss, its approach table and its row columns; everything else is here.
+
+Launch: one process (`python train_ovssc.py ...`), or `torchrun --nproc_per_node N [--nnodes M]`. DDP
+runs whenever torchrun's WORLD_SIZE is above 1 (the original looked at `--gpus`), with gloo on CPU and
+nccl on CUDA; each process takes the GPU of its LOCAL_RANK (the original used the global rank, so it
+only ran on one machine).
+
+Data randomness: the datasets draw from numpy's and torch's global generators. Every sample is drawn
+under a seed made of (--seed, rank, epoch, position in the epoch), so two workers never repeat each
+other's draws, every epoch differs, and a resumed run draws exactly what the uninterrupted run drew.
+Workers are also seeded per worker and per epoch (worker_init_fn and the loader's generator).
+
+Checkpoints hold the released keys (`net`, `optimizer`, `epochs`), which the original can load, plus
+`scheduler`, `scaler`, `rng` and `position`: `--load <log>/latest.pth` then resumes exactly (same
+learning rate, same next batch). A released checkpoint (three keys) resumes as the original did:
+from its `epochs`, with the schedule restarted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import logging
+import math
+import os
+import pickle
+import random
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+import torch.distributed as dist
+from torch import nn
+from tqdm import tqdm
+
+import checkpoint
+import dataset
+import metrics
+import net
+import options
+from lamb import Lamb
+from utils import InputError, atomic_path, resolve_device, seed_all
+
+log = logging.getLogger("semabs.train")
+
+TRAIN_CUTOFFS = [-1.0]  # spec 1.6: the train split is scored at logit -1
+EVAL_CUTOFFS = np.arange(-2.7, 0, 0.3).tolist()  # 10 values, the last ~-1.8e-15 (kept as is)
+EVAL_SPLITS = ("unseen_instances",)  # the only non-train split visited during training
+CHUNK_POINTS = 500_000  # above this many query points the net runs one row at a time (spec 1.8)
+TQDM_RATES = ("iou", "precision", "recall")
+
+
+# --------------------------------------------------------------------------------------------------
+# the task interface
+
+
+@dataclass
+class Task:
+    """What differs between OVSSC and VOOL. `loss_fn(logits, batch) -> (loss, label, ignore, padded)`
+    with label/ignore bool [B, R, N] and padded bool [B, R]; `row_columns(batch)` -> {col: [B][R]};
+    `forward(net, batch)` -> logits [B, R, N] (chunked over rows for large N)."""
+
+    name: str  # "ovssc" or "vool"
+    loss_fn: Callable
+    row_columns: Callable
+    forward: Callable
+
+
+def bce_weight(label: torch.Tensor, balance: bool) -> torch.Tensor | None:
+    """get_bce_weight (spec 1.8): None (all ones), or per-row positive/negative balancing rescaled to
+    keep the total weight."""
+    if not balance:
+        return None
+    label = label.float()
+    frac_pos = label.mean(-1, keepdim=True)
+    weight = label / (frac_pos + 1e-10) + (1 - label) / (1 - frac_pos + 1e-10)
+    return weight * weight.numel() / weight.sum()
+
+
+def per_row(mask: torch.Tensor, shape: torch.Size) -> torch.Tensor:
+    """A per-point mask as bool [B, R, N]: the datasets give out_of_bounds_pts as [B, R, N]
+    (balanced sampling), [B, R, 1, N] (OVSSC, uniform) or [B, N] (VOOL, uniform)."""
+    mask = mask.bool()
+    if mask.dim() == 2:
+        mask = mask[:, None]
+    elif mask.dim() == 4:
+        mask = mask.squeeze(2)
+    return mask.expand(shape)
+
+
+def accuracy(logits: torch.Tensor, label: torch.Tensor, ignore: torch.Tensor) -> torch.Tensor:
+    keep = ~ignore
+    return ((logits > 0) == label)[keep].float().mean()
+
+
+def chunked_forward(model: nn.Module, batch: dict, row_keys: tuple[str, ...], rows: int):
+    """Run the net one row (class/description) at a time, slicing the keys that carry a row axis."""
+    outputs = []
+    for r in range(rows):
+        part = dict(batch)
+        for key in row_keys:
+            value = batch.get(key)
+            if isinstance(value, torch.Tensor) and value.dim() > 1 and value.shape[1] == rows:
+                part[key] = value[:, r : r + 1]
+            elif isinstance(value, list) and len(value) == rows:  # collated [R][B] strings
+                part[key] = value[r : r + 1]
+        outputs.append(model(**part))
+    return torch.cat(outputs, dim=1)
+
+
+# --------------------------------------------------------------------------------------------------
+# processes and devices
+
+
+@dataclass
+class Processes:
+    rank: int = 0
+    local_rank: int = 0
+    world_size: int = 1
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def ddp(self) -> bool:
+        return self.world_size > 1
+
+
+def setup_processes(device_flag: str) -> Processes:
+    """Read torchrun's environment; init the process group when WORLD_SIZE > 1 (gloo on CPU, nccl on
+    CUDA); the device is LOCAL_RANK's GPU under torchrun."""
+    world_size = int(os.environ.get("WORLD_SIZE", 1))
+    rank = int(os.environ.get("RANK", 0))
+    local_rank = int(os.environ.get("LOCAL_RANK", 0))
+    device = resolve_device(device_flag)
+    if device.type == "cuda":
+        if device.index is None or world_size > 1:
+            device = torch.device("cuda", local_rank % torch.cuda.device_count())
+        torch.cuda.set_device(device)
+    if world_size > 1 and not dist.is_initialized():
+        dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
+    logging.basicConfig(
+        level=logging.INFO if rank == 0 else logging.ERROR,
+        format="%(asctime)s %(message)s",
+        datefmt="%H:%M:%S",
+    )
+    return Processes(rank, local_rank, world_size, device)
+
+
+def teardown_processes() -> None:
+    if dist.is_initialized():
+        dist.destroy_process_group()
+
+
+# --------------------------------------------------------------------------------------------------
+# data
+
+
+def dataset_config(args: argparse.Namespace, task: str) -> dataset.DatasetConfig:
+    """A DatasetConfig from a training Namespace (to be replaced by DatasetConfig.from_args)."""
+    fields = dataset.DatasetConfig.__dataclass_fields__
+    values = {k: v for k, v in vars(args).items() if k in fields}
+    values["scene_bounds"] = tuple(map(tuple, args.scene_bounds))
+    values["network_inputs"] = tuple(args.network_inputs)
+    values["tsdf_shape"] = tuple(args.voxel_shape)
+    config = dataset.DatasetConfig(**values)
+    return dataset.approach_config(config, args.approach)
+
+
+def check_data(file_path: str, task: str, saliency_config: str) -> dict[str, list[str]]:
+    """Split lists of --file_path, refusing with one line what training cannot read."""
+    split_file = Path(file_path) / dataset.SPLIT_FILES[task]
+    if not split_file.is_file():
+        raise InputError(
+            f"--file_path {file_path} has no {split_file.name}; make a dataset with "
+            f"`python generate_scenes.py dataset {file_path}` (which writes the split pickles)"
+        )
+    lists = dataset.load_split_lists(file_path, task)
+    if not lists.get("train"):
+        raise InputError(f"{split_file} lists no train scenes")
+    for split in ("train", *EVAL_SPLITS):
+        for name in lists.get(split, [])[:1]:
+            path = Path(file_path) / name
+            if not path.is_file():
+                raise InputError(f"{split_file} lists {name}, which is not in {file_path}")
+            with dataset.SceneFile(path) as scene:
+                if f"data/saliencies/rgb|{saliency_config}" not in scene.file:
+                    raise InputError(
+                        f"{path} has no relevancy maps for --saliency_config {saliency_config}; "
+                        f"add them with `python generate_relevancy.py dataset {file_path} "
+                        f"--configs {saliency_config}` (or --source oracle for ground-truth maps)"
+                    )
+    return lists
+
+
+class SeededSamples(torch.utils.data.Dataset):
+    """Wraps a dataset; item (position, index) is drawn under a seed of (seed, rank, epoch, position).
+
+    In a worker the global generators are simply reseeded; in the main process (num_workers=0) they
+    are saved and restored around the draw, so training's own randomness is untouched.
+    """
+
+    def __init__(self, base: torch.utils.data.Dataset, seed: int, rank: int):
+        self.base, self.seed, self.rank, self.epoch = base, seed, rank, 0
+
+    def __len__(self) -> int:
+        return len(self.base)
+
+    def __getitem__(self, key: tuple[int, int]):
+        position, index = key
+        state = np.random.SeedSequence([self.seed, self.rank, self.epoch, position]).generate_state(
+            2
+        )
+        if torch.utils.data.get_worker_info() is not None:
+            _seed_globals(int(state[0]), int(state[1]))
+            return self.base[index]
+        saved = (random.getstate(), np.random.get_state(), torch.get_rng_state())
+        try:
+            _seed_globals(int(state[0]), int(state[1]))
+            return self.base[index]
+        finally:
+            random.setstate(saved[0])
+            np.random.set_state(saved[1])
+            torch.set_rng_state(saved[2])
+
+
+def _seed_globals(numpy_seed: int, torch_seed: int) -> None:
+    random.seed(numpy_seed)
+    np.random.seed(numpy_seed)
+    torch.manual_seed(torch_seed)
+
+
+class PositionSampler(torch.utils.data.Sampler):
+    """Yields (position, index) of one epoch's order, from `start` on (to resume mid-epoch)."""
+
+    def __init__(self, order: list[int], start: int = 0):
+        self.order, self.start = order, start
+
+    def __iter__(self):
+        return iter((p, self.order[p]) for p in range(self.start, len(self.order)))
+
+    def __len__(self) -> int:
+        return len(self.order) - self.start
+
+
+def epoch_order(size: int, train: bool, procs: Processes, seed: int, epoch: int) -> list[int]:
+    """This process's sample order (spec 1.4): DistributedSampler(shuffle=True, drop_last=True) for
+    train and (shuffle=False, drop_last=False) otherwise under DDP; a shuffle / the plain order
+    without."""
+    if procs.ddp:
+        sampler = torch.utils.data.DistributedSampler(
+            range(size),
+            num_replicas=procs.world_size,
+            rank=procs.rank,
+            shuffle=train,
+            drop_last=train,
+            seed=seed,
+        )
+        sampler.set_epoch(epoch)
+        return list(sampler)
+    if not train:
+        return list(range(size))
+    g = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
+    return torch.randperm(size, generator=g).tolist()
+
+
+def seed_worker(worker_id: int) -> None:
+    """worker_init_fn: torch seeds each worker with base_seed + id, the base drawn per epoch from the
+    loader's generator; numpy and python follow it, so no two workers share a stream."""
+    seed = torch.initial_seed() % 2**32
+    np.random.seed(seed)
+    random.seed(seed)
+
+
+def make_loader(
+    data: torch.utils.data.Dataset,
+    train: bool,
+    args: argparse.Namespace,
+    procs: Processes,
+    epoch: int,
+    start: int = 0,
+) -> torch.utils.data.DataLoader:
+    wrapped = SeededSamples(data, args.seed, procs.rank)
+    wrapped.epoch = epoch
+    order = epoch_order(len(data), train, procs, args.seed, epoch)
+    generator = torch.Generator().manual_seed(
+        int(np.random.SeedSequence([args.seed, procs.rank, epoch]).generate_state(1)[0])
+    )
+    return torch.utils.data.DataLoader(
+        wrapped,
+        batch_size=args.batch_size if train else 1,
+        sampler=PositionSampler(order, start),
+        num_workers=args.num_workers,
+        worker_init_fn=seed_worker,
+        generator=generator,
+        pin_memory=procs.device.type == "cuda",
+        persistent_workers=False,
+    )
+
+
+def batches_per_epoch(size: int, batch_size: int, procs: Processes) -> int:
+    per_process = size // procs.world_size if procs.ddp else size
+    return math.ceil(per_process / batch_size)
+
+
+def to_device(batch: dict, device: torch.device) -> dict:
+    return {
+        k: v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v
+        for k, v in batch.items()
+    }
+
+
+# --------------------------------------------------------------------------------------------------
+# optimizer and learning-rate schedules (spec 1.5; transformers 4.5.1's formulas)
+
+
+def _warmup(step: int, warmup: int) -> float:
+    return float(step) / float(max(1, warmup))
+
+
+def constant(step: int, warmup: int, total: int) -> float:
+    return 1.0
+
+
+def constant_with_warmup(step: int, warmup: int, total: int) -> float:
+    return _warmup(step, warmup) if step < warmup else 1.0
+
+
+def linear(step: int, warmup: int, total: int) -> float:
+    if step < warmup:
+        return _warmup(step, warmup)
+    return max(0.0, float(total - step) / float(max(1, total - warmup)))
+
+
+def cosine(step: int, warmup: int, total: int) -> float:
+    """Half a cosine from 1 to 0 after warmup (num_cycles = 0.5)."""
+    if step < warmup:
+        return _warmup(step, warmup)
+    progress = float(step - warmup) / float(max(1, total - warmup))
+    return max(0.0, 0.5 * (1.0 + math.cos(math.pi * 2.0 * 0.5 * progress)))
+
+
+def cosine_with_restarts(step: int, warmup: int, total: int) -> float:
+    """Hard restarts with num_cycles = 1: the same half cosine, and 0 from `total` on."""
+    if step < warmup:
+        return _warmup(step, warmup)
+    progress = float(step - warmup) / float(max(1, total - warmup))
+    if progress >= 1.0:
+        return 0.0
+    return max(0.0, 0.5 * (1.0 + math.cos(math.pi * ((1.0 * progress) % 1.0))))
+
+
+SCHEDULES = {
+    f.__name__: f for f in (constant, constant_with_warmup, linear, cosine, cosine_with_restarts)
+}
+
+
+def total_steps(args: argparse.Namespace, train_size: int, procs: Processes) -> int:
+    """The original's T = epochs x (len(train) // batch_size), which ignores the world size (so N
+    processes use 1/N of the cosine); --fix_lr_schedule_world_size counts this process's batches."""
+    if args.fix_lr_schedule_world_size:
+        return args.epochs * batches_per_epoch(train_size, args.batch_size, procs)
+    return args.epochs * (train_size // args.batch_size)
+
+
+def make_optimizer(model: nn.Module, args: argparse.Namespace, total: int):
+    optimizer = Lamb(
+        model.parameters(),
+        lr=args.lr,
+        betas=(0.9, 0.999),
+        weight_decay=args.weight_decay,
+        adam=False,
+    )
+    factor = functools.partial(
+        _schedule_factor, kind=args.lr_scheduler_type, warmup=args.num_warmup_steps, total=total
+    )
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+    return optimizer, scheduler
+
+
+def _schedule_factor(step: int, kind: str, warmup: int, total: int) -> float:
+    return SCHEDULES[kind](step, warmup, total)
+
+
+# --------------------------------------------------------------------------------------------------
+# checkpoints
+
+
+def rng_state() -> dict:
+    state = np.random.get_state()
+    return {
+        "python": random.getstate(),
+        "numpy": {
+            "kind": state[0],
+            "keys": torch.from_numpy(state[1].astype(np.int64)),
+            "pos": int(state[2]),
+            "has_gauss": int(state[3]),
+            "gauss": float(state[4]),
+        },
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+    }
+
+
+def set_rng_state(state: dict) -> None:
+    python = state["python"]
+    random.setstate((python[0], tuple(python[1]), python[2]))
+    n = state["numpy"]
+    np.random.set_state(
+        (n["kind"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["gauss"])
+    )
+    torch.set_rng_state(state["torch"].cpu())
+    if state["cuda"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all([s.cpu() for s in state["cuda"]])
+
+
+@dataclass
+class Position:
+    """Where a run stands: `epoch`, and within it how many train batches are done and whether the
+    train split is finished (evaluation follows)."""
+
+    epoch: int = 0
+    batches: int = 0
+    train_done: bool = False
+
+
+def save_state(path, model, optimizer, scheduler, scaler, position: Position) -> None:
+    epochs = position.epoch + 1 if position.train_done else position.epoch
+    extra = {
+        "scheduler": scheduler.state_dict(),
+        "scaler": scaler.state_dict() if scaler is not None else {},
+        "rng": rng_state(),
+        "position": vars(position).copy(),
+    }
+    checkpoint.save_checkpoint(path, model, optimizer, epochs, extra=extra)
+
+
+def restore_state(path, model, optimizer, scheduler, scaler, device) -> Position:
+    """Load --load; return where to go on. Released checkpoints resume from their `epochs` with a
+    fresh schedule (as the original); ours resume exactly."""
+    log.info("loading from %s", path)
+    ckpt = checkpoint.load_network(model, path, map_location=device)
+    if ckpt.get("optimizer"):
+        try:
+            optimizer.load_state_dict(ckpt["optimizer"])
+        except ValueError as error:
+            raise InputError(f"checkpoint {path}: optimizer state does not fit: {error}") from None
+    if "position" not in ckpt:
+        return Position(epoch=int(ckpt.get("epochs", 0)))
+    scheduler.load_state_dict(ckpt["scheduler"])
+    if scaler is not None and ckpt.get("scaler"):
+        scaler.load_state_dict(ckpt["scaler"])
+    set_rng_state(ckpt["rng"])
+    return Position(**ckpt["position"])
+
+
+def atomic_pickle(obj, path: Path) -> None:
+    with atomic_path(path) as tmp:
+        if isinstance(obj, pd.DataFrame):
+            obj.to_pickle(tmp)
+        else:
+            with open(tmp, "wb") as f:
+                pickle.dump(obj, f)
+
+
+def check_log_dir(log_dir: Path) -> None:
+    try:
+        log_dir.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=log_dir):
+            pass
+    except OSError as error:
+        raise InputError(f"--log {log_dir} cannot be written: {error.strerror or error}") from None
+
+
+# --------------------------------------------------------------------------------------------------
+# one pass over a split
+
+
+def reduce_stats(stats: dict[str, float], procs: Processes) -> dict[str, float]:
+    """Rank mean of each scalar, all-reduced on the process group's device."""
+    if not procs.ddp:
+        return stats
+    keys = sorted(stats)
+    values = torch.tensor([stats[k] for k in keys], dtype=torch.float64, device=procs.device)
+    dist.all_reduce(values)
+    return dict(zip(keys, (values / procs.world_size).tolist()))
+
+
+def gather_frames(frame: pd.DataFrame, procs: Processes) -> pd.DataFrame:
+    if not procs.ddp:
+        return frame
+    frames = [None] * procs.world_size
+    dist.all_gather_object(frames, frame)
+    return pd.concat(frames)
+
+
+def row_stats(
+    logits, label, ignore, xyz, cutoffs, scene_bounds, columns, padded, voxel_sizes=(32,)
+):
+    """metrics.detailed_stats for query points per row: training's balanced sampling draws each row's
+    points on its own (xyz [B, R, N, 3]), so every row is scored as a scene of one row. Same rows, same
+    order (scene, then row) as with shared points."""
+    if xyz.dim() == 3:
+        return metrics.detailed_stats(
+            logits, label, ignore, xyz, cutoffs, scene_bounds, columns, voxel_sizes, padded
+        )
+    b, r, n = logits.shape
+    flat = {k: [[v] for row in nested for v in row] for k, nested in columns.items()}
+    frame = metrics.detailed_stats(
+        logits.reshape(b * r, 1, n),
+        label.reshape(b * r, 1, n),
+        ignore.reshape(b * r, 1, n),
+        xyz.reshape(b * r, n, 3),
+        cutoffs,
+        scene_bounds,
+        flat,
+        voxel_sizes,
+        padded.reshape(b * r, 1),
+    )
+    k = np.arange(len(frame))  # row (i, c) at k = i * C + c, i = b * R + p
+    i, c = k // len(cutoffs), k % len(cutoffs)
+    order = np.lexsort((i % r, c, i // r))  # back to scene -> cutoff -> row
+    frame = frame.iloc[order]
+    frame.index = pd.Index((i % r)[order])
+    return frame
+
+
+def grad_norm(model: nn.Module) -> float:
+    norms = [p.grad.detach().norm(2) for p in model.parameters() if p.grad is not None]
+    return torch.norm(torch.stack(norms), 2).item() if norms else 0.0
+
+
+def describe(stats: dict[str, float]) -> str:
+    return " ".join(
+        f"{k}: {v * 100:.2f}" if any(r in k for r in TQDM_RATES) else f"{k}: {v:.4e}"
+        for k, v in stats.items()
+    )
+
+
+@dataclass
+class Trainer:
+    task: Task
+    args: argparse.Namespace
+    procs: Processes
+    model: nn.Module  # DDP-wrapped under DDP
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    scaler: torch.amp.GradScaler | None
+    writers: dict
+    stop_after_steps: int | None = None  # tests: save latest.pth and stop after this many steps
+    deadline: float | None = None  # benchmarks: the same once time.monotonic() passes this
+
+    @property
+    def bare(self) -> nn.Module:
+        return checkpoint.unwrap(self.model)
+
+    def autocast(self):
+        args = self.args
+        dtype = torch.bfloat16 if args.amp_dtype == "bf16" else torch.float16
+        return torch.autocast(self.procs.device.type, dtype=dtype, enabled=bool(args.use_amp))
+
+    def step(self, batch: dict, cutoffs: list[float], train: bool):
+        """One batch: forward, loss and (train) the optimizer step; -> (stats, per-row frame)."""
+        with self.autocast():
+            logits = self.task.forward(self.model, batch)
+            loss, label, ignore, padded = self.task.loss_fn(logits, batch, self.args)
+        stats = {"loss": loss.item(), "accuracy": accuracy(logits.detach(), label, ignore).item()}
+        if train:
+            self.optimizer.zero_grad(set_to_none=True)
+            if self.scaler is not None:
+                self.scaler.scale(loss).backward()
+                self.scaler.unscale_(self.optimizer)
+            else:
+                loss.backward()
+            nn.utils.clip_grad_norm_(self.model.parameters(), self.args.grad_max_norm)
+            if self.scaler is not None:
+                self.scaler.step(self.optimizer)
+                self.scaler.update()
+            else:
+                self.optimizer.step()
+            self.scheduler.step()
+            self.bare.steps += 1
+            stats["gradnorm"] = grad_norm(self.model)
+        frame = row_stats(
+            logits.detach().float(),
+            label,
+            ignore,
+            batch["output_xyz_pts"],
+            cutoffs,
+            self.args.scene_bounds,
+            self.task.row_columns(batch),
+            padded,
+        )
+        for column in frame.columns:
+            if "iou" in column:
+                stats[column] = float(np.nanmean(frame[column].to_numpy(dtype=float)))
+        return stats, frame
+
+    def run_split(self, split: str, data, position: Position) -> tuple[pd.DataFrame, bool]:
+        """One pass; -> (per-row frame, whether the split was run to its end)."""
+        train = split == "train"
+        start = position.batches if train else 0
+        loader = make_loader(data, train, self.args, self.procs, position.epoch, start)
+        self.model.train(train)
+        cutoffs = TRAIN_CUTOFFS if train else EVAL_CUTOFFS
+        writer = self.writers.get(split)
+        frames, history, complete = [], [], True
+        bar = tqdm(
+            loader,
+            unit="batch",
+            smoothing=0.01,
+            postfix=f"| {split.upper()} ",
+            disable=not self.procs.main,
+            dynamic_ncols=True,
+        )
+        for index, batch in enumerate(bar, start=start):
+            try:
+                batch = to_device(batch, self.procs.device)
+                with torch.set_grad_enabled(train):
+                    stats, frame = self.step(batch, cutoffs, train)
+            except InputError:
+                raise
+            except Exception as error:
+                raise RuntimeError(
+                    f"training stopped in epoch {position.epoch}, split {split}, batch {index}: "
+                    f"{type(error).__name__}: {error}"
+                ) from error
+            stats = reduce_stats(stats, self.procs)
+            frames.append(gather_frames(frame, self.procs))
+            history.append(stats)
+            bar.set_description(describe(stats))
+            if train:
+                position.batches = index + 1
+                steps = int(self.bare.steps.item())
+                if writer is not None:
+                    for key, value in stats.items():
+                        writer.add_scalar(key, value, steps)
+                    writer.add_scalar("lr", self.scheduler.get_last_lr()[0], steps)
+                if self.stopped():
+                    complete = index + 1 >= start + len(loader)
+                    break
+        if writer is not None and history:
+            steps = int(self.bare.steps.item())
+            for key in history[0]:
+                writer.add_scalar(f"{key}_mean", np.nanmean([h[key] for h in history]), steps)
+            writer.flush()
+        return (pd.concat(frames) if frames else pd.DataFrame()), complete
+
+    def stopped(self) -> bool:
+        if self.deadline is not None and time.monotonic() > self.deadline:
+            return True
+        return (
+            self.stop_after_steps is not None
+            and int(self.bare.steps.item()) >= self.stop_after_steps
+        )
+
+
+# --------------------------------------------------------------------------------------------------
+# the run
+
+
+def prepare_args(task: str, argv: list[str] | None) -> argparse.Namespace:
+    args = options.finalize(options.training_parser(task).parse_args(argv))
+    return args
+
+
+def check_resume_args(args: argparse.Namespace, log_dir: Path) -> None:
+    """A resumed run (--load with args.pkl in --log) must use the stored flags; list any that differ."""
+    stored_path = log_dir / options.ARGS_FILE
+    if args.load is None or not stored_path.is_file():
+        return
+    changed = options.differences(options.load_args(stored_path), args)
+    if changed:
+        raise InputError(
+            f"flags differ from {stored_path}: {'; '.join(changed)} "
+            "(resume with the stored flags, or train into a new --log)"
+        )
+
+
+def train(
+    task: Task,
+    args: argparse.Namespace,
+    stop_after_steps: int | None = None,
+    max_seconds: float | None = None,
+) -> nn.Module:
+    """Train as train-eval.md 1.6; returns this process's (bare) network.
+
+    stop_after_steps / max_seconds (tests, benchmarks): save latest.pth and return after that many
+    optimizer steps / once that much time has passed (checked after each training step).
+    """
+    deadline = None if max_seconds is None else time.monotonic() + max_seconds
+    log_dir = Path(args.log)
+    procs = setup_processes(args.device)
+    try:
+        return _train(task, args, procs, log_dir, stop_after_steps, deadline)
+    finally:
+        teardown_processes()
+
+
+def _train(task, args, procs, log_dir, stop_after_steps, deadline):
+    if args.use_amp and procs.device.type != "cuda":
+        raise InputError("--use_amp needs CUDA; drop it or use --device cuda")
+    check_log_dir(log_dir)
+    check_resume_args(args, log_dir)
+    lists = check_data(args.file_path, task.name, args.saliency_config)
+    seed_all(args.seed + procs.rank)
+    if procs.device.type == "cuda":
+        torch.backends.cudnn.deterministic = True
+        torch.backends.cudnn.benchmark = False
+    datasets = dataset.make_datasets(
+        args.file_path, task.name, dataset_config(args, task.name), splits=tuple(lists)
+    )
+    log.info("DATASET AT %s", args.file_path)
+    log.info(" | ".join(f"{split}: {len(d)}" for split, d in datasets.items()))
+
+    torch.manual_seed(args.seed)  # same initial weights on every rank
+    model = net.build_network(task.name, args.approach, args).to(procs.device)
+    log.info("NUM PARAMS: %d", sum(p.numel() for p in model.parameters()))
+    total = total_steps(args, len(datasets["train"]), procs)
+    optimizer, scheduler = make_optimizer(model, args, total)
+    fp16 = args.use_amp and args.amp_dtype == "fp16"
+    scaler = torch.amp.GradScaler("cuda") if fp16 else None
+    position = Position()
+    if args.load:
+        position = restore_state(args.load, model, optimizer, scheduler, scaler, procs.device)
+    if procs.ddp:
+        model = nn.parallel.DistributedDataParallel(
+            model,
+            device_ids=[procs.device.index] if procs.device.type == "cuda" else None,
+            find_unused_parameters=True,
+        )
+
+    writers = {}
+    if procs.main:
+        options.save_args(args, log_dir)
+        from torch.utils.tensorboard import SummaryWriter
+
+        writers = {split: SummaryWriter(str(log_dir / split)) for split in lists}
+    trainer = Trainer(
+        task, args, procs, model, optimizer, scheduler, scaler, writers, stop_after_steps, deadline
+    )
+    stats_path = log_dir / "detailed_stats.pkl"
+    all_stats = (
+        [pd.read_pickle(stats_path)] if (args.load and stats_path.is_file() and procs.main) else []
+    )
+    try:
+        for epoch in range(position.epoch, args.epochs):
+            if position.epoch != epoch:
+                position = Position(epoch=epoch)
+            log.info("========== EPOCH %d ==========", epoch)
+            epoch_frames = []
+            for split in ("train", *EVAL_SPLITS):
+                if split not in datasets:
+                    continue
+                if split == "train" and position.train_done:
+                    continue
+                if split != "train" and epoch % args.eval_freq != 0:
+                    continue
+                frame, complete = trainer.run_split(split, datasets[split], position)
+                if split == "train":
+                    position.train_done = complete
+                after = position if split == "train" else Position(epoch=epoch + 1)
+                if procs.main:
+                    save_state(log_dir / "latest.pth", model, optimizer, scheduler, scaler, after)
+                if trainer.stopped():
+                    return trainer.bare
+                frame = frame.assign(epoch=epoch, split=split)
+                epoch_frames.append(frame)
+                if procs.main:
+                    all_stats.append(frame)
+                    atomic_pickle(pd.concat(all_stats), stats_path)
+            if procs.main and epoch_frames:
+                rows = metrics.epoch_summary(
+                    pd.concat(epoch_frames), fix_rate_argmin=args.fix_rate_argmin
+                )
+                print(metrics.format_epoch_summary(rows), flush=True)
+            if procs.main and (epoch % args.save_freq == 0 or epoch == args.epochs - 1):
+                path = log_dir / f"ckpt_{epoch}.pth"
+                save_state(path, model, optimizer, scheduler, scaler, Position(epoch=epoch + 1))
+                log.info("Saved checkpoint to %s", path)
+            position = Position(epoch=epoch + 1)
+    finally:
+        for writer in writers.values():
+            writer.close()
+    return trainer.bare
+
+
+def main(task: Task, argv: list[str] | None = None) -> None:
+    """Entry point of the two scripts: one-line errors for bad input."""
+    try:
+        train(task, prepare_args(task.name, argv))
+    except InputError as error:
+        print(f"error: {error}", file=sys.stderr)
+        sys.exit(1)
