@@ -123,61 +123,59 @@ class Turntable:
         )
         return self.center + self.distance * direction
 
+    def camera(self, azimuth: float) -> tuple[np.ndarray, ...]:
+        """Eye and the unit forward, right and up vectors of the view from azimuth."""
+        eye = self.eye(azimuth)
+        forward = (self.center - eye) / np.linalg.norm(self.center - eye)
+        right = np.cross(forward, [0.0, 0.0, 1.0])
+        right /= np.linalg.norm(right)
+        return eye, forward, right, np.cross(right, forward)
+
     def frame(self, azimuth: float, size: int) -> np.ndarray:
         """(size, size, 3) uint8 view from azimuth (radians; 0 looks along +x, like the camera of
-        the ARKit example)."""
-        eye = self.eye(azimuth)
-        rays = o3d.t.geometry.RaycastingScene.create_rays_pinhole(
-            fov_deg=self.fov_deg,
-            center=self.center.tolist(),
-            eye=eye.tolist(),
-            up=[0.0, 0.0, 1.0],
-            width_px=size,
-            height_px=size,
-        )
-        # cast only the rays inside the screen rectangle of the scene's bounding box
-        r0, r1, c0, c1 = self._screen_box(rays.numpy(), eye, size)
-        hit = self.scene.cast_rays(rays[r0:r1, c0:c1].contiguous())
-        t_hit = hit["t_hit"].numpy()
-        found = np.isfinite(t_hit)
+        the ARKit example), z up, rows from the top."""
+        eye, forward, right, up = self.camera(azimuth)
+        # pinhole rays through pixel centres, only inside the screen box of the scene's corners
+        half = np.tan(np.deg2rad(self.fov_deg) / 2)
+        rel = self.corners - eye
+        depth = rel @ forward
+        r0, r1, c0, c1 = 0, size, 0, size
+        if np.all(depth > 1e-6):
+            cols = ((rel @ right) / depth / half + 1) * size / 2
+            rows = (1 - (rel @ up) / depth / half) * size / 2
+            r0, r1 = max(int(rows.min()) - 1, 0), min(int(np.ceil(rows.max())) + 1, size)
+            c0, c1 = max(int(cols.min()) - 1, 0), min(int(np.ceil(cols.max())) + 1, size)
+        image = np.full((size, size, 3), BACKGROUND, np.uint8)
+        if r1 <= r0 or c1 <= c0:
+            return image
+        x = (((np.arange(c0, c1) + 0.5) * 2 / size - 1) * half).astype(np.float32)
+        y = ((1 - (np.arange(r0, r1) + 0.5) * 2 / size) * half).astype(np.float32)
+        rays = np.empty((r1 - r0, c1 - c0, 6), np.float32)
+        rays[..., :3] = eye
+        directions = rays[..., 3:]  # not normalised: the hit normals are compared up to sign
+        directions[:] = forward.astype(np.float32)
+        directions += x[None, :, None] * right.astype(np.float32)
+        directions += y[:, None, None] * up.astype(np.float32)
+        hit = self.scene.cast_rays(o3d.core.Tensor(rays))
+        primitive_ids = hit["primitive_ids"].numpy()
+        found = primitive_ids != o3d.t.geometry.RaycastingScene.INVALID_ID
         geometry_ids = hit["geometry_ids"].numpy()[found].astype(np.int64)
-        primitive_ids = hit["primitive_ids"].numpy()[found].astype(np.int64)
         normals = hit["primitive_normals"].numpy()[found]
-        directions = rays.numpy()[r0:r1, c0:c1, 3:][found]
-        directions /= np.linalg.norm(directions, axis=1, keepdims=True)
         # two-sided Lambert: a head light, and a key light from above the camera
-        head = np.abs(np.einsum("nk,nk->n", normals, directions))
+        seen = directions[found]
+        head = np.abs(np.einsum("nk,nk->n", normals, seen)) / np.sqrt(
+            np.einsum("nk,nk->n", seen, seen)
+        )
         key = np.abs(normals @ self._key_light(eye))
         shade = AMBIENT + (1 - AMBIENT) * (0.6 * head + 0.4 * key)
-        color = self.color_table[self.offsets[geometry_ids] + primitive_ids] * shade[:, None]
-        image = np.full((size, size, 3), BACKGROUND, np.uint8)
-        crop = image[r0:r1, c0:c1]
-        crop[found] = np.clip(color, 0, 255).astype(np.uint8)
-        # create_rays_pinhole's row 0 is the bottom and column 0 the right of the view: turn the
-        # image 180 degrees so that z is up and the scene's right is on the right
-        return np.ascontiguousarray(image[::-1, ::-1])
+        rows_of = self.offsets[geometry_ids] + primitive_ids[found]
+        color = self.color_table[rows_of] * shade[:, None]
+        image[r0:r1, c0:c1][found] = np.clip(color, 0, 255).astype(np.uint8)
+        return image
 
     def _key_light(self, eye: np.ndarray) -> np.ndarray:
         light = (eye - self.center) / np.linalg.norm(eye - self.center) + np.array([0, 0, 1.5])
         return (light / np.linalg.norm(light)).astype(np.float32)
-
-    def _screen_box(self, rays: np.ndarray, eye: np.ndarray, size: int) -> tuple[int, ...]:
-        """Pixel rows and columns [r0, r1) x [c0, c1) covering the projected bounding box."""
-        forward = rays[size // 2, size // 2, 3:] / np.linalg.norm(rays[size // 2, size // 2, 3:])
-        corner_rays = self.corners - eye  # (8, 3)
-        depth = corner_rays @ forward
-        if np.any(depth <= 1e-6):
-            return 0, size, 0, size
-        # the pixel grid of create_rays_pinhole is linear in the ray direction over unit depth
-        unit = rays[..., 3:] / (rays[..., 3:] @ forward)[..., None]
-        origin = unit[0, 0]
-        du, dv = unit[0, 1] - origin, unit[1, 0] - origin
-        points = corner_rays / depth[:, None] - origin
-        cols = points @ du / (du @ du)
-        rows = points @ dv / (dv @ dv)
-        r0, r1 = int(np.floor(rows.min())) - 1, int(np.ceil(rows.max())) + 2
-        c0, c1 = int(np.floor(cols.min())) - 1, int(np.ceil(cols.max())) + 2
-        return max(r0, 0), min(max(r1, 1), size), max(c0, 0), min(max(c1, 1), size)
 
     def azimuths(self, num_frames: int, start: float = 0.0) -> np.ndarray:
         return start + np.arange(num_frames) * (FULL_SWEEP / max(num_frames, 1))
