@@ -12,6 +12,7 @@ Class colours come from the original's 20-colour palette; a legend is drawn in t
 from __future__ import annotations
 
 import textwrap
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -253,13 +254,17 @@ def render_turntable(
         )
         writer.send(None)  # start ffmpeg
         try:
-            for k, azimuth in enumerate(
-                tqdm(turntable.azimuths(num_frames), desc=desc, unit="frame", disable=not progress)
-            ):
-                frame = paste_legend(turntable.frame(azimuth, size), legend_image)
-                writer.send(np.ascontiguousarray(frame))
-                if k == 0 and still_path is not None:
-                    write_png(frame, still_path)
+            # two frames in flight: one is ray-cast (open3d releases the GIL) while the other
+            # is shaded in numpy
+            with ThreadPoolExecutor(max_workers=2) as pool:
+                views = pool.map(lambda a: turntable.frame(a, size), turntable.azimuths(num_frames))
+                for k, view in enumerate(
+                    tqdm(views, total=num_frames, desc=desc, unit="frame", disable=not progress)
+                ):
+                    frame = paste_legend(view, legend_image)
+                    writer.send(np.ascontiguousarray(frame))
+                    if k == 0 and still_path is not None:
+                        write_png(frame, still_path)
         finally:
             writer.close()
 
