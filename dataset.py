@@ -19,17 +19,19 @@ Quirks kept for fidelity, each with the flag that fixes it (DatasetConfig):
 
 from __future__ import annotations
 
+import argparse
 import pickle
 from collections import Counter
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, fields, replace
 from pathlib import Path
 
 import h5py
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 import geometry
+import inputs
+from inputs import NETWORK_INPUTS, PAD  # noqa: F401  (PAD: public API of this module)
 from utils import InputError
 
 # Appendix A, original spelling ("refridgerator", "eletric plug" are what the stored labels use)
@@ -57,9 +59,6 @@ INVERSE_SYNONYMS = {synonym: name for name, synonym in SYNONYMS.items()}
 NOT_CLASSES = {"empty", "out of bounds", "unlabelled"}
 SPLITS = ("train", "unseen_instances", "unseen_instances_dr", "unseen_instances_synonyms")
 SPLIT_FILES = {"ovssc": "ssc_split.pkl", "vool": "vool_split.pkl"}
-NETWORK_INPUTS = ("patch_masks", "saliency", "rgb", "tsdf")
-PAD = "[pad]"
-RELEVANCY_SCALE = 50.0
 
 
 def class_name(entry: str) -> str:
@@ -158,6 +157,10 @@ class SceneFile:
             )
         return dr[0].astype(np.float32)
 
+    def image_shape(self) -> tuple[int, int]:
+        """(H, W) of the stored rgb rows."""
+        return tuple(self.get("rgb").shape[1:3])
+
     def depth(self) -> np.ndarray:
         depth = self.image("depth", None)
         if not np.all(np.isfinite(depth)):
@@ -249,7 +252,7 @@ class SceneFile:
 
 
 # --------------------------------------------------------------------------------------------------
-# configuration and shared sampling
+# configuration
 
 
 @dataclass
@@ -263,6 +266,7 @@ class DatasetConfig:
     num_patches: int = 4  # OVSSC classes per sample
     network_inputs: tuple[str, ...] = ("saliency",)  # semantic_aware uses ("rgb",)
     saliency_config: str = "ours"  # or "chefer_et_al"
+    subtract_mean_relevancy: bool = True  # fixed True in the original
     saliency_vmin: float | None = None
     patch_mask_cutoff: float = 0.004
     offset_patch_mask: bool = False  # OVSSC masks in {-1, 1} instead of {0, 1}
@@ -274,7 +278,7 @@ class DatasetConfig:
     dr_orn: float = 0.3
     dr_scale: float = 0.1
     xyz_pts_noise: float = 0.0
-    tsdf_shape: tuple[int, int, int] = (128, 128, 128)  # = voxel_shape
+    tsdf_shape: tuple[int, int, int] = geometry.DEFAULT_VOXEL_SHAPE  # = voxel_shape
     domain_randomized_rgb: bool = False
     use_synonyms: bool = False
     return_vis: bool = False  # evaluation mode: all points, all labels, no padding
@@ -292,6 +296,31 @@ class DatasetConfig:
             raise InputError(
                 f"unknown saliency_config '{self.saliency_config}'; use ours or chefer_et_al"
             )
+
+    @classmethod
+    def from_args(cls, args: argparse.Namespace) -> DatasetConfig:
+        """The configuration of a training Namespace (options.py's flags, or a read-back args.pkl).
+
+        Flags are matched by name; `voxel_shape` becomes `tsdf_shape`. The per-split fields
+        (domain_randomized_rgb, use_synonyms, return_vis) are left to `split_config`.
+        """
+        per_split = {"domain_randomized_rgb", "use_synonyms", "return_vis"}
+        values = {
+            f.name: getattr(args, f.name)
+            for f in fields(cls)
+            if f.name not in per_split and getattr(args, f.name, None) is not None
+        }
+        if getattr(args, "voxel_shape", None) is not None:
+            values["tsdf_shape"] = tuple(int(v) for v in args.voxel_shape)
+        if "scene_bounds" in values:
+            values["scene_bounds"] = tuple(tuple(float(v) for v in c) for c in args.scene_bounds)
+        if "network_inputs" in values:
+            values["network_inputs"] = tuple(values["network_inputs"])
+        if getattr(args, "saliency_vmin", None) is None:
+            values["saliency_vmin"] = None
+        config = cls(**values)
+        approach = getattr(args, "approach", None)
+        return approach_config(config, approach) if approach else config
 
 
 APPROACHES = ("semantic_abstraction", "semantic_aware", "clip_spatial")
@@ -335,65 +364,34 @@ def random_transform(pos: float, orn: float, scale: float, scene_dims: np.ndarra
     return transform
 
 
-def filter_subsample(
-    xyz: np.ndarray,
-    sample_size: int,
-    scene_bounds: np.ndarray,
-    arrays: dict[str, np.ndarray],
-    transform: np.ndarray | None = None,
-    probabilities: np.ndarray | None = None,
-    always_replace: bool = False,
-) -> tuple[np.ndarray, dict[str, np.ndarray]]:
-    """`transform_filter_subsample` (data.md 3.2): transform, keep in-bounds points, draw
-    `sample_size`.
-
-    Each array is indexed along its first axis whose length is the point count (axis 0, then axis
-    1). sample_size -1 keeps every in-bounds point. Draws use numpy's global RNG, without
-    replacement unless asked, falling back to replacement when that fails.
-    """
-    n = len(xyz)
-    if transform is not None:
-        xyz = geometry.transform_points(xyz, transform)
-    keep = np.flatnonzero(geometry.in_bounds(xyz, scene_bounds))
-    if len(keep) == 0:
-        raise InputError("no point lies inside the scene bounds")
-    if sample_size != -1:
-        p = None
-        if probabilities is not None:
-            p = probabilities[keep] / probabilities[keep].sum()
-        try:
-            keep = keep[np.random.choice(len(keep), sample_size, p=p, replace=always_replace)]
-        except ValueError:
-            keep = keep[np.random.choice(len(keep), sample_size, p=p, replace=True)]
-    out = {}
-    for key, value in arrays.items():
-        axis = 0 if value.shape[0] == n else 1
-        out[key] = np.take(value, keep, axis=axis)
-    return xyz[keep].astype(np.float32), out
-
-
-def upsample(maps: np.ndarray, image_shape: tuple[int, int]) -> np.ndarray:
-    """(P, h, w) -> (P, H, W), bilinear, align_corners False."""
-    if len(maps) == 0:
-        return np.zeros((0, *image_shape), np.float32)
-    tensor = torch.from_numpy(np.ascontiguousarray(maps, np.float32))[None]
-    return F.interpolate(tensor, size=image_shape, mode="bilinear", align_corners=False)[0].numpy()
-
-
-def balanced_probabilities(labels: np.ndarray) -> np.ndarray | None:
-    """Per point: n/n_pos for positives, n/n_neg for negatives; None if one class is absent."""
-    n_pos = labels.sum()
-    if n_pos == 0 or n_pos == len(labels):
-        return None
-    return np.where(labels > 0, len(labels) / n_pos, len(labels) / (len(labels) - n_pos))
-
-
 # --------------------------------------------------------------------------------------------------
 # datasets
 
 
+@dataclass
+class View:
+    """What both tasks read from one scene file (data.md 3.4 steps 1-2, 3.5 steps 1-2)."""
+
+    scene_id: str
+    depth: np.ndarray  # (H, W) metres
+    cam_intr: np.ndarray  # (3, 3)
+    cam_pose: np.ndarray  # (4, 4) camera to world, as stored
+    rgb: np.ndarray  # (H, W, 3) float32 0..255; the domain-randomised copy in that split
+    classes: list[str]  # class name per object id
+    full_xyz: np.ndarray  # (N, 3) ground-truth points
+    full_objid: np.ndarray  # (N,) float32 object ids
+    labels: list[str]  # the relevancy block's labels, "mean" last
+    block: str  # the relevancy block's key
+    mean_map: np.ndarray | None  # (h, w) map to subtract, None without subtract_mean_relevancy
+
+
 class SceneDataset(torch.utils.data.Dataset):
-    """Shared part of the two task datasets: scene list, bounds, input and output sampling."""
+    """The skeleton both task datasets share: read a view, choose rows (descriptions or classes),
+    prepare inputs with inputs.py, then transform, subsample, TSDF, output sampling and masks.
+    """
+
+    float32 = False  # OVSSC returns every tensor as float32
+    dr_constants: tuple[float, float, float] | None = None  # OVSSC's hard-coded dr_* (data.md 3.3)
 
     def __init__(self, scene_paths: list[str | Path], config: DatasetConfig | None = None):
         self.scene_paths = sorted(Path(p) for p in scene_paths)
@@ -404,22 +402,109 @@ class SceneDataset(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return len(self.scene_paths)
 
-    def dr_transform(self, pos: float, orn: float, scale: float) -> np.ndarray | None:
-        if not self.config.domain_randomization:
+    def __getitem__(self, index: int) -> dict:
+        with SceneFile(self.scene_paths[index]) as scene:
+            view = self.read_view(scene)
+            sample = self.make_sample(scene, view)
+        return as_tensors(sample, float32=self.float32)
+
+    def make_sample(self, scene: SceneFile, view: View) -> dict:
+        raise NotImplementedError
+
+    def read_view(self, scene: SceneFile) -> View:
+        cfg = self.config
+        depth = scene.depth()
+        cam_intr, cam_pose = scene.camera()
+        rgb = scene.rgb(cfg.domain_randomized_rgb)
+        full_xyz, full_objid = scene.ground_truth()
+        labels, block = scene.relevancy_block(self.rgb_key, cfg.saliency_config)
+        mean_map = None
+        if cfg.subtract_mean_relevancy:
+            mean_map = scene.mean_relevancy(labels, block, cfg.fix_mean_relevancy)
+        return View(
+            scene.scene_id,
+            depth,
+            cam_intr,
+            cam_pose,
+            rgb,
+            scene.object_classes(),
+            full_xyz,
+            full_objid,
+            labels,
+            block,
+            mean_map,
+        )
+
+    def dr_transform(self) -> np.ndarray | None:
+        """The domain-randomisation transform, drawn in training only (data.md 3.3).
+
+        Quirk kept: OVSSC uses its hard-coded constants unless fix_ovssc_dr_args.
+        """
+        cfg = self.config
+        if not cfg.domain_randomization:
             return None
-        return random_transform(pos, orn, scale, self.bounds[1] - self.bounds[0])
+        args = (cfg.dr_pos, cfg.dr_orn, cfg.dr_scale)
+        if self.dr_constants is not None and not cfg.fix_ovssc_dr_args:
+            args = self.dr_constants
+        return random_transform(*args, self.bounds[1] - self.bounds[0])
+
+    def sample_points(
+        self,
+        view: View,
+        input_xyz: np.ndarray,
+        input_arrays: dict[str, np.ndarray],
+        output_labels: np.ndarray,
+        carried: np.ndarray,
+    ) -> tuple[dict, dict[str, np.ndarray], bool]:
+        """Transform, input subsample, TSDF, output sampling, noise and frustum mask (data.md 3.4
+        steps 7-11, 3.5 steps 6-9), in the original's order.
+
+        Returns the sample's point keys, the subsampled input arrays, and whether the output rows
+        were drawn one by one (balanced) or together (uniform).
+        """
+        transform = self.dr_transform()
+        input_xyz, inputs_out = self.subsample_inputs(input_xyz, input_arrays, transform)
+        tsdf = self.tsdf(view.depth, view.cam_intr, view.cam_pose, transform)
+        output_xyz, output_labels, out_of_bounds, per_row = self.sample_outputs(
+            view.full_xyz, output_labels, carried, transform
+        )
+        input_xyz, output_xyz = self.add_noise(input_xyz, output_xyz)
+        points = dict(
+            input_xyz_pts=input_xyz,
+            output_xyz_pts=output_xyz.astype(np.float32),
+            output_label_pts=output_labels.astype(np.float32),
+            out_of_bounds_pts=out_of_bounds,
+            out_of_frustum_pts_mask=self.frustum_mask(
+                output_xyz, view.cam_intr, view.cam_pose, view.depth.shape
+            ),
+            full_objid_pts=view.full_objid,
+            tsdf_vol=tsdf,
+        )
+        return points, inputs_out, per_row
+
+    def vis_keys(self, view: View, keep: np.ndarray | None = None) -> dict:
+        """The evaluation-only keys (return_vis), ground-truth points optionally filtered."""
+        keep = slice(None) if keep is None else keep
+        return dict(
+            depth=view.depth,
+            cam_intr=view.cam_intr,
+            cam_pose=view.cam_pose,
+            vis_gt_object_labels=view.classes,
+            vis_gt_objid_pts=view.full_objid[keep],
+            vis_gt_xyz_pts=view.full_xyz[keep],
+        )
 
     def subsample_inputs(self, xyz, arrays, transform):
         """Uniform input subsample of num_input_pts; retried without the transform if that fails."""
         kwargs = dict(always_replace=self.config.always_replace_subsample_pts)
         try:
-            return filter_subsample(
+            return inputs.filter_subsample(
                 xyz, self.config.num_input_pts, self.bounds, arrays, transform, **kwargs
             )
         except InputError:
             if transform is None:
                 raise InputError("no input point lies inside the scene bounds") from None
-            return filter_subsample(
+            return inputs.filter_subsample(
                 xyz, self.config.num_input_pts, self.bounds, arrays, None, **kwargs
             )
 
@@ -448,7 +533,7 @@ class SceneDataset(torch.utils.data.Dataset):
                     size,
                     {"label": row, "carried": carried},
                     transform,
-                    balanced_probabilities(row),
+                    inputs.balanced_probabilities(row),
                 )
                 for row in labels
             ]
@@ -462,13 +547,15 @@ class SceneDataset(torch.utils.data.Dataset):
     def _filter_with_retry(self, xyz, size, arrays, transform, probabilities):
         replace_ = self.config.always_replace_subsample_pts
         try:
-            return filter_subsample(
+            return inputs.filter_subsample(
                 xyz, size, self.bounds, arrays, transform, probabilities, replace_
             )
         except InputError:
             if transform is None:
                 raise InputError("no ground-truth point lies inside the scene bounds") from None
-            return filter_subsample(xyz, size, self.bounds, arrays, None, probabilities, replace_)
+            return inputs.filter_subsample(
+                xyz, size, self.bounds, arrays, None, probabilities, replace_
+            )
 
     def add_noise(self, *arrays: np.ndarray) -> list[np.ndarray]:
         std = self.config.xyz_pts_noise
@@ -515,10 +602,9 @@ class ObjectLocalizationDataset(SceneDataset):
     def descriptions(self, scene: SceneFile) -> dict[str, list]:
         """Chosen (in the synonyms split: renamed) descriptions, with the sentence to look up."""
         descs = scene.descriptions()
-        names = [
-            descs[k] for k in ("target_obj_name", "spatial_relation_name", "reference_obj_name")
+        sentences = [
+            sentence(*triple) for triple in zip(*(descs[k] for k in SENTENCE_KEYS), strict=True)
         ]
-        sentences = [sentence(*triple) for triple in zip(*names, strict=True)]
         rows = list(range(len(sentences)))
         if self.config.use_synonyms:  # substring match on the sentence
             rows = [i for i in rows if any(key in sentences[i] for key in SYNONYMS)]
@@ -547,98 +633,54 @@ class ObjectLocalizationDataset(SceneDataset):
             sentence=[sentences[i] for i in rows],
         )
 
-    def relevancy(self, scene, labels, block, names, mean_map, image_shape) -> np.ndarray:
-        """(D, H*W, 1): subtract mean, optional vmin, bilinear to (H, W), flatten, x50 (data.md 3.4
-        step 4).
-        """
-        indices = [scene.label_index(labels, name, block) for name in names]
-        maps = scene.relevancy_maps(block, indices) - mean_map
-        if self.config.saliency_vmin is not None:
-            maps = np.maximum(maps - self.config.saliency_vmin, 0)
-        unscaled = upsample(maps, image_shape).reshape(
-            len(names), image_shape[0] * image_shape[1], 1
-        )
-        scaled = unscaled * RELEVANCY_SCALE
-        if "patch_masks" in self.config.network_inputs:
-            # bug B5 kept: the x50-scaled map is compared with the cutoff; the flag compares the
-            # unscaled one
-            compared = unscaled if self.config.fix_vool_patch_mask_scale else scaled
-            return (compared > self.config.patch_mask_cutoff).astype(np.float32)
-        return scaled.astype(np.float32)
-
-    def __getitem__(self, index: int) -> dict:
+    def relevancy(self, scene: SceneFile, view: View, names: list[str]) -> np.ndarray:
+        """(D, H*W, 1) relevancy (or patch masks) of the named labels (data.md 3.4 step 4)."""
         cfg = self.config
-        with SceneFile(self.scene_paths[index]) as scene:
-            depth = scene.depth()
-            image_shape = depth.shape
-            cam_intr, cam_pose = scene.camera()
-            rgb = scene.rgb(cfg.domain_randomized_rgb) / 255.0
-            input_xyz = geometry.backproject(depth, cam_intr, cam_pose)  # (H*W, 3), zero depth kept
-            full_xyz, full_objid = scene.ground_truth()
-            descs = self.descriptions(scene)
-            num_real = len(descs["sentence"])
-            labels, block = scene.relevancy_block(self.rgb_key, cfg.saliency_config)
-            mean_map = scene.mean_relevancy(labels, block, cfg.fix_mean_relevancy)
-            saliency = {
-                key: self.relevancy(scene, labels, block, descs[names], mean_map, image_shape)
-                for key, names in (
-                    ("target", "target_obj_name"),
-                    ("reference", "reference_obj_name"),
-                    ("description", "sentence"),
-                )
-            }
-            classes = scene.object_classes()
-            scene_id = scene.scene_id
+        indices = [scene.label_index(view.labels, name, view.block) for name in names]
+        return inputs.vool_relevancy(
+            scene.relevancy_maps(view.block, indices),
+            view.mean_map,
+            view.depth.shape,
+            vmin=cfg.saliency_vmin,
+            patch_masks="patch_masks" in cfg.network_inputs,
+            cutoff=cfg.patch_mask_cutoff,
+            fix_scale=cfg.fix_vool_patch_mask_scale,
+        )
+
+    def make_sample(self, scene: SceneFile, view: View) -> dict:
+        cfg = self.config
+        descs = self.descriptions(scene)
+        lookups = inputs.vool_relevancy_labels(
+            descs["target_obj_name"], descs["reference_obj_name"], descs["sentence"]
+        )
+        saliency = {key: self.relevancy(scene, view, names) for key, names in lookups.items()}
+        num_real = len(descs["sentence"])
         num_descs = num_real if cfg.return_vis else cfg.num_descs
         pad = num_descs - num_real
-        for key in ("target_obj_name", "reference_obj_name", "spatial_relation_name"):
-            descs[key] = descs[key] + [PAD] * pad
-        target_ids = np.array(descs["target_obj_id"] + [-2] * pad)
-        saliency = {
-            k: np.concatenate([v, np.zeros((pad, *v.shape[1:]), np.float32)])
-            for k, v in saliency.items()
-        }
-        input_rgb = np.repeat(rgb.reshape(1, -1, 3), num_descs, 0).astype(np.float32)  # (D, H*W, 3)
-        output_labels = (full_objid[None] == target_ids[:, None]).astype(np.float32)  # (D, N)
-
-        transform = self.dr_transform(cfg.dr_pos, cfg.dr_orn, cfg.dr_scale)
-        input_xyz, inputs = self.subsample_inputs(
-            input_xyz, {"rgb": input_rgb, **saliency}, transform
+        saliency = {key: inputs.pad_rows(value, pad) for key, value in saliency.items()}
+        rgb = inputs.rgb_points(view.rgb)  # (H*W, 3) in [0, 1]
+        input_rgb = np.repeat(rgb[None], num_descs, 0)  # (D, H*W, 3)
+        output_labels = inputs.target_labels(view.full_objid, descs["target_obj_id"], pad)  # (D, N)
+        input_xyz, _ = inputs.input_points(view.depth, view.cam_intr, view.cam_pose)  # zero kept
+        no_oob = np.zeros(len(view.full_xyz), np.float32)  # VOOL never marks out-of-bounds points
+        points, sampled, _ = self.sample_points(
+            view, input_xyz, {"rgb": input_rgb, **saliency}, output_labels, no_oob
         )
-        tsdf = self.tsdf(depth, cam_intr, cam_pose, transform)
-        no_oob = np.zeros(len(full_xyz), np.float32)  # VOOL never marks out-of-bounds points
-        output_xyz, output_labels, out_of_bounds, _ = self.sample_outputs(
-            full_xyz, output_labels, no_oob, transform
-        )
-        input_xyz, output_xyz = self.add_noise(input_xyz, output_xyz)
         sample = dict(
-            rgb=rgb.astype(np.float32),
-            input_xyz_pts=input_xyz,
-            input_target_saliency_pts=inputs["target"],
-            input_reference_saliency_pts=inputs["reference"],
-            input_description_saliency_pts=inputs["description"],
-            input_rgb_pts=inputs["rgb"],
-            output_xyz_pts=output_xyz.astype(np.float32),
-            output_label_pts=output_labels.astype(np.float32),
-            out_of_bounds_pts=out_of_bounds,
-            out_of_frustum_pts_mask=self.frustum_mask(output_xyz, cam_intr, cam_pose, image_shape),
-            full_objid_pts=full_objid,
-            tsdf_vol=tsdf,
-            spatial_relation_name=descs["spatial_relation_name"],
-            target_obj_name=descs["target_obj_name"],
-            reference_obj_name=descs["reference_obj_name"],
-            scene_id=scene_id,
+            rgb=rgb.reshape(view.rgb.shape),
+            input_target_saliency_pts=sampled["target"],
+            input_reference_saliency_pts=sampled["reference"],
+            input_description_saliency_pts=sampled["description"],
+            input_rgb_pts=sampled["rgb"],
+            **points,
+            spatial_relation_name=inputs.pad_descriptions(descs["spatial_relation_name"], pad),
+            target_obj_name=inputs.pad_descriptions(descs["target_obj_name"], pad),
+            reference_obj_name=inputs.pad_descriptions(descs["reference_obj_name"], pad),
+            scene_id=view.scene_id,
         )
         if cfg.return_vis:
-            sample.update(
-                depth=depth,
-                cam_intr=cam_intr,
-                cam_pose=cam_pose,
-                vis_gt_object_labels=classes,
-                vis_gt_objid_pts=full_objid,
-                vis_gt_xyz_pts=full_xyz,
-            )
-        return as_tensors(sample)
+            sample.update(self.vis_keys(view))
+        return sample
 
 
 class SceneCompletionDataset(SceneDataset):
@@ -646,33 +688,27 @@ class SceneCompletionDataset(SceneDataset):
     labels.
     """
 
-    def patches(
-        self,
-        scene,
-        classes,
-        seg,
-        labels,
-        block,
-        full_xyz,
-        full_objid,
-        cam_intr,
-        cam_pose,
-        image_shape,
-    ) -> tuple[list[int], list[str]]:
-        """Saliency indices and labels of the classes to complete, in sorted label order."""
+    float32 = True
+    dr_constants = (0.05, 0.3, 0.1)
+
+    def patches(self, scene: SceneFile, view: View, seg: np.ndarray) -> list[int]:
+        """Saliency indices of the classes to complete, in sorted label order (data.md 3.5 step 3)."""
         seg_ids = set(np.unique(seg).astype(int).tolist()) - {-1}
-        in_frustum = geometry.in_frustum(full_xyz, cam_intr, cam_pose, image_shape)
-        frustum_ids = set(np.unique(full_objid[in_frustum]).astype(int).tolist())
+        in_frustum = geometry.in_frustum(
+            view.full_xyz, view.cam_intr, view.cam_pose, view.depth.shape
+        )
+        frustum_ids = set(np.unique(view.full_objid[in_frustum]).astype(int).tolist())
+        classes = view.classes
         candidates = {
             classes[i] for i in frustum_ids & seg_ids if 0 <= i < len(classes)
         } - NOT_CLASSES
         if self.config.use_synonyms:
             candidates = {SYNONYMS.get(c, c) for c in candidates}
-        indices = [i for i, label in enumerate(labels[:-1]) if label in candidates]
-        missing = candidates - {labels[i] for i in indices}
+        indices = [i for i, label in enumerate(view.labels[:-1]) if label in candidates]
+        missing = candidates - {view.labels[i] for i in indices}
         if missing:
             raise InputError(
-                f"{scene.path}: classes {sorted(missing)} have no relevancy map in {block}"
+                f"{scene.path}: classes {sorted(missing)} have no relevancy map in {view.block}"
             )
         if not indices:
             raise InputError(f"{scene.path}: no visible class is left to complete after filtering")
@@ -680,121 +716,77 @@ class SceneCompletionDataset(SceneDataset):
             indices = sorted(
                 np.random.choice(indices, self.config.num_patches, replace=False).tolist()
             )
-        return indices, [labels[i] for i in indices]
+        return indices
 
-    def input_features(self, maps: np.ndarray, rgb: np.ndarray) -> np.ndarray:
-        """(P, H*W, F): rgb/255 as one patch, or [patch mask] + [relevancy x 50] per class (data.md
-        3.5 step 4).
-        """
+    def make_sample(self, scene: SceneFile, view: View) -> dict:
         cfg = self.config
-        if "rgb" in cfg.network_inputs:
-            return (rgb.reshape(1, -1, 3) / 255.0).astype(np.float32)
-        flat = maps.reshape(len(maps), -1, 1)
-        features = []
-        if "patch_masks" in cfg.network_inputs:  # on the unscaled map
-            mask = (flat > cfg.patch_mask_cutoff).astype(np.float32)
-            features.append(mask * 2 - 1 if cfg.offset_patch_mask else mask)
-        if "saliency" in cfg.network_inputs:
-            shifted = flat if cfg.saliency_vmin is None else np.maximum(flat - cfg.saliency_vmin, 0)
-            features.append(shifted * RELEVANCY_SCALE)
-        return np.concatenate(features, axis=2).astype(np.float32)
-
-    def __getitem__(self, index: int) -> dict:
-        cfg = self.config
-        with SceneFile(self.scene_paths[index]) as scene:
-            depth = scene.depth()
-            cam_intr, cam_pose = scene.camera()
-            rgb = scene.rgb(cfg.domain_randomized_rgb)  # 0..255
-            image_shape = scene.get("rgb").shape[1:3]
-            seg = scene.deref("seg")[0]
-            classes = scene.object_classes()
-            full_xyz, full_objid = scene.ground_truth()
-            labels, block = scene.relevancy_block(self.rgb_key, cfg.saliency_config)
-            indices, patch_labels = self.patches(
-                scene,
-                classes,
-                seg,
-                labels,
-                block,
-                full_xyz,
-                full_objid,
-                cam_intr,
-                cam_pose,
-                depth.shape,
-            )
-            mean_map = scene.mean_relevancy(labels, block, cfg.fix_mean_relevancy)
-            maps = upsample(
-                scene.relevancy_maps(block, indices) - mean_map, image_shape
-            )  # (P, H, W)
-            text_features = scene.label_features(block, indices)
-            scene_id = scene.scene_id
-        input_xyz = geometry.backproject(depth, cam_intr, cam_pose)
+        seg = scene.deref("seg")[0]
+        indices = self.patches(scene, view, seg)
+        patch_labels = [view.labels[i] for i in indices]
+        maps = inputs.upsample(
+            inputs.subtract_mean(scene.relevancy_maps(view.block, indices), view.mean_map),
+            scene.image_shape(),
+        )  # (P, H, W)
+        text_features = scene.label_features(view.block, indices)
         num_patches = len(indices) if cfg.return_vis else cfg.num_patches
         pad = num_patches - len(indices)
         names = [INVERSE_SYNONYMS.get(p, p) if cfg.use_synonyms else p for p in patch_labels]
-        objmatches = [[i for i, c in enumerate(classes) if c == name] for name in names]
-        features = self.input_features(maps, rgb)
-        if "rgb" not in cfg.network_inputs:
-            features = np.concatenate([features, np.zeros((pad, *features.shape[1:]), np.float32)])
+        objmatches = [[i for i, c in enumerate(view.classes) if c == name] for name in names]
+        if "rgb" in cfg.network_inputs:  # one patch of colours
+            features = inputs.rgb_points(view.rgb)[None]
+        else:
+            features = inputs.pad_rows(
+                inputs.ovssc_relevancy_features(
+                    maps,
+                    cfg.network_inputs,
+                    cfg.saliency_vmin,
+                    cfg.patch_mask_cutoff,
+                    cfg.offset_patch_mask,
+                ),
+                pad,
+            )
         text_features = np.concatenate(
             [text_features, np.random.randn(pad, text_features.shape[1])]
         ).astype(np.float32)
+        full_objid = view.full_objid
         output_labels = np.stack(
             [np.isin(full_objid, ids) for ids in objmatches]
             + [np.zeros(len(full_objid), bool)] * pad
         )
-        oob_id = classes.index("out of bounds") if "out of bounds" in classes else None
+        oob_id = view.classes.index("out of bounds") if "out of bounds" in view.classes else None
         out_of_bounds = (
             (full_objid == oob_id) if oob_id is not None else np.zeros(len(full_objid), bool)
         )
-
-        transform = None
-        if cfg.domain_randomization:  # OVSSC's hard-coded constants unless fix_ovssc_dr_args
-            dr = (
-                (cfg.dr_pos, cfg.dr_orn, cfg.dr_scale)
-                if cfg.fix_ovssc_dr_args
-                else (0.05, 0.3, 0.1)
-            )
-            transform = self.dr_transform(*dr)
-        valid = depth.reshape(-1) > 0  # zero-depth pixels are dropped from the inputs (OVSSC only)
-        input_xyz, inputs = self.subsample_inputs(
-            input_xyz[valid], {"features": features[:, valid]}, transform
-        )
-        tsdf = self.tsdf(depth, cam_intr, cam_pose, transform)
-        output_xyz, output_labels, out_of_bounds, per_row = self.sample_outputs(
-            full_xyz, output_labels.astype(np.float32), out_of_bounds.astype(np.float32), transform
+        input_xyz, valid = inputs.input_points(view.depth, view.cam_intr, view.cam_pose)
+        # zero-depth pixels are dropped from the inputs (OVSSC only)
+        points, sampled, per_row = self.sample_points(
+            view,
+            input_xyz[valid],
+            {"features": features[:, valid]},
+            output_labels.astype(np.float32),
+            out_of_bounds.astype(np.float32),
         )
         if not per_row:  # uniform branch: out_of_bounds comes out (P, 1, n)
-            out_of_bounds = np.repeat(out_of_bounds[None, None], num_patches, 0)
-        input_xyz, output_xyz = self.add_noise(input_xyz, output_xyz)
+            points["out_of_bounds_pts"] = np.repeat(
+                points["out_of_bounds_pts"][None, None], num_patches, 0
+            )
         sample = dict(
-            rgb=rgb,
-            input_xyz_pts=input_xyz,
-            input_feature_pts=inputs["features"],
+            rgb=view.rgb,
+            input_feature_pts=sampled["features"],
             semantic_class_features=text_features,
-            output_xyz_pts=output_xyz,
-            output_label_pts=output_labels,
-            out_of_bounds_pts=out_of_bounds,
-            out_of_frustum_pts_mask=self.frustum_mask(output_xyz, cam_intr, cam_pose, depth.shape),
-            full_objid_pts=full_objid,
+            **points,
             seg=seg,
-            tsdf_vol=tsdf,
             patch_labels=patch_labels + [""] * pad,
-            scene_id=scene_id,
+            scene_id=view.scene_id,
         )
         if cfg.return_vis:
             keep = full_objid != full_objid.max()  # drops the maximum id, assumed to be "empty"
             sample.update(
-                depth=depth,
-                cam_intr=cam_intr,
-                cam_pose=cam_pose,
+                self.vis_keys(view, keep),
                 patch_objmatches=["|".join(map(str, ids)) for ids in objmatches],
-                vis_gt_object_labels=classes,
-                vis_gt_objid_pts=full_objid[keep],
-                vis_gt_xyz_pts=full_xyz[keep],
                 patch_saliencies=maps,
             )
-        return as_tensors(sample, float32=True)  # OVSSC returns every tensor as float32
+        return sample
 
 
 DATASET_CLASSES = {"ovssc": SceneCompletionDataset, "vool": ObjectLocalizationDataset}

@@ -1,0 +1,214 @@
+"""Stored arrays to network inputs: plain functions, arrays in and arrays out.
+
+Spec: models.md section 3 (what the networks receive) and data.md sections 3.2, 3.4 and 3.5 (the two
+datasets' samples). The datasets call these functions, and so do the scripts that prepare a single
+scene pickle or an RGB-D frame without a Dataset (visualize.py, the web page), so every input is made
+one way. Nothing here reads a file: scene_file.py does that.
+
+Quirk kept for fidelity, with the flag that fixes it: VOOL patch masks compare the x50-scaled
+relevancy with the cutoff (bug B5, models.md 3); `fix_scale=True` in `vool_relevancy` (the dataset's
+`fix_vool_patch_mask_scale`) compares the unscaled map, as OVSSC does. The mean-row trap (which mean
+map is subtracted) is a matter of reading and lives in scene_file.py.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+import geometry
+from utils import InputError
+
+RELEVANCY_SCALE = 50.0  # stored relevancy is about +-0.02; the networks see it x50 (models.md 3)
+PAD = "[pad]"  # name and relation of a padded VOOL description (data.md 3.4 step 3)
+PADDED_TARGET_ID = -2  # object id of a padded description: no point matches, the label is all 0
+CLIP_TEXT_DIM = 512  # width of a CLIP ViT-B/32 text feature (data.md 1.5)
+NETWORK_INPUTS = ("patch_masks", "saliency", "rgb", "tsdf")
+
+
+# --------------------------------------------------------------------------------------------------
+# relevancy maps
+
+
+def upsample(maps: np.ndarray, image_shape: tuple[int, int]) -> np.ndarray:
+    """(P, h, w) stored maps -> (P, H, W), bilinear, align_corners False (data.md 3.4 step 4.4)."""
+    if len(maps) == 0:
+        return np.zeros((0, *image_shape), np.float32)
+    tensor = torch.from_numpy(np.ascontiguousarray(maps, np.float32))[None]
+    return F.interpolate(tensor, size=tuple(image_shape), mode="bilinear", align_corners=False)[
+        0
+    ].numpy()
+
+
+def subtract_mean(maps: np.ndarray, mean_map: np.ndarray | None) -> np.ndarray:
+    """(P, h, w) - (h, w): the scene's "mean" map over its labels (subtract_mean_relevancy, models.md
+    3); None leaves the maps as they are. Which row is the mean is scene_file's business (data.md
+    1.5).
+    """
+    return maps if mean_map is None else maps - mean_map
+
+
+def apply_vmin(maps: np.ndarray, vmin: float | None) -> np.ndarray:
+    """`saliency_vmin` (data.md 3.5 step 4): max(maps - vmin, 0), or the maps unchanged when None."""
+    return maps if vmin is None else np.maximum(maps - vmin, 0)
+
+
+def scale(maps: np.ndarray) -> np.ndarray:
+    """x50, the scale of every relevancy feature the networks read (models.md 3)."""
+    return maps * RELEVANCY_SCALE
+
+
+def patch_mask(maps: np.ndarray, cutoff: float, offset: bool = False) -> np.ndarray:
+    """(maps > cutoff) as float32 {0, 1}, or {-1, 1} with `offset` (offset_patch_mask, data.md 3.5)."""
+    mask = (maps > cutoff).astype(np.float32)
+    return mask * 2 - 1 if offset else mask
+
+
+def per_point(maps: np.ndarray) -> np.ndarray:
+    """(P, H, W) -> (P, H*W, 1): one feature per pixel, row-major like `geometry.backproject`."""
+    return maps.reshape(len(maps), maps.shape[1] * maps.shape[2], 1)
+
+
+def vool_relevancy(
+    maps: np.ndarray,
+    mean_map: np.ndarray | None,
+    image_shape: tuple[int, int],
+    vmin: float | None = None,
+    patch_masks: bool = False,
+    cutoff: float = 0.004,
+    fix_scale: bool = False,
+) -> np.ndarray:
+    """VOOL relevancy per pixel, (D, H*W, 1) float32 (data.md 3.4 step 4, models.md 3).
+
+    Exact order: subtract the mean map, optional vmin, bilinear upsample, flatten, x50. With
+    `patch_masks` the result is instead the mask (map > cutoff) in {0, 1}; bug B5 kept: the x50 map
+    is compared unless `fix_scale`.
+    """
+    unscaled = per_point(upsample(apply_vmin(subtract_mean(maps, mean_map), vmin), image_shape))
+    scaled = scale(unscaled)
+    if patch_masks:
+        return patch_mask(unscaled if fix_scale else scaled, cutoff)
+    return scaled.astype(np.float32)
+
+
+def ovssc_relevancy_features(
+    maps: np.ndarray,
+    network_inputs: tuple[str, ...],
+    vmin: float | None = None,
+    cutoff: float = 0.004,
+    offset: bool = False,
+) -> np.ndarray:
+    """OVSSC relevancy features per pixel, (P, H*W, F) float32 (data.md 3.5 step 4, models.md 3).
+
+    `maps` are already mean-subtracted and upsampled to the image, (P, H, W). F holds, in this
+    order, the patch mask of the unscaled map (with "patch_masks") and (map - vmin)+ x 50 (with
+    "saliency").
+    """
+    flat = per_point(maps)
+    features = []
+    if "patch_masks" in network_inputs:  # on the unscaled map, unlike VOOL
+        features.append(patch_mask(flat, cutoff, offset))
+    if "saliency" in network_inputs:
+        features.append(scale(apply_vmin(flat, vmin)))
+    if not features:
+        raise InputError(f"no relevancy input among {network_inputs}; use saliency or patch_masks")
+    return np.concatenate(features, axis=2).astype(np.float32)
+
+
+def rgb_points(rgb: np.ndarray) -> np.ndarray:
+    """(H, W, 3) colours in 0..255 -> (H*W, 3) float32 in [0, 1] (models.md 3, "rgb")."""
+    return (np.asarray(rgb).reshape(-1, 3) / 255.0).astype(np.float32)
+
+
+def pad_rows(array: np.ndarray, count: int) -> np.ndarray:
+    """Append `count` all-zero rows along axis 0 (padded classes and descriptions get zero maps)."""
+    return np.concatenate([array, np.zeros((count, *array.shape[1:]), array.dtype)])
+
+
+# --------------------------------------------------------------------------------------------------
+# VOOL descriptions
+
+
+def vool_relevancy_labels(
+    target_names: list[str], reference_names: list[str], sentences: list[str]
+) -> dict[str, list[str]]:
+    """The relevancy maps each VOOL description reads (data.md 3.4 step 3, models.md 2.3, 2.5):
+    its target's, its reference's and its whole sentence's, keyed as the sample's
+    `input_<key>_saliency_pts`. In the synonyms split the names are already renamed while the
+    sentence stays the original one (verified, data.md 3.4).
+    """
+    return dict(target=list(target_names), reference=list(reference_names), description=sentences)
+
+
+def pad_descriptions(names: list[str], count: int) -> list[str]:
+    """Names or relations of padded descriptions: "[pad]" (data.md 3.4 step 3)."""
+    return list(names) + [PAD] * count
+
+
+def target_labels(objid: np.ndarray, target_ids: list[int], count: int = 0) -> np.ndarray:
+    """(D + count, N) float32: 1 where a ground-truth point has the description's target id (data.md
+    3.4 step 6); `count` padded rows match nothing.
+    """
+    ids = np.array(list(target_ids) + [PADDED_TARGET_ID] * count)
+    return (np.asarray(objid)[None] == ids[:, None]).astype(np.float32)
+
+
+# --------------------------------------------------------------------------------------------------
+# points
+
+
+def input_points(
+    depth: np.ndarray, cam_intr: np.ndarray, cam_pose: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """World xyz of every pixel (H*W, 3), row-major, and (H*W,) bool: depth > 0 (models.md 3).
+
+    VOOL keeps zero-depth pixels, OVSSC drops them (data.md 3.4 step 1, 3.5 step 7).
+    """
+    return geometry.backproject(depth, cam_intr, cam_pose), np.asarray(depth).reshape(-1) > 0
+
+
+def filter_subsample(
+    xyz: np.ndarray,
+    sample_size: int,
+    scene_bounds: np.ndarray,
+    arrays: dict[str, np.ndarray],
+    transform: np.ndarray | None = None,
+    probabilities: np.ndarray | None = None,
+    always_replace: bool = False,
+) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    """`transform_filter_subsample` (data.md 3.2): transform, keep in-bounds points, draw
+    `sample_size`.
+
+    Each array is indexed along its first axis whose length is the point count (axis 0, then axis
+    1). sample_size -1 keeps every in-bounds point. Draws use numpy's global RNG, without
+    replacement unless asked, falling back to replacement when that fails.
+    """
+    n = len(xyz)
+    if transform is not None:
+        xyz = geometry.transform_points(xyz, transform)
+    keep = np.flatnonzero(geometry.in_bounds(xyz, scene_bounds))
+    if len(keep) == 0:
+        raise InputError("no point lies inside the scene bounds")
+    if sample_size != -1:
+        p = None
+        if probabilities is not None:
+            p = probabilities[keep] / probabilities[keep].sum()
+        try:
+            keep = keep[np.random.choice(len(keep), sample_size, p=p, replace=always_replace)]
+        except ValueError:
+            keep = keep[np.random.choice(len(keep), sample_size, p=p, replace=True)]
+    out = {}
+    for key, value in arrays.items():
+        axis = 0 if value.shape[0] == n else 1
+        out[key] = np.take(value, keep, axis=axis)
+    return xyz[keep].astype(np.float32), out
+
+
+def balanced_probabilities(labels: np.ndarray) -> np.ndarray | None:
+    """Per point: n/n_pos for positives, n/n_neg for negatives; None if one class is absent (data.md
+    3.4 step 9)."""
+    n_pos = labels.sum()
+    if n_pos == 0 or n_pos == len(labels):
+        return None
+    return np.where(labels > 0, len(labels) / n_pos, len(labels) / (len(labels) - n_pos))
