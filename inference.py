@@ -31,6 +31,7 @@ import torch
 from tqdm import tqdm
 
 import geometry
+import inputs
 from frames import Frame
 from utils import InputError, atomic_path
 
@@ -38,7 +39,6 @@ GRID_SIZE = 240  # query points per axis (original)
 CHUNK = 2**20  # query points per network call (original)
 EMPTY_LOGIT = -3.0  # a voxel is empty where every class logit is below this (sigmoid ~ 0.047)
 VOOL_MARGIN = 0.15  # VOOL keeps points with logit > max logit - margin
-RELEVANCY_SCALE = 50.0
 SCENE_CLOUD_POINTS = 100_000  # points of scene_rgb.ply
 TSDF_TRUNC_VOXELS = 5.0
 
@@ -111,37 +111,40 @@ def prepare_inputs(
     `maps` are the raw relevancy maps (L, H, W) of `labels` on this image (or None when the
     approach reads RGB only). As the original's visualize.py: x50 and, with
     `subtract_mean_relevancy`, the mean over labels subtracted; `saliency_vmin` and patch masks as
-    in training when args.pkl sets them.
+    in training when args.pkl sets them, through the datasets' own functions (inputs.py).
     """
-    xyz = frame.points()
-    keep = frame.valid() & geometry.in_bounds(xyz, args.scene_bounds)
+    xyz, has_depth = inputs.input_points(frame.depth, frame.cam_intr, frame.cam_extr)
+    keep = has_depth & geometry.in_bounds(xyz, args.scene_bounds)
     if not keep.any():
         raise InputError(
             f"no point of the frame lies inside scene_bounds {args.scene_bounds}: check the pose "
             "(z-up world, metres) or rebuild the scene with --center"
         )
-    rgb = (frame.rgb.reshape(-1, 3)[keep] / 255.0).astype(np.float32)
+    rgb = inputs.rgb_points(frame.rgb)[keep]
     features = {}
     if maps is not None:
-        maps = maps.reshape(len(maps), -1)[:, keep].astype(np.float32)
-        if args.subtract_mean_relevancy:
-            maps = maps - maps.mean(0, keepdims=True)
-        if args.saliency_vmin is not None:
-            maps = np.maximum(maps - args.saliency_vmin, 0)
-        inputs = tuple(args.network_inputs)
-        for label, unscaled in zip(labels, maps):
-            columns = []
-            if "patch_masks" in inputs:
-                # OVSSC compares the unscaled map; VOOL the x50 one (bug B5) unless fixed
-                scaled_cmp = task == "vool" and not getattr(
-                    args, "fix_vool_patch_mask_scale", False
-                )
-                compared = unscaled * RELEVANCY_SCALE if scaled_cmp else unscaled
-                mask = (compared > args.patch_mask_cutoff).astype(np.float32)
-                columns.append(mask * 2 - 1 if args.offset_patch_mask and task == "ovssc" else mask)
-            if "saliency" in inputs or not columns:
-                columns.append(unscaled * RELEVANCY_SCALE)
-            features[label] = np.stack(columns, 1)
+        maps = np.asarray(maps, np.float32)
+        mean_map = maps.mean(0) if args.subtract_mean_relevancy else None
+        network_inputs = tuple(args.network_inputs)
+        if task == "ovssc":
+            per_label = inputs.ovssc_relevancy_features(
+                inputs.subtract_mean(maps, mean_map),
+                network_inputs,
+                args.saliency_vmin,
+                args.patch_mask_cutoff,
+                args.offset_patch_mask,
+            )  # (L, H*W, F)
+        else:
+            per_label = inputs.vool_relevancy(
+                maps,
+                mean_map,
+                frame.shape,
+                args.saliency_vmin,
+                "patch_masks" in network_inputs,
+                args.patch_mask_cutoff,
+                getattr(args, "fix_vool_patch_mask_scale", False),
+            )  # (L, H*W, 1)
+        features = {label: f[keep] for label, f in zip(labels, per_label)}
     text_features = {} if text is None else dict(zip(labels, np.asarray(text, np.float32)))
     return SceneInputs(xyz[keep].astype(np.float32), rgb, features, text_features)
 

@@ -162,3 +162,19 @@ def test_volume_mesh_is_metric():
     # the 0.5 level lies half a pitch outside the outer voxel centres
     np.testing.assert_allclose(mesh.bounds, [[0.45, 0.75, 0.15], [1.05, 1.35, 0.75]], atol=1e-6)
     assert 0.6**3 * 0.9 < mesh.volume <= 0.6**3
+
+
+def test_relevancy_features_as_the_original():
+    """x50 and the per-pixel mean over labels subtracted, at in-bounds pixels with depth (4.3)."""
+    frame = frames.read_scene(REPO / "scene_files" / "procedural_00002.pkl")
+    labels = ["a", "b", "c"]
+    maps = np.random.default_rng(0).random((3, *frame.shape)).astype(np.float32) * 0.02
+    args = options.defaults()
+    prepared = inference.prepare_inputs(frame, maps, labels, None, args, "ovssc")
+    keep = frame.valid() & geometry.in_bounds(frame.points(), args.scene_bounds)
+    expected = (maps - maps.mean(0)).reshape(3, -1)[:, keep] * 50
+    for k, label in enumerate(labels):
+        np.testing.assert_allclose(
+            prepared.features[label][:, 0], expected[k], rtol=1e-5, atol=1e-6
+        )
+    np.testing.assert_allclose(prepared.xyz, frame.points()[keep], atol=1e-5)
