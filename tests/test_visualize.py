@@ -1,0 +1,180 @@
+"""visualize.py end to end on small random networks and random-weight CLIP, and checks of the files.
+
+The ARKit pickle is read from ../shared (beside the clone); set SEMABS_ARKIT_PICKLE to point
+elsewhere. Sizes are small (24^3 query grid, 8 frames of 96 px) so that the module runs in about a
+minute on two cores; the same code runs the original's 240^3 / 220 frames / 1024 px defaults.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+from pathlib import Path
+
+import imageio.v2 as imageio
+import numpy as np
+import pytest
+import trimesh
+from relevancy_models import TINY_224
+from typer.testing import CliRunner
+
+import checkpoint
+import frames
+import geometry
+import inference
+import net
+import options
+import visualize
+
+REPO = Path(__file__).resolve().parents[1]
+ARKIT = Path(os.environ.get("SEMABS_ARKIT_PICKLE", REPO / "../shared/scenes/arkit_vn_poster.pkl"))
+GRID = 24
+FRAMES, SIZE = 8, 96
+CLIP = ["--model", TINY_224, "--pretrained", "none", "--device", "cpu"]
+
+
+def tiny_checkpoint(folder: Path, task: str, approach: str = "semantic_abstraction") -> Path:
+    """A randomly initialised small network saved like a training run (ckpt + args.pkl)."""
+    args = options.defaults()
+    args.voxel_shape = [16, 16, 16]
+    args.unet_num_levels, args.unet_f_maps = 3, 8
+    args.unet_num_groups, args.unet_num_channels = 4, 8
+    args.num_input_pts = 2000
+    args.approach, args.task = approach, task
+    args = options.finalize(args)
+    folder.mkdir(parents=True, exist_ok=True)
+    checkpoint.save_checkpoint(
+        folder / "ckpt.pth", net.build_network(task, approach, args), None, 1
+    )
+    options.save_args(args, folder)
+    return folder / "ckpt.pth"
+
+
+def invoke(*argv: str):
+    result = CliRunner().invoke(visualize.app, [str(a) for a in argv])
+    if result.exception is not None and not isinstance(result.exception, SystemExit):
+        raise result.exception
+    assert result.exit_code == 0, result.output
+    return result
+
+
+def check_video(path: Path, frames_expected: int, size: int) -> None:
+    reader = imageio.get_reader(path, format="FFMPEG")
+    count = sum(1 for _ in reader)
+    assert count == frames_expected
+    assert tuple(reader.get_meta_data()["size"]) == (size, size)
+    reader.close()
+
+
+@pytest.fixture(scope="module")
+def arkit_outputs(tmp_path_factory, tiny_models):
+    if not ARKIT.is_file():
+        pytest.skip(f"ARKit scene pickle not found at {ARKIT} (../shared beside the clone)")
+    root = tmp_path_factory.mktemp("vis")
+    ovssc = tiny_checkpoint(root / "ovssc", "ovssc")
+    vool = tiny_checkpoint(root / "vool", "vool")
+    dump = root / "visualization"
+    common = ["--dump-path", dump, "--grid-size", GRID, "--saliency-config", "fast", *CLIP]
+    invoke("ovssc-inference", ARKIT, ovssc, *common)
+    invoke("vool-inference", ARKIT, vool, *common)
+    out = dump / ARKIT.stem
+    invoke("ovssc-visualize", out, "--num-frames", FRAMES, "--size", SIZE)
+    invoke("vool-visualize", out, "--num-frames", FRAMES, "--size", SIZE)
+    return out
+
+
+def test_ovssc_files(arkit_outputs):
+    out = arkit_outputs
+    assert (out / "relevancies.png").stat().st_size > 0
+    check_video(out / "completion.mp4", FRAMES, SIZE)
+    assert imageio.imread(out / "completion.png").shape == (SIZE, SIZE, 3)
+    data = np.load(out / "completion.npz")
+    classes = list(data["classes"])
+    with open(ARKIT, "rb") as f:
+        assert classes == pickle.load(f)["ovssc_obj_classes"]
+    bounds = np.asarray(data["scene_bounds"])
+    pitch = inference.grid_pitch(bounds, int(data["grid_size"]))
+    assert np.all((data["probability"] > 0) & (data["probability"] < 1))
+    meshes = sorted(out.glob("*.obj"))
+    assert meshes, "random networks still fill part of the scene"
+    for path in meshes:
+        k = list(data["file_stems"]).index(path.stem)
+        mesh = trimesh.load(path, force="mesh")
+        assert mesh.is_watertight and mesh.volume > 0
+        xyz = data["xyz"][data["label"] == k]
+        # metres, in the scene frame: the mesh wraps the class's voxels (half a pitch of slack)
+        assert np.all(mesh.bounds[0] <= xyz.min(0) + 1e-4)
+        assert np.all(mesh.bounds[1] >= xyz.max(0) - 1e-4)
+        assert np.all(mesh.bounds[0] >= bounds[0] - 1e-6) and np.all(mesh.bounds[1] <= bounds[1])
+        # marching cubes at 0.5 on a 0/1 volume: the volume of the voxels, less the cut corners
+        voxels = len(xyz) * np.prod(pitch)
+        assert 0.2 * voxels < mesh.volume <= voxels * 1.01
+
+
+def test_vool_files(arkit_outputs):
+    out = arkit_outputs
+    data = np.load(out / "localization.npz")
+    assert len(data["descriptions"]) == 3
+    for k, stem in enumerate(data["file_stems"]):
+        cloud = trimesh.load(out / f"{stem}.ply")
+        xyz = data["xyz"][data["description_index"] == k]
+        assert len(cloud.vertices) == len(xyz) > 0
+        np.testing.assert_allclose(cloud.vertices, xyz, atol=1e-4)
+        logits = data["logit"][data["description_index"] == k]
+        assert logits.max() - logits.min() <= inference.VOOL_MARGIN
+        check_video(out / f"{stem}.mp4", FRAMES, SIZE)
+    frame = frames.read_scene(ARKIT)
+    inside = geometry.in_bounds(frame.points(), geometry.THOR_SCENE_BOUNDS).sum()
+    scene = trimesh.load(out / "scene_rgb.ply")
+    assert len(scene.vertices) == min(inside, inference.SCENE_CLOUD_POINTS)  # 42,225 (data.md 5)
+
+
+def test_generated_pickle_and_wrong_task(tmp_path, tiny_models):
+    """Our generator's pickles run too; a VOOL checkpoint given to ovssc-inference is one line."""
+    scene = REPO / "scene_files" / "procedural_00002.pkl"
+    ovssc = tiny_checkpoint(tmp_path / "ovssc", "ovssc")
+    dump = tmp_path / "vis"
+    invoke(
+        "ovssc-inference", scene, ovssc, "--dump-path", dump, "--grid-size", 16,
+        "--saliency-config", "chefer_et_al", *CLIP,
+    )  # fmt: skip
+    assert (dump / scene.stem / "completion.npz").is_file()
+    vool = tiny_checkpoint(tmp_path / "vool", "vool")
+    with pytest.raises(visualize.InputError, match="vool checkpoint, not ovssc"):
+        invoke("ovssc-inference", scene, vool, "--dump-path", dump, *CLIP)
+
+
+def test_safe_names():
+    taken: set[str] = set()
+    assert inference.safe_name("a/b: c?", taken) == "a_b_ c_"
+    assert inference.safe_name("a/b: c?", taken) == "a_b_ c_ (2)"
+    assert inference.safe_name("../x", None) == "_x"
+
+
+def test_volume_mesh_is_metric():
+    """A 6x6x6-voxel block on a 24^3 grid over [0, 2.3]^3 (pitch 0.1 m) meshes in metres."""
+    occupied = np.zeros((24,) * 3, bool)
+    occupied[5:11, 8:14, 2:8] = True
+    bounds = np.array([[0.0, 0.0, 0.0], [2.3, 2.3, 2.3]])
+    vertices, faces = inference.volume_mesh(occupied, bounds)
+    mesh = trimesh.Trimesh(vertices, faces)
+    assert mesh.is_watertight
+    # the 0.5 level lies half a pitch outside the outer voxel centres
+    np.testing.assert_allclose(mesh.bounds, [[0.45, 0.75, 0.15], [1.05, 1.35, 0.75]], atol=1e-6)
+    assert 0.6**3 * 0.9 < mesh.volume <= 0.6**3
+
+
+def test_relevancy_features_as_the_original():
+    """x50 and the per-pixel mean over labels subtracted, at in-bounds pixels with depth (4.3)."""
+    frame = frames.read_scene(REPO / "scene_files" / "procedural_00002.pkl")
+    labels = ["a", "b", "c"]
+    maps = np.random.default_rng(0).random((3, *frame.shape)).astype(np.float32) * 0.02
+    args = options.defaults()
+    prepared = inference.prepare_inputs(frame, maps, labels, None, args, "ovssc")
+    keep = frame.valid() & geometry.in_bounds(frame.points(), args.scene_bounds)
+    expected = (maps - maps.mean(0)).reshape(3, -1)[:, keep] * 50
+    for k, label in enumerate(labels):
+        np.testing.assert_allclose(
+            prepared.features[label][:, 0], expected[k], rtol=1e-5, atol=1e-6
+        )
+    np.testing.assert_allclose(prepared.xyz, frame.points()[keep], atol=1e-5)
