@@ -39,27 +39,8 @@ from scene_file import (  # noqa: F401  (re-exported: public API of this module)
     sentence,
 )
 from utils import InputError
+from vocab import SYNONYMS
 
-# Appendix A, original spelling ("refridgerator", "eletric plug" are what the stored labels use)
-SYNONYMS = {
-    "television": "tv",
-    "sofa": "couch",
-    "house plant": "plant in a pot",
-    "bookcase": "bookshelf",
-    "baseball bat": "rawlings big stick maple bat",
-    "pillow": "cushion",
-    "arm chair": "recliner",
-    "bread": "loaf of sourdough",
-    "cell phone": "mobile phone",
-    "desktop": "computer",
-    "dresser": "wardrobe",
-    "dumbbell": "gym weights",
-    "fridge": "refridgerator",
-    "garbage can": "trash can",
-    "laptop": "computer",
-    "outlet": "eletric plug",
-    "stairs": "staircase",
-}
 # OVSSC maps synonyms back to class names; "computer" keeps the later key, "laptop" (data.md App. A)
 INVERSE_SYNONYMS = {synonym: name for name, synonym in SYNONYMS.items()}
 NOT_CLASSES = {"empty", "out of bounds", "unlabelled"}

@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -49,7 +48,7 @@ import options
 import train_ovssc
 import train_vool
 import training
-from utils import InputError
+from utils import InputError, run_app
 
 log = logging.getLogger("semabs.eval")
 
@@ -342,7 +341,7 @@ def evaluate(args: argparse.Namespace, procs: training.Processes, **network_over
     if problem:
         raise InputError(problem)
     todo = [split for split in splits if split not in done]
-    config = training.dataset_config(args, args.task)
+    config = dataset.DatasetConfig.from_args(args)
     datasets = dataset.make_datasets(args.file_path, args.task, config, splits=tuple(todo))
 
     frames = [finished] if finished is not None else []
@@ -360,17 +359,17 @@ def evaluate(args: argparse.Namespace, procs: training.Processes, **network_over
 
 
 def main(argv: list[str] | None = None) -> None:
+    run_app(lambda: run(argv))
+
+
+def run(argv: list[str] | None) -> None:
     start = time.time()
+    args = eval_config(parser().parse_args(argv))
+    procs = training.setup_processes(args.device)
     try:
-        args = eval_config(parser().parse_args(argv))
-        procs = training.setup_processes(args.device)
-        try:
-            result = evaluate(args, procs)
-        finally:
-            training.teardown_processes()
-    except InputError as error:
-        print(f"error: {error}", file=sys.stderr)
-        sys.exit(1)
+        result = evaluate(args, procs)
+    finally:
+        training.teardown_processes()
     if procs.main:
         skipped = f", {len(result.skipped)} already done" if result.skipped else ""
         print(

@@ -118,6 +118,12 @@ def add_shared_flags(parser: argparse.ArgumentParser) -> None:
         "--amp_dtype", choices=("fp16", "bf16"), default="fp16", help="autocast type with --use_amp"
     )
     add("--num_workers", type=int, default=8, help="DataLoader workers per process")
+    add(
+        "--max_minutes",
+        type=float,
+        default=None,
+        help="stop after this much training time, saving latest.pth (one process only)",
+    )
     add("--dr_pos", type=float, default=0.1)
     add("--dr_orn", type=float, default=0.3)
     add("--dr_scale", type=float, default=0.1)

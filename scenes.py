@@ -30,6 +30,7 @@ import open3d as o3d
 
 import geometry
 from scene_file import sentence
+from vocab import TEST_CLASSES
 
 WORLD_PER_METRE = 0.6
 # camera-to-world: columns are the camera's right, down and forward axes in the world, times 0.6
@@ -73,7 +74,6 @@ NO_LOCALIZATION_CLASSES = {
     "banana",
 }
 NEVER_DESCRIBED = {"floor", "rug", "baseboard", "light fixture", "decal"}
-TEST_CLASSES = ("pot", "mug", "safe", "teddy bear", "basket ball", "wine bottle")
 DIRECTION_DOT_THRESHOLD = 0.6
 BEHIND_BIN_PX = 10
 

@@ -28,7 +28,6 @@ import math
 import os
 import pickle
 import random
-import sys
 import tempfile
 import time
 from collections.abc import Callable
@@ -48,7 +47,7 @@ import metrics
 import net
 import options
 from lamb import Lamb
-from utils import InputError, atomic_path, resolve_device, seed_all
+from utils import InputError, atomic_path, resolve_device, run_app, seed_all
 
 log = logging.getLogger("semabs.train")
 
@@ -165,17 +164,6 @@ def teardown_processes() -> None:
 
 # --------------------------------------------------------------------------------------------------
 # data
-
-
-def dataset_config(args: argparse.Namespace, task: str) -> dataset.DatasetConfig:
-    """A DatasetConfig from a training Namespace (to be replaced by DatasetConfig.from_args)."""
-    fields = dataset.DatasetConfig.__dataclass_fields__
-    values = {k: v for k, v in vars(args).items() if k in fields}
-    values["scene_bounds"] = tuple(map(tuple, args.scene_bounds))
-    values["network_inputs"] = tuple(args.network_inputs)
-    values["tsdf_shape"] = tuple(args.voxel_shape)
-    config = dataset.DatasetConfig(**values)
-    return dataset.approach_config(config, args.approach)
 
 
 def check_data(file_path: str, task: str, saliency_config: str) -> dict[str, list[str]]:
@@ -719,7 +707,7 @@ def _train(task, args, procs, log_dir, stop_after_steps, deadline):
         torch.backends.cudnn.deterministic = True
         torch.backends.cudnn.benchmark = False
     datasets = dataset.make_datasets(
-        args.file_path, task.name, dataset_config(args, task.name), splits=tuple(lists)
+        args.file_path, task.name, dataset.DatasetConfig.from_args(args), splits=tuple(lists)
     )
     log.info("DATASET AT %s", args.file_path)
     log.info(" | ".join(f"{split}: {len(d)}" for split, d in datasets.items()))
@@ -797,9 +785,12 @@ def _train(task, args, procs, log_dir, stop_after_steps, deadline):
 
 
 def main(task: Task, argv: list[str] | None = None) -> None:
-    """Entry point of the two scripts: one-line errors for bad input."""
-    try:
-        train(task, prepare_args(task.name, argv))
-    except InputError as error:
-        print(f"error: {error}", file=sys.stderr)
-        sys.exit(1)
+    """Entry point of the two scripts, through the one top-level error handler (utils.run_app)."""
+
+    def run() -> None:
+        args = prepare_args(task.name, argv)
+        if args.max_minutes is not None and int(os.environ.get("WORLD_SIZE", 1)) > 1:
+            raise InputError("--max_minutes works in one process only (each rank would stop alone)")
+        train(task, args, max_seconds=None if args.max_minutes is None else args.max_minutes * 60)
+
+    run_app(run)

@@ -45,7 +45,7 @@ def bench_task(task: str, file_path: str, device: torch.device, scenes: int) -> 
     model = net.build_network(task, args.approach, args).to(device).eval()  # random weights
     # every scene of the split pickle (train included), read as an evaluation split reads them
     names = sorted({n for ns in dataset.load_split_lists(file_path, task).values() for n in ns})
-    config = dataset.split_config(training.dataset_config(args, task), "unseen_instances")
+    config = dataset.split_config(dataset.DatasetConfig.from_args(args), "unseen_instances")
     data = dataset.DATASET_CLASSES[task]([Path(file_path) / n for n in names], config)
     module = evaluation.TASKS[task]
     times = {"read": [], "forward": [], "metrics": []}

@@ -98,7 +98,7 @@ def evaluate(task: str, data: Path, log: Path) -> dict:
     model = net.build_network(task, args.approach, args)
     checkpoint.load_network(model, log / "latest.pth")
     model.eval()
-    config = training.dataset_config(args, task)
+    config = dataset.DatasetConfig.from_args(args)
     split = dataset.make_datasets(data, task, config, splits=("unseen_instances",))
     scored = {"trained": [], "all in frustum": [], "lifted relevancy": []}
     relevancy_cutoffs = np.linspace(-20, 40, 61).tolist()  # relevancy x 50 minus the mean map

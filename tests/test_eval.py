@@ -17,6 +17,7 @@ import torch
 from test_pipeline import tiny_text_encoder
 
 import checkpoint
+import dataset
 import eval as evaluation
 import generate_relevancy
 import generate_scenes
@@ -218,7 +219,7 @@ def test_semantic_aware_vool_evaluates_chunked(data, tmp_path, tiny_models, monk
         iter(
             torch.utils.data.DataLoader(
                 training.dataset.make_datasets(
-                    data, "vool", training.dataset_config(args, "vool"), splits=(SPLITS[1],)
+                    data, "vool", dataset.DatasetConfig.from_args(args), splits=(SPLITS[1],)
                 )[SPLITS[1]]
             )
         )

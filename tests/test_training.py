@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 import torch
 
+import dataset
 import generate_relevancy
 import generate_scenes
 import scenes
@@ -140,7 +141,7 @@ def test_loss_falls_over_a_few_steps(data):
     folder = with_splits(data, 1, 0)
     args = args_for("ovssc", folder, data / "unused", "--lr", "0.01", "--num_warmup_steps", "0")
     datasets = training.dataset.make_datasets(
-        folder, "ovssc", training.dataset_config(args, "ovssc")
+        folder, "ovssc", dataset.DatasetConfig.from_args(args)
     )
     batch = next(iter(torch.utils.data.DataLoader(datasets["train"], batch_size=1)))
     torch.manual_seed(0)
