@@ -1,91 +1,189 @@
-"""The main job on a bundled default (`make demo`): for now, a smoke run of the two 3D networks.
+"""The main job (`make demo`): the whole Semantic Abstraction pipeline on a small bundled default.
 
-Builds SemAbs3D (OVSSC) and SemAbsVOOL (VOOL) with the released architecture, optionally loads a
-checkpoint, and runs one forward pass on random points in the scene box, printing what goes in and
-what comes out.
+    python demo.py                       # everything under outputs/demo/, about 10 minutes on 2 CPU cores
+    python demo.py --out outputs/demo2 --train-minutes 1 --device cpu
 
-    python demo.py                                   # random weights, 128^3 grid
-    python demo.py --ovssc-checkpoint models/ours/ovssc/ovssc.pth --vool-checkpoint models/ours/vool/vool.pth
+Stages, each one of the project's own scripts run as a user would run it:
+  1. scenes      generate_scenes.py dataset   small procedural rooms in the original HDF5 format
+  2. relevancy   generate_relevancy.py dataset  CLIP relevancy when CLIP weights are on this machine,
+                                                otherwise ground-truth-mask ("oracle") maps, said loudly
+  3. train       train_ovssc.py, train_vool.py  small networks, a few minutes each
+  4. evaluate    eval.py                       every novel-room/visual/vocabulary split, 25 cutoffs
+  5. summarize   summarize.py                  the paper's tables for these two models
+  6. visualize   visualize.py                  one scene to .obj/.ply/.npz, turntable mp4s and a PNG
+
+A stage whose outputs exist is skipped, so an interrupted demo continues where it stopped; every
+script writes its files atomically, so nothing is left half-written. `--fresh` starts over.
 """
 
 from __future__ import annotations
 
+import shutil
+import subprocess
+import sys
 import time
 from pathlib import Path
 
-import torch
 import typer
 from rich.console import Console
-from rich.table import Table
+from rich.panel import Panel
 
-import net
-from checkpoint import load_network
-from utils import resolve_device, run_app, seed_all
+from utils import InputError, run_app
 
-app = typer.Typer(add_completion=False)
+REPO = Path(__file__).resolve().parent
+app = typer.Typer(add_completion=False, help=__doc__)
+console = Console()
+
+# The small network every demo stage shares: 32^3 grid, 3-level UNet, a few thousand points.
+# The same small network as bench/learn.py, which learns within minutes on 2 CPU cores.
+SMALL_NETWORK = [
+    "--voxel_shape", "32", "32", "32",
+    "--unet_num_levels", "4",
+    "--unet_f_maps", "16",
+    "--num_input_pts", "8000",
+    "--num_output_pts", "8000",
+    "--num_workers", "1",
+]  # fmt: skip
 
 
-def random_points(count: int, generator: torch.Generator) -> torch.Tensor:
-    lower, upper = torch.tensor(net.DEFAULT_SCENE_BOUNDS)
-    return lower + torch.rand(1, count, 3, generator=generator) * (upper - lower)  # [1,count,3]
+def clip_weights_available() -> bool:
+    """True when open_clip's ViT-B-32 OpenAI weights are already on this machine (no download)."""
+    import relevancy
+
+    return relevancy.cached_weights("ViT-B-32", "openai") is not None
+
+
+class Pipeline:
+    def __init__(self):
+        self.started = time.perf_counter()
+
+    def run(self, title: str, done: list[Path], command: list[str]) -> None:
+        """Run one script unless all of `done` exist; stop the demo with its message if it fails."""
+        if done and all(path.exists() for path in done):
+            console.print(f"[dim]✓ {title}: already done ({done[0]})[/]")
+            return
+        console.rule(f"[bold]{title}")
+        console.print("[dim]$ python " + " ".join(command[1:]) + "[/]")
+        start = time.perf_counter()
+        result = subprocess.run([sys.executable, *command[1:]], cwd=REPO)
+        if result.returncode != 0:
+            raise InputError(
+                f"demo stage '{title}' failed (exit {result.returncode}); rerun demo.py to continue"
+            )
+        console.print(f"[green]✓ {title}[/] in {time.perf_counter() - start:.0f} s")
 
 
 @app.command()
 def main(
-    ovssc_checkpoint: Path = typer.Option(None, help="released or trained OVSSC checkpoint (.pth)"),
-    vool_checkpoint: Path = typer.Option(None, help="released or trained VOOL checkpoint (.pth)"),
-    num_input_pts: int = typer.Option(20_000, help="input points (training default: 80000)"),
-    num_output_pts: int = typer.Option(50_000, help="query points"),
-    device: str = typer.Option("auto", help="cpu, cuda, cuda:1, or auto"),
+    out: Path = typer.Option(Path("outputs/demo"), help="where every output of the demo goes"),
+    num_scenes: int = typer.Option(48, help="procedural scenes to generate (small preset)"),
+    train_minutes: float = typer.Option(3.0, help="training budget per task, in minutes"),
+    device: str = typer.Option("auto", help="auto, cpu, cuda"),
+    relevancy_source: str = typer.Option(
+        "auto", help="auto (CLIP if its weights are on this machine, else oracle), clip or oracle"
+    ),
+    grid_size: int = typer.Option(96, help="visualize: query grid per axis (the original: 240)"),
+    num_frames: int = typer.Option(72, help="visualize: turntable frames (the original: 220)"),
+    frame_size: int = typer.Option(512, help="visualize: frame width and height (the original: 1024)"),
+    fresh: bool = typer.Option(False, help="delete OUT first and start over"),
 ) -> None:
-    console = Console()
-    device = resolve_device(device)
-    seed_all(0)
-    g = torch.Generator().manual_seed(0)
-    input_xyz = random_points(num_input_pts, g)
-    queries = random_points(num_output_pts, g)[:, None]  # [1,1,M,3]
-    relevancy = lambda: torch.randn(1, 1, num_input_pts, 1, generator=g) * 50  # noqa: E731 [B,P,N,1]
-    runs = [
-        ("OVSSC", net.SemAbs3D, ovssc_checkpoint, dict(input_feature_pts=relevancy())),
-        (
-            "VOOL",
-            net.SemAbsVOOL,
-            vool_checkpoint,
-            dict(
-                input_target_saliency_pts=relevancy(),
-                input_reference_saliency_pts=relevancy(),
-                spatial_relation_name=[["behind"]],
-            ),
-        ),
-    ]
-    table = Table(title=f"semabs networks on {device}")
-    for column in ("task", "network", "weights", "parameters", "output", "logit range", "forward"):
-        table.add_column(column)
-    for task, network_class, checkpoint_path, inputs in runs:
-        network = network_class().to(device).eval()
-        weights = "random"
-        if checkpoint_path is not None:
-            checkpoint = load_network(network, checkpoint_path, map_location=device)
-            weights = f"{checkpoint_path.name} (epoch {checkpoint.get('epochs', '?')})"
-        batch = dict(input_xyz_pts=input_xyz, output_xyz_pts=queries, **inputs)
-        batch = {
-            key: value.to(device) if torch.is_tensor(value) else value
-            for key, value in batch.items()
-        }
-        start = time.perf_counter()
-        with torch.no_grad():
-            logits = network(**batch)
-        seconds = time.perf_counter() - start
-        table.add_row(
-            task,
-            type(network).__name__,
-            weights,
-            f"{sum(p.numel() for p in network.parameters()):,}",
-            str(list(logits.shape)),
-            f"[{logits.min().item():.2f}, {logits.max().item():.2f}]",
-            f"{seconds:.1f} s",
+    if fresh and out.exists():
+        shutil.rmtree(out)
+    data, models, vis = out / "data", out / "models", out / "visualization"
+    python = [sys.executable]
+    pipeline = Pipeline()
+
+    pipeline.run(
+        "1/6 scenes",
+        [data / "ssc_split.pkl", data / "vool_split.pkl"],
+        python + ["generate_scenes.py", "dataset", str(data), "--num-scenes", str(num_scenes),
+                  "--preset", "small", "--num-processes", "2", "--vis-seed", "0"],
+    )  # fmt: skip
+
+    source = relevancy_source
+    if source == "auto":
+        source = "clip" if clip_weights_available() else "oracle"
+    if source == "oracle":
+        console.print(
+            Panel(
+                "No CLIP weights on this machine: the relevancy maps are built from the ground-truth "
+                "segmentation (--source oracle), an upper bound, [bold]not CLIP[/]. The numbers below "
+                "show that the pipeline learns, not the paper's zero-shot results. With weights "
+                "(see README, 'CLIP weights'), run with --relevancy-source clip --fresh.",
+                title="relevancy: oracle",
+                style="yellow",
+            )
         )
-    console.print(table)
+    pipeline.run(
+        "2/6 relevancy",
+        [],  # resumable by itself: scenes that have their maps are skipped
+        python + ["generate_relevancy.py", "dataset", str(data), "--source", source,
+                  "--configs", "ours"],
+    )  # fmt: skip
+
+    checkpoints = {}
+    for task, script in (("ovssc", "train_ovssc.py"), ("vool", "train_vool.py")):
+        log = models / task
+        checkpoints[task] = log / "latest.pth"
+        pipeline.run(
+            f"3/6 train {task.upper()}",
+            [log / "latest.pth", log / "args.pkl"],
+            python + [script, "--file_path", str(data), "--log", str(log), *SMALL_NETWORK,
+                      "--max_minutes", str(train_minutes), "--epochs", "1000", "--eval_freq", "1000",
+                      "--save_freq", "1000", "--lr", "3e-3", "--num_warmup_steps", "50",
+                      "--lr_scheduler_type", "constant_with_warmup", "--device", device],
+        )  # fmt: skip
+
+    for task in ("ovssc", "vool"):
+        pipeline.run(
+            f"4/6 evaluate {task.upper()}",
+            [checkpoints[task].with_name("latest_eval_stats.pkl")],
+            python + ["eval.py", "--task", task, "--file_path", str(data),
+                      "--load", str(checkpoints[task]), "--device", device, "--num_workers", "2"],
+        )  # fmt: skip
+
+    pipeline.run(
+        "5/6 summarize",
+        [],
+        python + ["summarize.py", "--ovssc", f"ours={checkpoints['ovssc'].with_name('latest_eval_stats.pkl')}",
+                  "--vool", f"ours={checkpoints['vool'].with_name('latest_eval_stats.pkl')}",
+                  "--tables", "ovssc,vool"],
+    )  # fmt: skip
+
+    scene = data / "procedural_00000.pkl"
+    clip = ["--saliency-config", "fast"] + ([] if source == "clip" else ["--pretrained", "none"])
+    scene_dir = vis / scene.stem
+    npz = {"ovssc": "completion.npz", "vool": "localization.npz"}
+    for task in ("ovssc", "vool"):
+        pipeline.run(
+            f"6/6 visualize {task.upper()}",
+            [scene_dir / npz[task]],
+            python + ["visualize.py", f"{task}-inference", str(scene), str(checkpoints[task]),
+                      "--dump-path", str(vis), "--grid-size", str(grid_size), "--device", device, *clip],
+        )  # fmt: skip
+        videos = (
+            [scene_dir / "completion.mp4"]
+            if task == "ovssc"
+            else [p.with_suffix(".mp4") for p in scene_dir.glob("*.ply") if p.stem != "scene_rgb"]
+        )
+        pipeline.run(
+            f"6/6 render {task.upper()}",
+            videos,
+            python + ["visualize.py", f"{task}-visualize", str(scene_dir),
+                      "--num-frames", str(num_frames), "--size", str(frame_size)],
+        )  # fmt: skip
+
+    minutes = (time.perf_counter() - pipeline.started) / 60
+    console.print(
+        Panel(
+            f"scenes and relevancy   {data}\n"
+            f"models and eval stats  {models}/{{ovssc,vool}}/\n"
+            f"visualization          {scene_dir}/ (mp4, png, obj, ply, npz)\n"
+            f"total                  {minutes:.1f} min",
+            title="demo done: the tables above are voxel 32^3 IoU x 100 on the held-out rooms",
+            style="green",
+        )
+    )
 
 
 if __name__ == "__main__":
