@@ -84,7 +84,9 @@ def main(
     ),
     grid_size: int = typer.Option(96, help="visualize: query grid per axis (the original: 240)"),
     num_frames: int = typer.Option(72, help="visualize: turntable frames (the original: 220)"),
-    frame_size: int = typer.Option(512, help="visualize: frame width and height (the original: 1024)"),
+    frame_size: int = typer.Option(
+        512, help="visualize: frame width and height (the original: 1024)"
+    ),
     fresh: bool = typer.Option(False, help="delete OUT first and start over"),
 ) -> None:
     if fresh and out.exists():
