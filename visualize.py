@@ -18,6 +18,8 @@ directory (the original wrote ./new-input.pkl); every file is written atomically
 
 from __future__ import annotations
 
+import argparse
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated
 
@@ -88,13 +90,42 @@ def scene_relevancy(frame, labels, approach, config, clip_options, device, seed,
     return maps, text
 
 
-def start(scene_path, checkpoint_path, task, dump_path, device):
+@dataclass
+class SceneRun:
+    """Everything both inference commands prepare before their own loop."""
+
+    frame: frames.Frame
+    device: torch.device
+    network: torch.nn.Module
+    args: argparse.Namespace
+    approach: str
+    out_dir: Path
+    inputs: inference.SceneInputs
+    grid: np.ndarray  # (G^3, 3) query points
+    rng: np.random.Generator
+
+
+def start(scene_path, checkpoint_path, task, dump_path, device, saliency_config, clip_options, seed,
+          grid_size) -> SceneRun:  # fmt: skip
+    """Read the scene and the checkpoint, compute relevancies (relevancies.png), prepare inputs."""
     frame = frames.read_scene(scene_path)
+    if task == "ovssc" and not frame.classes:
+        raise InputError(f"{scene_path} has no ovssc_obj_classes")
+    if task == "vool" and not frame.descriptions:
+        raise InputError(f"{scene_path} has no descriptions")
     device = resolve_device(device)
     network, args, approach = load_trained(checkpoint_path, task, device)
     out_dir = Path(dump_path) / Path(scene_path).stem
     out_dir.mkdir(parents=True, exist_ok=True)
-    return frame, device, network, args, approach, out_dir
+    labels = inference.relevancy_labels(frame, approach)
+    maps, text = scene_relevancy(
+        frame, labels, approach, saliency_config, clip_options, device, seed, out_dir
+    )
+    inputs = inference.prepare_inputs(frame, maps, labels, text, args, task)
+    grid = inference.query_grid(args.scene_bounds, grid_size)
+    return SceneRun(
+        frame, device, network, args, approach, out_dir, inputs, grid, np.random.default_rng(seed)
+    )
 
 
 # --------------------------------------------------------------------------------------------------
@@ -115,19 +146,19 @@ def ovssc_inference(
     seed: SeedOpt = 0,
 ) -> None:
     """Complete every class of the scene: relevancies.png, <class>.obj, completion.npz."""
-    frame, device, network, args, approach, out_dir = start(
-        data_pickle_path, model_ckpt_path, "ovssc", dump_path, device
-    )
-    if not frame.classes:
-        raise InputError(f"{data_pickle_path} has no ovssc_obj_classes")
-    labels = inference.relevancy_labels(frame, approach)
-    maps, text = scene_relevancy(
-        frame, labels, approach, saliency_config, (model, pretrained, checkpoint), device, seed,
-        out_dir,
+    run = start(
+        data_pickle_path, model_ckpt_path, "ovssc", dump_path, device, saliency_config,
+        (model, pretrained, checkpoint), seed, grid_size,
     )  # fmt: skip
-    inputs = inference.prepare_inputs(frame, maps, labels, text, args, "ovssc")
-    grid = inference.query_grid(args.scene_bounds, grid_size)
-    rng = np.random.default_rng(seed)
+    frame, device, network, args, approach, out_dir = (
+        run.frame,
+        run.device,
+        run.network,
+        run.args,
+        run.approach,
+        run.out_dir,
+    )
+    inputs, grid, rng = run.inputs, run.grid, run.rng
     bar = tqdm(
         total=len(frame.classes) * inference.num_chunks(grid_size), desc="inference", unit="chunk"
     )
@@ -190,19 +221,19 @@ def vool_inference(
 ) -> None:
     """Localise every description: relevancies.png, <description>.ply, scene_rgb.ply,
     localization.npz."""
-    frame, device, network, args, approach, out_dir = start(
-        data_pickle_path, model_ckpt_path, "vool", dump_path, device
-    )
-    if not frame.descriptions:
-        raise InputError(f"{data_pickle_path} has no descriptions")
-    labels = inference.relevancy_labels(frame, approach)
-    maps, text = scene_relevancy(
-        frame, labels, approach, saliency_config, (model, pretrained, checkpoint), device, seed,
-        out_dir,
+    run = start(
+        data_pickle_path, model_ckpt_path, "vool", dump_path, device, saliency_config,
+        (model, pretrained, checkpoint), seed, grid_size,
     )  # fmt: skip
-    inputs = inference.prepare_inputs(frame, maps, labels, text, args, "vool")
-    grid = inference.query_grid(args.scene_bounds, grid_size)
-    rng = np.random.default_rng(seed)
+    frame, device, network, args, approach, out_dir = (
+        run.frame,
+        run.device,
+        run.network,
+        run.args,
+        run.approach,
+        run.out_dir,
+    )
+    inputs, grid, rng = run.inputs, run.grid, run.rng
     bar = tqdm(
         total=len(frame.descriptions) * inference.num_chunks(grid_size),
         desc="inference",
