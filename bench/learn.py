@@ -10,7 +10,7 @@
      has relevancy above a threshold: the visible answer, with no completion of hidden parts.
    Baseline thresholds are swept too, so they get their best case.
 
-    python bench/learn.py                      # 10 + 10 minutes of training, then the table
+    python bench/learn.py --minutes 8          # 8 + 8 minutes of training (tiny model), then the table
     python bench/learn.py --minutes 1 --eval-only
 """
 
@@ -40,12 +40,17 @@ import train_vool  # noqa: E402
 import training  # noqa: E402
 
 TASKS = {"ovssc": train_ovssc.TASK, "vool": train_vool.TASK}
-SMALL = (
-    "--voxel_shape 32 32 32 --unet_num_levels 4 --unet_f_maps 16 --unet_num_groups 8 "
-    "--unet_num_channels 16 --num_input_pts 8000 --num_output_pts 8000 --batch_size 1 "
-    "--lr 3e-3 --num_warmup_steps 50 --lr_scheduler_type constant_with_warmup --epochs 1000 "
-    "--eval_freq 1000 --save_freq 1000 --device cpu"
+RUN = (
+    "--batch_size 1 --lr 3e-3 --num_warmup_steps 50 --lr_scheduler_type constant_with_warmup "
+    "--epochs 1000 --eval_freq 1000 --save_freq 1000 --device cpu"
 ).split()
+MODELS = {  # network and point counts (the rest of the flags at their defaults)
+    "small": "--voxel_shape 32 32 32 --unet_num_levels 4 --num_input_pts 8000 "
+    "--num_output_pts 8000",
+    "tiny": "--voxel_shape 32 32 32 --unet_num_levels 3 --unet_f_maps 8 --unet_num_groups 4 "
+    "--unet_num_channels 8 --pts_feat_extractor_hidden_dim 32 --num_input_pts 4000 "
+    "--num_output_pts 4000",
+}
 CUTOFFS = np.arange(-2.5, 0.0, 0.1).tolist()  # eval.py's 25 cutoffs
 GRID = 32
 
@@ -57,8 +62,9 @@ def make_data(root: Path, num_scenes: int) -> None:
     generate_relevancy.dataset(root, source="oracle", configs=["ours"])
 
 
-def train(task: str, data: Path, log: Path, minutes: float, workers: int) -> None:
-    argv = ["--file_path", str(data), "--log", str(log), *SMALL, "--num_workers", str(workers)]
+def train(task: str, data: Path, log: Path, minutes: float, workers: int, model: str) -> None:
+    argv = ["--file_path", str(data), "--log", str(log), *RUN, *MODELS[model].split()]
+    argv += ["--num_workers", str(workers)]
     args = training.prepare_args(task, argv)
     start = time.monotonic()
     model = training.train(TASKS[task], args, max_seconds=minutes * 60)
@@ -140,6 +146,7 @@ def main() -> None:
     parser.add_argument("--minutes", type=float, default=10.0, help="training time per task")
     parser.add_argument("--num-workers", type=int, default=1)
     parser.add_argument("--tasks", nargs="+", default=["ovssc", "vool"])
+    parser.add_argument("--model", choices=list(MODELS), default="tiny")
     parser.add_argument("--eval-only", action="store_true")
     cli = parser.parse_args()
     torch.set_num_threads(2)
@@ -147,7 +154,7 @@ def main() -> None:
     results = {}
     for task in cli.tasks:
         if not cli.eval_only:
-            train(task, cli.data, cli.out / task, cli.minutes, cli.num_workers)
+            train(task, cli.data, cli.out / task, cli.minutes, cli.num_workers, cli.model)
         results[task] = evaluate(task, cli.data, cli.out / task)
     lines = [
         "| task | trained (best cutoff) | all in frustum | lifted relevancy (best threshold) |",

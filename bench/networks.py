@@ -6,8 +6,9 @@ clip, LAMB step) and peak memory, at the default config and at a small one.
     python bench/networks.py --device cuda
 
 Each case runs in a fresh process so that its peak memory (max RSS on CPU, max allocated on CUDA) is
-its own. Reference (models.md 6): the original code on a 2-core CPU takes about 53 s per default OVSSC
-training step (15 s forward, 38 s backward and step) with a 4.3 GB peak.
+its own. Reference (models.md 6, measured on a quiet machine): the original code on a 2-core CPU takes
+11.6-13.2 s per default OVSSC training step (forward 3.7-4.8 s, backward and step 7.7-8.4 s) with a
+4.3 GB peak. (The 53 s first quoted there came from a busy machine.)
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ CASES = {
     "ovssc-small": ("SemAbs3D", dict(voxel_shape=(64, 64, 64), unet_num_levels=5), 20_000, 50_000),
     "vool-small": ("SemAbsVOOL", dict(voxel_shape=(64, 64, 64), unet_num_levels=5), 20_000, 50_000),
 }
-REFERENCE_STEP_S, REFERENCE_PEAK_GB = 53.0, 4.3  # original, OVSSC default, 2-core CPU
+REFERENCE_STEP_S, REFERENCE_PEAK_GB = 12.4, 4.3  # original, OVSSC default, 2-core CPU (11.6-13.2 s)
 
 
 def make_batch(name: str, num_input: int, num_output: int, device):
@@ -142,8 +143,8 @@ def main(
     for result in results:
         if result["case"] == "ovssc-default" and device == "cpu":
             print(
-                f"ovssc-default vs original ({REFERENCE_STEP_S:.0f} s, {REFERENCE_PEAK_GB} GB): "
-                f"step {REFERENCE_STEP_S / result['step_s']:.2f}x faster, "
+                f"ovssc-default vs original ({REFERENCE_STEP_S:.1f} s, {REFERENCE_PEAK_GB} GB): "
+                f"step {result['step_s'] / REFERENCE_STEP_S:.2f}x the time, "
                 f"peak {result['peak_gb'] / REFERENCE_PEAK_GB:.2f}x"
             )
     print(
