@@ -57,7 +57,7 @@ def worker(cli: argparse.Namespace) -> None:
     procs = training.setup_processes(args.device)
     training.seed_all(0)
     data = dataset.make_datasets(
-        args.file_path, cli.task, training.dataset_config(args, cli.task), splits=("train",)
+        args.file_path, cli.task, dataset.DatasetConfig.from_args(args), splits=("train",)
     )["train"]
     model = net.build_network(cli.task, args.approach, args)
     optimizer, scheduler = training.make_optimizer(model, args, total=1000)
