@@ -111,6 +111,46 @@ class VirtualGrid:
         return volume.view(batch, *self.grid_shape, channels).permute(0, 4, 1, 2, 3)
 
 
+def sample_trilinear(volume: torch.Tensor, grid: torch.Tensor) -> torch.Tensor:
+    """volume [B,C,D,H,W], grid [B,M,3] in [-1,1] -> [B,M,C].
+
+    F.grid_sample(volume, grid, mode="bilinear", padding_mode="border", align_corners=True), including
+    its axis order (the last grid component indexes D), computed as a weighted sum of 8 gathered channel
+    rows of the channels-last volume. grid_sample's CPU backward scatters one channel at a time, a cache
+    miss per channel and corner; here every corner is one row, which makes the backward ~3x faster
+    at 400k queries on 128^3 x 16. Results equal grid_sample up to float rounding (tested).
+    """
+    batch, channels, *sizes = volume.shape
+    size = torch.tensor(sizes[::-1], dtype=grid.dtype, device=grid.device)  # (W, H, D): grid order
+    index = torch.minimum(((grid + 1) / 2 * (size - 1)).clamp(min=0), size - 1)  # [B,M,3]
+    lower = index.floor()
+    weight_upper, weight_lower = index - lower, (lower + 1) - index
+    lower = lower.long()
+    upper = torch.minimum(lower + 1, size.long() - 1)  # its weight is 0 on the last voxel
+    depth, height, width = sizes
+    axis_strides = (1, width, width * height)  # flat index of (w, h, d) within one volume
+    first_row = (torch.arange(batch, device=grid.device) * (depth * height * width))[:, None]
+    rows, weights = [], []
+    for corner in range(8):  # bit a of corner: the upper neighbour along grid axis a
+        row, weight = first_row, 1.0
+        for axis in range(3):
+            take_upper = (corner >> axis) & 1
+            row = row + (upper if take_upper else lower)[..., axis] * axis_strides[axis]
+            weight = weight * (weight_upper if take_upper else weight_lower)[..., axis]
+        rows.append(row)
+        weights.append(weight)
+    table = volume.permute(0, 2, 3, 4, 1).reshape(-1, channels)  # a view when channels-last
+    if torch.is_autocast_enabled(volume.device.type):
+        table = table.float()  # autocast runs grid_sample in float32 too
+    sampled = F.embedding_bag(
+        torch.stack(rows, -1).view(-1, 8),
+        table,
+        per_sample_weights=torch.stack(weights, -1).view(-1, 8).to(table.dtype),
+        mode="sum",
+    )  # [B*M, C]
+    return sampled.view(batch, -1, channels)
+
+
 def point_mlp(in_dim: int, hidden_dim: int, out_dim: int) -> nn.Sequential:
     """Per-point MLP of the point feature extractor: Linear, LeakyReLU, Linear, LeakyReLU, Linear."""
     return nn.Sequential(
@@ -153,19 +193,11 @@ class ImplicitVolumetricDecoder(nn.Module):
     def forward(
         self, features: torch.Tensor, grid: VirtualGrid, query_points: torch.Tensor
     ) -> torch.Tensor:
-        num_volumes, num_queries, _ = query_points.shape
         coords = self.normalized_query(grid, query_points)  # [B',M,3]
         # grid_sample reads the last coordinate as the volume's first spatial axis (X). Quirk B2 hands
         # over (x,y,z) as is, so x and z are swapped; the fix reverses the order to (z,y,x).
         sample_at = coords.flip(-1) if self.fix_sampling else coords
-        sampled = F.grid_sample(
-            features,
-            sample_at.view(num_volumes, num_queries, 1, 1, 3),
-            mode="bilinear",
-            padding_mode="border",
-            align_corners=True,
-        )  # [B',C,M,1,1]
-        point_features = sampled.view(num_volumes, -1, num_queries).transpose(1, 2)  # [B',M,C]
+        point_features = sample_trilinear(features, sample_at)  # [B',M,C]
         if self.concat_xyz_pts:
             point_features = torch.cat([point_features, coords], dim=-1)
         return self.mlp(point_features)

@@ -1,14 +1,15 @@
 """Speed and memory of SemAbs3D and SemAbsVOOL: forward, training step (forward, loss, backward, grad
-clip, LAMB step) and peak memory, at the default config and at a small one.
+clip, LAMB step) and peak memory, at the default config and at a small one, beside the original's way
+of computing the default OVSSC network (bench/original_style.py) measured in the same run.
 
     python bench/networks.py                      # all cases, CPU, 2 threads
+    python bench/networks.py --case ovssc-default --case ovssc-original-style --repeats 2
     python bench/networks.py --case ovssc-default --activation-checkpointing
     python bench/networks.py --device cuda
 
 Each case runs in a fresh process so that its peak memory (max RSS on CPU, max allocated on CUDA) is
-its own. Reference (models.md 6, measured on a quiet machine): the original code on a 2-core CPU takes
-11.6-13.2 s per default OVSSC training step (forward 3.7-4.8 s, backward and step 7.7-8.4 s) with a
-4.3 GB peak. (The 53 s first quoted there came from a busy machine.)
+its own. The original itself, on a quiet 2-core CPU of another session (models.md 6): 11.6-13.2 s per
+default OVSSC training step with a 4.3 GB peak. Machines differ by 2x: compare figures of one run.
 """
 
 from __future__ import annotations
@@ -27,11 +28,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 CASES = {
     # name: (network, config overrides, N input points, M query points)
     "ovssc-default": ("SemAbs3D", {}, 80_000, 400_000),
+    "ovssc-original-style": ("SemAbs3D", {}, 80_000, 400_000),  # bench/original_style.py
     "vool-default": ("SemAbsVOOL", {}, 80_000, 400_000),
     "ovssc-small": ("SemAbs3D", dict(voxel_shape=(64, 64, 64), unet_num_levels=5), 20_000, 50_000),
     "vool-small": ("SemAbsVOOL", dict(voxel_shape=(64, 64, 64), unet_num_levels=5), 20_000, 50_000),
 }
-REFERENCE_STEP_S, REFERENCE_PEAK_GB = 12.4, 4.3  # original, OVSSC default, 2-core CPU (11.6-13.2 s)
+REFERENCE_CASE = "ovssc-original-style"
 
 
 def make_batch(name: str, num_input: int, num_output: int, device):
@@ -58,9 +60,30 @@ def make_batch(name: str, num_input: int, num_output: int, device):
     )
 
 
+def original_style_twin(network, batch):
+    """bench/original_style.py's network with `network`'s weights, checked to give its logits."""
+    import torch
+    from original_style import OriginalStyleSemAbs3D
+
+    grid = network.virtual_grid
+    twin = OriginalStyleSemAbs3D([grid.lower.tolist(), grid.upper.tolist()])
+    twin = twin.to(batch["input_xyz_pts"].device)
+    twin.load_state_dict(network.state_dict())
+    check = dict(batch, output_xyz_pts=batch["output_xyz_pts"][:, :, :20_000])
+    with torch.no_grad():
+        difference = (twin.eval()(**check) - network.eval()(**check)).abs().max().item()
+    if difference > 1e-3:
+        raise SystemExit(f"original-style network differs from ours by {difference:.2e}")
+    return twin
+
+
 def run_case(
     case: str, device: str, threads: int, checkpointing: bool, repeats: int, queue
 ) -> None:
+    import os
+
+    if case == REFERENCE_CASE:
+        os.environ.setdefault("THP_MEM_ALLOC_ENABLE", "0")  # as the original: before net imports utils
     import torch
 
     import net
@@ -68,10 +91,11 @@ def run_case(
 
     torch.set_num_threads(threads)
     name, overrides, num_input, num_output = CASES[case]
-    network_class = getattr(net, name)
-    network = network_class(**overrides, activation_checkpointing=checkpointing).to(device)
-    optimizer = Lamb(network.parameters(), lr=1e-3, weight_decay=1e-5)
+    network = getattr(net, name)(**overrides, activation_checkpointing=checkpointing).to(device)
     batch, labels = make_batch(name, num_input, num_output, device)
+    if case == REFERENCE_CASE:
+        network = original_style_twin(network, batch)
+    optimizer = Lamb(network.parameters(), lr=1e-3, weight_decay=1e-5)
 
     def sync():
         if device.startswith("cuda"):
@@ -140,13 +164,14 @@ def main(
             f"peak {'GPU' if device != 'cpu' else 'RSS'} {result['peak_gb']:5.2f} GB",
             flush=True,
         )
-    for result in results:
-        if result["case"] == "ovssc-default" and device == "cpu":
-            print(
-                f"ovssc-default vs original ({REFERENCE_STEP_S:.1f} s, {REFERENCE_PEAK_GB} GB): "
-                f"step {result['step_s'] / REFERENCE_STEP_S:.2f}x the time, "
-                f"peak {result['peak_gb'] / REFERENCE_PEAK_GB:.2f}x"
-            )
+    measured = {result["case"]: result for result in results}
+    if "ovssc-default" in measured and REFERENCE_CASE in measured:
+        ours, original = measured["ovssc-default"], measured[REFERENCE_CASE]
+        print(
+            f"ovssc-default vs {REFERENCE_CASE} (same run): "
+            f"step {ours['step_s'] / original['step_s']:.2f}x the time, "
+            f"peak {ours['peak_gb'] / original['peak_gb']:.2f}x the memory"
+        )
     print(
         json.dumps(
             dict(

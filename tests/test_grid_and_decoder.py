@@ -137,6 +137,30 @@ def test_decoder_sampling_against_independent_trilinear(fix):
         np.testing.assert_allclose(row[4:].numpy(), coords, atol=1e-6)
 
 
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_sample_trilinear_equals_grid_sample_values_and_gradients(channels_last):
+    g = torch.Generator().manual_seed(2)
+    volume = torch.randn(2, 3, 5, 6, 7, generator=g)  # D, H, W all different
+    if channels_last:
+        volume = volume.contiguous(memory_format=torch.channels_last_3d)
+    volume.requires_grad_()
+    grid = torch.rand(2, 200, 3, generator=g) * 2.4 - 1.2  # some outside [-1, 1]: border padding
+    grid[0, :3] = torch.tensor([[-1.0, -1.0, -1.0], [1.0, 1.0, 1.0], [1.0, -1.0, 0.0]])  # corners
+    expected = (
+        torch.nn.functional.grid_sample(
+            volume, grid.view(2, -1, 1, 1, 3), "bilinear", "border", align_corners=True
+        )
+        .view(2, 3, -1)
+        .transpose(1, 2)
+    )
+    got = net.sample_trilinear(volume, grid)
+    torch.testing.assert_close(got, expected, atol=1e-6, rtol=1e-5)
+    weights = torch.randn(expected.shape, generator=g)
+    (expected_grad,) = torch.autograd.grad(expected, volume, weights)
+    (got_grad,) = torch.autograd.grad(got, volume, weights)
+    torch.testing.assert_close(got_grad, expected_grad, atol=1e-5, rtol=1e-5)
+
+
 def test_fixed_decoder_reads_grid_points_exactly():
     G = 6
     grid = net.VirtualGrid(BOUNDS, (G, G, G))

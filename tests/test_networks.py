@@ -7,6 +7,7 @@ import torch
 from net_fixtures import APPROACHES, RELATIONS, random_batch, small_network
 
 import net
+import unet3d
 
 STATE_DICTS = {
     "ovssc_ours": ("ovssc", "semantic_abstraction"),
@@ -85,6 +86,29 @@ def test_unet_activation_checkpointing_gives_same_outputs_and_gradients():
     torch.testing.assert_close(plain, ckpt)
     for a, b in zip(plain_grads, ckpt_grads, strict=True):
         torch.testing.assert_close(a, b)
+
+
+@pytest.mark.parametrize("activation, input_grad", [(True, True), (False, True), (True, False)])
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_fused_single_conv_equals_groupnorm_conv_relu_modules(activation, input_grad, channels_last):
+    torch.manual_seed(0)
+    block = unet3d.SingleConv(8, 6, num_groups=4, activation=activation)
+    plain = torch.nn.Sequential(*block.children())  # the same modules, run one after the other
+    x = torch.randn(2, 8, 5, 6, 7) * 3 + 1
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last_3d)
+    x.requires_grad_(input_grad)
+    weights = torch.randn(2, 6, 5, 6, 7)
+    results = []
+    for module in (block, plain):
+        out = module(x)
+        inputs = [*module.parameters()] + ([x] if input_grad else [])
+        results.append((out.detach(), torch.autograd.grad(out, inputs, weights)))
+    (fused, fused_grads), (expected, expected_grads) = results
+    assert (fused >= 0).all() or not activation
+    torch.testing.assert_close(fused, expected, atol=1e-5, rtol=1e-5)
+    for got, want in zip(fused_grads, expected_grads, strict=True):
+        torch.testing.assert_close(got, want, atol=1e-4, rtol=1e-5)
 
 
 def test_semantic_aware_ovssc_runs_unet_once_with_the_repeated_volume_output():
