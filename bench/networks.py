@@ -82,8 +82,8 @@ def run_case(
 ) -> None:
     import os
 
-    if case == REFERENCE_CASE:
-        os.environ.setdefault("THP_MEM_ALLOC_ENABLE", "0")  # as the original: before net imports utils
+    if case == REFERENCE_CASE:  # plain pages as the original (set before net imports utils)
+        os.environ.setdefault("THP_MEM_ALLOC_ENABLE", "0")
     import torch
 
     import net

@@ -90,7 +90,9 @@ def test_unet_activation_checkpointing_gives_same_outputs_and_gradients():
 
 @pytest.mark.parametrize("activation, input_grad", [(True, True), (False, True), (True, False)])
 @pytest.mark.parametrize("channels_last", [False, True])
-def test_fused_single_conv_equals_groupnorm_conv_relu_modules(activation, input_grad, channels_last):
+def test_fused_single_conv_equals_groupnorm_conv_relu_modules(
+    activation, input_grad, channels_last
+):
     torch.manual_seed(0)
     block = unet3d.SingleConv(8, 6, num_groups=4, activation=activation)
     plain = torch.nn.Sequential(*block.children())  # the same modules, run one after the other
