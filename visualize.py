@@ -43,6 +43,7 @@ from generate_relevancy import (
     build_extractor,
     relevancy_figure,
 )
+from inputs import CLIP_TEXT_DIM
 from utils import InputError, atomic_path, resolve_device, run_app
 
 app = typer.Typer(add_completion=False, pretty_exceptions_enable=False, help=__doc__.split("\n")[0])
@@ -78,6 +79,11 @@ def scene_relevancy(frame, labels, approach, config, clip_options, device, seed,
     extractor = build_extractor(*clip_options, device, 32)
     text = extractor.text_features(labels, [relevancy.HOME_PROMPT]).float().cpu().numpy()
     if approach == "semantic_aware":
+        if text.shape[1] != CLIP_TEXT_DIM:
+            raise InputError(
+                f"the semantic_aware network compares points with {CLIP_TEXT_DIM}-d CLIP text "
+                f"features, and this CLIP model gives {text.shape[1]}-d: use ViT-B/32 weights"
+            )
         return None, text
     settings = relevancy.saliency_config(config, frame.shape[0])
     maps, _ = extractor(frame.rgb, labels, [relevancy.HOME_PROMPT], settings, seed, progress=True)

@@ -7,17 +7,19 @@ import open_clip
 
 TINY = "semabs-tiny-vit"  # 64 px input, 16 px patches: a 4x4 grid
 TINY_224 = "semabs-tiny-vit-224"  # 224 px input, 32 px patches: the 7x7 grid of ViT-B-32
+TINY_512 = "semabs-tiny-vit-512"  # TINY_224 with ViT-B-32's 512-d features (semantic-aware nets)
 
-CONFIGS = {
-    TINY: {"image_size": 64, "patch_size": 16},
-    TINY_224: {"image_size": 224, "patch_size": 32},
+CONFIGS = {  # name: (vision config, feature width)
+    TINY: ({"image_size": 64, "patch_size": 16}, 32),
+    TINY_224: ({"image_size": 224, "patch_size": 32}, 32),
+    TINY_512: ({"image_size": 224, "patch_size": 32}, 512),
 }
 
 
 def register_tiny(folder) -> None:
-    for name, vision in CONFIGS.items():
+    for name, (vision, embed_dim) in CONFIGS.items():
         config = {
-            "embed_dim": 32,
+            "embed_dim": embed_dim,
             "vision_cfg": {**vision, "layers": 2, "width": 64, "head_width": 32},
             "text_cfg": {
                 "context_length": 77,

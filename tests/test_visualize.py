@@ -15,7 +15,7 @@ import imageio.v2 as imageio
 import numpy as np
 import pytest
 import trimesh
-from relevancy_models import TINY_224
+from relevancy_models import TINY_224, TINY_512
 from typer.testing import CliRunner
 
 import checkpoint
@@ -142,6 +142,37 @@ def test_generated_pickle_and_wrong_task(tmp_path, tiny_models):
     vool = tiny_checkpoint(tmp_path / "vool", "vool")
     with pytest.raises(visualize.InputError, match="vool checkpoint, not ovssc"):
         invoke("ovssc-inference", scene, vool, "--dump-path", dump, *CLIP)
+
+
+@pytest.mark.parametrize(
+    "task, approach",
+    [("ovssc", "semantic_aware"), ("vool", "semantic_aware"), ("vool", "clip_spatial")],
+)
+def test_baseline_checkpoints_run_inference(tmp_path, tiny_models, task, approach):
+    """Every approach's checkpoint runs, as args.pkl says (the original always built ours)."""
+    scene = REPO / "scene_files" / "procedural_00002.pkl"
+    ckpt = tiny_checkpoint(tmp_path / approach, task, approach)
+    dump = tmp_path / "vis"
+    clip = ["--model", TINY_512 if approach == "semantic_aware" else TINY_224, *CLIP[2:]]
+    invoke(
+        f"{task}-inference", scene, ckpt, "--dump-path", dump, "--grid-size", 12,
+        "--saliency-config", "fast", *clip,
+    )  # fmt: skip
+    name = "completion" if task == "ovssc" else "localization"
+    data = np.load(dump / scene.stem / f"{name}.npz")
+    with open(scene, "rb") as f:
+        rows = pickle.load(f)[f"{task}_obj_classes" if task == "ovssc" else "descriptions"]
+    assert len(data["classes" if task == "ovssc" else "descriptions"]) == len(rows) > 0
+    assert len(data["xyz"]) > 0
+
+
+def test_semantic_aware_needs_512_d_text_features(tmp_path, tiny_models):
+    scene = REPO / "scene_files" / "procedural_00002.pkl"
+    ckpt = tiny_checkpoint(tmp_path / "aware", "ovssc", "semantic_aware")
+    with pytest.raises(
+        visualize.InputError, match="512-d CLIP text features, and this CLIP model gives 32-d"
+    ):
+        invoke("ovssc-inference", scene, ckpt, "--dump-path", tmp_path / "vis", *CLIP)
 
 
 def test_safe_names():
