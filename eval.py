@@ -43,7 +43,6 @@ from tqdm import tqdm
 
 import checkpoint
 import dataset
-import net
 import options
 import train_ovssc
 import train_vool
@@ -88,12 +87,6 @@ def parser() -> argparse.ArgumentParser:
         type=int,
         default=training.CHUNK_POINTS,
         help="above this many query points the net runs one class/description at a time",
-    )
-    add(
-        "--clip_checkpoint",
-        default=None,
-        help="semantic-aware VOOL: local CLIP ViT-B-32 weights for the name features "
-        "(default: open_clip's openai weights from the cache)",
     )
     return p
 
@@ -171,24 +164,9 @@ def read_finished(path: Path, epoch: int) -> pd.DataFrame | None:
     return frame
 
 
-def text_encoder(args: argparse.Namespace, device: torch.device):
-    """Semantic-aware VOOL: CLIP ViT-B-32 text features of the bare object names."""
-    import relevancy
-
-    model, tokenizer = relevancy.load_model(checkpoint=args.clip_checkpoint, device=device)
-
-    def encode(names: list[str]) -> torch.Tensor:
-        with torch.no_grad():
-            return model.encode_text(tokenizer(names).to(device)).float()
-
-    return encode
-
-
 def build_model(args: argparse.Namespace, device: torch.device, **overrides) -> tuple:
     """(network in eval mode with the checkpoint's weights, checkpoint's `epochs`)."""
-    if (args.task, args.approach) == ("vool", "semantic_aware") and "text_encoder" not in overrides:
-        overrides["text_encoder"] = text_encoder(args, device)
-    model = net.build_network(args.task, args.approach, args, **overrides)
+    model = training.build_network(args.task, args, device, **overrides)
     ckpt = checkpoint.load_network(model, args.load, map_location="cpu")
     return model.to(device).eval(), int(ckpt.get("epochs", 0))
 

@@ -7,7 +7,7 @@ hurt users:
 - `--voxel_shape X Y Z` and `--scene_bounds x0 y0 z0 x1 y1 z1` can be set;
 - `--device auto` (the default) picks CUDA when present, where the original hard-coded "cuda";
 - `--gpus` is still accepted, but whether DDP runs is decided by the world size torchrun gives.
-New: the `--fix_*` flags of fixes.py, `--activation_checkpointing`, `--amp_dtype`.
+New: the `--fix_*` flags of fixes.py, `--activation_checkpointing`, `--amp_dtype`, `--clip_checkpoint`.
 
 `args.pkl` (the pickled training Namespace beside a checkpoint) is read back by `load_args`, which
 fills flags that an older file lacks with their defaults, so released and our own files read alike.
@@ -154,6 +154,12 @@ def add_shared_flags(parser: argparse.ArgumentParser) -> None:
     _add_bool(
         parser, "activation_checkpointing", False, "recompute activations in backward (less memory)"
     )
+    add(
+        "--clip_checkpoint",
+        default=None,
+        help="semantic-aware VOOL: local CLIP ViT-B-32 weights for the object-name features "
+        "(default: open_clip's openai weights from the cache)",
+    )
     for fix in fixes.FIXES:
         if fix.used_by != "relevancy":
             _add_bool(parser, fix.name, False, f"{fix.fixed} [{fix.spec}]")
@@ -196,6 +202,7 @@ RUN_KEYS = {
     "save_freq",
     "eval_freq",
     "task",
+    "clip_checkpoint",
 }
 
 

@@ -676,27 +676,50 @@ def check_resume_args(args: argparse.Namespace, log_dir: Path) -> None:
         )
 
 
+def text_encoder(args: argparse.Namespace, device: torch.device):
+    """Semantic-aware VOOL: CLIP ViT-B-32 text features of the bare object names (models.md 2.4)."""
+    import relevancy
+
+    model, tokenizer = relevancy.load_model(checkpoint=args.clip_checkpoint, device=device)
+
+    def encode(names: list[str]) -> torch.Tensor:
+        with torch.no_grad():
+            return model.encode_text(tokenizer(names).to(device)).float()
+
+    return encode
+
+
+def build_network(task: str, args: argparse.Namespace, device: torch.device, **overrides):
+    """args' network on `device`; semantic-aware VOOL also gets the CLIP text encoder its names need
+    (the original ran CLIP inside the network)."""
+    if (task, args.approach) == ("vool", "semantic_aware") and "text_encoder" not in overrides:
+        overrides["text_encoder"] = text_encoder(args, device)
+    return net.build_network(task, args.approach, args, **overrides).to(device)
+
+
 def train(
     task: Task,
     args: argparse.Namespace,
     stop_after_steps: int | None = None,
     max_seconds: float | None = None,
+    **network_overrides,
 ) -> nn.Module:
     """Train as train-eval.md 1.6; returns this process's (bare) network.
 
     stop_after_steps / max_seconds (tests, benchmarks): save latest.pth and return after that many
     optimizer steps / once that much time has passed (checked after each training step).
+    network_overrides: constructor arguments beyond args (tests: a small text encoder).
     """
     deadline = None if max_seconds is None else time.monotonic() + max_seconds
     log_dir = Path(args.log)
     procs = setup_processes(args.device)
     try:
-        return _train(task, args, procs, log_dir, stop_after_steps, deadline)
+        return _train(task, args, procs, log_dir, stop_after_steps, deadline, network_overrides)
     finally:
         teardown_processes()
 
 
-def _train(task, args, procs, log_dir, stop_after_steps, deadline):
+def _train(task, args, procs, log_dir, stop_after_steps, deadline, network_overrides):
     if args.use_amp and procs.device.type != "cuda":
         raise InputError("--use_amp needs CUDA; drop it or use --device cuda")
     check_log_dir(log_dir)
@@ -713,7 +736,7 @@ def _train(task, args, procs, log_dir, stop_after_steps, deadline):
     log.info(" | ".join(f"{split}: {len(d)}" for split, d in datasets.items()))
 
     torch.manual_seed(args.seed)  # same initial weights on every rank
-    model = net.build_network(task.name, args.approach, args).to(procs.device)
+    model = build_network(task.name, args, procs.device, **network_overrides)
     log.info("NUM PARAMS: %d", sum(p.numel() for p in model.parameters()))
     total = total_steps(args, len(datasets["train"]), procs)
     optimizer, scheduler = make_optimizer(model, args, total)

@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from test_pipeline import tiny_text_encoder
 
 import dataset
 import generate_relevancy
@@ -23,6 +24,7 @@ import training
 from checkpoint import read_checkpoint
 
 REPO = Path(__file__).resolve().parents[1]
+TASKS = {"ovssc": train_ovssc.TASK, "vool": train_vool.TASK}
 SEEDS = [0, 1, 3, 4, 2]  # seed 2 is a test room (FloorPlan228)
 TINY = (
     "--voxel_shape 16 16 16 --unet_num_levels 2 --unet_f_maps 8 --unet_num_groups 4 "
@@ -192,6 +194,27 @@ def test_vool_trains_and_evaluates(data, tmp_path):
     frame = training.pd.read_pickle(tmp_path / "vool" / "detailed_stats.pkl")
     assert set(frame["split"]) == {"train", "unseen_instances"}
     assert len(frame[frame["split"] == "unseen_instances"]["cutoff"].unique()) == 10
+
+
+@pytest.mark.parametrize(
+    "task, approach",
+    [("ovssc", "semantic_aware"), ("vool", "semantic_aware"), ("vool", "clip_spatial")],
+)
+def test_baseline_approaches_train(data, tmp_path, monkeypatch, tiny_models, task, approach):
+    """Every approach trains a step; semantic-aware VOOL encodes its object names with CLIP, which
+    training builds from --clip_checkpoint (here a random 32-d text tower in its place)."""
+    names = []
+    encoder = tiny_text_encoder()
+    monkeypatch.setattr(
+        training, "text_encoder", lambda args, device: lambda n: names.extend(n) or encoder(n)
+    )
+    folder = with_splits(data, 1, 1)
+    args = args_for(task, folder, tmp_path / approach, "--epochs", "1", "--approach", approach)
+    extra = {"clip_hidden_dim": 32} if (task, approach) == ("vool", "semantic_aware") else {}
+    model = training.train(TASKS[task], args, stop_after_steps=1, **extra)
+    assert model.steps.item() == 1
+    assert (tmp_path / approach / "latest.pth").is_file()
+    assert bool(names) == ((task, approach) == ("vool", "semantic_aware"))
 
 
 # -- two processes under torchrun (gloo)
