@@ -10,8 +10,9 @@
      has relevancy above a threshold: the visible answer, with no completion of hidden parts.
    Baseline thresholds are swept too, so they get their best case.
 
-    python bench/learn.py --minutes 8          # 8 + 8 minutes of training (tiny model), then the table
-    python bench/learn.py --minutes 1 --eval-only
+    python bench/learn.py                      # 10 + 10 minutes of training (small model), then the table
+    python bench/learn.py --tasks vool --train-flags "--lr 5e-3 --num_descs 2"
+    python bench/learn.py --eval-only
 """
 
 from __future__ import annotations
@@ -67,8 +68,9 @@ def make_data(root: Path, num_scenes: int) -> None:
     generate_relevancy.dataset(root, source="oracle", configs=["ours"])
 
 
-def train(task: str, data: Path, log: Path, minutes: float, workers: int, model: str) -> None:
+def train(task: str, data: Path, log: Path, minutes: float, workers: int, model: str, extra: str):
     argv = ["--file_path", str(data), "--log", str(log), *RUN, *MODELS[model].split()]
+    argv += extra.split()  # last: overrides the flags above
     argv += ["--num_workers", str(workers)]
     args = training.prepare_args(task, argv)
     start = time.monotonic()
@@ -106,6 +108,8 @@ def evaluate(task: str, data: Path, log: Path) -> dict:
     training.seed_all(0)  # the input subsample is random: the same draw for every approach and run
     args.balance_spatial_sampling = False  # as eval.py: every in-bounds ground-truth point
     args.domain_randomization = False
+    defaults = options.defaults()  # the same rows for every run, whatever it trained with
+    args.num_descs, args.num_patches = defaults.num_descs, defaults.num_patches
     model = net.build_network(task, args.approach, args)
     checkpoint.load_network(model, log / "latest.pth")
     model.eval()
@@ -151,7 +155,8 @@ def main() -> None:
     parser.add_argument("--minutes", type=float, default=10.0, help="training time per task")
     parser.add_argument("--num-workers", type=int, default=1)
     parser.add_argument("--tasks", nargs="+", default=["ovssc", "vool"])
-    parser.add_argument("--model", choices=list(MODELS), default="tiny")
+    parser.add_argument("--model", choices=list(MODELS), default="small")
+    parser.add_argument("--train-flags", default="", help='more training flags, e.g. "--lr 5e-3"')
     parser.add_argument("--eval-only", action="store_true")
     cli = parser.parse_args()
     torch.set_num_threads(2)
@@ -159,7 +164,10 @@ def main() -> None:
     results = {}
     for task in cli.tasks:
         if not cli.eval_only:
-            train(task, cli.data, cli.out / task, cli.minutes, cli.num_workers, cli.model)
+            train(
+                task, cli.data, cli.out / task, cli.minutes, cli.num_workers, cli.model,
+                cli.train_flags,
+            )  # fmt: skip
         results[task] = evaluate(task, cli.data, cli.out / task)
     lines = [
         "| task | trained (best cutoff) | all in frustum | lifted relevancy (best threshold) |",
