@@ -168,7 +168,7 @@ def build_model(args: argparse.Namespace, device: torch.device, **overrides) -> 
     """(network in eval mode with the checkpoint's weights, checkpoint's `epochs`)."""
     model = training.build_network(args.task, args, device, **overrides)
     ckpt = checkpoint.load_network(model, args.load, map_location="cpu")
-    return model.to(device).eval(), int(ckpt.get("epochs", 0))
+    return model.eval(), int(ckpt.get("epochs", 0))
 
 
 # --------------------------------------------------------------------------------------------------
