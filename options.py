@@ -44,6 +44,16 @@ def _add_bool(parser: argparse.ArgumentParser, name: str, default: bool, help: s
     parser.set_defaults(**{name: default})
 
 
+def _every(text: str) -> int:
+    """An every-N-epochs count: 0 or more (the original divided by it, so 0 crashed)."""
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(
+            f"must be 0 (never) or a positive epoch count, got {value}"
+        )
+    return value
+
+
 def _scene_bounds(values: list[float]) -> list[list[float]]:
     lower, upper = values[:3], values[3:]
     if not all(u > lo for lo, u in zip(lower, upper)):
@@ -76,8 +86,18 @@ def add_shared_flags(parser: argparse.ArgumentParser) -> None:
     add("--load", default=None, help="checkpoint to resume from (train) or to evaluate")
     add("--batch_size", type=int, default=1, help="per-process training batch size")
     add("--num_warmup_steps", type=int, default=1024)
-    add("--save_freq", type=int, default=1, help="save ckpt_<epoch>.pth every N epochs")
-    add("--eval_freq", type=int, default=5, help="evaluate unseen_instances every N epochs")
+    add(
+        "--save_freq",
+        type=_every,
+        default=1,
+        help="save ckpt_<epoch>.pth every N epochs (0: only the last epoch's)",
+    )
+    add(
+        "--eval_freq",
+        type=_every,
+        default=5,
+        help="evaluate unseen_instances every N epochs, from epoch 0 (0: never while training)",
+    )
     add(
         "--gpus",
         nargs="+",

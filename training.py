@@ -354,6 +354,11 @@ SCHEDULES = {
 }
 
 
+def every(epoch: int, freq: int) -> bool:
+    """--eval_freq / --save_freq: epochs 0, freq, 2 freq, ...; never when freq is 0."""
+    return freq > 0 and epoch % freq == 0
+
+
 def total_steps(args: argparse.Namespace, train_size: int, procs: Processes) -> int:
     """The original's T = epochs x (len(train) // batch_size), which ignores the world size (so N
     processes use 1/N of the cosine); --fix_lr_schedule_world_size counts this process's batches."""
@@ -776,7 +781,7 @@ def _train(task, args, procs, log_dir, stop_after_steps, deadline, network_overr
                     continue
                 if split == "train" and position.train_done:
                     continue
-                if split != "train" and epoch % args.eval_freq != 0:
+                if split != "train" and not every(epoch, args.eval_freq):
                     continue
                 frame, complete = trainer.run_split(split, datasets[split], position)
                 if split == "train":
@@ -796,7 +801,7 @@ def _train(task, args, procs, log_dir, stop_after_steps, deadline, network_overr
                     pd.concat(epoch_frames), fix_rate_argmin=args.fix_rate_argmin
                 )
                 print(metrics.format_epoch_summary(rows), flush=True)
-            if procs.main and (epoch % args.save_freq == 0 or epoch == args.epochs - 1):
+            if procs.main and (every(epoch, args.save_freq) or epoch == args.epochs - 1):
                 path = log_dir / f"ckpt_{epoch}.pth"
                 save_state(path, model, optimizer, scheduler, scaler, Position(epoch=epoch + 1))
                 log.info("Saved checkpoint to %s", path)

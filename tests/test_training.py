@@ -196,6 +196,25 @@ def test_vool_trains_and_evaluates(data, tmp_path):
     assert len(frame[frame["split"] == "unseen_instances"]["cutoff"].unique()) == 10
 
 
+def test_zero_frequencies_skip_evaluation_and_intermediate_checkpoints(data, tmp_path):
+    folder = with_splits(data, 1, 1)
+    log = tmp_path / "log"
+    extra = ("--epochs", "2", "--eval_freq", "0", "--save_freq", "0")
+    training.train(train_ovssc.TASK, args_for("ovssc", folder, log, *extra))
+    frame = training.pd.read_pickle(log / "detailed_stats.pkl")
+    assert set(frame["split"]) == {"train"} and set(frame["epoch"]) == {0, 1}
+    assert sorted(p.name for p in log.glob("ckpt_*.pth")) == ["ckpt_1.pth"]  # the last epoch's
+
+
+def test_negative_frequency_is_refused(capsys):
+    with pytest.raises(SystemExit):
+        training.prepare_args("ovssc", ["--file_path", "x", "--log", "y", "--eval_freq", "-1"])
+    assert (
+        "--eval_freq: must be 0 (never) or a positive epoch count, got -1"
+        in capsys.readouterr().err
+    )
+
+
 @pytest.mark.parametrize(
     "task, approach",
     [("ovssc", "semantic_aware"), ("vool", "semantic_aware"), ("vool", "clip_spatial")],
