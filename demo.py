@@ -131,8 +131,8 @@ def main(
             f"3/6 train {task.upper()}",
             [log / "latest.pth", log / "args.pkl"],
             python + [script, "--file_path", str(data), "--log", str(log), *SMALL_NETWORK,
-                      "--max_minutes", str(train_minutes), "--epochs", "1000", "--eval_freq", "1000",
-                      "--save_freq", "1000", "--lr", "3e-3", "--num_warmup_steps", "50",
+                      "--max_minutes", str(train_minutes), "--epochs", "1000", "--eval_freq", "0",
+                      "--save_freq", "0", "--lr", "3e-3", "--num_warmup_steps", "50",
                       "--lr_scheduler_type", "constant_with_warmup", "--device", device],
         )  # fmt: skip
 
