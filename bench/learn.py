@@ -2,7 +2,8 @@
 
 1. Generates scenes (small preset) with oracle relevancy into --data (skipped when already there).
 2. Trains a small-config OVSSC and VOOL model (semantic_abstraction) for 5 epochs (510 steps), at
-   most --minutes each, single process, into outputs/learn/{ovssc,vool}/ (latest.pth, ckpt_*.pth, args.pkl: eval.py input).
+   most --minutes each, single process, into outputs/learn/{ovssc,vool}/ (latest.pth, ckpt_4.pth,
+   args.pkl: eval.py input).
 3. Scores the novel-room scenes (`unseen_instances`, every in-bounds ground-truth point) by voxel 32^3
    IoU, each approach at its best threshold (as summarize.py picks the best cutoff), beside
    - "all in frustum": every query point inside the camera frustum is positive;
