@@ -161,6 +161,34 @@ def test_sample_trilinear_equals_grid_sample_values_and_gradients(channels_last)
     torch.testing.assert_close(got_grad, expected_grad, atol=1e-5, rtol=1e-5)
 
 
+def test_weighted_row_sum_equals_embedding_bag_values_and_gradients():
+    g = torch.Generator().manual_seed(3)
+    rows = torch.randint(0, 30, (50, 8), generator=g)
+    rows[:5] = 7  # repeated rows within one query and across queries
+    table = torch.randn(30, 4, dtype=torch.float64, generator=g, requires_grad=True)
+    weights = torch.rand(50, 8, dtype=torch.float64, generator=g, requires_grad=True)
+    expected = torch.nn.functional.embedding_bag(
+        rows, table, per_sample_weights=weights, mode="sum"
+    )
+    got = net.WeightedRowSum.apply(rows, table, weights)
+    torch.testing.assert_close(got, expected)
+    upstream = torch.randn(50, 4, dtype=torch.float64, generator=g)
+    for grad, want in zip(
+        torch.autograd.grad(got, (table, weights), upstream),
+        torch.autograd.grad(expected, (table, weights), upstream),
+        strict=True,
+    ):
+        torch.testing.assert_close(grad, want)
+    # A hand-computed entry: table row 7 collects every weight of the first five queries.
+    (table_grad,) = torch.autograd.grad(
+        net.WeightedRowSum.apply(rows, table, weights), table, upstream
+    )
+    by_hand = sum(
+        weights[m, k] * upstream[m] for m in range(50) for k in range(8) if rows[m, k] == 7
+    )
+    torch.testing.assert_close(table_grad[7], by_hand)
+
+
 def test_fixed_decoder_reads_grid_points_exactly():
     G = 6
     grid = net.VirtualGrid(BOUNDS, (G, G, G))
