@@ -28,7 +28,13 @@ def maybe_checkpoint(enabled: bool, module: nn.Module, *inputs: torch.Tensor) ->
 
 # conv3d_weight_grad: grad_out bytes per chunk of rows, and matrix products per chunk and kernel tap.
 WEIGHT_GRAD_CHUNK_BYTES, WEIGHT_GRAD_SPLIT = 2 << 20, 2
-ROWS_WEIGHT_GRAD_MIN_VOXELS = 128**3  # on smaller volumes oneDNN's kernel is as fast
+# CPU volumes from which the backward pass uses conv3d_weight_grad and group_norm_sums_backward
+# instead of ATen's kernels: on smaller ones those were as fast or faster (2 AVX2 cores).
+OWN_BACKWARD_MIN_VOXELS = 128**3
+
+
+def own_backward(x: torch.Tensor) -> bool:
+    return x.device.type == "cpu" and x[0, 0].numel() >= OWN_BACKWARD_MIN_VOXELS
 
 
 def weight_grad_layout(shape: torch.Size, out_channels: int) -> tuple[int, int, int]:
@@ -88,11 +94,10 @@ def conv3d_weight_grad(grad_out: torch.Tensor, input_rows: torch.Tensor) -> torc
 
 def normalised_conv_weight_grad(grad_out, x, scale, shift, weight) -> torch.Tensor:
     """Gradient of conv3d(x * scale + shift, weight, padding=1) with respect to weight, the normalised
-    input recomputed: on CPU volumes of ROWS_WEIGHT_GRAD_MIN_VOXELS or more straight into
-    conv3d_weight_grad's padded rows (~0.4 s less per default OVSSC training step on 2 cores, 3%),
-    else for convolution_backward.
+    input recomputed: if own_backward(x) straight into conv3d_weight_grad's padded rows (~0.4 s less
+    per default OVSSC training step on 2 cores, 3%), else for convolution_backward.
     """
-    if x.device.type != "cpu" or x[0, 0].numel() < ROWS_WEIGHT_GRAD_MIN_VOXELS:
+    if not own_backward(x):
         normalised = torch.addcmul(shift, x, scale)
         return torch.ops.aten.convolution_backward(
             grad_out, normalised, weight, None, [1] * 3, [1] * 3, [1] * 3, False, [0] * 3, 1,
@@ -104,15 +109,51 @@ def normalised_conv_weight_grad(grad_out, x, scale, shift, weight) -> torch.Tens
     return conv3d_weight_grad(grad_out, input_rows)
 
 
+def group_norm_backward(grad_out, x, mean, rstd, gamma, groups: int, input_grad: bool):
+    """Gradients of group_norm(x, groups, gamma, beta) for x (None unless input_grad), gamma and beta.
+
+    x, grad_out [B, C, D, H, W]; mean, rstd [B, groups] from native_group_norm. If own_backward(x),
+    from two per-channel sums, of grad_out and of grad_out * x (the diagonal of one [C, S] @ [S, C]
+    product per sample), and two multiply-add passes: ATen's channels-last kernel took twice as long
+    at 128^3 x 16 on 2 CPU cores (~0.1 s more per volume, ~0.5 s per default OVSSC training step).
+    """
+    batch, channels = x.shape[:2]
+    if not own_backward(x):
+        return torch.ops.aten.native_group_norm_backward(
+            grad_out, x, mean, rstd, gamma, batch, channels, x[0, 0].numel(), groups,
+            [input_grad, True, True],
+        )  # fmt: skip
+    grad_flat, x_flat = grad_out.flatten(2), x.flatten(2)  # [B, C, S] views
+    per_group = (batch, groups, channels // groups)
+    grad_sum = grad_flat.sum(2).view(per_group)
+    grad_x_sum = torch.bmm(grad_flat, x_flat.transpose(1, 2)).diagonal(dim1=1, dim2=2)  # [B, C]
+    mean, rstd = mean[..., None], rstd[..., None]  # [B, groups, 1]
+    grad_xhat_sum = rstd * (grad_x_sum.view(per_group) - mean * grad_sum)  # of grad_out * x-hat
+    grad_gamma, grad_beta = grad_xhat_sum.sum(0).view(channels), grad_sum.sum(0).view(channels)
+    if not input_grad:
+        return None, grad_gamma, grad_beta
+    # d x = rstd * (gamma * grad_out - mean(gamma * grad_out) - x-hat * mean(gamma * grad_out * x-hat)),
+    # means over each group's elements; written as a * grad_out + b * x + c per channel.
+    gamma = gamma.view(per_group[1:])
+    group_size = channels // groups * x[0, 0].numel()
+    mean_grad = (gamma * grad_sum).sum(-1, keepdim=True) / group_size  # [B, groups, 1]
+    mean_grad_xhat = (gamma * grad_xhat_sum).sum(-1, keepdim=True) / group_size
+    per_channel = (batch, channels, 1, 1, 1)
+    a = (rstd * gamma).view(per_channel)
+    b = (-rstd * rstd * mean_grad_xhat).expand(per_group).reshape(per_channel)
+    c = (rstd * (rstd * mean * mean_grad_xhat - mean_grad)).expand(per_group).reshape(per_channel)
+    return torch.addcmul(c, x, b).addcmul_(grad_out, a), grad_gamma, grad_beta
+
+
 class GroupNormConv3d(torch.autograd.Function):
     """conv3d(group_norm(x)) that keeps x, not the normalised tensor, for the backward pass.
 
     The normalised tensor is as large as x (128 MB per full-resolution volume) and x is kept anyway
     (it is the previous ReLU's output), so recomputing the normalisation in the backward pass (one
     memory-bound pass, x * scale + shift with the saved statistics) saves ~1 GB at the default config.
-    The weight's gradient comes from normalised_conv_weight_grad, the input's from conv_transpose3d
-    (oneDNN's backward-data kernel). Same values and gradients as the two modules: the recomputed
-    tensor equals the forward's bit for bit.
+    The weight's gradient comes from normalised_conv_weight_grad, the normalised tensor's from
+    conv_transpose3d (oneDNN's backward-data kernel), and from it group_norm_backward gives the rest.
+    Same values and gradients as the two modules: the recomputed tensor equals the forward's bit for bit.
     """
 
     @staticmethod
@@ -139,10 +180,9 @@ class GroupNormConv3d(torch.autograd.Function):
                 grad_out, x, scale.view(view), shift.view(view), weight
             )
         grad_normalised = F.conv_transpose3d(grad_out, weight, padding=1)
-        grad_x, grad_gamma, grad_beta = torch.ops.aten.native_group_norm_backward(
-            grad_normalised, x, mean, rstd, gamma, batch, channels, x[0, 0].numel(), ctx.groups,
-            [ctx.needs_input_grad[0], True, True],
-        )  # fmt: skip
+        grad_x, grad_gamma, grad_beta = group_norm_backward(
+            grad_normalised, x, mean, rstd, gamma, ctx.groups, ctx.needs_input_grad[0]
+        )
         return grad_x, grad_gamma, grad_beta, grad_weight, None, None
 
 

@@ -90,11 +90,12 @@ def test_unet_activation_checkpointing_gives_same_outputs_and_gradients():
 
 @pytest.mark.parametrize("activation, input_grad", [(True, True), (False, True), (True, False)])
 @pytest.mark.parametrize("channels_last", [False, True])
-@pytest.mark.parametrize("rows_weight_grad", [False, True])  # conv3d_weight_grad or oneDNN's
+# own_backward: the weight gradient and GroupNorm backward of ATen, or conv3d_weight_grad and ours
+@pytest.mark.parametrize("own_backward", [False, True])
 def test_fused_single_conv_equals_groupnorm_conv_relu_modules(
-    monkeypatch, activation, input_grad, channels_last, rows_weight_grad
+    monkeypatch, activation, input_grad, channels_last, own_backward
 ):
-    monkeypatch.setattr(unet3d, "ROWS_WEIGHT_GRAD_MIN_VOXELS", 0 if rows_weight_grad else 10**9)
+    monkeypatch.setattr(unet3d, "OWN_BACKWARD_MIN_VOXELS", 0 if own_backward else 10**9)
     torch.manual_seed(0)
     block = unet3d.SingleConv(8, 6, num_groups=4, activation=activation)
     plain = torch.nn.Sequential(*block.children())  # the same modules, run one after the other
