@@ -83,13 +83,14 @@ def conv3d_weight_grad(grad_out: torch.Tensor, input_rows: torch.Tensor) -> torc
         (a * (height + 2) + b) * (width + 2) + c
         for a, b, c in itertools.product(range(3), repeat=3)
     ]
-    grad_weight = grad_out.new_zeros(27, out_channels, in_channels)
+    grad_weight = grad_out.new_zeros(27, WEIGHT_GRAD_SPLIT, out_channels, in_channels)
+    tap_sums = grad_weight.unbind(0)  # [split, O, I] each, summed into in place
     for start, grad_chunk in zip(range(0, num_grad_rows, chunk), grad_chunks.transpose(2, 3)):
-        for tap, offset in enumerate(taps):
+        for tap_sum, offset in zip(tap_sums, taps):
             input_chunk = input_rows[start + offset : start + offset + chunk]
-            products = torch.bmm(grad_chunk, input_chunk.view(WEIGHT_GRAD_SPLIT, -1, in_channels))
-            grad_weight[tap] += products.sum(0)  # products: [split, O, I]
-    return grad_weight.view(3, 3, 3, out_channels, in_channels).permute(3, 4, 0, 1, 2)
+            tap_sum.baddbmm_(grad_chunk, input_chunk.view(WEIGHT_GRAD_SPLIT, -1, in_channels))
+    grad_weight = grad_weight.sum(1).view(3, 3, 3, out_channels, in_channels)
+    return grad_weight.permute(3, 4, 0, 1, 2)
 
 
 def normalised_conv_weight_grad(grad_out, x, scale, shift, weight) -> torch.Tensor:
