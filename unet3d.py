@@ -28,12 +28,13 @@ def maybe_checkpoint(enabled: bool, module: nn.Module, *inputs: torch.Tensor) ->
 
 # conv3d_weight_grad: grad_out bytes per chunk of rows, and matrix products per chunk and kernel tap.
 WEIGHT_GRAD_CHUNK_BYTES, WEIGHT_GRAD_SPLIT = 2 << 20, 2
-# CPU volumes from which the backward pass uses conv3d_weight_grad and group_norm_sums_backward
-# instead of ATen's kernels: on smaller ones those were as fast or faster (2 AVX2 cores).
+# CPU volumes from which the backward pass computes the weight gradient and GroupNorm's backward
+# itself instead of with ATen's kernels: on smaller ones those were as fast or faster (2 AVX2 cores).
 OWN_BACKWARD_MIN_VOXELS = 128**3
 
 
 def own_backward(x: torch.Tensor) -> bool:
+    """Whether GroupNormConv3d's backward pass on volumes x [B, C, D, H, W] uses our kernels."""
     return x.device.type == "cpu" and x[0, 0].numel() >= OWN_BACKWARD_MIN_VOXELS
 
 
