@@ -26,8 +26,9 @@ import gradio as gr  # noqa: E402
 import numpy as np  # noqa: E402
 
 import relevancy  # noqa: E402
-from generate_relevancy import DEFAULT_IMAGE, overlay, relevancy_figure, shown_maps  # noqa: E402
-from utils import InputError, atomic_path, resolve_device  # noqa: E402
+from figures import overlay, relevancy_figure, shown_maps  # noqa: E402
+from processes import resolve_device  # noqa: E402
+from utils import InputError, atomic_path  # noqa: E402
 
 OPENAI = "OpenAI CLIP weights"
 RANDOM = "random weights (smoke test only: the maps mean nothing)"
@@ -141,7 +142,7 @@ def build_demo(
 ) -> gr.Blocks:
     extractors = Extractors(device, checkpoint)
     choices, default_weights, weights_line = weights_status(checkpoint)
-    examples = [str(DEFAULT_IMAGE)] if DEFAULT_IMAGE.is_file() else []
+    examples = [str(relevancy.DEFAULT_IMAGE)] if relevancy.DEFAULT_IMAGE.is_file() else []
     with gr.Blocks(title="Semantic Abstraction: CLIP relevancy") as demo:
         gr.Markdown(
             "## Semantic Abstraction: multi-scale CLIP relevancy\n"

@@ -17,8 +17,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from inputs import PAD
 from utils import InputError, atomic_path
+from vocab import PAD
 
 DDP_PREFIX = "module."
 

@@ -29,17 +29,9 @@ import torch
 
 import geometry
 import inputs
-from inputs import NETWORK_INPUTS, PAD  # noqa: F401  (PAD: public API of this module)
-from scene_file import (  # noqa: F401  (re-exported: public API of this module)
-    SENTENCE_KEYS,
-    SPLIT_FILES,
-    SceneFile,
-    class_name,
-    load_split_lists,
-    sentence,
-)
+from scene_file import SENTENCE_KEYS, SceneFile, load_split_lists, sentence
 from utils import InputError
-from vocab import SYNONYMS
+from vocab import APPROACHES, NETWORK_INPUTS, SYNONYMS
 
 # OVSSC maps synonyms back to class names; "computer" keeps the later key, "laptop" (data.md App. A)
 INVERSE_SYNONYMS = {synonym: name for name, synonym in SYNONYMS.items()}
@@ -119,17 +111,15 @@ class DatasetConfig:
         return approach_config(config, approach) if approach else config
 
 
-APPROACHES = ("semantic_abstraction", "semantic_aware", "clip_spatial")
-
-
 def approach_config(config: DatasetConfig, approach: str) -> DatasetConfig:
     """The inputs an approach reads (data.md 3.6): semantic_aware forces network_inputs = ("rgb",).
 
     semantic_abstraction and clip_spatial keep the configured inputs; which relevancy they read
     (target and reference, or the sentence) is chosen by the network from the same VOOL sample.
     """
-    if approach not in APPROACHES:
-        raise InputError(f"unknown approach '{approach}'; choose from {APPROACHES}")
+    known = sorted({name for names in APPROACHES.values() for name in names})
+    if approach not in known:
+        raise InputError(f"unknown approach '{approach}'; choose from {known}")
     return replace(config, network_inputs=("rgb",)) if approach == "semantic_aware" else config
 
 

@@ -44,6 +44,8 @@ from tqdm import tqdm
 import checkpoint
 import dataset
 import options
+import processes
+import scene_file
 import train_ovssc
 import train_vool
 import training
@@ -231,14 +233,9 @@ class RunningIoU:
         return f"{100 * means[c]:.1f} @ {CUTOFFS[c]:.1f}"
 
 
-def shard(size: int, procs: training.Processes) -> list[int]:
-    """Scene indices of this process: every world_size-th, no padding, no duplicates."""
-    return list(range(procs.rank, size, procs.world_size))
-
-
 def evaluate_split(model, data, split: str, args, procs) -> pd.DataFrame | None:
     """Score this process's scenes; -> all processes' rows in scene order on rank 0, else None."""
-    indices = shard(len(data), procs)
+    indices = processes.shard(list(range(len(data))), procs.rank, procs.world_size)
     loader = torch.utils.data.DataLoader(
         training.SeededSamples(data, args.seed, rank=0),  # seed (seed, 0, 0, scene index)
         batch_size=1,
@@ -287,22 +284,13 @@ class Result:
     rows: int
 
 
-def broadcast(value, procs: training.Processes):
-    """Rank 0's value on every process."""
-    if not procs.ddp:
-        return value
-    box = [value]
-    dist.broadcast_object_list(box, src=0)
-    return box[0]
-
-
-def evaluate(args: argparse.Namespace, procs: training.Processes, **network_overrides) -> Result:
+def evaluate(args: argparse.Namespace, procs: processes.Processes, **network_overrides) -> Result:
     """Every non-train split not yet in the stats file; rank 0 rewrites the file after each."""
-    lists = dataset.load_split_lists(args.file_path, args.task)
+    lists = scene_file.load_split_lists(args.file_path, args.task)
     splits = [split for split, names in lists.items() if split != "train" and names]
     if not splits:
         raise InputError(
-            f"{Path(args.file_path) / dataset.SPLIT_FILES[args.task]} lists no split but train"
+            f"{Path(args.file_path) / scene_file.SPLIT_FILES[args.task]} lists no split but train"
         )
     model, epoch = build_model(args, procs.device, **network_overrides)
     path = stats_path(args)
@@ -313,7 +301,7 @@ def evaluate(args: argparse.Namespace, procs: training.Processes, **network_over
             finished = read_finished(path, epoch)
         except InputError as error:
             problem = str(error)
-    done, problem = broadcast(
+    done, problem = processes.broadcast(
         (sorted(set(finished["split"])) if finished is not None else [], problem), procs
     )
     if problem:
@@ -343,11 +331,11 @@ def main(argv: list[str] | None = None) -> None:
 def run(argv: list[str] | None) -> None:
     start = time.time()
     args = eval_config(parser().parse_args(argv))
-    procs = training.setup_processes(args.device)
+    procs = processes.setup_processes(args.device)
     try:
         result = evaluate(args, procs)
     finally:
-        training.teardown_processes()
+        processes.teardown_processes()
     if procs.main:
         skipped = f", {len(result.skipped)} already done" if result.skipped else ""
         print(

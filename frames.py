@@ -28,9 +28,9 @@ from PIL import Image
 
 import geometry
 from utils import InputError, atomic_path
+from vocab import RELATIONS
 
 REQUIRED_KEYS = ("rgb", "depth", "cam_intr", "cam_extr")
-RELATIONS = ("in", "on", "behind", "in front of", "on the left of", "on the right of")
 MOSTLY = 0.5  # fraction of pixels (or points) above which a problem is reported
 
 

@@ -16,7 +16,6 @@ copy, so a crash or Ctrl-C never leaves it half-written.
 
 from __future__ import annotations
 
-import math
 import os
 import sys
 import time
@@ -26,166 +25,35 @@ from typing import Annotated
 import numpy as np
 import torch
 import typer
-from PIL import Image, ImageDraw, ImageFont
 from scipy.ndimage import gaussian_filter
 from tqdm import tqdm
 
+import figures
+import processes
 import relevancy
 import scene_file
-from dataset import SYNONYMS
+from cli_options import CheckpointOpt, DeviceOpt, ModelOpt, PretrainedOpt, TilingOpt
 from inputs import CLIP_TEXT_DIM
+from processes import resolve_device
 from scene_file import SceneFile, class_name, sentence
-from utils import InputError, atomic_path, remove_stale_temp_files, resolve_device, run_app
+from utils import InputError, atomic_path, remove_stale_temp_files, run_app
+from vocab import SALIENCY_CONFIGS, SYNONYMS
 
-REPO = Path(__file__).resolve().parent
-DEFAULT_IMAGE = REPO / "assets" / "room.png"
 DEFAULT_LABELS = ["vase", "red ball", "lamp", "window", "table", "wooden floor", "wall"]
 DROPPED_LABELS = {"unlabelled", "empty", "out of bounds"}
 ORACLE_SOURCE = "oracle: ground-truth masks (upper bound), not CLIP"
 
 app = typer.Typer(add_completion=False, help=__doc__.split("\n\n")[0])
 
-ModelOpt = Annotated[
-    str, typer.Option(help="open_clip model name (any ViT: ViT-B-32, ViT-B-16, ViT-L-14)")
-]
-PretrainedOpt = Annotated[
-    str,
-    typer.Option(help="open_clip pretrained tag (downloads or uses the HF cache); 'none' = random"),
-]
-CheckpointOpt = Annotated[
-    Path | None,
-    typer.Option(help="local open_clip state dict or OpenAI-format .pt (overrides --pretrained)"),
-]
-DeviceOpt = Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:1 ...")]
-TilingOpt = Annotated[
-    str | None, typer.Option(help="parity (original quirks) or full (every pixel at every scale)")
-]
-
-
-def build_extractor(
-    model: str | None,
-    pretrained: str,
-    checkpoint: Path | None,
-    device: torch.device,
-    batch_size: int | None,
-    precision: str = "fp32",
-):
-    clip_model, tokenizer = relevancy.load_model(model, pretrained, checkpoint, device)
-    return relevancy.RelevancyExtractor(clip_model, tokenizer, device, batch_size, precision)
-
-
 # --------------------------------------------------------------------------------------------------
 # image
-
-
-def jet(values: np.ndarray) -> np.ndarray:
-    """matplotlib's 'jet' colormap: values in [0, 1] -> RGB in [0, 1]."""
-    return np.clip(np.stack([1.5 - np.abs(4 * values - k) for k in (3, 2, 1)], -1), 0, 1)
-
-
-def overlay(image: np.ndarray, relevance: np.ndarray, vmin: float, vmax: float) -> np.ndarray:
-    """The original's colour scheme (spec 5.1, train-eval.md 4.3): g = clip((rel - vmin) / (vmax -
-    vmin), 0, 1) drawn as jet(g) with alpha 0.7 (1 - g) over the photo, so relevant pixels stay
-    clear and the rest is tinted blue. (H, W, 3) uint8."""
-    g = np.clip((relevance - vmin) / max(vmax - vmin, 1e-12), 0, 1)[..., None]
-    alpha = 0.7 * (1 - g)
-    photo = image[..., :3].astype(np.float32) / 255
-    return np.round((alpha * jet(g[..., 0]) + (1 - alpha) * photo) * 255).astype(np.uint8)
-
-
-def _font(size: int) -> ImageFont.ImageFont:
-    try:
-        return ImageFont.load_default(size=size)  # scalable when Pillow has FreeType
-    except TypeError:  # older Pillow
-        return ImageFont.load_default()
-
-
-def relevancy_figure(
-    image: np.ndarray,
-    maps: np.ndarray,
-    labels: list[str],
-    vmin: float,
-    vmax: float,
-    columns: int | None = None,
-    panel_width: int | None = None,
-    caption: str = "relevancy minus the mean over labels",
-) -> Image.Image:
-    """One titled panel per label (its map over the photo, `overlay`), `columns` a row (default:
-    all in one row up to 3, else a near-square grid), and a colour bar from vmin to vmax.
-
-    Panels are `panel_width` pixels wide (default: the image width, between 320 and 640).
-    """
-    count = len(labels)
-    columns = max(1, min(columns or (count if count <= 3 else math.ceil(math.sqrt(count))), count))
-    rows = math.ceil(count / columns)
-    height, width = image.shape[:2]
-    panel_w = panel_width or min(max(width, 320), 640)
-    panel_h = max(1, round(height * panel_w / width))
-    size = max(14, panel_w // 24)
-    font, small = _font(size), _font(max(12, size * 4 // 5))
-    pad, title_h, bar_h = max(8, size // 2), round(size * 1.6), size
-    canvas_w = columns * panel_w + (columns + 1) * pad
-    panels_h = rows * (title_h + panel_h + pad)
-    canvas = Image.new("RGB", (canvas_w, pad + panels_h + bar_h + 3 * size), "white")
-    draw = ImageDraw.Draw(canvas)
-    for k, (relevance, label) in enumerate(zip(maps, labels, strict=True)):
-        panel = Image.fromarray(overlay(image, relevance, vmin, vmax))
-        panel = panel.resize((panel_w, panel_h), Image.LANCZOS)
-        x = pad + (k % columns) * (panel_w + pad)
-        y = pad + (k // columns) * (title_h + panel_h + pad)
-        title = label if draw.textlength(label, font=font) <= panel_w else label[:40] + "..."
-        draw.text((x + panel_w // 2, y + title_h // 2), title, fill="black", font=font, anchor="mm")
-        canvas.paste(panel, (x, y + title_h))
-    # colour bar: the overlay's colours over mid grey, vmin to vmax
-    bar_w = min(canvas_w - 2 * pad, 480)
-    ramp = np.linspace(vmin, vmax, bar_w)[None].repeat(bar_h, 0)
-    grey = np.full((bar_h, bar_w, 3), 128, np.uint8)
-    x0, y0 = (canvas_w - bar_w) // 2, pad + panels_h
-    canvas.paste(Image.fromarray(overlay(grey, ramp, vmin, vmax)), (x0, y0))
-    draw.rectangle((x0 - 1, y0 - 1, x0 + bar_w, y0 + bar_h), outline="black")
-    below = y0 + bar_h + size // 3
-    draw.text((x0, below), f"{vmin:.3g}", fill="black", font=small, anchor="lt")
-    draw.text((x0 + bar_w, below), f"{vmax:.3g}", fill="black", font=small, anchor="rt")
-    draw.text((x0 + bar_w // 2, below), caption, fill="black", font=small, anchor="mt")
-    return canvas
-
-
-def shown_maps(
-    maps: torch.Tensor, vmin: float, vmax: float
-) -> tuple[np.ndarray, float, float, str | None]:
-    """(maps to draw, vmin, vmax, note): the mean over labels subtracted (spec 3.6), as the
-    original's figure. With a single label that would leave zeros, so its raw map is drawn from
-    its own minimum to maximum instead, and the note says so."""
-    if len(maps) == 1:
-        raw = maps.numpy()
-        note = (
-            "one label: its raw relevancy is drawn from its minimum to its maximum (subtracting "
-            "the mean over labels would leave zeros; add labels to compare them)"
-        )
-        return raw, float(raw.min()), float(raw.max()), note
-    return relevancy.mean_over_labels(maps).numpy(), vmin, vmax, None
-
-
-def figure_of_maps(
-    image: np.ndarray,
-    maps: torch.Tensor,
-    labels: list[str],
-    vmin: float,
-    vmax: float,
-    columns: int | None = None,
-    panel_width: int | None = None,
-) -> tuple[Image.Image, str | None]:
-    """(figure, note) of raw maps (N, H, W), drawn as `shown_maps` says."""
-    shown, low, high, note = shown_maps(maps, vmin, vmax)
-    caption = "raw relevancy (one label)" if note else "relevancy minus the mean over labels"
-    return relevancy_figure(image, shown, labels, low, high, columns, panel_width, caption), note
 
 
 @app.command()
 def image(
     file_path: Annotated[
         Path, typer.Argument(help="RGB image (default: the bundled assets/room.png)")
-    ] = DEFAULT_IMAGE,
+    ] = relevancy.DEFAULT_IMAGE,
     labels: Annotated[list[str] | None, typer.Option("--labels", help="repeatable")] = None,
     prompts: Annotated[
         list[str] | None, typer.Option("--prompts", help="repeatable; {} = label")
@@ -257,7 +125,9 @@ def image(
     settings = relevancy.saliency_config(config, img_dim or height, tiling, resize)
     forwards = relevancy.check_crop_budget(height, width, settings, config, max_crop_forwards)
     torch_device = resolve_device(device)
-    extractor = build_extractor(model, pretrained, checkpoint, torch_device, batch_size, precision)
+    extractor = relevancy.build_extractor(
+        model, pretrained, checkpoint, torch_device, batch_size, precision
+    )
     estimate = forwards * extractor.crop_seconds()
     print(
         f"{config} on a {width}x{height} image: {forwards:,} crop forwards, about "
@@ -273,7 +143,9 @@ def image(
     if save_maps is not None:
         with atomic_path(save_maps) as tmp, open(tmp, "wb") as handle:
             np.save(handle, maps.numpy())
-    figure, note = figure_of_maps(picture, maps, list(labels), vmin, vmax, columns, panel_width)
+    figure, note = figures.figure_of_maps(
+        picture, maps, list(labels), vmin, vmax, columns, panel_width
+    )
     if note:
         print(f"note: {note}")
     with atomic_path(output) as tmp:
@@ -385,13 +257,6 @@ def find_scenes(root: Path) -> list[Path]:
     return scenes[::-1]
 
 
-def shard(items: list, rank: int, world_size: int) -> list:
-    """This process's share: every world_size-th item from rank (torchrun's RANK, WORLD_SIZE)."""
-    if not 0 <= rank < world_size:
-        raise InputError(f"RANK {rank} is outside WORLD_SIZE {world_size}")
-    return items[rank::world_size]
-
-
 def scene_done(path: Path) -> bool:
     with SceneFile(path) as scene:
         return scene.has_saliencies()
@@ -431,7 +296,7 @@ def dataset(
     """Relevancies of every scene under FILE_PATH, stored in the original layout (data.md 1.5)."""
     if source not in ("clip", "oracle"):
         raise InputError(f"unknown --source {source!r}; choose clip or oracle")
-    configs = configs or list(relevancy.ORIGINAL_CONFIGS)
+    configs = configs or list(SALIENCY_CONFIGS)
     for name in configs:
         relevancy.saliency_config(name, 224, tiling)  # validate names early
     rank, world_size = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
@@ -440,7 +305,7 @@ def dataset(
     if file_path.is_dir():
         for stale in remove_stale_temp_files(file_path, recursive=True):
             print(f"removed {stale}, left by an interrupted run")
-    mine = shard(found, rank, world_size)
+    mine = processes.shard(found, rank, world_size)
     failed: dict[Path, str] = {}
 
     def fail(path: Path, error: Exception) -> None:
@@ -455,12 +320,10 @@ def dataset(
                 scenes.append(path)
         except (InputError, OSError) as error:
             fail(path, error)
-    if device == "auto" and torch.cuda.is_available():
-        device = f"cuda:{int(os.environ.get('LOCAL_RANK', 0)) % torch.cuda.device_count()}"
     extractor, source_name = None, ORACLE_SOURCE
     if source == "clip" and scenes:
-        extractor = build_extractor(
-            model, pretrained, checkpoint, resolve_device(device), batch_size
+        extractor = relevancy.build_extractor(
+            model, pretrained, checkpoint, processes.local_device(device), batch_size
         )
         source_name = f"clip {model} {checkpoint or pretrained}"
     prompts = prompts or [relevancy.default_prompt(file_path)]

@@ -19,12 +19,11 @@ import torch.nn.functional as F
 
 import geometry
 from utils import InputError
+from vocab import PAD
 
 RELEVANCY_SCALE = 50.0  # stored relevancy is about +-0.02; the networks see it x50 (models.md 3)
-PAD = "[pad]"  # name and relation of a padded VOOL description (data.md 3.4 step 3)
 PADDED_TARGET_ID = -2  # object id of a padded description: no point matches, the label is all 0
 CLIP_TEXT_DIM = 512  # width of a CLIP ViT-B/32 text feature (data.md 1.5)
-NETWORK_INPUTS = ("patch_masks", "saliency", "rgb", "tsdf")
 
 
 # --------------------------------------------------------------------------------------------------

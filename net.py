@@ -35,19 +35,12 @@ import torch.nn.functional as F
 from torch import nn
 
 from geometry import DEFAULT_SCENE_BOUNDS, DEFAULT_VOXEL_SHAPE
-from inputs import CLIP_TEXT_DIM, PAD
+from inputs import CLIP_TEXT_DIM
 from unet3d import ResidualUNet3D, maybe_checkpoint
 from utils import InputError
+from vocab import PAD, RELATIONS
 
-SPATIAL_RELATIONS = (
-    "in",
-    "behind",
-    "in front of",
-    "on the left of",
-    "on the right of",
-    "on",
-    PAD,
-)
+SPATIAL_RELATIONS = (*RELATIONS, PAD)  # one learned embedding each (models.md 2.3)
 
 
 class VirtualGrid:

@@ -22,15 +22,10 @@ from pathlib import Path
 import fixes
 from geometry import DEFAULT_SCENE_BOUNDS, DEFAULT_VOXEL_SHAPE
 from utils import InputError, atomic_path
+from vocab import APPROACHES, NETWORK_INPUTS, SALIENCY_CONFIGS
 
-NETWORK_INPUTS = ("patch_masks", "saliency", "rgb", "tsdf")
-SALIENCY_CONFIGS = ("ours", "chefer_et_al")
 LR_SCHEDULES = ("constant", "linear", "cosine", "cosine_with_restarts", "constant_with_warmup")
 POINTING_METHODS = ("cosine_sim", "dot_product", "additive")
-APPROACHES = {
-    "ovssc": ("semantic_abstraction", "semantic_aware"),
-    "vool": ("semantic_abstraction", "semantic_aware", "clip_spatial"),
-}
 ARGS_FILE = "args.pkl"
 
 

@@ -62,6 +62,7 @@ THOR_PROMPT = "a render of a {} in a game engine."
 TILINGS = ("parity", "full")
 RESIZES = ("pil", "torch")
 PRECISIONS = {"fp32": None, "fp16": torch.float16, "bf16": torch.bfloat16}
+DEFAULT_IMAGE = Path(__file__).resolve().parent / "assets" / "room.png"  # the bundled example
 MAX_CROP_FORWARDS = 20_000  # above this, `image` and the web page stop unless told to go on
 
 # The 80 ImageNet prompt templates of CLIP (spec 4), used when a config sets
@@ -190,7 +191,6 @@ def _fast(img_dim: int) -> SaliencyConfig:
 
 
 CONFIGS = {"ours": _ours, "chefer_et_al": _chefer_et_al, "fast": _fast}
-ORIGINAL_CONFIGS = ("ours", "chefer_et_al")  # the two the original's dataset command computes
 
 
 def saliency_config(
@@ -1091,3 +1091,15 @@ def check_crop_budget(
             f"than the limit of {limit:,}; {advice}"
         )
     return forwards
+
+
+def build_extractor(
+    model: str | None,
+    pretrained: str,
+    checkpoint: Path | None,
+    device: torch.device,
+    batch_size: int | None,
+    precision: str = "fp32",
+):
+    clip_model, tokenizer = load_model(model, pretrained, checkpoint, device)
+    return RelevancyExtractor(clip_model, tokenizer, device, batch_size, precision)

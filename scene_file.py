@@ -167,6 +167,10 @@ class SceneFile:
         """Whether generate_relevancy has stored the relevancy index (the scene is done)."""
         return self.has(SALIENCY_INDEX)
 
+    def has_relevancy(self, config: str, rgb_key: str = "rgb") -> bool:
+        """Whether the `rgb_key|config` relevancy block is stored (data.md 1.5)."""
+        return self.has(f"{SALIENCY_INDEX}/{rgb_key}|{config}")
+
     def has_segmentation(self) -> bool:
         return self.has("data/seg")
 

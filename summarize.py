@@ -35,7 +35,7 @@ from rich import box
 from rich.console import Console
 from rich.table import Table as RichTable
 
-from vocab import SYNONYMS, TEST_CLASSES
+from vocab import PAD, SYNONYMS, TEST_CLASSES
 
 THOR_METRIC = "voxel32x32x32_iou"
 NYU_METRIC = "voxel60x60x60_iou"
@@ -53,7 +53,6 @@ NYU_CLASSES = (
     "furn",
     "objs",
 )
-PAD = "[pad]"
 
 # key -> (row label, path under --models-dir); the order is the table's row order
 OVSSC_APPROACHES = {

@@ -16,7 +16,8 @@ import torch.nn.functional as F
 
 import net
 import training
-from dataset import PAD, SENTENCE_KEYS
+from scene_file import SENTENCE_KEYS
+from vocab import PAD
 
 APPROACHES = {approach: cls.__name__ for approach, cls in net.NETWORKS["vool"].items()}
 # Keys with a description axis, all sliced when running one description at a time. The original

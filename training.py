@@ -31,7 +31,7 @@ import random
 import tempfile
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -46,8 +46,10 @@ import dataset
 import metrics
 import net
 import options
+import scene_file
 from lamb import Lamb
-from utils import InputError, atomic_path, resolve_device, run_app, seed_all
+from processes import Processes, seed_all, setup_processes, teardown_processes
+from utils import InputError, atomic_path, run_app
 
 log = logging.getLogger("semabs.train")
 
@@ -120,61 +122,19 @@ def chunked_forward(model: nn.Module, batch: dict, row_keys: tuple[str, ...], ro
 # processes and devices
 
 
-@dataclass
-class Processes:
-    rank: int = 0
-    local_rank: int = 0
-    world_size: int = 1
-    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
-
-    @property
-    def main(self) -> bool:
-        return self.rank == 0
-
-    @property
-    def ddp(self) -> bool:
-        return self.world_size > 1
-
-
-def setup_processes(device_flag: str) -> Processes:
-    """Read torchrun's environment; init the process group when WORLD_SIZE > 1 (gloo on CPU, nccl on
-    CUDA); the device is LOCAL_RANK's GPU under torchrun."""
-    world_size = int(os.environ.get("WORLD_SIZE", 1))
-    rank = int(os.environ.get("RANK", 0))
-    local_rank = int(os.environ.get("LOCAL_RANK", 0))
-    device = resolve_device(device_flag)
-    if device.type == "cuda":
-        if device.index is None or world_size > 1:
-            device = torch.device("cuda", local_rank % torch.cuda.device_count())
-        torch.cuda.set_device(device)
-    if world_size > 1 and not dist.is_initialized():
-        dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
-    logging.basicConfig(
-        level=logging.INFO if rank == 0 else logging.ERROR,
-        format="%(asctime)s %(message)s",
-        datefmt="%H:%M:%S",
-    )
-    return Processes(rank, local_rank, world_size, device)
-
-
-def teardown_processes() -> None:
-    if dist.is_initialized():
-        dist.destroy_process_group()
-
-
 # --------------------------------------------------------------------------------------------------
 # data
 
 
 def check_data(file_path: str, task: str, saliency_config: str) -> dict[str, list[str]]:
     """Split lists of --file_path, refusing with one line what training cannot read."""
-    split_file = Path(file_path) / dataset.SPLIT_FILES[task]
+    split_file = Path(file_path) / scene_file.SPLIT_FILES[task]
     if not split_file.is_file():
         raise InputError(
             f"--file_path {file_path} has no {split_file.name}; make a dataset with "
             f"`python generate_scenes.py dataset {file_path}` (which writes the split pickles)"
         )
-    lists = dataset.load_split_lists(file_path, task)
+    lists = scene_file.load_split_lists(file_path, task)
     if not lists.get("train"):
         raise InputError(f"{split_file} lists no train scenes")
     for split in ("train", *EVAL_SPLITS):
@@ -182,8 +142,8 @@ def check_data(file_path: str, task: str, saliency_config: str) -> dict[str, lis
             path = Path(file_path) / name
             if not path.is_file():
                 raise InputError(f"{split_file} lists {name}, which is not in {file_path}")
-            with dataset.SceneFile(path) as scene:
-                if f"data/saliencies/rgb|{saliency_config}" not in scene.file:
+            with scene_file.SceneFile(path) as scene:
+                if not scene.has_relevancy(saliency_config):
                     raise InputError(
                         f"{path} has no relevancy maps for --saliency_config {saliency_config}; "
                         f"add them with `python generate_relevancy.py dataset {file_path} "

@@ -1,5 +1,6 @@
-"""Helpers shared by the scripts: the one top-level error handler, atomic file writes and their
-stale temporaries, worker processes that end with their parent, devices, seeding.
+"""Torch-free helpers shared by every script: the one top-level error handler (`run_app`) and its
+InputError, atomic file writes and their stale temporaries, worker processes that end with their
+parent. Devices, seeding and the process group are processes.py's.
 
 Importing it asks PyTorch to back large CPU tensors with transparent huge pages
 (THP_MEM_ALLOC_ENABLE, read at the first allocation). A 128^3 x 16 volume is 128 MB, and on Linux each
@@ -12,7 +13,6 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
-import random
 import re
 import socket
 import sys
@@ -20,12 +20,7 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
-import numpy as np
-
 os.environ.setdefault("THP_MEM_ALLOC_ENABLE", "1")  # before any tensor exists: see the docstring
-
-import torch  # noqa: E402
-import typer  # noqa: E402
 
 
 class InputError(ValueError):
@@ -68,6 +63,8 @@ def run_app(app) -> None:
     stderr as one line and exits 1; Ctrl-C prints one line and exits 130. Anything else is a bug
     and keeps its traceback.
     """
+    import typer  # here, so that importing utils costs nothing for scripts without typer
+
     try:
         code = app(standalone_mode=False) if isinstance(app, typer.Typer) else app()
         if code == 130:  # typer's own answer to Ctrl-C outside standalone mode
@@ -179,22 +176,3 @@ def die_with_parent(parent_pid: int) -> None:
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(pr_set_pdeathsig, signal.SIGKILL)
     if os.getppid() != parent_pid:
         os._exit(1)
-
-
-def resolve_device(device: str | torch.device | None = None) -> torch.device:
-    """`None` or "auto" picks CUDA when available; asking for CUDA without it is an InputError."""
-    if device is None or str(device) == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(device)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise InputError(
-            f"device {device} was asked for but CUDA is not available; use --device cpu"
-        )
-    return device
-
-
-def seed_all(seed: int) -> None:
-    """Seed python, numpy and torch (every device)."""
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)

@@ -29,22 +29,17 @@ import typer
 from tqdm import tqdm
 
 import checkpoint as ckpt_io
+import figures
 import frames
 import inference
 import net as networks
 import options
 import relevancy
 import render
-from generate_relevancy import (
-    CheckpointOpt,
-    DeviceOpt,
-    ModelOpt,
-    PretrainedOpt,
-    build_extractor,
-    relevancy_figure,
-)
+from cli_options import CheckpointOpt, DeviceOpt, ModelOpt, PretrainedOpt
 from inputs import CLIP_TEXT_DIM
-from utils import InputError, atomic_path, resolve_device, run_app
+from processes import resolve_device
+from utils import InputError, atomic_path, run_app
 
 app = typer.Typer(add_completion=False, pretty_exceptions_enable=False, help=__doc__.split("\n")[0])
 
@@ -76,7 +71,7 @@ def load_trained(checkpoint_path: Path, task: str, device: torch.device):
 
 def scene_relevancy(frame, labels, approach, config, clip_options, device, seed, out_dir):
     """(maps (L, H, W) or None, text features (L, D)); writes relevancies.png when there are maps."""
-    extractor = build_extractor(*clip_options, device, 32)
+    extractor = relevancy.build_extractor(*clip_options, device, 32)
     text = extractor.text_features(labels, [relevancy.HOME_PROMPT]).float().cpu().numpy()
     if approach == "semantic_aware":
         if text.shape[1] != CLIP_TEXT_DIM:
@@ -88,8 +83,10 @@ def scene_relevancy(frame, labels, approach, config, clip_options, device, seed,
     settings = relevancy.saliency_config(config, frame.shape[0])
     maps, _ = extractor(frame.rgb, labels, [relevancy.HOME_PROMPT], settings, seed, progress=True)
     maps = maps.float().numpy()
-    figure = relevancy_figure(  # the original's overlay: jet of clip(rel / 0.01), alpha 0.7(1-g)
-        frame.rgb, relevancy.mean_over_labels(torch.from_numpy(maps)).numpy(), labels, 0.0, 0.01
+    figure = (
+        figures.relevancy_figure(  # the original's overlay: jet of clip(rel / 0.01), alpha 0.7(1-g)
+            frame.rgb, relevancy.mean_over_labels(torch.from_numpy(maps)).numpy(), labels, 0.0, 0.01
+        )
     )
     with atomic_path(out_dir / "relevancies.png") as tmp:
         figure.save(tmp, format="PNG")

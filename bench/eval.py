@@ -26,8 +26,9 @@ import dataset  # noqa: E402
 import eval as evaluation  # noqa: E402
 import net  # noqa: E402
 import options  # noqa: E402
+import scene_file  # noqa: E402
 import training  # noqa: E402
-from utils import resolve_device  # noqa: E402
+from processes import resolve_device  # noqa: E402
 
 
 def sync(device: torch.device) -> None:
@@ -44,7 +45,7 @@ def bench_task(task: str, file_path: str, device: torch.device, scenes: int) -> 
     torch.manual_seed(0)
     model = net.build_network(task, args.approach, args).to(device).eval()  # random weights
     # every scene of the split pickle (train included), read as an evaluation split reads them
-    names = sorted({n for ns in dataset.load_split_lists(file_path, task).values() for n in ns})
+    names = sorted({n for ns in scene_file.load_split_lists(file_path, task).values() for n in ns})
     config = dataset.split_config(dataset.DatasetConfig.from_args(args), "unseen_instances")
     data = dataset.DATASET_CLASSES[task]([Path(file_path) / n for n in names], config)
     module = evaluation.TASKS[task]

@@ -45,6 +45,7 @@ def worker(cli: argparse.Namespace) -> None:
 
     import dataset
     import net
+    import processes
     import train_ovssc
     import train_vool
     import training
@@ -54,7 +55,7 @@ def worker(cli: argparse.Namespace) -> None:
     argv += CONFIGS[cli.config] + ["--num_workers", str(cli.num_workers)]
     argv += ["--activation_checkpointing"] if cli.activation_checkpointing else []
     args = training.prepare_args(cli.task, argv)
-    procs = training.setup_processes(args.device)
+    procs = processes.setup_processes(args.device)
     training.seed_all(0)
     data = dataset.make_datasets(
         args.file_path, cli.task, dataset.DatasetConfig.from_args(args), splits=("train",)
@@ -82,7 +83,7 @@ def worker(cli: argparse.Namespace) -> None:
     children = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 2**20
     result = dict(rank=procs.rank, step_s=float(np.median(times)), peak_gb=rss, workers_gb=children)
     print("RESULT " + json.dumps(result), flush=True)
-    training.teardown_processes()
+    processes.teardown_processes()
 
 
 def make_data(root: Path, config: str, count: int) -> Path:

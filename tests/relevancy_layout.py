@@ -10,7 +10,8 @@ from __future__ import annotations
 import h5py
 import numpy as np
 
-from dataset import SYNONYMS, class_name
+from scene_file import class_name
+from vocab import SYNONYMS
 
 RGB_KEYS = ("rgb", "domain_randomized_rgb")
 CONFIGS = ("ours", "chefer_et_al")

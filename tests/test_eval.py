@@ -24,6 +24,7 @@ import generate_scenes
 import metrics
 import net
 import options
+import processes
 import scenes
 import train_ovssc
 import train_vool
@@ -203,7 +204,7 @@ def test_semantic_aware_vool_evaluates_chunked(data, tmp_path, tiny_models, monk
     real = training.chunked_forward
     monkeypatch.setattr(training, "chunked_forward", lambda *a: chunks.append(a[3]) or real(*a))
     result = evaluation.evaluate(
-        evaluation.eval_config(cli), training.Processes(), text_encoder=encoder, clip_hidden_dim=32
+        evaluation.eval_config(cli), processes.Processes(), text_encoder=encoder, clip_hidden_dim=32
     )
     frame = pd.read_pickle(result.path)
     assert chunks and all(rows > 1 for rows in chunks)  # the per-description path ran

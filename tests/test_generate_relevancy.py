@@ -16,7 +16,9 @@ from PIL import Image
 from relevancy_models import TINY
 from typer.testing import CliRunner
 
+import figures
 import generate_relevancy as gr
+import processes
 import relevancy
 import scene_file
 from scene_file import SceneFile
@@ -151,7 +153,7 @@ def test_stored_maps_equal_computed_maps(tiny_models, tmp_path, monkeypatch):
     torch.manual_seed(0)
     model, tokenizer = relevancy.load_model(TINY, pretrained="none")
     extractor = relevancy.RelevancyExtractor(model, tokenizer)
-    monkeypatch.setattr(gr, "build_extractor", lambda *args: extractor)
+    monkeypatch.setattr(gr.relevancy, "build_extractor", lambda *args: extractor)
     path = make_scene(tmp_path / "00002|FloorPlan2_physics.hdf5", descriptions=False)
     run("dataset", tmp_path, *TINY_ARGS, "--configs", "chefer_et_al", "--configs", "fast")
     with h5py.File(path, "r") as scene:
@@ -259,7 +261,7 @@ def test_oracle_maps_peak_on_the_labelled_object(tmp_path):
 
 def test_shards_split_scenes_by_rank(tmp_path, monkeypatch):
     items = list(range(7))
-    parts = [gr.shard(items, rank, 3) for rank in range(3)]
+    parts = [processes.shard(items, rank, 3) for rank in range(3)]
     assert sorted(sum(parts, [])) == items and all(len(p) >= 2 for p in parts)
     scenes = [make_scene(tmp_path / f"{i:05d}|r.hdf5", seed=i) for i in range(3)]
     monkeypatch.setenv("WORLD_SIZE", "2")
@@ -375,10 +377,13 @@ def test_figure_panels_use_the_original_colour_scheme():
     image = np.full((20, 30, 3), 200, np.uint8)
     maps = np.stack([np.full((20, 30), 0.008), np.full((20, 30), 0.002)])
     figure = np.asarray(
-        gr.relevancy_figure(image, maps, ["hot", "cold"], 0.002, 0.008, panel_width=30)
+        figures.relevancy_figure(image, maps, ["hot", "cold"], 0.002, 0.008, panel_width=30)
     )
-    assert (figure == gr.overlay(image, maps[0], 0.002, 0.008)[0, 0]).all(-1).sum() >= 20 * 30
-    hot, cold = gr.overlay(image, maps[0], 0.002, 0.008), gr.overlay(image, maps[1], 0.002, 0.008)
+    assert (figure == figures.overlay(image, maps[0], 0.002, 0.008)[0, 0]).all(-1).sum() >= 20 * 30
+    hot, cold = (
+        figures.overlay(image, maps[0], 0.002, 0.008),
+        figures.overlay(image, maps[1], 0.002, 0.008),
+    )
     assert (hot == 200).all()  # relevant: the photo shows through
     np.testing.assert_array_equal(
         cold[0, 0], np.round((0.3 * 200 / 255 + 0.7 * np.array([0, 0, 0.5])) * 255)
@@ -430,7 +435,7 @@ def test_single_label_figure_shows_the_raw_map_and_says_so(tiny_models, tmp_path
 
 def test_jet_matches_matplotlib_anchor_colours():
     np.testing.assert_allclose(
-        gr.jet(np.array([0.0, 0.5, 1.0])), [[0, 0, 0.5], [0.5, 1, 0.5], [0.5, 0, 0]], atol=1e-6
+        figures.jet(np.array([0.0, 0.5, 1.0])), [[0, 0, 0.5], [0.5, 1, 0.5], [0.5, 0, 0]], atol=1e-6
     )
 
 

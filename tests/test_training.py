@@ -17,6 +17,7 @@ from test_pipeline import tiny_text_encoder
 import dataset
 import generate_relevancy
 import generate_scenes
+import processes
 import scenes
 import train_ovssc
 import train_vool
@@ -106,7 +107,7 @@ def test_lambda_lr_follows_the_schedule_per_optimizer_step():
 
 def test_total_steps_ignores_world_size_unless_fixed():
     args = training.prepare_args("ovssc", ["--file_path", "x", "--log", "y", "--epochs", "3"])
-    four = training.Processes(world_size=4)
+    four = processes.Processes(world_size=4)
     assert training.total_steps(args, 100, four) == 300  # original: len // batch, not per process
     args.fix_lr_schedule_world_size = True
     assert training.total_steps(args, 100, four) == 75
@@ -125,7 +126,7 @@ class Draws(torch.utils.data.Dataset):
 
 def test_two_workers_draw_different_samples_every_epoch():
     args = training.prepare_args("ovssc", ["--file_path", "x", "--log", "y", "--num_workers", "2"])
-    procs = training.Processes()
+    procs = processes.Processes()
     draws = [
         torch.cat(list(training.make_loader(Draws(), True, args, procs, epoch))).tolist()
         for epoch in (0, 1)
@@ -150,7 +151,7 @@ def test_loss_falls_over_a_few_steps(data):
     model = training.net.build_network("ovssc", args.approach, args)
     optimizer, scheduler = training.make_optimizer(model, args, total=100)
     trainer = training.Trainer(
-        train_ovssc.TASK, args, training.Processes(), model, optimizer, scheduler, None, {}
+        train_ovssc.TASK, args, processes.Processes(), model, optimizer, scheduler, None, {}
     )
     losses = [trainer.step(batch, [-1.0], train=True)[0]["loss"] for _ in range(6)]
     assert losses[-1] < losses[0] - 0.01, losses

@@ -1,0 +1,105 @@
+"""Devices, seeds and the torch.distributed process group: what each process runs on and which
+share of the work it takes.
+
+Under torchrun (WORLD_SIZE > 1) every process reads RANK, LOCAL_RANK and WORLD_SIZE; on CUDA it uses
+LOCAL_RANK's GPU and the nccl backend, on the CPU gloo. Work is shared by `shard`: every
+world_size-th item from the process's rank, no padding, no item twice.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import random
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+from utils import InputError
+
+
+def resolve_device(device: str | torch.device | None = None) -> torch.device:
+    """`None` or "auto" picks CUDA when available; asking for CUDA without it is an InputError."""
+    if device is None or str(device) == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise InputError(
+            f"device {device} was asked for but CUDA is not available; use --device cpu"
+        )
+    return device
+
+
+def seed_all(seed: int) -> None:
+    """Seed python, numpy and torch (every device)."""
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def local_device(device_flag: str) -> torch.device:
+    """The device of this process: `resolve_device`, except that CUDA without an index, or any
+    CUDA device under torchrun, becomes LOCAL_RANK's GPU."""
+    device = resolve_device(device_flag)
+    if device.type == "cuda" and (device.index is None or int(os.environ.get("WORLD_SIZE", 1)) > 1):
+        local_rank = int(os.environ.get("LOCAL_RANK", 0))
+        device = torch.device("cuda", local_rank % torch.cuda.device_count())
+    return device
+
+
+@dataclass
+class Processes:
+    rank: int = 0
+    local_rank: int = 0
+    world_size: int = 1
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def ddp(self) -> bool:
+        return self.world_size > 1
+
+
+def setup_processes(device_flag: str) -> Processes:
+    """Read torchrun's environment; init the process group when WORLD_SIZE > 1 (gloo on CPU, nccl on
+    CUDA); the device is LOCAL_RANK's GPU under torchrun."""
+    world_size = int(os.environ.get("WORLD_SIZE", 1))
+    rank = int(os.environ.get("RANK", 0))
+    local_rank = int(os.environ.get("LOCAL_RANK", 0))
+    device = local_device(device_flag)
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+    if world_size > 1 and not dist.is_initialized():
+        dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
+    logging.basicConfig(
+        level=logging.INFO if rank == 0 else logging.ERROR,
+        format="%(asctime)s %(message)s",
+        datefmt="%H:%M:%S",
+    )
+    return Processes(rank, local_rank, world_size, device)
+
+
+def teardown_processes() -> None:
+    if dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def shard(items: list, rank: int, world_size: int) -> list:
+    """This process's share: every world_size-th item from rank (torchrun's RANK, WORLD_SIZE)."""
+    if not 0 <= rank < world_size:
+        raise InputError(f"RANK {rank} is outside WORLD_SIZE {world_size}")
+    return items[rank::world_size]
+
+
+def broadcast(value, procs: Processes):
+    """Rank 0's value on every process."""
+    if not procs.ddp:
+        return value
+    box = [value]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
