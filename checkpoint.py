@@ -63,36 +63,47 @@ def describe_state_dict(state_dict: Mapping[str, torch.Tensor]) -> str:
     return "an unknown network"
 
 
-def _examples(keys: list[str], limit: int = 3) -> str:
-    shown = ", ".join(keys[:limit])
-    return shown + (", ..." if len(keys) > limit else "")
+def state_dict_mismatch(
+    expected: Mapping[str, torch.Tensor],
+    state_dict: Mapping[str, torch.Tensor],
+    words: tuple[str, str, str] = ("missing keys", "unexpected keys", "wrong shapes"),
+    entry: str = "{count} {what} ({examples})",
+    more: str = ", ...",
+) -> str:
+    """'' when state_dict fits expected key by key and shape by shape, else what does not fit.
 
-
-def check_state_dict(net: nn.Module, state_dict: Mapping[str, torch.Tensor], source: str) -> None:
-    """Raise one InputError line if state_dict does not fit net exactly (keys and shapes)."""
-    expected = net.state_dict()
+    One clause per kind of misfit (missing, unexpected, mis-shaped keys; `words` names them),
+    joined by '; ': `entry` filled with the count, the word and the first three keys, followed by
+    `more` (which may name the {rest}) when there are more. Our checkpoints and CLIP weights
+    (clip_weights.py) word it differently.
+    """
     missing = [key for key in expected if key not in state_dict]
     unexpected = [key for key in state_dict if key not in expected]
     wrong_shape = [
         f"{key} {list(state_dict[key].shape)} vs {list(value.shape)}"
         for key, value in expected.items()
-        if key in state_dict and state_dict[key].shape != value.shape
+        if key in state_dict and tuple(state_dict[key].shape) != tuple(value.shape)
     ]
-    if not (missing or unexpected or wrong_shape):
-        return
-    problems = [
-        f"{len(keys)} {what} ({_examples(keys)})"
-        for what, keys in (
-            ("missing keys", missing),
-            ("unexpected keys", unexpected),
-            ("wrong shapes", wrong_shape),
-        )
+
+    def examples(keys: list[str]) -> str:
+        rest = len(keys) - 3
+        return ", ".join(keys[:3]) + (more.format(rest=rest) if rest > 0 else "")
+
+    return "; ".join(
+        entry.format(count=len(keys), what=what, examples=examples(keys))
+        for what, keys in zip(words, (missing, unexpected, wrong_shape), strict=True)
         if keys
-    ]
-    raise InputError(
-        f"{source} holds a {describe_state_dict(state_dict)} state dict that does not fit "
-        f"{type(net).__name__}: {'; '.join(problems)}"
     )
+
+
+def check_state_dict(net: nn.Module, state_dict: Mapping[str, torch.Tensor], source: str) -> None:
+    """Raise one InputError line if state_dict does not fit net exactly (keys and shapes)."""
+    problems = state_dict_mismatch(net.state_dict(), state_dict)
+    if problems:
+        raise InputError(
+            f"{source} holds a {describe_state_dict(state_dict)} state dict that does not fit "
+            f"{type(net).__name__}: {problems}"
+        )
 
 
 def load_network(

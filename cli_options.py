@@ -1,5 +1,6 @@
 """Options shared by the typer scripts (generate_relevancy, visualize), declared once with
-`Annotated` so that one concept has one spelling and one help text everywhere."""
+`Annotated` so that one concept has one spelling and one help text everywhere (style.md, "The
+layers"). SaliencyConfigOpt takes one relevancy config, SaliencyConfigsOpt several (repeatable)."""
 
 from __future__ import annotations
 
@@ -27,5 +28,12 @@ SaliencyConfigOpt = Annotated[
     str,
     typer.Option(
         "--saliency-config", help="relevancy config: ours (original), chefer_et_al or fast"
+    ),
+]
+SaliencyConfigsOpt = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--saliency-config",
+        help="relevancy configs to store, repeatable (default: ours and chefer_et_al)",
     ),
 ]

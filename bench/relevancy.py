@@ -5,7 +5,7 @@ run: the bare time of one no-grad ViT-B-32 crop forward at the same batch size, 
 difference between the fast per-crop maps (batched VJP, CLS-row tail) and the straightforward
 per-label `autograd.grad` computation, relative to the map's range.
 
-    python bench/relevancy.py --threads 2 [--configs chefer_et_al fast ours] [--device cpu]
+    python bench/relevancy.py --threads 2 [--saliency-config chefer_et_al fast ours] [--device cpu]
     python bench/relevancy.py --device cuda --precision fp16 --resize torch --batch-size 0
 
 On CUDA `--batch-size 0` sizes batches from free GPU memory; `--precision fp16|bf16` runs the
@@ -27,7 +27,9 @@ import imageio.v3 as iio
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import clip_weights  # noqa: E402
 import relevancy  # noqa: E402
+import saliency  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 from relevancy_reference import reference_crop_relevancy  # noqa: E402
@@ -70,18 +72,20 @@ def main() -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--configs", nargs="+", default=["chefer_et_al", "fast", "ours"])
+    parser.add_argument(
+        "--saliency-config", dest="configs", nargs="+", default=["chefer_et_al", "fast", "ours"]
+    )
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--batch-size", type=int, default=32, help="0: from free GPU memory")
     parser.add_argument("--precision", default="fp32", choices=list(relevancy.PRECISIONS))
-    parser.add_argument("--resize", default=None, choices=list(relevancy.RESIZES))
+    parser.add_argument("--resize", default=None, choices=list(saliency.RESIZES))
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     torch.manual_seed(0)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        model, tokenizer = relevancy.load_model("ViT-B-32", pretrained="none", device=device)
+        model, tokenizer = clip_weights.load_model("ViT-B-32", pretrained="none", device=device)
     extractor = relevancy.RelevancyExtractor(
         model, tokenizer, device, batch_size=args.batch_size or None, precision=args.precision
     )
@@ -102,11 +106,11 @@ def main() -> None:
         f"per-crop maps vs per-label autograd.grad: max abs diff / range = "
         f"{max_relative_difference(extractor, model, device):.2e}"
     )
-    extractor(image, LABELS, config=relevancy.saliency_config("chefer_et_al", height))  # warm-up
+    extractor(image, LABELS, config=saliency.saliency_config("chefer_et_al", height))  # warm-up
     for name in args.configs:
         # img_dim = height, as the image command
-        config = relevancy.saliency_config(name, height, resize=args.resize)
-        forwards = relevancy.num_crop_forwards(height, width, config)
+        config = saliency.saliency_config(name, height, resize=args.resize)
+        forwards = saliency.num_crop_forwards(height, width, config)
         (maps, _), seconds, cpu_seconds = timed(partial(extractor, image, LABELS, config=config))
         # the floor is re-measured after each config and averaged, to follow the machine's load
         after = bare_crop_forward_s(extractor)

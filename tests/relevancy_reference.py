@@ -8,7 +8,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from relevancy import LOGIT_SCALE, SaliencyConfig, scale_tiles
+from relevancy import LOGIT_SCALE
+from saliency import SaliencyConfig, scale_tiles
 
 
 def coverage(height: int, width: int, config: SaliencyConfig) -> np.ndarray:

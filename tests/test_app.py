@@ -1,4 +1,4 @@
-"""app.py, the local web page: bad input gives a readable message, and a real headless browser
+"""webpage.py (served by app.py), the local web page: bad input gives a readable message, and a real headless browser
 (Debian's chromium through Selenium and chromium-driver) uploads an image, sets two labels with
 random weights and chefer_et_al, and finds two result images on the page.
 
@@ -17,7 +17,7 @@ from PIL import Image
 from relevancy_models import TINY
 
 gr = pytest.importorskip("gradio", reason="the web page needs gradio (requirements-app.txt)")
-app = pytest.importorskip("app")
+webpage = pytest.importorskip("webpage")
 from utils import InputError  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
@@ -30,12 +30,12 @@ def no_progress(*args, **kwargs):
 
 @pytest.fixture(scope="module")
 def extractors(tiny_models):
-    return app.Extractors("cpu", None)
+    return webpage.Extractors("cpu", None)
 
 
 def compute(extractors, image, labels="vase, lamp", config="chefer_et_al"):
-    return app.compute(
-        image, labels, "a photo of a {}.", config, TINY, app.RANDOM, extractors, no_progress
+    return webpage.compute(
+        image, labels, "a photo of a {}.", config, TINY, webpage.RANDOM, extractors, no_progress
     )
 
 
@@ -88,7 +88,7 @@ def page(tiny_models):
     if find_browser() is None:
         pytest.skip("no headless browser: install Debian's chromium and chromium-driver")
     pytest.importorskip("selenium", reason="the browser test needs selenium")
-    demo = app.build_demo(device="cpu", models=(TINY,), weights=app.RANDOM)
+    demo = webpage.build_demo(device="cpu", models=(TINY,), weights=webpage.RANDOM)
     port = free_port()
     demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True)
     try:

@@ -16,10 +16,13 @@ from PIL import Image
 from relevancy_models import TINY
 from typer.testing import CliRunner
 
+import clip_weights
 import figures
 import generate_relevancy as gr
 import processes
 import relevancy
+import relevancy_dataset
+import saliency
 import scene_file
 from scene_file import SceneFile
 
@@ -103,7 +106,7 @@ EXPECTED_LABELS = sorted(
 
 def test_label_set_follows_data_spec_2_8(tmp_path):
     with SceneFile(make_scene(tmp_path / "s.hdf5")) as scene:
-        labels, visible = gr.scene_labels(scene)
+        labels, visible = relevancy_dataset.scene_labels(scene)
     # visible = ids in seg and in the points (0, 1, 4); mug only via the description; empty dropped
     assert visible == ["apple", "television", "wall"]
     assert labels == EXPECTED_LABELS
@@ -151,18 +154,26 @@ def test_stored_maps_equal_computed_maps(tiny_models, tmp_path, monkeypatch):
     """Same extractor for the command and the check: the stored rows are the computed maps resized
     with nearest-exact, plus their mean (data.md 1.5)."""
     torch.manual_seed(0)
-    model, tokenizer = relevancy.load_model(TINY, pretrained="none")
+    model, tokenizer = clip_weights.load_model(TINY, pretrained="none")
     extractor = relevancy.RelevancyExtractor(model, tokenizer)
-    monkeypatch.setattr(gr.relevancy, "build_extractor", lambda *args: extractor)
+    monkeypatch.setattr(relevancy, "build_extractor", lambda *args: extractor)
     path = make_scene(tmp_path / "00002|FloorPlan2_physics.hdf5", descriptions=False)
-    run("dataset", tmp_path, *TINY_ARGS, "--configs", "chefer_et_al", "--configs", "fast")
+    run(
+        "dataset",
+        tmp_path,
+        *TINY_ARGS,
+        "--saliency-config",
+        "chefer_et_al",
+        "--saliency-config",
+        "fast",
+    )
     with h5py.File(path, "r") as scene:
         rgb = scene["rgb"][0]
         assert scene["saliencies"].shape[0] == 2 * 5
         for key in ("rgb|chefer_et_al", "rgb|fast"):
             labels, features, rows = read_block(scene, key)
             assert labels == ["apple", "television", "tv", "wall", "mean"]
-            config = relevancy.saliency_config(key.split("|")[1], 24)
+            config = saliency.saliency_config(key.split("|")[1], 24)
             maps, text = extractor(rgb, labels[:-1], [relevancy.THOR_PROMPT], config, seed=0)
             expected = torch.nn.functional.interpolate(
                 maps[None], size=(16, 16), mode="nearest-exact"
@@ -208,7 +219,7 @@ def test_interrupted_run_leaves_readable_files_and_resumes(tiny_models, tmp_path
     ]  # no temp left
     done = file_digest(second)
     monkeypatch.setattr(scene_file, "_write", real_write)
-    run("dataset", tmp_path, "--source", "oracle", "--configs", "ours")
+    run("dataset", tmp_path, "--source", "oracle", "--saliency-config", "ours")
     assert file_digest(second) == done  # skipped: already done
     with h5py.File(first, "r") as scene:
         assert read_block(scene, "rgb|ours")[0] == [*EXPECTED_LABELS, "mean"]
@@ -218,7 +229,7 @@ def test_interrupted_run_leaves_readable_files_and_resumes(tiny_models, tmp_path
         tmp_path,
         "--source",
         "oracle",
-        "--configs",
+        "--saliency-config",
         "ours",
         "--replace",
         "--oracle-scale",
@@ -269,7 +280,7 @@ def test_shards_split_scenes_by_rank(tmp_path, monkeypatch):
     for rank in ("1", "0"):
         monkeypatch.setenv("RANK", rank)
         run("dataset", tmp_path, "--source", "oracle")
-        done.append({p.name for p in scenes if gr.scene_done(p)})
+        done.append({p.name for p in scenes if relevancy_dataset.scene_done(p)})
     assert done[0] == {"00001|r.hdf5"}  # reverse order 2, 1, 0: rank 1 gets the middle one
     assert done[1] == {p.name for p in scenes}
     monkeypatch.setenv("RANK", "2")
@@ -318,7 +329,7 @@ def test_bad_scenes_and_paths_give_clear_errors(tmp_path):
     with pytest.raises(gr.InputError, match="unknown --source"):
         run("dataset", tmp_path, "--source", "lidar")
     with pytest.raises(gr.InputError, match="unknown saliency config"):
-        run("dataset", tmp_path, "--configs", "best")
+        run("dataset", tmp_path, "--saliency-config", "best")
     result = subprocess.run(
         [sys.executable, "generate_relevancy.py", "dataset", str(tmp_path / "missing")],
         cwd=REPO,
@@ -337,7 +348,7 @@ def test_image_command_writes_figure_and_maps(tiny_models, tmp_path):
     result = run(
         "image",
         *[arg for label in labels for arg in ("--labels", label)],
-        "--config",
+        "--saliency-config",
         "chefer_et_al",
         *TINY_ARGS,
         "--output",
@@ -364,7 +375,7 @@ def test_image_command_writes_figure_and_maps(tiny_models, tmp_path):
         *TINY_ARGS,
         "--output",
         out,
-        "--config",
+        "--saliency-config",
         "chefer_et_al",
         "--fix-crop-tiling",
         "--panel-width",
@@ -406,7 +417,7 @@ def test_image_command_bad_inputs_are_one_line(tiny_models, tmp_path):
     assert "has no {}" in image_error("image", "--labels", "a", "--prompts", "a photo", *TINY_ARGS)
     wide = tmp_path / "wide.png"
     Image.fromarray(np.zeros((10, 10000, 3), np.uint8)).save(wide)
-    message = image_error("image", wide, "--config", "fast", *TINY_ARGS)
+    message = image_error("image", wide, "--saliency-config", "fast", *TINY_ARGS)
     assert "203,958 crop forwards" in message and "--max-crop-forwards 203958" in message
     garbage = tmp_path / "w.pt"
     garbage.write_bytes(b"junk")
@@ -420,7 +431,7 @@ def test_single_label_figure_shows_the_raw_map_and_says_so(tiny_models, tmp_path
         "image",
         "--labels",
         "vase",
-        "--config",
+        "--saliency-config",
         "chefer_et_al",
         *TINY_ARGS,
         "--output",

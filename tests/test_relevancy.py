@@ -12,8 +12,10 @@ import torch.nn.functional as F
 from relevancy_models import TINY, TINY_224
 from relevancy_reference import coverage, reference_crop_relevancy
 
+import clip_weights
 import relevancy
-from relevancy import SaliencyConfig
+import saliency
+from saliency import SaliencyConfig
 from utils import InputError
 
 
@@ -21,7 +23,7 @@ from utils import InputError
 def extractor224(tiny_models):
     torch.manual_seed(0)
     with pytest.warns(UserWarning, match="random CLIP weights"):
-        model, tokenizer = relevancy.load_model(TINY_224, pretrained="none")
+        model, tokenizer = clip_weights.load_model(TINY_224, pretrained="none")
     return relevancy.RelevancyExtractor(model, tokenizer)
 
 
@@ -29,7 +31,7 @@ def extractor224(tiny_models):
 def extractor64(tiny_models):
     torch.manual_seed(1)
     with pytest.warns(UserWarning):
-        model, tokenizer = relevancy.load_model(TINY, pretrained="none")
+        model, tokenizer = clip_weights.load_model(TINY, pretrained="none")
     return relevancy.RelevancyExtractor(model, tokenizer)
 
 
@@ -118,34 +120,34 @@ def test_flip_averaging_is_mean_of_map_and_mirrored_crops_map(extractor224):
     ],
 )
 def test_parity_crop_counts_match_spec(width, height, counts):
-    tiles = relevancy.scale_tiles(height, width, relevancy.saliency_config("ours", height))
+    tiles = saliency.scale_tiles(height, width, saliency.saliency_config("ours", height))
     assert [len(regions) for _, regions in tiles] == counts
 
 
 def test_parity_coverage_and_full_tiling_covers_every_pixel():
-    config = relevancy.saliency_config("ours", 480)
+    config = saliency.saliency_config("ours", 480)
     covered = coverage(480, 640, config)
     uncovered_columns = [(~c.any(0)).sum() for c in covered]
     assert uncovered_columns == [40, 0, 40, 70]  # spec 3.3 table
     assert covered[3][:, :570].all() and not covered[3][:, 570:].any()
-    assert relevancy.num_crop_forwards(480, 640, config) == 3120
+    assert saliency.num_crop_forwards(480, 640, config) == 3120
     for height, width in [(480, 640), (720, 1280), (256, 192), (300, 301)]:
-        for name in relevancy.CONFIGS:
-            full = relevancy.saliency_config(name, height, tiling="full")
+        for name in saliency.CONFIGS:
+            full = saliency.saliency_config(name, height, tiling="full")
             assert coverage(height, width, full).all(), (name, height, width)
 
 
 def test_chefer_parity_leaves_last_columns_zero_and_full_fills_them(extractor64):
     image = random_image(48, 64)
     parity, features = extractor64(
-        image, ["a", "b"], config=relevancy.saliency_config("chefer_et_al", 48)
+        image, ["a", "b"], config=saliency.saliency_config("chefer_et_al", 48)
     )
     assert parity.shape == (2, 48, 64) and features.shape == (2, 32)
     assert (parity[:, :, 60:] == 0).all() and (
         parity[:, :, :60] > 0
     ).all()  # crops at cols 0 and 12
     full, _ = extractor64(
-        image, ["a", "b"], config=relevancy.saliency_config("chefer_et_al", 48, "full")
+        image, ["a", "b"], config=saliency.saliency_config("chefer_et_al", 48, "full")
     )
     assert (full > 0).all()
 
@@ -167,7 +169,7 @@ def test_paste_back_means_per_scale_then_over_scales():
 
 def test_ours_end_to_end_is_seeded_and_differs_across_seeds(extractor64):
     image = random_image(16, 20)
-    config = relevancy.saliency_config("ours", 16)
+    config = saliency.saliency_config("ours", 16)
     config = replace(config, scales=config.scales[:3])  # without the 4 px tiles: 732 forwards
     first, _ = extractor64(image, ["a", "b"], config=config, seed=3)
     again, _ = extractor64(image, ["a", "b"], config=config, seed=3)
@@ -190,17 +192,17 @@ def test_text_features_are_normalised_prompt_means_without_renormalising(extract
 
 def test_bad_inputs_raise_input_error(extractor64, tiny_models):
     with pytest.raises(InputError, match="unknown saliency config"):
-        relevancy.saliency_config("best", 480)
+        saliency.saliency_config("best", 480)
     with pytest.raises(InputError, match="unknown tiling"):
-        relevancy.saliency_config("ours", 480, tiling="half")
+        saliency.saliency_config("ours", 480, tiling="half")
     with pytest.raises(InputError, match="uint8"):
         extractor64(np.zeros((8, 8, 3), np.float32), ["a"])
     with pytest.raises(InputError, match="no labels"):
         extractor64(random_image(8, 8), [])
     with pytest.raises(InputError, match="unknown open_clip model"):
-        relevancy.load_model("ViT-X-99", pretrained="none")
+        clip_weights.load_model("ViT-X-99", pretrained="none")
     with pytest.raises(InputError, match="checkpoint file not found"):
-        relevancy.load_model(TINY, checkpoint="/nonexistent/clip.pt")
+        clip_weights.load_model(TINY, checkpoint="/nonexistent/clip.pt")
 
 
 def test_missing_weights_error_names_both_options(tiny_models, monkeypatch):
@@ -209,7 +211,7 @@ def test_missing_weights_error_names_both_options(tiny_models, monkeypatch):
 
     monkeypatch.setattr(open_clip, "create_model", offline)
     with pytest.raises(InputError, match="--checkpoint PATH") as error:
-        relevancy.load_model("ViT-B-32", pretrained="openai")
+        clip_weights.load_model("ViT-B-32", pretrained="openai")
     assert "--pretrained openai" in str(error.value)
 
 
@@ -218,12 +220,12 @@ def test_checkpoint_file_round_trip(tiny_models, tmp_path):
     source = open_clip.create_model(TINY, pretrained=None)
     path = tmp_path / "tiny.pt"
     torch.save(source.state_dict(), path)
-    loaded, _ = relevancy.load_model(TINY, checkpoint=path)
+    loaded, _ = clip_weights.load_model(TINY, checkpoint=path)
     for name, tensor in source.state_dict().items():
         assert torch.equal(loaded.state_dict()[name], tensor), name
     path.write_bytes(b"not a checkpoint")
     with pytest.raises(InputError, match="is not a PyTorch weights file"):
-        relevancy.load_model(TINY, checkpoint=path)
+        clip_weights.load_model(TINY, checkpoint=path)
 
 
 def test_default_prompt_follows_the_path():
@@ -244,9 +246,9 @@ def test_openai_format_torchscript_checkpoint_loads_with_fp16_rounded_weights(tm
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # torch.jit deprecation notice
         torch.jit.save(torch.jit.script(source), path)
-        loaded, _ = relevancy.load_model(None, checkpoint=path)  # architecture from the file
+        loaded, _ = clip_weights.load_model(None, checkpoint=path)  # architecture from the file
         with pytest.raises(InputError, match="--model ViT-B-32 contradicts"):
-            relevancy.load_model("ViT-B-32", checkpoint=path)
+            clip_weights.load_model("ViT-B-32", checkpoint=path)
     state = loaded.state_dict()
     for name, tensor in source.state_dict().items():
         assert torch.equal(state[name], tensor) or torch.equal(

@@ -1,4 +1,4 @@
-"""CLIP weights in every form (relevancy.read_weights / load_model), parity-mode crop
+"""CLIP weights in every form (clip_weights.read_weights / load_model), parity-mode crop
 preprocessing, per-addition fp16 accumulators and reduced precision, on small random models."""
 
 import argparse
@@ -13,7 +13,9 @@ import torch
 from PIL import Image
 from relevancy_reference import reference_crop_relevancy
 
+import clip_weights
 import relevancy
+import saliency
 from utils import InputError
 
 INT_ENTRIES = {"input_resolution": 224, "context_length": 77, "vocab_size": 49408}
@@ -62,7 +64,7 @@ def test_every_openai_form_loads_with_quickgelu_and_gives_identical_maps(openai_
         path = content if name == "torchscript" else tmp_path / f"{len(maps)}.pt"
         if name != "torchscript":
             torch.save(content, path)
-        model, model_name = relevancy.model_from_weights(path)
+        model, model_name = clip_weights.model_from_weights(path)
         assert model_name == "ViT-B-32"  # unknown architecture: CLIP's tokenizer, heads = width/64
         assert isinstance(
             model.visual.transformer.resblocks[0].mlp.gelu, open_clip.transformer.QuickGELU
@@ -78,7 +80,7 @@ def test_every_openai_form_loads_with_quickgelu_and_gives_identical_maps(openai_
 def test_open_clip_fp32_weights_keep_gelu_unless_the_name_says_quickgelu(openai_source, tmp_path):
     path = tmp_path / "open_clip.pt"
     torch.save({k: v.float() for k, v in openai_source.state_dict().items()}, path)
-    model, _ = relevancy.model_from_weights(path)
+    model, _ = clip_weights.model_from_weights(path)
     assert not isinstance(
         model.visual.transformer.resblocks[0].mlp.gelu, open_clip.transformer.QuickGELU
     )
@@ -88,7 +90,7 @@ def test_model_name_contradicting_the_weights_is_one_line(openai_source, tmp_pat
     path = tmp_path / "w.pt"
     torch.save(openai_source.state_dict(), path)
     with pytest.raises(InputError, match="--model ViT-B-16 contradicts") as error:
-        relevancy.load_model("ViT-B-16", checkpoint=path)
+        clip_weights.load_model("ViT-B-16", checkpoint=path)
     assert "patch 32" in str(error.value) and "\n" not in str(error.value)
 
 
@@ -100,7 +102,7 @@ def test_mismatch_names_missing_unexpected_and_misshaped_keys(openai_source, tmp
     path = tmp_path / "w.pt"
     torch.save(state, path)
     with pytest.raises(InputError) as error:
-        relevancy.model_from_weights(path)
+        clip_weights.model_from_weights(path)
     message = str(error.value)
     assert "1 missing: visual.ln_pre.bias" in message
     assert "1 unexpected: visual.extra.weight" in message
@@ -116,20 +118,20 @@ def test_foreign_and_garbage_files_are_one_line_without_unsafe_advice(tmp_path):
     for name, (content, message) in cases.items():
         torch.save(content, tmp_path / name)
         with pytest.raises(InputError, match=message) as error:
-            relevancy.load_model(None, checkpoint=tmp_path / name)
+            clip_weights.load_model(None, checkpoint=tmp_path / name)
         assert "weights_only" not in str(error.value) and "\n" not in str(error.value)
     (tmp_path / "garbage.pt").write_bytes(b"not a checkpoint")
     with pytest.raises(InputError, match="garbage.pt is not a PyTorch weights file") as error:
-        relevancy.load_model(None, checkpoint=tmp_path / "garbage.pt")
+        clip_weights.load_model(None, checkpoint=tmp_path / "garbage.pt")
     assert "weights_only" not in str(error.value)
 
 
 def test_offline_without_cached_weights_fails_fast_naming_every_way(monkeypatch):
-    monkeypatch.setattr(relevancy, "cached_weights", lambda *args: None)
-    monkeypatch.setattr(relevancy, "hub_reachable", lambda *args, **kwargs: False)
+    monkeypatch.setattr(clip_weights, "cached_weights", lambda *args: None)
+    monkeypatch.setattr(clip_weights, "hub_reachable", lambda *args, **kwargs: False)
     start = time.perf_counter()
     with pytest.raises(InputError) as error:
-        relevancy.load_model("ViT-B-32", pretrained="openai")
+        clip_weights.load_model("ViT-B-32", pretrained="openai")
     assert time.perf_counter() - start < 5
     message = str(error.value)
     for way in ("--checkpoint PATH", "--pretrained none", "~/.cache/clip", "go online"):
@@ -138,7 +140,7 @@ def test_offline_without_cached_weights_fails_fast_naming_every_way(monkeypatch)
 
 def test_parity_crop_preprocessing_equals_pil_bicubic_exactly(tiny_models):
     with pytest.warns(UserWarning):
-        model, tokenizer = relevancy.load_model("semabs-tiny-vit-224", pretrained="none")
+        model, tokenizer = clip_weights.load_model("semabs-tiny-vit-224", pretrained="none")
     extractor = relevancy.RelevancyExtractor(model, tokenizer)
     rng = np.random.default_rng(0)
     crops = rng.integers(0, 256, (5, 300, 300, 3), dtype=np.uint8)
@@ -175,7 +177,7 @@ def test_parity_accumulators_round_to_fp16_at_every_addition():
 def test_bf16_autocast_on_cpu_is_close_to_fp32_and_fp32_unchanged(openai_source, tmp_path):
     path = tmp_path / "w.pt"
     torch.save(openai_source.state_dict(), path)
-    model, _ = relevancy.load_model(None, checkpoint=path)
+    model, _ = clip_weights.load_model(None, checkpoint=path)
     tokenizer = open_clip.get_tokenizer("ViT-B-32")
     exact = relevancy.RelevancyExtractor(model, tokenizer)
     low = relevancy.RelevancyExtractor(model, tokenizer, precision="bf16")
@@ -193,10 +195,10 @@ def test_bf16_autocast_on_cpu_is_close_to_fp32_and_fp32_unchanged(openai_source,
 
 def test_cuda_out_of_memory_halves_the_batch_and_gives_the_same_maps(tiny_models, monkeypatch):
     with pytest.warns(UserWarning):
-        model, tokenizer = relevancy.load_model("semabs-tiny-vit", pretrained="none")
+        model, tokenizer = clip_weights.load_model("semabs-tiny-vit", pretrained="none")
     extractor = relevancy.RelevancyExtractor(model, tokenizer, batch_size=8)
     image = np.random.default_rng(0).integers(0, 256, (24, 32, 3), dtype=np.uint8)
-    config = relevancy.saliency_config("chefer_et_al", 16)  # 15 crops
+    config = saliency.saliency_config("chefer_et_al", 16)  # 15 crops
     expected, _ = extractor(image, ["a", "b"], config=config)
     real, sizes = extractor._chunk_maps, []
 
