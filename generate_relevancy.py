@@ -23,6 +23,7 @@ from typing import Annotated
 
 import typer
 
+import figures
 import relevancy
 import relevancy_dataset
 import relevancy_image
@@ -133,11 +134,12 @@ def image(
     )
     if save_maps is not None:
         relevancy_image.save_maps(save_maps, maps)
-    note = relevancy_image.save_figure(
-        output, picture, maps, list(labels), vmin, vmax, columns, panel_width
+    figure, note = figures.figure_of_maps(
+        picture, maps, list(labels), vmin, vmax, columns, panel_width
     )
     if note:
         print(f"note: {note}")
+    relevancy_image.save_png(output, figure)
     print(f"wrote {output}")
 
 

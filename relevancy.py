@@ -461,6 +461,10 @@ def _resize_pool() -> ThreadPoolExecutor:
     return _POOL
 
 
+# --------------------------------------------------------------------------------------------------
+# Labels, whole-image maps (spec 2, 3.5, 3.6), prompts (spec 4)
+
+
 def check_labels(labels: Sequence[str], prompts: Sequence[str]) -> None:
     """Labels and prompt templates a user typed: each an InputError line when unusable."""
     if len(labels) == 0:
@@ -569,5 +573,7 @@ def build_extractor(
     batch_size: int | None,
     precision: str = "fp32",
 ):
+    """A RelevancyExtractor on the CLIP model that clip_weights.load_model builds from the flags
+    (--model, --pretrained, --checkpoint)."""
     clip_model, tokenizer = load_model(model, pretrained, checkpoint, device)
     return RelevancyExtractor(clip_model, tokenizer, device, batch_size, precision)

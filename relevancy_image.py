@@ -1,6 +1,7 @@
-"""One picture's relevancy run, as `generate_relevancy.py image` and the web page (webpage.py) do it:
-the bundled example image, reading an image file, the run's estimate line and its outputs (the
-per-label figure, the raw maps). Spec: ../shared/spec/relevancy.md section 5.1.
+"""One picture's relevancy run, as `generate_relevancy.py image` and the web page (webpage.py)
+do it: the bundled example image and default labels, reading an image file, the flags of the
+figure and the tiling, and writing the outputs (the raw maps, the figure).
+Spec: ../shared/spec/relevancy.md section 5.1.
 """
 
 from __future__ import annotations
@@ -11,7 +12,6 @@ import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 
-import figures
 from utils import InputError, atomic_path
 
 DEFAULT_IMAGE = Path(__file__).resolve().parent / "assets" / "room.png"  # the bundled example
@@ -75,18 +75,7 @@ def save_maps(path: Path, maps: torch.Tensor) -> None:
         np.save(handle, maps.numpy())
 
 
-def save_figure(
-    path: Path,
-    picture: np.ndarray,
-    maps: torch.Tensor,
-    labels: list[str],
-    vmin: float,
-    vmax: float,
-    columns: int | None = None,
-    panel_width: int | None = None,
-) -> str | None:
-    """The per-label figure (PNG, written atomically); returns figures.figure_of_maps's note."""
-    figure, note = figures.figure_of_maps(picture, maps, labels, vmin, vmax, columns, panel_width)
+def save_png(path: Path, figure: Image.Image) -> None:
+    """A figure as PNG, written atomically."""
     with atomic_path(path) as tmp:
         figure.save(tmp, format="PNG")
-    return note

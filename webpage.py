@@ -28,7 +28,7 @@ import relevancy_image  # noqa: E402
 from figures import overlay, relevancy_figure, shown_maps  # noqa: E402
 from processes import resolve_device  # noqa: E402
 from saliency import CONFIGS, check_crop_budget, saliency_config  # noqa: E402
-from utils import InputError, atomic_path  # noqa: E402
+from utils import InputError  # noqa: E402
 
 OPENAI = "OpenAI CLIP weights"
 RANDOM = "random weights (smoke test only: the maps mean nothing)"
@@ -122,8 +122,7 @@ def compute(image_path, labels_text, prompt, config_name, model, weights, extrac
     folder = Path(tempfile.mkdtemp(prefix="semabs-relevancy-"))
     maps_path, figure_path = folder / "relevancy_maps.npy", folder / "relevancy_figure.png"
     relevancy_image.save_maps(maps_path, maps)
-    with atomic_path(figure_path) as tmp:
-        figure.save(tmp, format="PNG")
+    relevancy_image.save_png(figure_path, figure)
     status = (
         f"{len(labels)} labels, {config_name}, {forwards:,} crop forwards in {seconds:.1f} s on "
         f"{extractors.device}; maps {width}x{height}, shape (labels, height, width)."
