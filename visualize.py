@@ -18,6 +18,7 @@ directory (the original wrote ./new-input.pkl); every file is written atomically
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated
 
@@ -41,56 +42,55 @@ SaliencyOpt = Annotated[
 SeedOpt = Annotated[int, typer.Option(help="seed of the input-point draws and colour jitter")]
 FramesOpt = Annotated[int, typer.Option(help="turntable frames (original: 220, 24 fps)")]
 SizeOpt = Annotated[int, typer.Option(help="video width and height in pixels")]
-ScenePickleArg = Annotated[Path, typer.Argument(help="scene pickle (data.md 5)")]
 
 
-@app.command("ovssc-inference")
-def ovssc_inference(
-    data_pickle_path: ScenePickleArg,
-    model_ckpt_path: Annotated[Path, typer.Argument(help="OVSSC checkpoint; args.pkl beside it")],
-    dump_path: DumpOpt = Path("visualization"),
-    grid_size: GridOpt = inference.GRID_SIZE,
-    saliency_config: SaliencyOpt = "ours",
-    model: ModelOpt = "ViT-B-32",
-    pretrained: PretrainedOpt = "openai",
-    checkpoint: CheckpointOpt = None,
-    device: DeviceOpt = "auto",
-    seed: SeedOpt = 0,
-) -> None:
+def inference_command(task: str, finish: Callable[[inference.SceneRun], None]):
+    """The command of one task's inference: both take the same flags, prepare the scene with
+    inference.start_run, then `finish` runs the task's loop and prints what it wrote."""
+
+    def command(
+        data_pickle_path: Annotated[Path, typer.Argument(help="scene pickle (data.md 5)")],
+        model_ckpt_path: Path,  # annotated below: its help names the task
+        dump_path: DumpOpt = Path("visualization"),
+        grid_size: GridOpt = inference.GRID_SIZE,
+        saliency_config: SaliencyOpt = "ours",
+        model: ModelOpt = "ViT-B-32",
+        pretrained: PretrainedOpt = "openai",
+        checkpoint: CheckpointOpt = None,
+        device: DeviceOpt = "auto",
+        seed: SeedOpt = 0,
+    ) -> None:
+        run = inference.start_run(
+            data_pickle_path, model_ckpt_path, task, dump_path, device, saliency_config,
+            (model, pretrained, checkpoint), seed, grid_size,
+        )  # fmt: skip
+        finish(run)
+
+    command.__annotations__["model_ckpt_path"] = Annotated[
+        Path, typer.Argument(help=f"{task.upper()} checkpoint; args.pkl beside it")
+    ]
+    command.__doc__ = finish.__doc__
+    return command
+
+
+def ovssc_inference(run: inference.SceneRun) -> None:
     """Complete every class of the scene: relevancies.png, <class>.obj, completion.npz."""
-    run = inference.start_run(
-        data_pickle_path, model_ckpt_path, "ovssc", dump_path, device, saliency_config,
-        (model, pretrained, checkpoint), seed, grid_size,
-    )  # fmt: skip
     written, empty = inference.run_ovssc(run)
     for name in empty:
         print(f"{name}: empty, no mesh")
     print(f"wrote {len(written)} meshes, relevancies.png and completion.npz to {run.out_dir}")
 
 
-@app.command("vool-inference")
-def vool_inference(
-    data_pickle_path: ScenePickleArg,
-    model_ckpt_path: Annotated[Path, typer.Argument(help="VOOL checkpoint; args.pkl beside it")],
-    dump_path: DumpOpt = Path("visualization"),
-    grid_size: GridOpt = inference.GRID_SIZE,
-    saliency_config: SaliencyOpt = "ours",
-    model: ModelOpt = "ViT-B-32",
-    pretrained: PretrainedOpt = "openai",
-    checkpoint: CheckpointOpt = None,
-    device: DeviceOpt = "auto",
-    seed: SeedOpt = 0,
-) -> None:
+def vool_inference(run: inference.SceneRun) -> None:
     """Localise every description: relevancies.png, <description>.ply, scene_rgb.ply,
     localization.npz."""
-    run = inference.start_run(
-        data_pickle_path, model_ckpt_path, "vool", dump_path, device, saliency_config,
-        (model, pretrained, checkpoint), seed, grid_size,
-    )  # fmt: skip
     inference.run_vool(run)
-    print(
-        f"wrote {len(run.frame.descriptions)} description clouds and scene_rgb.ply to {run.out_dir}"
-    )
+    count = len(run.frame.descriptions)
+    print(f"wrote {count} description clouds and scene_rgb.ply to {run.out_dir}")
+
+
+app.command("ovssc-inference")(inference_command("ovssc", ovssc_inference))
+app.command("vool-inference")(inference_command("vool", vool_inference))
 
 
 @app.command("ovssc-visualize")
