@@ -1,4 +1,5 @@
-"""OVSSC and VOOL inference on one RGB-D frame over a dense query grid, and the files it writes.
+"""OVSSC and VOOL inference on one RGB-D frame over a dense query grid, and the files it writes;
+`start_run`, `run_ovssc` and `run_vool` are visualize.py's two inference commands end to end.
 
 Spec: train-eval.md 4.3-4.5. The original's numbers are kept: a 240^3 query grid spanning the scene
 bounds inclusively, chunks of 2^20 query points with a fresh draw of `num_input_pts` input points
@@ -8,6 +9,7 @@ masked to the camera frustum and to TSDF <= 0 (observed free space removed), VOO
 
 Differences from the original, each a bug that only hurt users:
 - the network is the one `args.pkl` names (the original always built SemAbs3D / SemAbsVOOL);
+  clip_spatial reads the relevancy of the sentence it was trained on ("{T} {R} a {Ref}");
 - OBJ vertices are in metres, in the scene frame (the original wrote normalised voxel units,
   [-0.5, 0.5], so meshes did not line up with the PLY clouds or the scene);
 - `saliency_vmin` and `patch_masks` inputs are prepared as in training when args.pkl sets them;
