@@ -174,7 +174,7 @@ def centering_transform(frame: Frame, scene_bounds) -> np.ndarray:
 # scene pickles
 
 
-def read_scene(path: str | Path) -> Frame:
+def read_scene_pickle(path: str | Path) -> Frame:
     """Read and check a scene pickle (original or ours); one InputError line for each problem."""
     path = Path(path)
     if not path.is_file():
@@ -218,7 +218,8 @@ def check_description(entry, source: str) -> tuple[str, str, str]:
     return target, relation, reference
 
 
-def write_scene(frame: Frame, path: str | Path) -> None:
+def write_scene_pickle(frame: Frame, path: str | Path) -> None:
+    """The scene pickle of data.md 5 (not scene_file.write_scene, which writes a dataset HDF5)."""
     with atomic_path(path) as tmp, open(tmp, "wb") as handle:
         pickle.dump(frame.to_dict(), handle, protocol=4)
 
@@ -322,6 +323,17 @@ def opengl_to_opencv(pose: np.ndarray) -> np.ndarray:
 def y_up_to_z_up(pose: np.ndarray) -> np.ndarray:
     """A camera-to-world pose in a y-up world -> the same camera in a z-up world."""
     return Y_UP_TO_Z_UP @ np.asarray(pose, dtype=np.float64)
+
+
+def read_pose(path: str | Path, opengl_camera: bool = False, y_up: bool = False) -> np.ndarray:
+    """A checked 4x4 camera-to-world pose from a file, turned to OpenCV camera axes and a z-up
+    world when it uses OpenGL camera axes or a y-up world."""
+    pose = check_pose(read_matrix(path, "pose"), str(path))
+    if opengl_camera:
+        pose = opengl_to_opencv(pose)
+    if y_up:
+        pose = y_up_to_z_up(pose)
+    return pose
 
 
 def build_frame(

@@ -1,4 +1,5 @@
-"""OVSSC and VOOL inference on one RGB-D frame over a dense query grid, and the files it writes.
+"""OVSSC and VOOL inference on one RGB-D frame over a dense query grid, and the files it writes;
+`start_run`, `run_ovssc` and `run_vool` are visualize.py's two inference commands end to end.
 
 Spec: train-eval.md 4.3-4.5. The original's numbers are kept: a 240^3 query grid spanning the scene
 bounds inclusively, chunks of 2^20 query points with a fresh draw of `num_input_pts` input points
@@ -8,6 +9,7 @@ masked to the camera frustum and to TSDF <= 0 (observed free space removed), VOO
 
 Differences from the original, each a bug that only hurt users:
 - the network is the one `args.pkl` names (the original always built SemAbs3D / SemAbsVOOL);
+  clip_spatial reads the relevancy of the sentence it was trained on ("{T} {R} a {Ref}");
 - OBJ vertices are in metres, in the scene frame (the original wrote normalised voxel units,
   [-0.5, 0.5], so meshes did not line up with the PLY clouds or the scene);
 - `saliency_vmin` and `patch_masks` inputs are prepared as in training when args.pkl sets them;
@@ -30,9 +32,16 @@ import open3d as o3d
 import torch
 from tqdm import tqdm
 
+import checkpoint as ckpt_io
+import figures
 import geometry
 import inputs
-from frames import Frame
+import net
+import options
+import relevancy
+import scene_file
+from frames import Frame, read_scene_pickle
+from processes import resolve_device
 from utils import InputError, atomic_path
 
 GRID_SIZE = 240  # query points per axis (original)
@@ -43,8 +52,15 @@ SCENE_CLOUD_POINTS = 100_000  # points of scene_rgb.ply
 TSDF_TRUNC_VOXELS = 5.0
 
 
-def sentence(target: str, relation: str, reference: str) -> str:
-    """The description text and file stem of visualize.py: "the {T} {R} the {Ref}"."""
+def description_name(target: str, relation: str, reference: str) -> str:
+    """The display text and file stem of a description in visualize's outputs: "the {T} {R} the
+    {Ref}" (train-eval.md 4.1, data.md 5).
+
+    The original uses two formats: its visualize.py names the outputs this way, while its data
+    generator stores the relevancy of the sentence "{T} {R} a {Ref}" (data.md 1.4), which is
+    `scene_file.sentence`. The name here is only for people and file names; anything a network
+    reads (clip_spatial's sentence relevancy) uses `scene_file.sentence`.
+    """
     return f"the {target} {relation} the {reference}"
 
 
@@ -89,12 +105,16 @@ class SceneInputs:
 
 def relevancy_labels(frame: Frame, approach: str) -> list[str]:
     """Labels whose relevancy the networks read: classes, targets and references (the original's
-    set-union, sorted here for repeatability), plus whole sentences for clip_spatial."""
+    set-union, sorted here for repeatability), plus whole sentences for clip_spatial.
+
+    clip_spatial networks were trained on the relevancy of the stored sentence "{T} {R} a {Ref}"
+    (`scene_file.sentence`, data.md 1.4), so that is the label here, not `description_name`
+    (the original's visualize.py never ran clip_spatial)."""
     labels = set(frame.classes)
     for target, relation, reference in frame.descriptions:
         labels |= {target, reference}
         if approach == "clip_spatial":
-            labels.add(sentence(target, relation, reference))
+            labels.add(scene_file.sentence(target, relation, reference))
     return sorted(labels)
 
 
@@ -179,7 +199,7 @@ def vool_batch(
         batch["target_obj_text_features"] = torch.from_numpy(inputs.text[target])[None, None]
         batch["reference_obj_text_features"] = torch.from_numpy(inputs.text[reference])[None, None]
     elif approach == "clip_spatial":
-        feats = inputs.features[sentence(*description)][index]
+        feats = inputs.features[scene_file.sentence(*description)][index]
         batch["input_description_saliency_pts"] = torch.from_numpy(feats)[None, None]
     else:
         batch["input_target_saliency_pts"] = torch.from_numpy(inputs.features[target][index])[
@@ -291,18 +311,13 @@ def write_obj(path: Path, vertices: np.ndarray, faces: np.ndarray) -> None:
 # VOOL: best points and clouds
 
 
-def jet(values: np.ndarray) -> np.ndarray:
-    """matplotlib's jet: [0, 1] -> RGB [0, 1]."""
-    return np.clip(np.stack([1.5 - np.abs(4 * values - k) for k in (3, 2, 1)], -1), 0, 1)
-
-
 def vool_points(logits: np.ndarray, grid: np.ndarray) -> tuple[np.ndarray, ...]:
     """(xyz, logits, uint8 colours) of the grid points within VOOL_MARGIN of the best logit."""
     kept = np.flatnonzero(logits > logits.max() - VOOL_MARGIN)
     values = np.exp(logits[kept].astype(np.float64))
     span = values.max() - values.min()
     normalised = (values - values.min()) / span if span > 0 else np.ones_like(values)
-    colors = (jet(normalised) * 255).astype(np.uint8)
+    colors = (figures.jet(normalised) * 255).astype(np.uint8)
     return grid[kept], logits[kept], colors
 
 
@@ -337,3 +352,191 @@ def read_ply(path: Path) -> tuple[np.ndarray, np.ndarray]:
 def write_npz(path: Path, **arrays) -> None:
     with atomic_path(path) as tmp, open(tmp, "wb") as f:
         np.savez_compressed(f, **arrays)
+
+
+# --------------------------------------------------------------------------------------------------
+# one scene, end to end: visualize.py's ovssc-inference and vool-inference
+
+
+def load_trained(checkpoint_path: Path, task: str, device: torch.device):
+    """(network, args, approach) from a checkpoint and the args.pkl beside it."""
+    args = options.load_args(Path(checkpoint_path).parent / options.ARGS_FILE)
+    stored_task = getattr(args, "task", task)
+    if stored_task != task:
+        raise InputError(f"{checkpoint_path} is a {stored_task} checkpoint, not {task}")
+    approach = getattr(args, "approach", "semantic_abstraction")
+    network = net.build_network(task, approach, args)
+    ckpt_io.load_network(network, checkpoint_path, map_location="cpu")
+    return network.to(device).eval(), args, approach
+
+
+def scene_relevancy(frame, labels, approach, config, clip_options, device, seed, out_dir):
+    """(maps (L, H, W) or None, text features (L, D)); writes relevancies.png when there are maps."""
+    extractor = relevancy.build_extractor(*clip_options, device, 32)
+    text = extractor.text_features(labels, [relevancy.HOME_PROMPT]).float().cpu().numpy()
+    if approach == "semantic_aware":
+        if text.shape[1] != inputs.CLIP_TEXT_DIM:
+            raise InputError(
+                f"the semantic_aware network compares points with {inputs.CLIP_TEXT_DIM}-d CLIP "
+                f"text features, and this CLIP model gives {text.shape[1]}-d: use ViT-B/32 weights"
+            )
+        return None, text
+    settings = relevancy.saliency_config(config, frame.shape[0])
+    maps, _ = extractor(frame.rgb, labels, [relevancy.HOME_PROMPT], settings, seed, progress=True)
+    maps = maps.float().numpy()
+    figure = (
+        figures.relevancy_figure(  # the original's overlay: jet of clip(rel / 0.01), alpha 0.7(1-g)
+            frame.rgb, relevancy.mean_over_labels(torch.from_numpy(maps)).numpy(), labels, 0.0, 0.01
+        )
+    )
+    with atomic_path(out_dir / "relevancies.png") as tmp:
+        figure.save(tmp, format="PNG")
+    return maps, text
+
+
+@dataclass
+class SceneRun:
+    """Everything both inference commands prepare before their own loop."""
+
+    frame: Frame
+    device: torch.device
+    network: torch.nn.Module
+    args: argparse.Namespace
+    approach: str
+    out_dir: Path
+    inputs: SceneInputs
+    grid: np.ndarray  # (G^3, 3) query points
+    grid_size: int  # G
+    rng: np.random.Generator
+
+    def chunk_bar(self, count: int) -> tqdm:
+        """One progress bar over the chunks of `count` classes or descriptions."""
+        return tqdm(total=count * num_chunks(self.grid_size), desc="inference", unit="chunk")
+
+    def logits(self, make_batch: Callable[[np.ndarray], dict], bar: tqdm) -> np.ndarray:
+        """(G^3,) logits of one class or description over the query grid."""
+        return grid_logits(
+            self.network, make_batch, self.grid, len(self.inputs.xyz), self.args.num_input_pts,
+            self.rng, self.device, bar=bar,
+        )  # fmt: skip
+
+
+def start_run(scene_path, checkpoint_path, task, dump_path, device, saliency_config, clip_options,
+              seed, grid_size) -> SceneRun:  # fmt: skip
+    """Read the scene and the checkpoint, compute relevancies (relevancies.png), prepare inputs."""
+    frame = read_scene_pickle(scene_path)
+    if task == "ovssc" and not frame.classes:
+        raise InputError(f"{scene_path} has no ovssc_obj_classes")
+    if task == "vool" and not frame.descriptions:
+        raise InputError(f"{scene_path} has no descriptions")
+    device = resolve_device(device)
+    network, args, approach = load_trained(checkpoint_path, task, device)
+    out_dir = Path(dump_path) / Path(scene_path).stem
+    out_dir.mkdir(parents=True, exist_ok=True)
+    labels = relevancy_labels(frame, approach)
+    maps, text = scene_relevancy(
+        frame, labels, approach, saliency_config, clip_options, device, seed, out_dir
+    )
+    prepared = prepare_inputs(frame, maps, labels, text, args, task)
+    grid = query_grid(args.scene_bounds, grid_size)
+    rng = np.random.default_rng(seed)
+    return SceneRun(frame, device, network, args, approach, out_dir, prepared, grid, grid_size, rng)
+
+
+def sigmoid(logits: np.ndarray) -> np.ndarray:
+    return (1 / (1 + np.exp(-logits))).astype(np.float32)
+
+
+def run_ovssc(run: SceneRun) -> tuple[list[str], list[str]]:
+    """Complete every class: <class>.obj per non-empty class and completion.npz in run.out_dir.
+    Returns (stems of the meshes written, classes left empty)."""
+    classes, shape = run.frame.classes, (run.grid_size,) * 3
+    bar = run.chunk_bar(len(classes))
+    logits = np.stack(
+        [
+            run.logits(lambda index, c=c: ovssc_batch(run.approach, run.inputs, c, index), bar)
+            for c in classes
+        ]
+    ).reshape((len(classes), *shape))
+    bar.close()
+    keep = observed_mask(run.frame, run.args.scene_bounds, run.grid_size, run.grid)
+    labels = ovssc_labels(logits, keep)
+    taken: set[str] = set()
+    stems = [safe_name(name, taken) for name in classes]
+    written, empty = [], []
+    for k in tqdm(range(len(classes)), desc="meshes", unit="class"):
+        mesh = volume_mesh(labels == k, run.args.scene_bounds)
+        if mesh is None:
+            empty.append(classes[k])
+            continue
+        write_obj(run.out_dir / f"{stems[k]}.obj", *mesh)
+        written.append(stems[k])
+    write_completion_npz(run, logits, labels, stems)
+    return written, empty
+
+
+def write_completion_npz(run: SceneRun, logits: np.ndarray, labels: np.ndarray, stems) -> None:
+    """completion.npz: every labelled grid point with its class and that class's probability."""
+    occupied = np.flatnonzero(labels.reshape(-1) >= 0)
+    label_of = labels.reshape(-1)[occupied]
+    logit_of = logits.reshape(len(stems), -1)[label_of, occupied]
+    write_npz(
+        run.out_dir / "completion.npz",
+        classes=np.array(run.frame.classes),
+        file_stems=np.array(stems),
+        xyz=run.grid[occupied],
+        label=label_of.astype(np.int16),
+        probability=sigmoid(logit_of),
+        scene_bounds=np.asarray(run.args.scene_bounds),
+        grid_size=run.grid_size,
+    )
+
+
+def run_vool(run: SceneRun) -> None:
+    """Localise every description: <description>.ply, scene_rgb.ply and localization.npz in
+    run.out_dir."""
+    descriptions = run.frame.descriptions
+    bar = run.chunk_bar(len(descriptions))
+    taken: set[str] = {"scene_rgb"}
+    npz = {"descriptions": [], "file_stems": [], "index": [], "xyz": [], "logit": []}
+    for k, description in enumerate(descriptions):
+        logits = run.logits(
+            lambda index, d=description: vool_batch(run.approach, run.inputs, d, index), bar
+        )
+        xyz, kept_logits, colors = vool_points(logits, run.grid)
+        name = description_name(*description)
+        stem = safe_name(name, taken)
+        write_ply(run.out_dir / f"{stem}.ply", xyz, colors)
+        npz["descriptions"].append(name)
+        npz["file_stems"].append(stem)
+        npz["index"].append(np.full(len(xyz), k, np.int16))
+        npz["xyz"].append(xyz)
+        npz["logit"].append(kept_logits)
+    bar.close()
+    write_scene_cloud(run)  # draws from run.rng after every description, as before
+    write_localization_npz(run, npz)
+
+
+def write_scene_cloud(run: SceneRun) -> None:
+    """scene_rgb.ply: up to SCENE_CLOUD_POINTS input points (random, without replacement)."""
+    scene_xyz, scene_rgb = run.inputs.xyz, (run.inputs.rgb * 255).round().astype(np.uint8)
+    if len(scene_xyz) > SCENE_CLOUD_POINTS:
+        pick = run.rng.choice(len(scene_xyz), SCENE_CLOUD_POINTS, replace=False)
+        scene_xyz, scene_rgb = scene_xyz[pick], scene_rgb[pick]
+    write_ply(run.out_dir / "scene_rgb.ply", scene_xyz, scene_rgb)
+
+
+def write_localization_npz(run: SceneRun, parts: dict[str, list]) -> None:
+    """localization.npz from the per-description lists of run_vool."""
+    logit = np.concatenate(parts["logit"])
+    write_npz(
+        run.out_dir / "localization.npz",
+        descriptions=np.array(parts["descriptions"]),
+        file_stems=np.array(parts["file_stems"]),
+        description_index=np.concatenate(parts["index"]),
+        xyz=np.concatenate(parts["xyz"]),
+        logit=logit,
+        probability=sigmoid(logit),
+        scene_bounds=np.asarray(run.args.scene_bounds),
+        grid_size=run.grid_size,
+    )

@@ -7,11 +7,14 @@ Lambert's law under a head light plus ambient light; point clouds are drawn as s
 get shaded surfaces too. The camera orbits the z axis of the (z-up) scene; the default sweep
 matches the original's 220 frames of 0.03 rad (about 1.05 turns), spread over `num_frames`.
 Class colours come from the original's 20-colour palette; a legend is drawn in the top-left corner.
+`completion_turntable` and `localization_turntables` render the folders the inference commands
+write (ovssc-visualize, vool-visualize).
 """
 
 from __future__ import annotations
 
 import textwrap
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,7 +25,9 @@ import open3d as o3d
 from PIL import Image, ImageDraw, ImageFont
 from tqdm import tqdm
 
-from utils import atomic_path
+import geometry
+import inference
+from utils import InputError, atomic_path
 
 # The original's palette (sashamaps, 20 colours; white and black unused), index = file order % 20.
 PALETTE = np.array(
@@ -272,3 +277,67 @@ def render_turntable(
 def write_png(image: np.ndarray, path: str | Path) -> None:
     with atomic_path(path) as tmp:
         Image.fromarray(image).save(tmp, format="PNG")
+
+
+# --------------------------------------------------------------------------------------------------
+# the folders of visualize's inference commands
+
+
+def inference_folder(path: Path) -> Path:
+    if not path.is_dir():
+        raise InputError(f"{path} is not a folder written by the inference commands")
+    return path
+
+
+def completion_turntable(folder: Path, num_frames: int, size: int) -> Path:
+    """completion.mp4 (and completion.png) of every .obj under `folder`, one palette colour a
+    class in file order (index % 20, as the original)."""
+    import trimesh
+
+    paths = sorted(inference_folder(folder).rglob("*.obj"))
+    if not paths:
+        raise InputError(f"no .obj meshes under {folder}; run ovssc-inference first")
+    colors = PALETTE[np.arange(len(paths)) % len(PALETTE)]
+    shapes = []
+    for path, color in zip(paths, colors):
+        mesh = trimesh.load(path, force="mesh", process=False)
+        shapes.append(mesh_shape(mesh.vertices, mesh.faces, color))
+    names = [path.stem for path in paths]
+    render_turntable(
+        shapes, folder / "completion.mp4", num_frames, size,
+        legend_image=legend(names, colors, size), still_path=folder / "completion.png",
+    )  # fmt: skip
+    return folder / "completion.mp4"
+
+
+def localization_turntables(folder: Path, num_frames: int, size: int) -> Iterator[Path]:
+    """<description>.mp4 (and .png) per description cloud under `folder`, shown in the scene_rgb
+    cloud voxel-downsampled at 0.03 m; yields each video's path once it is written."""
+    paths = sorted(inference_folder(folder).rglob("*.ply"))
+    scene_paths = [p for p in paths if p.stem == "scene_rgb"]
+    if not scene_paths:
+        raise InputError(f"no scene_rgb.ply under {folder}; run vool-inference first")
+    scene_xyz, scene_rgb = inference.read_ply(scene_paths[0])
+    scene_xyz, scene_rgb = voxel_downsample(scene_xyz, scene_rgb, 0.03)
+    scene_shape = cubes_shape(scene_xyz, scene_rgb, 0.03)
+    pitch = description_cube_size(folder)
+    for path in [p for p in paths if p.stem != "scene_rgb"]:
+        xyz, colors = inference.read_ply(path)
+        render_turntable(
+            [scene_shape, cubes_shape(xyz, colors, pitch)], path.with_suffix(".mp4"), num_frames,
+            size, legend_image=legend([path.stem], np.array([[255, 0, 0]]), size),
+            still_path=path.with_suffix(".png"), desc=f"render {path.stem[:30]}",
+        )  # fmt: skip
+        yield path.with_suffix(".mp4")
+
+
+def description_cube_size(folder: Path) -> float:
+    """Query-grid pitch from localization.npz (cube size of the description points); the default
+    bounds and grid when there is none."""
+    path = folder / "localization.npz"
+    if path.is_file():
+        with np.load(path) as data:
+            return float(inference.grid_pitch(data["scene_bounds"], int(data["grid_size"])).min())
+    return float(
+        inference.grid_pitch(np.array(geometry.DEFAULT_SCENE_BOUNDS), inference.GRID_SIZE).min()
+    )

@@ -30,7 +30,7 @@ import render  # noqa: E402
 
 
 def typical_meshes(scene: Path, grid_size: int, classes: int = 8):
-    frame = frames.read_scene(scene)
+    frame = frames.read_scene_pickle(scene)
     bounds = geometry.THOR_SCENE_BOUNDS
     grid = inference.query_grid(bounds, grid_size)
     u, v, z = geometry.project(grid, frame.cam_intr, frame.cam_extr)

@@ -45,7 +45,7 @@ def test_round_trip_through_the_command(tmp_path):
          "23.5", "--pose", str(pose), "--classes", "wall", "--descriptions", "mug|on|table"],
     )  # fmt: skip
     assert result.exit_code == 0, result.output
-    frame = frames.read_scene(out)
+    frame = frames.read_scene_pickle(out)
     assert frame.rgb.dtype == np.uint8 and np.array_equal(frame.rgb, rgb())
     assert frame.classes == ["wall"] and frame.descriptions == [("mug", "on", "table")]
     # independent back-projection: pixel (v, u) at depth d -> camera ((u-cx)d/f, (v-cy)d/f, d)
@@ -119,13 +119,13 @@ def test_pose_conventions():
 
 def test_scene_pickle_errors(tmp_path):
     path = tmp_path / "bad.pkl"
-    frames.write_scene(frames.Frame(rgb(), slanted_depth(), K, POSE, ["wall"]), path)
-    assert frames.read_scene(path).classes == ["wall"]
+    frames.write_scene_pickle(frames.Frame(rgb(), slanted_depth(), K, POSE, ["wall"]), path)
+    assert frames.read_scene_pickle(path).classes == ["wall"]
     import pickle
 
     with open(path, "wb") as f:
         pickle.dump({"rgb": rgb(), "depth": slanted_depth()}, f)
     with pytest.raises(InputError, match="lacks cam_intr, cam_extr"):
-        frames.read_scene(path)
+        frames.read_scene_pickle(path)
     with pytest.raises(InputError, match="not found"):
-        frames.read_scene(tmp_path / "missing.pkl")
+        frames.read_scene_pickle(tmp_path / "missing.pkl")

@@ -123,7 +123,7 @@ def test_vool_files(arkit_outputs):
         logits = data["logit"][data["description_index"] == k]
         assert logits.max() - logits.min() <= inference.VOOL_MARGIN
         check_video(out / f"{stem}.mp4", FRAMES, SIZE)
-    frame = frames.read_scene(ARKIT)
+    frame = frames.read_scene_pickle(ARKIT)
     inside = geometry.in_bounds(frame.points(), geometry.THOR_SCENE_BOUNDS).sum()
     scene = trimesh.load(out / "scene_rgb.ply")
     assert len(scene.vertices) == min(inside, inference.SCENE_CLOUD_POINTS)  # 42,225 (data.md 5)
@@ -197,7 +197,7 @@ def test_volume_mesh_is_metric():
 
 def test_relevancy_features_as_the_original():
     """x50 and the per-pixel mean over labels subtracted, at in-bounds pixels with depth (4.3)."""
-    frame = frames.read_scene(REPO / "scene_files" / "procedural_00002.pkl")
+    frame = frames.read_scene_pickle(REPO / "scene_files" / "procedural_00002.pkl")
     labels = ["a", "b", "c"]
     maps = np.random.default_rng(0).random((3, *frame.shape)).astype(np.float32) * 0.02
     args = options.defaults()
