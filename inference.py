@@ -39,6 +39,7 @@ import inputs
 import net
 import options
 import relevancy
+import saliency
 import scene_file
 from frames import Frame, read_scene_pickle
 from processes import resolve_device
@@ -381,7 +382,7 @@ def scene_relevancy(frame, labels, approach, config, clip_options, device, seed,
                 f"text features, and this CLIP model gives {text.shape[1]}-d: use ViT-B/32 weights"
             )
         return None, text
-    settings = relevancy.saliency_config(config, frame.shape[0])
+    settings = saliency.saliency_config(config, frame.shape[0])
     maps, _ = extractor(frame.rgb, labels, [relevancy.HOME_PROMPT], settings, seed, progress=True)
     maps = maps.float().numpy()
     figure = (
