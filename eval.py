@@ -24,7 +24,7 @@ Changes from the original, each fixing something that only hurt users (section 6
   -> row), so N processes write the frame one process writes. Each scene draws its input subsample
   under a seed of (--seed, scene index), whichever process reads it;
 - the per-row chunked forward slices every key with a row axis, so semantic-aware VOOL evaluates
-  (section 1.8; train_vool.ROW_KEYS).
+  (section 1.8; tasks.VOOL_ROW_KEYS).
 """
 
 from __future__ import annotations
@@ -43,17 +43,17 @@ from tqdm import tqdm
 
 import checkpoint
 import dataset
+import metrics
 import options
 import processes
 import scene_file
-import train_ovssc
-import train_vool
+import tasks
 import training
 from utils import InputError, run_app
+from vocab import APPROACHES
 
 log = logging.getLogger("semabs.eval")
 
-TASKS = {"ovssc": train_ovssc, "vool": train_vool}  # module: TASK, ROW_KEYS
 CUTOFFS = np.arange(-2.5, 0.0, 0.1)  # 25 logit cutoffs -2.5 ... -0.1, arange rounding kept
 VOXEL_SIZES = (32, 64)  # detailed analysis: voxel32x32x32_* and voxel64x64x64_* columns
 PROGRESS_COLUMN = "voxel32x32x32_iou"
@@ -67,7 +67,7 @@ def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description="Evaluate an OVSSC or VOOL checkpoint.")
     options.add_shared_flags(p)
     add = p.add_argument
-    add("--task", choices=tuple(options.APPROACHES), required=True)
+    add("--task", choices=tuple(APPROACHES), required=True)
     add(
         "--args",
         dest="args_file",
@@ -87,7 +87,7 @@ def parser() -> argparse.ArgumentParser:
     add(
         "--chunk_points",
         type=int,
-        default=training.CHUNK_POINTS,
+        default=tasks.CHUNK_POINTS,
         help="above this many query points the net runs one class/description at a time",
     )
     return p
@@ -118,13 +118,13 @@ def eval_config(cli: argparse.Namespace) -> argparse.Namespace:
         raise InputError(
             f"no {options.ARGS_FILE} beside {cli.load}: the network's configuration is needed; "
             f"pass --args PATH to the training run's {options.ARGS_FILE}, or --approach "
-            f"({'|'.join(options.APPROACHES[cli.task])}) with the shared flags it was trained "
+            f"({'|'.join(APPROACHES[cli.task])}) with the shared flags it was trained "
             "with (--voxel_shape, --unet_*, --network_inputs, ...)"
         )
-    if args.approach not in options.APPROACHES[cli.task]:
+    if args.approach not in APPROACHES[cli.task]:
         raise InputError(
             f"approach {args.approach!r} is not a {cli.task} approach "
-            f"({', '.join(options.APPROACHES[cli.task])})"
+            f"({', '.join(APPROACHES[cli.task])})"
         )
     for name in RUN_FLAGS + EVAL_FLAGS:
         setattr(args, name, getattr(cli, name))
@@ -168,21 +168,13 @@ def read_finished(path: Path, epoch: int) -> pd.DataFrame | None:
 
 def build_model(args: argparse.Namespace, device: torch.device, **overrides) -> tuple:
     """(network in eval mode with the checkpoint's weights, checkpoint's `epochs`)."""
-    model = training.build_network(args.task, args, device, **overrides)
+    model = training.network_on_device(args.task, args, device, **overrides)
     ckpt = checkpoint.load_network(model, args.load, map_location="cpu")
     return model.eval(), int(ckpt.get("epochs", 0))
 
 
 # --------------------------------------------------------------------------------------------------
 # one split
-
-
-def forward(model, batch: dict, row_keys: tuple[str, ...], chunk_points: int) -> torch.Tensor:
-    """Logits [B, R, N]; one row at a time above chunk_points query points (section 1.8)."""
-    rows, points = batch["output_xyz_pts"].shape[1:3]
-    if points > chunk_points:
-        return training.chunked_forward(model, batch, row_keys, rows)
-    return model(**batch)
 
 
 def shared_points(xyz: torch.Tensor) -> torch.Tensor:
@@ -195,18 +187,18 @@ def shared_points(xyz: torch.Tensor) -> torch.Tensor:
 
 def score_scene(model, batch: dict, args: argparse.Namespace) -> pd.DataFrame:
     """One scene's rows: scene -> cutoff -> row, 25 cutoffs, point/32^3/64^3 columns."""
-    module = TASKS[args.task]
+    task = tasks.TASKS[args.task]
     with torch.no_grad():
-        logits = forward(model, batch, module.ROW_KEYS, args.chunk_points).float()
-        _, label, ignore, padded = module.TASK.loss_fn(logits, batch, args)
-    return training.row_stats(
+        logits = task.forward(model, batch, args.chunk_points).float()
+        _, label, ignore, padded = task.loss_fn(logits, batch, args)
+    return metrics.row_stats(
         logits,
         label,
         ignore,
         shared_points(batch["output_xyz_pts"]),
         CUTOFFS,
         args.scene_bounds,
-        module.TASK.row_columns(batch),
+        task.row_columns(batch),
         padded,
         voxel_sizes=VOXEL_SIZES,
     )

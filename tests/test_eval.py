@@ -26,8 +26,7 @@ import net
 import options
 import processes
 import scenes
-import train_ovssc
-import train_vool
+import tasks
 import training
 
 REPO = Path(__file__).resolve().parents[1]
@@ -60,7 +59,7 @@ def ovssc_ckpt(data, tmp_path_factory) -> Path:
     """A one-step OVSSC checkpoint and its args.pkl, from the training module."""
     log = tmp_path_factory.mktemp("ovssc_run")
     args = training.prepare_args("ovssc", ["--file_path", str(data), "--log", str(log), *TINY])
-    training.train(train_ovssc.TASK, args, stop_after_steps=1)
+    training.train(tasks.OVSSC, args, stop_after_steps=1)
     return log / "latest.pth"
 
 
@@ -201,8 +200,8 @@ def test_semantic_aware_vool_evaluates_chunked(data, tmp_path, tiny_models, monk
     options.save_args(args, tmp_path)
 
     chunks = []
-    real = training.chunked_forward
-    monkeypatch.setattr(training, "chunked_forward", lambda *a: chunks.append(a[3]) or real(*a))
+    real = tasks.chunked_forward
+    monkeypatch.setattr(tasks, "chunked_forward", lambda *a: chunks.append(a[3]) or real(*a))
     result = evaluation.evaluate(
         evaluation.eval_config(cli), processes.Processes(), text_encoder=encoder, clip_hidden_dim=32
     )
@@ -227,5 +226,5 @@ def test_semantic_aware_vool_evaluates_chunked(data, tmp_path, tiny_models, monk
     )
     with torch.no_grad():
         whole = model.eval()(**batch)
-        parts = training.chunked_forward(model, batch, train_vool.ROW_KEYS, whole.shape[1])
+        parts = tasks.chunked_forward(model, batch, tasks.VOOL_ROW_KEYS, whole.shape[1])
     torch.testing.assert_close(parts, whole)
