@@ -37,9 +37,10 @@ from torch import nn
 from geometry import DEFAULT_SCENE_BOUNDS, DEFAULT_VOXEL_SHAPE
 from grid import VirtualGrid
 from inputs import CLIP_TEXT_DIM
+from options import POINTING_METHODS
 from unet3d import ResidualUNet3D, maybe_checkpoint
 from utils import InputError
-from vocab import PAD, RELATIONS
+from vocab import NETWORK_INPUTS, PAD, RELATIONS
 
 SPATIAL_RELATIONS = (*RELATIONS, PAD)  # one learned embedding each (models.md 2.3)
 
@@ -169,9 +170,10 @@ class PointingAttention(nn.Module):
 
     def __init__(self, pointing_dim: int, method: str = "cosine_sim"):
         super().__init__()
-        if method not in ("cosine_sim", "dot_product", "additive"):
+        if method not in POINTING_METHODS:
             raise InputError(
-                f"unknown pointing_method {method!r}: use cosine_sim, dot_product or additive"
+                f"unknown pointing_method {method!r}: use {', '.join(POINTING_METHODS[:-1])} or "
+                f"{POINTING_METHODS[-1]}"
             )
         self.method = method
         self.pointing_dim = pointing_dim
@@ -189,7 +191,7 @@ class PointingAttention(nn.Module):
 
 def pts_feature_dim(network_inputs: Sequence[str]) -> int:
     """Per-point input features: 1 for saliency, 3 for rgb, 1 for patch_masks (tsdf is a volume)."""
-    unknown = set(network_inputs) - {"saliency", "rgb", "patch_masks", "tsdf"}
+    unknown = set(network_inputs) - set(NETWORK_INPUTS)
     if unknown:
         raise InputError(
             f"unknown network_inputs {sorted(unknown)}: use saliency, rgb, patch_masks, tsdf"

@@ -1,8 +1,8 @@
-"""What train_ovssc.py and train_vool.py share: process group, loaders, optimizer and schedule, the
+"""What train_ovssc.py and train_vool.py share: data checks and loaders, optimizer and schedule, the
 epoch loop, checkpoints and logging (spec: train-eval.md 1.4-1.8).
 
-A task (tasks.Task: OVSSC or VOOL) brings its loss, its row columns and its forward; everything else
-is here.
+A task (tasks.Task: OVSSC or VOOL) brings its loss, its row columns and its forward; the process
+group is processes.py's, the schedules schedules.py's; everything else is here.
 
 Launch: one process (`python train_ovssc.py ...`), or `torchrun --nproc_per_node N [--nnodes M]`. DDP
 runs whenever torchrun's WORLD_SIZE is above 1 (the original looked at `--gpus`), with gloo on CPU and
@@ -49,6 +49,7 @@ import options
 import scene_file
 from lamb import Lamb
 from processes import Processes, seed_all, setup_processes, teardown_processes
+from schedules import SCHEDULES
 from tasks import Task
 from utils import InputError, atomic_path, run_app
 
@@ -208,48 +209,7 @@ def to_device(batch: dict, device: torch.device) -> dict:
 
 
 # --------------------------------------------------------------------------------------------------
-# optimizer and learning-rate schedules (spec 1.5; transformers 4.5.1's formulas)
-
-
-def _warmup(step: int, warmup: int) -> float:
-    return float(step) / float(max(1, warmup))
-
-
-def constant(step: int, warmup: int, total: int) -> float:
-    return 1.0
-
-
-def constant_with_warmup(step: int, warmup: int, total: int) -> float:
-    return _warmup(step, warmup) if step < warmup else 1.0
-
-
-def linear(step: int, warmup: int, total: int) -> float:
-    if step < warmup:
-        return _warmup(step, warmup)
-    return max(0.0, float(total - step) / float(max(1, total - warmup)))
-
-
-def cosine(step: int, warmup: int, total: int) -> float:
-    """Half a cosine from 1 to 0 after warmup (num_cycles = 0.5)."""
-    if step < warmup:
-        return _warmup(step, warmup)
-    progress = float(step - warmup) / float(max(1, total - warmup))
-    return max(0.0, 0.5 * (1.0 + math.cos(math.pi * 2.0 * 0.5 * progress)))
-
-
-def cosine_with_restarts(step: int, warmup: int, total: int) -> float:
-    """Hard restarts with num_cycles = 1: the same half cosine, and 0 from `total` on."""
-    if step < warmup:
-        return _warmup(step, warmup)
-    progress = float(step - warmup) / float(max(1, total - warmup))
-    if progress >= 1.0:
-        return 0.0
-    return max(0.0, 0.5 * (1.0 + math.cos(math.pi * ((1.0 * progress) % 1.0))))
-
-
-SCHEDULES = {
-    f.__name__: f for f in (constant, constant_with_warmup, linear, cosine, cosine_with_restarts)
-}
+# optimizer and learning-rate schedule (spec 1.5; the schedules are schedules.py's)
 
 
 def every(epoch: int, freq: int) -> bool:
@@ -415,6 +375,9 @@ def describe(stats: dict[str, float]) -> str:
 
 @dataclass
 class Trainer:
+    """One run's network, optimizer, schedule and writers: `step` (one batch), `run_split` (one pass
+    over a split), `save` (a checkpoint of where the run stands)."""
+
     task: Task
     args: argparse.Namespace
     procs: Processes

@@ -6,7 +6,7 @@ full-preset scene, 25 cutoffs, point + 32^3 + 64^3 columns), for OVSSC and VOOL,
     python bench/eval.py /tmp/evalbench/data            # CPU (torch's default threads)
     python bench/eval.py /tmp/evalbench/data --device cuda
 
-Per scene it times the three parts of eval.score_scene: reading the sample (dataset), the network
+Per scene it times the three parts of evaluation.score_scene: reading the sample (dataset), the network
 forward (chunked one row at a time above 500k points) and the metrics (loss masks + detailed_stats).
 The first scene of each task also pays one-time costs; the figures are the mean over all scenes.
 """
@@ -23,7 +23,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import torch  # noqa: E402
 
 import dataset  # noqa: E402
-import eval as evaluation  # noqa: E402
+import eval as eval_script  # noqa: E402
+import evaluation  # noqa: E402
 import metrics  # noqa: E402
 import net  # noqa: E402
 import options  # noqa: E402
@@ -39,7 +40,7 @@ def sync(device: torch.device) -> None:
 
 
 def bench_task(task: str, file_path: str, device: torch.device, scenes: int) -> dict:
-    cli = evaluation.parser().parse_args(
+    cli = eval_script.parser().parse_args(
         ["--task", task, "--file_path", file_path, "--load", "unused.pth", "--approach"]
         + ["semantic_abstraction", "--num_workers", "0", "--device", str(device)]
     )

@@ -20,6 +20,7 @@ import generate_relevancy
 import generate_scenes
 import processes
 import scenes
+import schedules
 import tasks
 import train_ovssc
 import training
@@ -88,7 +89,7 @@ def args_for(task: str, file_path: Path, log: Path, *extra: str):
     ],
 )
 def test_schedule_values_equal_the_formulas(kind, step, expected):
-    assert training.SCHEDULES[kind](step, 10, 110) == pytest.approx(expected, abs=1e-12)
+    assert schedules.SCHEDULES[kind](step, 10, 110) == pytest.approx(expected, abs=1e-12)
 
 
 def test_lambda_lr_follows_the_schedule_per_optimizer_step():
@@ -101,7 +102,7 @@ def test_lambda_lr_follows_the_schedule_per_optimizer_step():
         lrs.append(optimizer.param_groups[0]["lr"])
         optimizer.step()
         scheduler.step()
-    expected = [0.5 * training.cosine_with_restarts(s, 4, 20) for s in range(8)]
+    expected = [0.5 * schedules.cosine_with_restarts(s, 4, 20) for s in range(8)]
     assert lrs == pytest.approx(expected)
     assert lrs[0] == 0.0 and lrs[4] == pytest.approx(0.5)
 
