@@ -10,6 +10,8 @@ functions:
   pose with scale 0.6 and a reflection); it is used as stored, with no axis fix-ups.
 - Depth is metric depth along the optical axis (camera z), not the distance along the ray.
 - Scene bounds are a (2, 3) array [lower, upper]; in-bounds tests are inclusive on both ends.
+- Grid index of a grid of G points over the bounds: (p - lower) * (G - 1) / (upper - lower), clamped
+  and truncated (`continuous_grid_index`; grid.VirtualGrid is its torch form), x slowest when flat.
 """
 
 from __future__ import annotations
@@ -80,15 +82,33 @@ def in_bounds(xyz: np.ndarray, scene_bounds: np.ndarray) -> np.ndarray:
     return np.all((xyz >= scene_bounds[0]) & (xyz <= scene_bounds[1]), axis=1)
 
 
-def grid_index(xyz: np.ndarray, scene_bounds: np.ndarray, grid_shape) -> np.ndarray:
-    """VirtualGrid voxel index (N, 3) int64: trunc((p - lb) * (n - 1) / (ub - lb)), clamped.
+def continuous_grid_index(xyz, lower, upper, max_index):
+    """The grid index convention (models.md 1.1), stated once for every grid of G points spanning
+    [lower, upper]: u = (p - lower) * (G - 1) / (upper - lower), clamped to [0, G - 1].
 
-    Note the n - 1 (models.md 1.1): a 64-cell grid has pitch 2/63, not the TSDF's 2/64.
+    The voxel index is trunc(u): voxel i covers [i, i+1) in index space, so the pitch is
+    extent / (G - 1) (a 64-cell grid has pitch 2/63, not the TSDF's 2/64). xyz [..., 3]; lower,
+    upper and max_index = G - 1 [3]: all numpy arrays (grid_index) or all torch tensors
+    (grid.VirtualGrid), computed in their dtype; this module never imports torch.
     """
+    u = (xyz - lower) * max_index / (upper - lower)
+    if isinstance(u, np.ndarray):
+        return np.clip(u, 0, max_index)
+    return u.clamp(min=0).minimum(max_index)  # a torch tensor
+
+
+def flat_grid_index(index, grid_shape):
+    """[..., 3] integer voxel index -> [...] flat index ix * Gy * Gz + iy * Gz + iz (x slowest);
+    numpy or torch."""
+    _, gy, gz = grid_shape
+    return (index[..., 0] * gy + index[..., 1]) * gz + index[..., 2]
+
+
+def grid_index(xyz: np.ndarray, scene_bounds: np.ndarray, grid_shape) -> np.ndarray:
+    """Voxel index (N, 3) int64 of `continuous_grid_index` in numpy, float64: trunc(u), clamped."""
     scene_bounds = np.asarray(scene_bounds, dtype=np.float64)
     n = np.asarray(grid_shape)
-    cont = (xyz - scene_bounds[0]) * (n - 1) / (scene_bounds[1] - scene_bounds[0])
-    cont = np.clip(cont, 0, n - 1)
+    cont = continuous_grid_index(xyz, scene_bounds[0], scene_bounds[1], n - 1)
     return np.clip(cont.astype(np.int64), 0, n - 1)
 
 

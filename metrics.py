@@ -9,7 +9,7 @@ A row is one (scene, class) for OVSSC or one (scene, description) for VOOL, at o
 with M the number of non-ignored entries; 0/0 gives NaN. The same metrics are taken on raw points
 (`point_`) and on voxel grids over `scene_bounds` (`voxel{g}x{g}x{g}_`, section 2.4), where a voxel is
 predicted / labelled when any of its points is, and ignored when any of its points is ignored or it
-holds no point at all. Voxels are indexed exactly as `net.VirtualGrid` (truncation of
+holds no point at all. Voxels are indexed exactly as `grid.VirtualGrid` (truncation of
 (p - lower) * (g - 1) / (upper - lower), clamped to [0, g-1]).
 
 `detailed_stats` evaluates all cutoffs at once without materialising one mask per cutoff:
@@ -28,7 +28,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from net import VirtualGrid
+from grid import VirtualGrid
 
 # column order of section 2.5
 METRIC_NAMES = ("precision", "recall", "false_negative", "false_positive", "iou")
@@ -67,7 +67,7 @@ def binary_metrics(
 
 
 def _voxel_index(xyz: torch.Tensor, scene_bounds, grid_size: int) -> torch.Tensor:
-    """xyz [B, N, 3] -> int64 [B, N] flat voxel index, net.VirtualGrid's indexing (section 2.4)."""
+    """xyz [B, N, 3] -> int64 [B, N] flat voxel index, grid.VirtualGrid's indexing (section 2.4)."""
     bounds = torch.as_tensor(scene_bounds, dtype=torch.float32).cpu()
     return VirtualGrid(bounds, (grid_size,) * 3).flat_index(xyz)
 
@@ -109,7 +109,7 @@ def voxelize(
 
     xyz [B, N, 3]; pred, label, ignore bool [B, R, N] (R rows share their scene's points; rows with
     points of their own go in as B = R with R' = 1) -> pred_v, label_v, ignore_v bool [B, R, G^3],
-    flat index x slowest as net.VirtualGrid. A voxel is predicted / labelled if any of its points is,
+    flat index x slowest as grid.VirtualGrid. A voxel is predicted / labelled if any of its points is,
     and ignored if any of its points is ignored or it holds no point.
     """
     _check_points(xyz, pred, label, ignore)
@@ -239,6 +239,37 @@ def detailed_stats(
             data[f"{prefix}_{name}"] = np.where(pad, np.nan, column)
     data["cutoff"] = np.asarray(cutoffs, dtype=np.float64)[c_idx]
     return pd.DataFrame(data, index=pd.Index(p_idx))
+
+
+def row_stats(
+    logits, label, ignore, xyz, cutoffs, scene_bounds, columns, padded, voxel_sizes=(32,)
+):
+    """detailed_stats, also for query points per row: training's balanced sampling draws each row's
+    points on its own (xyz [B, R, N, 3]), so every row is scored as a scene of one row. Same rows, same
+    order (scene, then row) as with shared points (xyz [B, N, 3])."""
+    if xyz.dim() == 3:
+        return detailed_stats(
+            logits, label, ignore, xyz, cutoffs, scene_bounds, columns, voxel_sizes, padded
+        )
+    b, r, n = logits.shape
+    flat = {k: [[v] for row in nested for v in row] for k, nested in columns.items()}
+    frame = detailed_stats(
+        logits.reshape(b * r, 1, n),
+        label.reshape(b * r, 1, n),
+        ignore.reshape(b * r, 1, n),
+        xyz.reshape(b * r, n, 3),
+        cutoffs,
+        scene_bounds,
+        flat,
+        voxel_sizes,
+        padded.reshape(b * r, 1),
+    )
+    k = np.arange(len(frame))  # row (i, c) at k = i * C + c, i = b * R + p
+    i, c = k // len(cutoffs), k % len(cutoffs)
+    order = np.lexsort((i % r, c, i // r))  # back to scene -> cutoff -> row
+    frame = frame.iloc[order]
+    frame.index = pd.Index((i % r)[order])
+    return frame
 
 
 def summary_columns(columns) -> list[str]:

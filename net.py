@@ -19,7 +19,7 @@ Fidelity quirks, kept by default so that the released checkpoints reproduce thei
     B2  the decoder normalises grid indices by G instead of G-1 and hands them to grid_sample in (x,y,z)
         order, which grid_sample reads as (z,y,x): x and z are swapped. Fix: fix_decoder_sampling=True.
     B3  VOOL completion nets never get decoder_concat_xyz_pts (their own sampler has no xyz input).
-Bugs that only hurt users are fixed: VirtualGrid follows its inputs' device (B9); SemanticAwareOVSSC
+Bugs that only hurt users are fixed: grid.VirtualGrid follows its inputs' device (B9); SemanticAwareOVSSC
 runs the UNet once per scene instead of once per class (B10, same output).
 """
 
@@ -35,73 +35,14 @@ import torch.nn.functional as F
 from torch import nn
 
 from geometry import DEFAULT_SCENE_BOUNDS, DEFAULT_VOXEL_SHAPE
+from grid import VirtualGrid
 from inputs import CLIP_TEXT_DIM
+from options import POINTING_METHODS
 from unet3d import ResidualUNet3D, maybe_checkpoint
 from utils import InputError
-from vocab import PAD, RELATIONS
+from vocab import NETWORK_INPUTS, PAD, RELATIONS
 
 SPATIAL_RELATIONS = (*RELATIONS, PAD)  # one learned embedding each (models.md 2.3)
-
-
-class VirtualGrid:
-    """A regular grid of G = grid_shape points spanning scene_bounds (spec: models.md 1.1).
-
-    A point p has continuous index u = (p - lower) * (G - 1) / (upper - lower), clamped to [0, G-1], and
-    voxel index trunc(u): voxel i covers [i, i+1) in index space, so the pitch is extent / (G - 1).
-    Flat index ix * Gy * Gz + iy * Gz + iz (x slowest). Holds no device: it follows its inputs.
-    """
-
-    def __init__(self, scene_bounds=DEFAULT_SCENE_BOUNDS, grid_shape=DEFAULT_VOXEL_SHAPE):
-        bounds = torch.as_tensor(scene_bounds, dtype=torch.float32)
-        if bounds.shape != (2, 3) or not bool((bounds[1] > bounds[0]).all()):
-            raise InputError(
-                f"scene_bounds must be [[x0,y0,z0],[x1,y1,z1]] with x1>x0 etc, got {bounds.tolist()}"
-            )
-        self.lower, self.upper = bounds[0], bounds[1]
-        self.grid_shape = tuple(int(g) for g in grid_shape)
-        self.num_voxels = math.prod(self.grid_shape)
-
-    def continuous_index(self, xyz: torch.Tensor) -> torch.Tensor:
-        """[..., 3] metres -> [..., 3] float index in [0, G-1]."""
-        lower, upper = self.lower.to(xyz), self.upper.to(xyz)
-        max_index = torch.tensor(self.grid_shape, dtype=xyz.dtype, device=xyz.device) - 1
-        u = (xyz - lower) * max_index / (upper - lower)
-        return torch.minimum(u.clamp(min=0), max_index)
-
-    def flat_index(self, xyz: torch.Tensor) -> torch.Tensor:
-        """[..., 3] metres -> [...] int64 flat voxel index (truncation, x slowest)."""
-        ix, iy, iz = self.continuous_index(xyz).long().unbind(-1)
-        _, gy, gz = self.grid_shape
-        return (ix * gy + iy) * gz + iz
-
-    def scatter_points(
-        self, xyz: torch.Tensor, features: torch.Tensor, reduce: str = "mean"
-    ) -> torch.Tensor:
-        """xyz [B,N,3], features [B,N,C] -> volume [B,C,X,Y,Z]; voxels without points are 0.
-
-        reduce: "mean" or "max" over the points that fall in a voxel.
-        """
-        batch, num_points, channels = features.shape
-        batch_offset = torch.arange(batch, device=xyz.device)[:, None] * self.num_voxels
-        index = (self.flat_index(xyz) + batch_offset).reshape(-1)  # [B*N]
-        flat_features = features.reshape(-1, channels)  # [B*N, C]
-        if reduce == "mean":
-            sums = features.new_zeros(batch * self.num_voxels, channels).index_add_(
-                0, index, flat_features
-            )
-            counts = torch.bincount(index, minlength=batch * self.num_voxels).clamp_(min=1)
-            volume = sums.div_(counts[:, None].to(sums.dtype))  # in place: index_add_ keeps nothing
-        elif reduce == "max":
-            volume = features.new_zeros(batch * self.num_voxels, channels).scatter_reduce(
-                0,
-                index[:, None].expand(-1, channels),
-                flat_features,
-                reduce="amax",
-                include_self=False,
-            )
-        else:
-            raise ValueError(f"unknown scatter reduce {reduce!r}: use 'mean' or 'max'")
-        return volume.view(batch, *self.grid_shape, channels).permute(0, 4, 1, 2, 3)
 
 
 def sample_trilinear(volume: torch.Tensor, grid: torch.Tensor) -> torch.Tensor:
@@ -229,9 +170,10 @@ class PointingAttention(nn.Module):
 
     def __init__(self, pointing_dim: int, method: str = "cosine_sim"):
         super().__init__()
-        if method not in ("cosine_sim", "dot_product", "additive"):
+        if method not in POINTING_METHODS:
             raise InputError(
-                f"unknown pointing_method {method!r}: use cosine_sim, dot_product or additive"
+                f"unknown pointing_method {method!r}: use {', '.join(POINTING_METHODS[:-1])} or "
+                f"{POINTING_METHODS[-1]}"
             )
         self.method = method
         self.pointing_dim = pointing_dim
@@ -249,7 +191,7 @@ class PointingAttention(nn.Module):
 
 def pts_feature_dim(network_inputs: Sequence[str]) -> int:
     """Per-point input features: 1 for saliency, 3 for rgb, 1 for patch_masks (tsdf is a volume)."""
-    unknown = set(network_inputs) - {"saliency", "rgb", "patch_masks", "tsdf"}
+    unknown = set(network_inputs) - set(NETWORK_INPUTS)
     if unknown:
         raise InputError(
             f"unknown network_inputs {sorted(unknown)}: use saliency, rgb, patch_masks, tsdf"
@@ -314,9 +256,6 @@ class SemAbs3D(nn.Module):
         )
         self.output_dim = output_dim
         self.activation_checkpointing = activation_checkpointing
-        self.visual_volumetric_features = (
-            None  # last UNet output [B*P_in,C,X,Y,Z], read by VOOL nets
-        )
 
     def voxelize(self, xyz: torch.Tensor, features: torch.Tensor, tsdf_vol=None) -> torch.Tensor:
         """xyz [B',N,3], features [B',N,F] -> UNet input volume [B',C,X,Y,Z]."""
@@ -344,8 +283,7 @@ class SemAbs3D(nn.Module):
         xyz = input_xyz_pts.repeat_interleave(num_patches, dim=0)  # [B*P,N,3]
         features = input_feature_pts.reshape(batch * num_patches, num_points, -1)  # [B*P,N,F]
         volume = self.voxelize(xyz, features, tsdf_vol)
-        self.visual_volumetric_features = self.vol_feature_extractor(volume)
-        return self.visual_volumetric_features
+        return self.vol_feature_extractor(volume)  # [B*P,C,X,Y,Z]
 
     def decode(
         self, decoder: ImplicitVolumetricDecoder, volume: torch.Tensor, output_xyz_pts: torch.Tensor

@@ -21,10 +21,10 @@ from pathlib import Path
 
 import fixes
 from geometry import DEFAULT_SCENE_BOUNDS, DEFAULT_VOXEL_SHAPE
+from schedules import SCHEDULES
 from utils import InputError, atomic_path
 from vocab import APPROACHES, NETWORK_INPUTS, SALIENCY_CONFIGS
 
-LR_SCHEDULES = ("constant", "linear", "cosine", "cosine_with_restarts", "constant_with_warmup")
 POINTING_METHODS = ("cosine_sim", "dot_product", "additive")
 ARGS_FILE = "args.pkl"
 
@@ -159,7 +159,7 @@ def add_shared_flags(parser: argparse.ArgumentParser) -> None:
     add("--pointing_method", choices=POINTING_METHODS, default="cosine_sim")
     add("--saliency_config", choices=SALIENCY_CONFIGS, default="ours")
     add("--network_inputs", nargs="+", choices=NETWORK_INPUTS, default=["saliency"])
-    add("--lr_scheduler_type", choices=LR_SCHEDULES, default="cosine_with_restarts")
+    add("--lr_scheduler_type", choices=tuple(SCHEDULES), default="cosine_with_restarts")
     add(
         "--reduce_method",
         choices=("max", "mean"),

@@ -1,7 +1,8 @@
-"""What train_ovssc.py and train_vool.py share: process group, loaders, optimizer and schedule, the
+"""What train_ovssc.py and train_vool.py share: data checks and loaders, optimizer and schedule, the
 epoch loop, checkpoints and logging (spec: train-eval.md 1.4-1.8).
 
-A task (`Task`) brings only its loss, its approach table and its row columns; everything else is here.
+A task (tasks.Task: OVSSC or VOOL) brings its loss, its row columns and its forward; the process
+group is processes.py's, the schedules schedules.py's; everything else is here.
 
 Launch: one process (`python train_ovssc.py ...`), or `torchrun --nproc_per_node N [--nnodes M]`. DDP
 runs whenever torchrun's WORLD_SIZE is above 1 (the original looked at `--gpus`), with gloo on CPU and
@@ -30,7 +31,6 @@ import pickle
 import random
 import tempfile
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -49,6 +49,8 @@ import options
 import scene_file
 from lamb import Lamb
 from processes import Processes, seed_all, setup_processes, teardown_processes
+from schedules import SCHEDULES
+from tasks import Task
 from utils import InputError, atomic_path, run_app
 
 log = logging.getLogger("semabs.train")
@@ -56,70 +58,7 @@ log = logging.getLogger("semabs.train")
 TRAIN_CUTOFFS = [-1.0]  # spec 1.6: the train split is scored at logit -1
 EVAL_CUTOFFS = np.arange(-2.7, 0, 0.3).tolist()  # 10 values, the last ~-1.8e-15 (kept as is)
 EVAL_SPLITS = ("unseen_instances",)  # the only non-train split visited during training
-CHUNK_POINTS = 500_000  # above this many query points the net runs one row at a time (spec 1.8)
 TQDM_RATES = ("iou", "precision", "recall")
-
-
-# --------------------------------------------------------------------------------------------------
-# the task interface
-
-
-@dataclass
-class Task:
-    """What differs between OVSSC and VOOL. `loss_fn(logits, batch) -> (loss, label, ignore, padded)`
-    with label/ignore bool [B, R, N] and padded bool [B, R]; `row_columns(batch)` -> {col: [B][R]};
-    `forward(net, batch)` -> logits [B, R, N] (chunked over rows for large N)."""
-
-    name: str  # "ovssc" or "vool"
-    loss_fn: Callable
-    row_columns: Callable
-    forward: Callable
-
-
-def bce_weight(label: torch.Tensor, balance: bool) -> torch.Tensor | None:
-    """get_bce_weight (spec 1.8): None (all ones), or per-row positive/negative balancing rescaled to
-    keep the total weight."""
-    if not balance:
-        return None
-    label = label.float()
-    frac_pos = label.mean(-1, keepdim=True)
-    weight = label / (frac_pos + 1e-10) + (1 - label) / (1 - frac_pos + 1e-10)
-    return weight * weight.numel() / weight.sum()
-
-
-def per_row(mask: torch.Tensor, shape: torch.Size) -> torch.Tensor:
-    """A per-point mask as bool [B, R, N]: the datasets give out_of_bounds_pts as [B, R, N]
-    (balanced sampling), [B, R, 1, N] (OVSSC, uniform) or [B, N] (VOOL, uniform)."""
-    mask = mask.bool()
-    if mask.dim() == 2:
-        mask = mask[:, None]
-    elif mask.dim() == 4:
-        mask = mask.squeeze(2)
-    return mask.expand(shape)
-
-
-def accuracy(logits: torch.Tensor, label: torch.Tensor, ignore: torch.Tensor) -> torch.Tensor:
-    keep = ~ignore
-    return ((logits > 0) == label)[keep].float().mean()
-
-
-def chunked_forward(model: nn.Module, batch: dict, row_keys: tuple[str, ...], rows: int):
-    """Run the net one row (class/description) at a time, slicing the keys that carry a row axis."""
-    outputs = []
-    for r in range(rows):
-        part = dict(batch)
-        for key in row_keys:
-            value = batch.get(key)
-            if isinstance(value, torch.Tensor) and value.dim() > 1 and value.shape[1] == rows:
-                part[key] = value[:, r : r + 1]
-            elif isinstance(value, list) and len(value) == rows:  # collated [R][B] strings
-                part[key] = value[r : r + 1]
-        outputs.append(model(**part))
-    return torch.cat(outputs, dim=1)
-
-
-# --------------------------------------------------------------------------------------------------
-# processes and devices
 
 
 # --------------------------------------------------------------------------------------------------
@@ -270,48 +209,7 @@ def to_device(batch: dict, device: torch.device) -> dict:
 
 
 # --------------------------------------------------------------------------------------------------
-# optimizer and learning-rate schedules (spec 1.5; transformers 4.5.1's formulas)
-
-
-def _warmup(step: int, warmup: int) -> float:
-    return float(step) / float(max(1, warmup))
-
-
-def constant(step: int, warmup: int, total: int) -> float:
-    return 1.0
-
-
-def constant_with_warmup(step: int, warmup: int, total: int) -> float:
-    return _warmup(step, warmup) if step < warmup else 1.0
-
-
-def linear(step: int, warmup: int, total: int) -> float:
-    if step < warmup:
-        return _warmup(step, warmup)
-    return max(0.0, float(total - step) / float(max(1, total - warmup)))
-
-
-def cosine(step: int, warmup: int, total: int) -> float:
-    """Half a cosine from 1 to 0 after warmup (num_cycles = 0.5)."""
-    if step < warmup:
-        return _warmup(step, warmup)
-    progress = float(step - warmup) / float(max(1, total - warmup))
-    return max(0.0, 0.5 * (1.0 + math.cos(math.pi * 2.0 * 0.5 * progress)))
-
-
-def cosine_with_restarts(step: int, warmup: int, total: int) -> float:
-    """Hard restarts with num_cycles = 1: the same half cosine, and 0 from `total` on."""
-    if step < warmup:
-        return _warmup(step, warmup)
-    progress = float(step - warmup) / float(max(1, total - warmup))
-    if progress >= 1.0:
-        return 0.0
-    return max(0.0, 0.5 * (1.0 + math.cos(math.pi * ((1.0 * progress) % 1.0))))
-
-
-SCHEDULES = {
-    f.__name__: f for f in (constant, constant_with_warmup, linear, cosine, cosine_with_restarts)
-}
+# optimizer and learning-rate schedule (spec 1.5; the schedules are schedules.py's)
 
 
 def every(epoch: int, freq: int) -> bool:
@@ -458,35 +356,9 @@ def gather_frames(frame: pd.DataFrame, procs: Processes) -> pd.DataFrame:
     return pd.concat(frames)
 
 
-def row_stats(
-    logits, label, ignore, xyz, cutoffs, scene_bounds, columns, padded, voxel_sizes=(32,)
-):
-    """metrics.detailed_stats for query points per row: training's balanced sampling draws each row's
-    points on its own (xyz [B, R, N, 3]), so every row is scored as a scene of one row. Same rows, same
-    order (scene, then row) as with shared points."""
-    if xyz.dim() == 3:
-        return metrics.detailed_stats(
-            logits, label, ignore, xyz, cutoffs, scene_bounds, columns, voxel_sizes, padded
-        )
-    b, r, n = logits.shape
-    flat = {k: [[v] for row in nested for v in row] for k, nested in columns.items()}
-    frame = metrics.detailed_stats(
-        logits.reshape(b * r, 1, n),
-        label.reshape(b * r, 1, n),
-        ignore.reshape(b * r, 1, n),
-        xyz.reshape(b * r, n, 3),
-        cutoffs,
-        scene_bounds,
-        flat,
-        voxel_sizes,
-        padded.reshape(b * r, 1),
-    )
-    k = np.arange(len(frame))  # row (i, c) at k = i * C + c, i = b * R + p
-    i, c = k // len(cutoffs), k % len(cutoffs)
-    order = np.lexsort((i % r, c, i // r))  # back to scene -> cutoff -> row
-    frame = frame.iloc[order]
-    frame.index = pd.Index((i % r)[order])
-    return frame
+def accuracy(logits: torch.Tensor, label: torch.Tensor, ignore: torch.Tensor) -> torch.Tensor:
+    keep = ~ignore
+    return ((logits > 0) == label)[keep].float().mean()
 
 
 def grad_norm(model: nn.Module) -> float:
@@ -503,6 +375,9 @@ def describe(stats: dict[str, float]) -> str:
 
 @dataclass
 class Trainer:
+    """One run's network, optimizer, schedule and writers: `step` (one batch), `run_split` (one pass
+    over a split), `save` (a checkpoint of where the run stands)."""
+
     task: Task
     args: argparse.Namespace
     procs: Processes
@@ -545,7 +420,7 @@ class Trainer:
             self.scheduler.step()
             self.bare.steps += 1
             stats["gradnorm"] = grad_norm(self.model)
-        frame = row_stats(
+        frame = metrics.row_stats(
             logits.detach().float(),
             label,
             ignore,
@@ -610,6 +485,9 @@ class Trainer:
             writer.flush()
         return (pd.concat(frames) if frames else pd.DataFrame()), complete
 
+    def save(self, path: Path, position: Position) -> None:
+        save_state(path, self.model, self.optimizer, self.scheduler, self.scaler, position)
+
     def stopped(self) -> bool:
         if self.deadline is not None and time.monotonic() > self.deadline:
             return True
@@ -654,9 +532,9 @@ def text_encoder(args: argparse.Namespace, device: torch.device):
     return encode
 
 
-def build_network(task: str, args: argparse.Namespace, device: torch.device, **overrides):
-    """args' network on `device`; semantic-aware VOOL also gets the CLIP text encoder its names need
-    (the original ran CLIP inside the network)."""
+def network_on_device(task: str, args: argparse.Namespace, device: torch.device, **overrides):
+    """net.build_network's network for args, moved to `device`; semantic-aware VOOL also gets the
+    CLIP text encoder its names need (the original ran CLIP inside the network)."""
     if (task, args.approach) == ("vool", "semantic_aware") and "text_encoder" not in overrides:
         overrides["text_encoder"] = text_encoder(args, device)
     return net.build_network(task, args.approach, args, **overrides).to(device)
@@ -676,15 +554,26 @@ def train(
     network_overrides: constructor arguments beyond args (tests: a small text encoder).
     """
     deadline = None if max_seconds is None else time.monotonic() + max_seconds
-    log_dir = Path(args.log)
     procs = setup_processes(args.device)
     try:
-        return _train(task, args, procs, log_dir, stop_after_steps, deadline, network_overrides)
+        trainer, datasets, position = setup(task, args, procs, network_overrides)
+        trainer.stop_after_steps, trainer.deadline = stop_after_steps, deadline
+        try:
+            return run_epochs(trainer, datasets, position)
+        finally:
+            for writer in trainer.writers.values():
+                writer.close()
     finally:
         teardown_processes()
 
 
-def _train(task, args, procs, log_dir, stop_after_steps, deadline, network_overrides):
+def setup(
+    task: Task, args: argparse.Namespace, procs: Processes, network_overrides: dict
+) -> tuple[Trainer, dict, Position]:
+    """Everything before the first epoch: checks, seeds, datasets, the network, optimizer and
+    schedule, the state of --load, DDP and (rank 0) args.pkl and the TensorBoard writers.
+    -> (trainer, {split: dataset}, where to start)."""
+    log_dir = Path(args.log)
     if args.use_amp and procs.device.type != "cuda":
         raise InputError("--use_amp needs CUDA; drop it or use --device cuda")
     check_log_dir(log_dir)
@@ -701,7 +590,7 @@ def _train(task, args, procs, log_dir, stop_after_steps, deadline, network_overr
     log.info(" | ".join(f"{split}: {len(d)}" for split, d in datasets.items()))
 
     torch.manual_seed(args.seed)  # same initial weights on every rank
-    model = build_network(task.name, args, procs.device, **network_overrides)
+    model = network_on_device(task.name, args, procs.device, **network_overrides)
     log.info("NUM PARAMS: %d", sum(p.numel() for p in model.parameters()))
     total = total_steps(args, len(datasets["train"]), procs)
     optimizer, scheduler = make_optimizer(model, args, total)
@@ -723,52 +612,55 @@ def _train(task, args, procs, log_dir, stop_after_steps, deadline, network_overr
         from torch.utils.tensorboard import SummaryWriter
 
         writers = {split: SummaryWriter(str(log_dir / split)) for split in lists}
-    trainer = Trainer(
-        task, args, procs, model, optimizer, scheduler, scaler, writers, stop_after_steps, deadline
-    )
+    trainer = Trainer(task, args, procs, model, optimizer, scheduler, scaler, writers)
+    return trainer, datasets, position
+
+
+def run_epochs(trainer: Trainer, datasets: dict, position: Position) -> nn.Module:
+    """The epoch loop of train-eval.md 1.6 from `position`: train, then the evaluation splits every
+    --eval_freq epochs; latest.pth after each split, ckpt_<epoch>.pth every --save_freq epochs, the
+    rows of every split appended to detailed_stats.pkl. -> the bare network."""
+    args, procs = trainer.args, trainer.procs
+    log_dir = Path(args.log)
     stats_path = log_dir / "detailed_stats.pkl"
     all_stats = (
         [pd.read_pickle(stats_path)] if (args.load and stats_path.is_file() and procs.main) else []
     )
-    try:
-        for epoch in range(position.epoch, args.epochs):
-            if position.epoch != epoch:
-                position = Position(epoch=epoch)
-            log.info("========== EPOCH %d ==========", epoch)
-            epoch_frames = []
-            for split in ("train", *EVAL_SPLITS):
-                if split not in datasets:
-                    continue
-                if split == "train" and position.train_done:
-                    continue
-                if split != "train" and not every(epoch, args.eval_freq):
-                    continue
-                frame, complete = trainer.run_split(split, datasets[split], position)
-                if split == "train":
-                    position.train_done = complete
-                after = position if split == "train" else Position(epoch=epoch + 1)
-                if procs.main:
-                    save_state(log_dir / "latest.pth", model, optimizer, scheduler, scaler, after)
-                if trainer.stopped():
-                    return trainer.bare
-                frame = frame.assign(epoch=epoch, split=split)
-                epoch_frames.append(frame)
-                if procs.main:
-                    all_stats.append(frame)
-                    atomic_pickle(pd.concat(all_stats), stats_path)
-            if procs.main and epoch_frames:
-                rows = metrics.epoch_summary(
-                    pd.concat(epoch_frames), fix_rate_argmin=args.fix_rate_argmin
-                )
-                print(metrics.format_epoch_summary(rows), flush=True)
-            if procs.main and (every(epoch, args.save_freq) or epoch == args.epochs - 1):
-                path = log_dir / f"ckpt_{epoch}.pth"
-                save_state(path, model, optimizer, scheduler, scaler, Position(epoch=epoch + 1))
-                log.info("Saved checkpoint to %s", path)
-            position = Position(epoch=epoch + 1)
-    finally:
-        for writer in writers.values():
-            writer.close()
+    for epoch in range(position.epoch, args.epochs):
+        if position.epoch != epoch:
+            position = Position(epoch=epoch)
+        log.info("========== EPOCH %d ==========", epoch)
+        epoch_frames = []
+        for split in ("train", *EVAL_SPLITS):
+            if split not in datasets:
+                continue
+            if split == "train" and position.train_done:
+                continue
+            if split != "train" and not every(epoch, args.eval_freq):
+                continue
+            frame, complete = trainer.run_split(split, datasets[split], position)
+            if split == "train":
+                position.train_done = complete
+            after = position if split == "train" else Position(epoch=epoch + 1)
+            if procs.main:
+                trainer.save(log_dir / "latest.pth", after)
+            if trainer.stopped():
+                return trainer.bare
+            frame = frame.assign(epoch=epoch, split=split)
+            epoch_frames.append(frame)
+            if procs.main:
+                all_stats.append(frame)
+                atomic_pickle(pd.concat(all_stats), stats_path)
+        if procs.main and epoch_frames:
+            rows = metrics.epoch_summary(
+                pd.concat(epoch_frames), fix_rate_argmin=args.fix_rate_argmin
+            )
+            print(metrics.format_epoch_summary(rows), flush=True)
+        if procs.main and (every(epoch, args.save_freq) or epoch == args.epochs - 1):
+            path = log_dir / f"ckpt_{epoch}.pth"
+            trainer.save(path, Position(epoch=epoch + 1))
+            log.info("Saved checkpoint to %s", path)
+        position = Position(epoch=epoch + 1)
     return trainer.bare
 
 

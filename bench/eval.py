@@ -6,7 +6,7 @@ full-preset scene, 25 cutoffs, point + 32^3 + 64^3 columns), for OVSSC and VOOL,
     python bench/eval.py /tmp/evalbench/data            # CPU (torch's default threads)
     python bench/eval.py /tmp/evalbench/data --device cuda
 
-Per scene it times the three parts of eval.score_scene: reading the sample (dataset), the network
+Per scene it times the three parts of evaluation.score_scene: reading the sample (dataset), the network
 forward (chunked one row at a time above 500k points) and the metrics (loss masks + detailed_stats).
 The first scene of each task also pays one-time costs; the figures are the mean over all scenes.
 """
@@ -23,10 +23,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import torch  # noqa: E402
 
 import dataset  # noqa: E402
-import eval as evaluation  # noqa: E402
+import eval as eval_script  # noqa: E402
+import evaluation  # noqa: E402
+import metrics  # noqa: E402
 import net  # noqa: E402
 import options  # noqa: E402
 import scene_file  # noqa: E402
+import tasks  # noqa: E402
 import training  # noqa: E402
 from processes import resolve_device  # noqa: E402
 
@@ -37,7 +40,7 @@ def sync(device: torch.device) -> None:
 
 
 def bench_task(task: str, file_path: str, device: torch.device, scenes: int) -> dict:
-    cli = evaluation.parser().parse_args(
+    cli = eval_script.parser().parse_args(
         ["--task", task, "--file_path", file_path, "--load", "unused.pth", "--approach"]
         + ["semantic_abstraction", "--num_workers", "0", "--device", str(device)]
     )
@@ -48,7 +51,7 @@ def bench_task(task: str, file_path: str, device: torch.device, scenes: int) -> 
     names = sorted({n for ns in scene_file.load_split_lists(file_path, task).values() for n in ns})
     config = dataset.split_config(dataset.DatasetConfig.from_args(args), "unseen_instances")
     data = dataset.DATASET_CLASSES[task]([Path(file_path) / n for n in names], config)
-    module = evaluation.TASKS[task]
+    definition = tasks.TASKS[task]
     times = {"read": [], "forward": [], "metrics": []}
     shapes = []
     for index in range(min(scenes, len(data))):
@@ -58,19 +61,19 @@ def bench_task(task: str, file_path: str, device: torch.device, scenes: int) -> 
         sync(device)
         t1 = time.perf_counter()
         with torch.no_grad():
-            logits = evaluation.forward(model, batch, module.ROW_KEYS, args.chunk_points).float()
+            logits = definition.forward(model, batch, args.chunk_points).float()
         sync(device)
         t2 = time.perf_counter()
         with torch.no_grad():
-            _, label, ignore, padded = module.TASK.loss_fn(logits, batch, args)
-            frame = training.row_stats(
+            _, label, ignore, padded = definition.loss_fn(logits, batch, args)
+            frame = metrics.row_stats(
                 logits,
                 label,
                 ignore,
                 evaluation.shared_points(batch["output_xyz_pts"]),
                 evaluation.CUTOFFS,
                 args.scene_bounds,
-                module.TASK.row_columns(batch),
+                definition.row_columns(batch),
                 padded,
                 voxel_sizes=evaluation.VOXEL_SIZES,
             )

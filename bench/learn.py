@@ -25,6 +25,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import torch
 from scipy.spatial import cKDTree
 
@@ -34,14 +35,15 @@ import checkpoint  # noqa: E402
 import dataset  # noqa: E402
 import generate_relevancy  # noqa: E402
 import generate_scenes  # noqa: E402
+import metrics  # noqa: E402
 import net  # noqa: E402
 import options  # noqa: E402
+import processes  # noqa: E402
 import scenes  # noqa: E402
-import train_ovssc  # noqa: E402
-import train_vool  # noqa: E402
+import tasks  # noqa: E402
 import training  # noqa: E402
 
-TASKS = {"ovssc": train_ovssc.TASK, "vool": train_vool.TASK}
+TASKS = tasks.TASKS
 # The recipe, tried on VOOL (voxel32 IoU x 100, lifted relevancy 37.5): constant lr 3e-3, 285 steps:
 # 35.7; lr 5e-3, 2 descriptions, 560 steps: 35.9; the same with a cosine decay over 510 steps: 37.6;
 # and with --balance_positive_negative: 41.4. Balanced sampling draws every positive of a row, but an
@@ -92,7 +94,7 @@ def train(task: str, data: Path, log: Path, minutes: float, workers: int, model:
 
 def best_iou(frames: list) -> tuple[float, float]:
     """Mean voxel32 IoU over all rows at the best cutoff -> (100 x IoU, cutoff)."""
-    frame = training.pd.concat(frames)
+    frame = pd.concat(frames)
     means = frame.groupby("cutoff")["voxel32x32x32_iou"].mean()
     return 100 * float(means.max()), float(means.idxmax())
 
@@ -103,7 +105,7 @@ def lifted_relevancy(batch: dict, task: str) -> torch.Tensor:
     relevancy = batch[key][0, ..., -1].numpy()  # [R, n_in]
     tree = cKDTree(batch["input_xyz_pts"][0].numpy())
     query = batch["output_xyz_pts"][0].numpy()  # [R, N, 3]
-    bounds = np.asarray(training.options.defaults().scene_bounds)
+    bounds = np.asarray(options.defaults().scene_bounds)
     voxel = float(np.max((bounds[1] - bounds[0]) / GRID))
     dist, index = tree.query(query[0], distance_upper_bound=voxel)  # rows share their points
     found = np.isfinite(dist)
@@ -114,7 +116,7 @@ def lifted_relevancy(batch: dict, task: str) -> torch.Tensor:
 
 def evaluate(task: str, data: Path, log: Path) -> dict:
     args = options.load_args(log / "args.pkl")
-    training.seed_all(0)  # the input subsample is random: the same draw for every approach and run
+    processes.seed_all(0)  # the input subsample is random: the same draw for every approach and run
     args.balance_spatial_sampling = False  # as eval.py: every in-bounds ground-truth point
     args.domain_randomization = False
     defaults = options.defaults()  # the same rows for every run, whatever it trained with
@@ -133,7 +135,7 @@ def evaluate(task: str, data: Path, log: Path) -> dict:
             _, label, ignore, padded = TASKS[task].loss_fn(logits, batch, args)
         columns = TASKS[task].row_columns(batch)
         xyz = batch["output_xyz_pts"]
-        frustum = ~training.per_row(batch["out_of_frustum_pts_mask"], label.shape)
+        frustum = ~tasks.per_row(batch["out_of_frustum_pts_mask"], label.shape)
         cases = {
             "trained": (logits, CUTOFFS),
             "all in frustum": (torch.where(frustum, 1.0, -1.0), [0.0]),
@@ -141,7 +143,7 @@ def evaluate(task: str, data: Path, log: Path) -> dict:
         }
         for name, (scores, cutoffs) in cases.items():
             scored[name].append(
-                training.row_stats(
+                metrics.row_stats(
                     scores.float(),
                     label,
                     ignore,

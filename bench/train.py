@@ -46,17 +46,16 @@ def worker(cli: argparse.Namespace) -> None:
     import dataset
     import net
     import processes
-    import train_ovssc
-    import train_vool
+    import tasks
     import training
 
-    task = {"ovssc": train_ovssc.TASK, "vool": train_vool.TASK}[cli.task]
+    task = tasks.TASKS[cli.task]
     argv = ["--file_path", str(cli.data / cli.config), "--log", "/tmp/unused", "--device", "cpu"]
     argv += CONFIGS[cli.config] + ["--num_workers", str(cli.num_workers)]
     argv += ["--activation_checkpointing"] if cli.activation_checkpointing else []
     args = training.prepare_args(cli.task, argv)
     procs = processes.setup_processes(args.device)
-    training.seed_all(0)
+    processes.seed_all(0)
     data = dataset.make_datasets(
         args.file_path, cli.task, dataset.DatasetConfig.from_args(args), splits=("train",)
     )["train"]

@@ -18,7 +18,8 @@ from test_pipeline import tiny_text_encoder
 
 import checkpoint
 import dataset
-import eval as evaluation
+import eval as eval_script
+import evaluation
 import generate_relevancy
 import generate_scenes
 import metrics
@@ -26,8 +27,7 @@ import net
 import options
 import processes
 import scenes
-import train_ovssc
-import train_vool
+import tasks
 import training
 
 REPO = Path(__file__).resolve().parents[1]
@@ -60,12 +60,12 @@ def ovssc_ckpt(data, tmp_path_factory) -> Path:
     """A one-step OVSSC checkpoint and its args.pkl, from the training module."""
     log = tmp_path_factory.mktemp("ovssc_run")
     args = training.prepare_args("ovssc", ["--file_path", str(data), "--log", str(log), *TINY])
-    training.train(train_ovssc.TASK, args, stop_after_steps=1)
+    training.train(tasks.OVSSC, args, stop_after_steps=1)
     return log / "latest.pth"
 
 
 def run_eval(argv, capsys=None) -> str:
-    evaluation.main([str(a) for a in argv])
+    eval_script.main([str(a) for a in argv])
     return capsys.readouterr().out if capsys else ""
 
 
@@ -85,7 +85,7 @@ def evaluated(data, ovssc_ckpt, tmp_path_factory):
     argv = [str(a) for a in eval_argv(data, ckpt, "ovssc", "--suffix", "nyu")]
     out = io.StringIO()
     with contextlib.redirect_stdout(out):
-        evaluation.main(argv)
+        eval_script.main(argv)
     frame = pd.read_pickle(ckpt.parent / "ovssc_eval_stats_nyu.pkl")
     return ckpt, frame, out.getvalue(), (log_before, sorted(ovssc_ckpt.parent.rglob("*")))
 
@@ -127,7 +127,7 @@ def test_resume_skips_finished_splits_and_replace_redoes_them(data, evaluated, c
 
 def one_error_line(argv, capsys) -> str:
     with pytest.raises(SystemExit):
-        evaluation.main([str(a) for a in argv])
+        eval_script.main([str(a) for a in argv])
     err = capsys.readouterr().err.strip()
     assert err.startswith("error: ") and "\n" not in err, err
     return err
@@ -140,7 +140,7 @@ def test_checkpoint_without_args_pkl_names_the_flags(data, ovssc_ckpt, tmp_path,
     assert "args.pkl" in err and "--args" in err and "--approach" in err
     # --args supplies it: the training run's flags, this command's run flags
     argv = eval_argv(data, ckpt, "ovssc", "--args", ovssc_ckpt.parent / "args.pkl")
-    args = evaluation.eval_config(evaluation.parser().parse_args(map(str, argv)))
+    args = evaluation.eval_config(eval_script.parser().parse_args(map(str, argv)))
     assert args.voxel_shape == [8, 8, 8] and args.load == str(ckpt) and args.num_workers == 0
     assert not args.domain_randomization and not args.balance_spatial_sampling
     assert args.batch_size == 1
@@ -186,7 +186,7 @@ def test_semantic_aware_vool_evaluates_chunked(data, tmp_path, tiny_models, monk
         pickle.dumps({SPLITS[1]: [str(data / n) for n in lists[SPLITS[1]]]})
     )
     data = one
-    cli = evaluation.parser().parse_args(
+    cli = eval_script.parser().parse_args(
         [*map(str, eval_argv(data, tmp_path / "vool.pth", "vool")), "--approach", "semantic_aware"]
         + TINY
         + ["--chunk_points", "100", "--output", str(tmp_path / "stats.pkl")]
@@ -201,8 +201,8 @@ def test_semantic_aware_vool_evaluates_chunked(data, tmp_path, tiny_models, monk
     options.save_args(args, tmp_path)
 
     chunks = []
-    real = training.chunked_forward
-    monkeypatch.setattr(training, "chunked_forward", lambda *a: chunks.append(a[3]) or real(*a))
+    real = tasks.chunked_forward
+    monkeypatch.setattr(tasks, "chunked_forward", lambda *a: chunks.append(a[3]) or real(*a))
     result = evaluation.evaluate(
         evaluation.eval_config(cli), processes.Processes(), text_encoder=encoder, clip_hidden_dim=32
     )
@@ -227,5 +227,5 @@ def test_semantic_aware_vool_evaluates_chunked(data, tmp_path, tiny_models, monk
     )
     with torch.no_grad():
         whole = model.eval()(**batch)
-        parts = training.chunked_forward(model, batch, train_vool.ROW_KEYS, whole.shape[1])
+        parts = tasks.chunked_forward(model, batch, tasks.VOOL_ROW_KEYS, whole.shape[1])
     torch.testing.assert_close(parts, whole)

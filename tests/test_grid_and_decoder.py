@@ -7,12 +7,13 @@ import pytest
 import torch
 
 import net
+from grid import VirtualGrid
 
 BOUNDS = net.DEFAULT_SCENE_BOUNDS
 
 
 def test_grid_index_hand_computed_cases():
-    grid = net.VirtualGrid(BOUNDS, (128, 128, 128))
+    grid = VirtualGrid(BOUNDS, (128, 128, 128))
     pitch = 2.0 / 127
     points = torch.tensor(
         [
@@ -31,20 +32,20 @@ def test_grid_index_hand_computed_cases():
 
 
 def test_grid_follows_input_dtype():
-    grid = net.VirtualGrid(BOUNDS, (8, 8, 8))
+    grid = VirtualGrid(BOUNDS, (8, 8, 8))
     index = grid.continuous_index(torch.zeros(2, 3, dtype=torch.float64))
     assert index.dtype == torch.float64
 
 
 def test_grid_rejects_bad_bounds():
     with pytest.raises(net.InputError, match="scene_bounds"):
-        net.VirtualGrid([[0, 0, 0], [1, -1, 1]], (8, 8, 8))
+        VirtualGrid([[0, 0, 0], [1, -1, 1]], (8, 8, 8))
 
 
 @pytest.mark.parametrize("reduce", ["mean", "max"])
 def test_scatter_matches_brute_force_loop(reduce):
     grid_shape = (6, 5, 4)
-    grid = net.VirtualGrid(BOUNDS, grid_shape)
+    grid = VirtualGrid(BOUNDS, grid_shape)
     g = torch.Generator().manual_seed(0)
     lower, upper = torch.tensor(BOUNDS)
     xyz = lower + torch.rand(2, 300, 3, generator=g) * (upper - lower)
@@ -112,7 +113,7 @@ def _trilinear_border(volume: np.ndarray, position) -> np.ndarray:
 @pytest.mark.parametrize("fix", [False, True])
 def test_decoder_sampling_against_independent_trilinear(fix):
     G = 8
-    grid = net.VirtualGrid(BOUNDS, (G, G, G))
+    grid = VirtualGrid(BOUNDS, (G, G, G))
     decoder = net.ImplicitVolumetricDecoder(
         hidden_size=4, output_dim=1, concat_xyz_pts=True, fix_sampling=fix
     )
@@ -191,7 +192,7 @@ def test_weighted_row_sum_equals_embedding_bag_values_and_gradients():
 
 def test_fixed_decoder_reads_grid_points_exactly():
     G = 6
-    grid = net.VirtualGrid(BOUNDS, (G, G, G))
+    grid = VirtualGrid(BOUNDS, (G, G, G))
     decoder = net.ImplicitVolumetricDecoder(
         hidden_size=2, output_dim=1, concat_xyz_pts=False, fix_sampling=True
     )
@@ -236,5 +237,5 @@ def test_numpy_grid_index_of_geometry_agrees_with_virtual_grid():
     lower, upper = np.array(BOUNDS)
     xyz = rng.uniform(lower - 0.2, upper + 0.2, size=(5000, 3)).astype(np.float32)  # some outside
     for shape in [(128, 128, 128), (64, 32, 16)]:
-        ours = net.VirtualGrid(BOUNDS, shape).continuous_index(torch.from_numpy(xyz)).long().numpy()
+        ours = VirtualGrid(BOUNDS, shape).continuous_index(torch.from_numpy(xyz)).long().numpy()
         np.testing.assert_array_equal(geometry.grid_index(xyz, np.array(BOUNDS), shape), ours)

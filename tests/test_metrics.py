@@ -8,7 +8,7 @@ import pytest
 import torch
 
 import metrics
-from net import VirtualGrid
+from grid import VirtualGrid
 
 BOUNDS = ((-1.0, -1.0, -0.1), (1.0, 1.0, 1.9))
 

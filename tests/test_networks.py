@@ -152,12 +152,14 @@ def test_conv3d_weight_grad_equals_convolution_backward(monkeypatch, chunk_bytes
 def test_semantic_aware_ovssc_runs_unet_once_with_the_repeated_volume_output():
     network = small_network("SemanticAwareOVSSC").eval()
     batch = random_batch("SemanticAwareOVSSC", batch=2, rows=4)
-    calls = []
-    network.vol_feature_extractor.register_forward_hook(lambda m, i, o: calls.append(i[0].shape[0]))
+    calls, outputs = [], []
+    network.vol_feature_extractor.register_forward_hook(
+        lambda m, i, o: calls.append(i[0].shape[0]) or outputs.append(o)
+    )
     with torch.no_grad():
         logits = network(**batch)
         # The original: copy the UNet volume once per class (batch-major), decode each copy, cosine / 0.07.
-        volume = network.visual_volumetric_features.repeat_interleave(4, dim=0)  # [B*P,C,X,Y,Z]
+        volume = outputs[0].repeat_interleave(4, dim=0)  # [B*P,C,X,Y,Z]
         queries = batch["output_xyz_pts"].reshape(8, -1, 3)
         features = network.visual_sampler(volume, network.virtual_grid, queries)  # [B*P,M,512]
         text = batch["semantic_class_features"].reshape(8, 1, -1)

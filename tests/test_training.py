@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 import pickle
@@ -19,13 +20,14 @@ import generate_relevancy
 import generate_scenes
 import processes
 import scenes
+import schedules
+import tasks
 import train_ovssc
-import train_vool
 import training
 from checkpoint import read_checkpoint
 
 REPO = Path(__file__).resolve().parents[1]
-TASKS = {"ovssc": train_ovssc.TASK, "vool": train_vool.TASK}
+TASKS = tasks.TASKS
 SEEDS = [0, 1, 3, 4, 2]  # seed 2 is a test room (FloorPlan228)
 TINY = (
     "--voxel_shape 16 16 16 --unet_num_levels 2 --unet_f_maps 8 --unet_num_groups 4 "
@@ -87,7 +89,7 @@ def args_for(task: str, file_path: Path, log: Path, *extra: str):
     ],
 )
 def test_schedule_values_equal_the_formulas(kind, step, expected):
-    assert training.SCHEDULES[kind](step, 10, 110) == pytest.approx(expected, abs=1e-12)
+    assert schedules.SCHEDULES[kind](step, 10, 110) == pytest.approx(expected, abs=1e-12)
 
 
 def test_lambda_lr_follows_the_schedule_per_optimizer_step():
@@ -100,7 +102,7 @@ def test_lambda_lr_follows_the_schedule_per_optimizer_step():
         lrs.append(optimizer.param_groups[0]["lr"])
         optimizer.step()
         scheduler.step()
-    expected = [0.5 * training.cosine_with_restarts(s, 4, 20) for s in range(8)]
+    expected = [0.5 * schedules.cosine_with_restarts(s, 4, 20) for s in range(8)]
     assert lrs == pytest.approx(expected)
     assert lrs[0] == 0.0 and lrs[4] == pytest.approx(0.5)
 
@@ -151,7 +153,7 @@ def test_loss_falls_over_a_few_steps(data):
     model = training.net.build_network("ovssc", args.approach, args)
     optimizer, scheduler = training.make_optimizer(model, args, total=100)
     trainer = training.Trainer(
-        train_ovssc.TASK, args, processes.Processes(), model, optimizer, scheduler, None, {}
+        tasks.OVSSC, args, processes.Processes(), model, optimizer, scheduler, None, {}
     )
     losses = [trainer.step(batch, [-1.0], train=True)[0]["loss"] for _ in range(6)]
     assert losses[-1] < losses[0] - 0.01, losses
@@ -166,14 +168,14 @@ def test_four_steps_equal_two_steps_resume_two_steps(data, tmp_path):
     folder = with_splits(data, 4, 0)
     common = ("--epochs", "1", "--num_warmup_steps", "2", "--lr", "0.01")
     straight = tmp_path / "straight"
-    training.train(train_ovssc.TASK, args_for("ovssc", folder, straight, *common))
+    training.train(tasks.OVSSC, args_for("ovssc", folder, straight, *common))
     split = tmp_path / "split"
-    training.train(train_ovssc.TASK, args_for("ovssc", folder, split, *common), stop_after_steps=2)
+    training.train(tasks.OVSSC, args_for("ovssc", folder, split, *common), stop_after_steps=2)
     stopped = read_checkpoint(split / "latest.pth")
     assert stopped["position"] == {"epoch": 0, "batches": 2, "train_done": False}
     assert stopped["net"]["steps"].item() == 2
     resumed = args_for("ovssc", folder, split, *common, "--load", str(split / "latest.pth"))
-    training.train(train_ovssc.TASK, resumed)
+    training.train(tasks.OVSSC, resumed)
 
     a, b = read_checkpoint(straight / "ckpt_0.pth"), read_checkpoint(split / "ckpt_0.pth")
     assert a["net"]["steps"].item() == b["net"]["steps"].item() == 4
@@ -188,9 +190,7 @@ def test_four_steps_equal_two_steps_resume_two_steps(data, tmp_path):
 
 def test_vool_trains_and_evaluates(data, tmp_path):
     folder = with_splits(data, 1, 1)
-    model = training.train(
-        train_vool.TASK, args_for("vool", folder, tmp_path / "vool", "--epochs", "1")
-    )
+    model = training.train(tasks.VOOL, args_for("vool", folder, tmp_path / "vool", "--epochs", "1"))
     assert model.steps.item() == 1
     frame = training.pd.read_pickle(tmp_path / "vool" / "detailed_stats.pkl")
     assert set(frame["split"]) == {"train", "unseen_instances"}
@@ -201,7 +201,7 @@ def test_zero_frequencies_skip_evaluation_and_intermediate_checkpoints(data, tmp
     folder = with_splits(data, 1, 1)
     log = tmp_path / "log"
     extra = ("--epochs", "2", "--eval_freq", "0", "--save_freq", "0")
-    training.train(train_ovssc.TASK, args_for("ovssc", folder, log, *extra))
+    training.train(tasks.OVSSC, args_for("ovssc", folder, log, *extra))
     frame = training.pd.read_pickle(log / "detailed_stats.pkl")
     assert set(frame["split"]) == {"train"} and set(frame["epoch"]) == {0, 1}
     assert sorted(p.name for p in log.glob("ckpt_*.pth")) == ["ckpt_1.pth"]  # the last epoch's
@@ -242,9 +242,9 @@ def test_baseline_approaches_train(data, tmp_path, monkeypatch, tiny_models, tas
 DDP_SCRIPT = """
 import os, sys, torch
 sys.path.insert(0, {repo!r})
-import train_ovssc, training
+import tasks, training
 args = training.prepare_args("ovssc", sys.argv[1:])
-model = training.train(train_ovssc.TASK, args)
+model = training.train(tasks.OVSSC, args)
 torch.save(model.state_dict(), os.path.join(args.log, f"rank{{os.environ['RANK']}}.pt"))
 """
 
@@ -298,9 +298,7 @@ def test_scenes_without_relevancy_name_the_command(tmp_path, capsys):
 def test_load_of_another_tasks_checkpoint(data, tmp_path, capsys):
     folder = with_splits(data, 1, 0)
     vool = tmp_path / "vool"
-    training.train(
-        train_vool.TASK, args_for("vool", folder, vool, "--epochs", "1"), stop_after_steps=1
-    )
+    training.train(tasks.VOOL, args_for("vool", folder, vool, "--epochs", "1"), stop_after_steps=1)
     argv = ["--file_path", str(folder), "--log", str(tmp_path / "o"), *TINY]
     err = run_main(train_ovssc.main, [*argv, "--load", str(vool / "latest.pth")], capsys)
     assert "SemAbsVOOL" in err and "SemAbs3D" in err
@@ -309,9 +307,7 @@ def test_load_of_another_tasks_checkpoint(data, tmp_path, capsys):
 def test_resume_with_different_flags_lists_them(data, tmp_path, capsys):
     folder = with_splits(data, 1, 0)
     log = tmp_path / "run"
-    training.train(
-        train_ovssc.TASK, args_for("ovssc", folder, log, "--epochs", "1"), stop_after_steps=1
-    )
+    training.train(tasks.OVSSC, args_for("ovssc", folder, log, "--epochs", "1"), stop_after_steps=1)
     argv = ["--file_path", str(folder), "--log", str(log), *TINY, "--load", str(log / "latest.pth")]
     err = run_main(train_ovssc.main, [*argv, "--lr", "0.5", "--seed", "3"], capsys)
     assert "lr: 0.001 -> 0.5" in err and "seed: 0 -> 3" in err
@@ -335,6 +331,6 @@ def test_step_errors_stop_training_with_the_place(data, tmp_path):
     def broken(logits, batch, args):
         raise ValueError("boom")
 
-    task = training.Task("ovssc", broken, train_ovssc.row_columns, train_ovssc.forward)
+    task = dataclasses.replace(tasks.OVSSC, loss_fn=broken)
     with pytest.raises(RuntimeError, match="epoch 0, split train, batch 0: ValueError: boom"):
         training.train(task, args_for("ovssc", folder, tmp_path / "b", "--epochs", "1"))

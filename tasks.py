@@ -1,0 +1,182 @@
+"""The two tasks, OVSSC and VOOL: what training and evaluation do differently for each (spec:
+train-eval.md 1.2 and 1.8, models.md 4).
+
+A task (`Task`) is its loss, its per-row columns and the batch keys that carry a row axis; a row is
+one class (OVSSC) or one description (VOOL). Both run the network through the one `forward`, which
+above CHUNK_POINTS query points runs it one row at a time (section 1.8). The registries of approaches
+are vocab.APPROACHES and net.NETWORKS; training.py and eval.py take a task from `TASKS`.
+"""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from scene_file import SENTENCE_KEYS
+from vocab import PAD
+
+CHUNK_POINTS = 500_000  # above this many query points the net runs one row at a time (spec 1.8)
+
+
+# --------------------------------------------------------------------------------------------------
+# what both tasks share
+
+
+def bce_weight(label: torch.Tensor, balance: bool) -> torch.Tensor | None:
+    """get_bce_weight (spec 1.8): None (all ones), or per-row positive/negative balancing rescaled to
+    keep the total weight."""
+    if not balance:
+        return None
+    label = label.float()
+    frac_pos = label.mean(-1, keepdim=True)
+    weight = label / (frac_pos + 1e-10) + (1 - label) / (1 - frac_pos + 1e-10)
+    return weight * weight.numel() / weight.sum()
+
+
+def per_row(mask: torch.Tensor, shape: torch.Size) -> torch.Tensor:
+    """A per-point mask as bool [B, R, N]: the datasets give out_of_bounds_pts as [B, R, N]
+    (balanced sampling), [B, R, 1, N] (OVSSC, uniform) or [B, N] (VOOL, uniform)."""
+    mask = mask.bool()
+    if mask.dim() == 2:
+        mask = mask[:, None]
+    elif mask.dim() == 4:
+        mask = mask.squeeze(2)
+    return mask.expand(shape)
+
+
+def chunked_forward(model: nn.Module, batch: dict, row_keys: tuple[str, ...], rows: int):
+    """Run the net one row (class/description) at a time, slicing the keys that carry a row axis."""
+    outputs = []
+    for r in range(rows):
+        part = dict(batch)
+        for key in row_keys:
+            value = batch.get(key)
+            if isinstance(value, torch.Tensor) and value.dim() > 1 and value.shape[1] == rows:
+                part[key] = value[:, r : r + 1]
+            elif isinstance(value, list) and len(value) == rows:  # collated [R][B] strings
+                part[key] = value[r : r + 1]
+        outputs.append(model(**part))
+    return torch.cat(outputs, dim=1)
+
+
+def forward(
+    model: nn.Module, batch: dict, row_keys: tuple[str, ...], chunk_points: int = CHUNK_POINTS
+) -> torch.Tensor:
+    """Logits [B, R, N]; one row at a time above chunk_points query points (section 1.8)."""
+    rows, points = batch["output_xyz_pts"].shape[1:3]
+    if points > chunk_points:
+        return chunked_forward(model, batch, row_keys, rows)
+    return model(**batch)
+
+
+@dataclass(frozen=True)
+class Task:
+    """What differs between OVSSC and VOOL.
+
+    loss_fn(logits, batch, args) -> (loss, label, ignore, padded): label and ignore bool [B, R, N],
+        padded bool [B, R]; args is the training Namespace (it reads balance_positive_negative).
+    row_columns(batch) -> {column: [B][R] strings}, the stats frame's leading columns.
+    row_keys: the batch keys with a row axis, sliced by the per-row forward.
+    """
+
+    name: str  # "ovssc" or "vool"
+    loss_fn: Callable[[torch.Tensor, dict, argparse.Namespace], tuple]
+    row_columns: Callable[[dict], dict]
+    row_keys: tuple[str, ...]
+
+    def forward(self, model: nn.Module, batch: dict, chunk_points: int = CHUNK_POINTS):
+        """Logits [B, R, N] (see `forward`)."""
+        return forward(model, batch, self.row_keys, chunk_points)
+
+
+# --------------------------------------------------------------------------------------------------
+# OVSSC: one row per class
+
+OVSSC_ROW_KEYS = ("input_feature_pts", "semantic_class_features", "output_xyz_pts")
+
+
+def ovssc_padded_rows(batch: dict) -> torch.Tensor:
+    """bool [B, P]: classes added as padding (label "")."""
+    labels = batch["patch_labels"]  # collated [P][B]
+    return torch.tensor([[label == "" for label in row] for row in zip(*labels)])
+
+
+def ovssc_loss(logits: torch.Tensor, batch: dict, args: argparse.Namespace):
+    """BCE over the non-ignored entries (padding, out-of-bounds and out-of-frustum are ignored)."""
+    label = batch["output_label_pts"] > 0.5  # [B, P, N]
+    padded = ovssc_padded_rows(batch).to(logits.device)  # [B, P]
+    ignore = (
+        padded[..., None]
+        | per_row(batch["out_of_bounds_pts"], label.shape)
+        | per_row(batch["out_of_frustum_pts_mask"], label.shape)
+    )
+    keep = ~ignore
+    weight = bce_weight(label, args.balance_positive_negative)
+    value = F.binary_cross_entropy_with_logits(
+        logits[keep].float(),
+        label[keep].float(),
+        weight=None if weight is None else weight[keep],
+    )
+    return value, label, ignore, padded
+
+
+def ovssc_row_columns(batch: dict) -> dict:
+    """scene_id and label, [B][P]."""
+    labels = [list(row) for row in zip(*batch["patch_labels"])]  # [B][P]
+    scene_ids = [[scene] * len(row) for scene, row in zip(batch["scene_id"], labels)]
+    return {"scene_id": scene_ids, "label": labels}
+
+
+# --------------------------------------------------------------------------------------------------
+# VOOL: one row per description
+
+# Keys with a description axis, all sliced when running one description at a time. The original
+# left input_rgb_pts and the object names whole, so semantic_aware failed there (train-eval.md 1.8).
+VOOL_ROW_KEYS = (
+    "input_target_saliency_pts",
+    "input_reference_saliency_pts",
+    "input_description_saliency_pts",
+    "input_rgb_pts",
+    "output_xyz_pts",
+    "target_obj_text_features",
+    "reference_obj_text_features",
+    *SENTENCE_KEYS,
+)
+
+
+def vool_padded_rows(batch: dict) -> torch.Tensor:
+    """bool [B, D]: descriptions added as padding ("[pad]")."""
+    relations = batch["spatial_relation_name"]  # collated [D][B]
+    return torch.tensor([[name == PAD for name in row] for row in zip(*relations)])
+
+
+def vool_loss(logits: torch.Tensor, batch: dict, args: argparse.Namespace):
+    """BCE over every entry, padding included (its labels are all zero), as the original; only
+    accuracy and the metrics ignore padding and out-of-bounds points."""
+    label = batch["output_label_pts"] > 0.5  # [B, D, N]
+    padded = vool_padded_rows(batch).to(logits.device)  # [B, D]
+    ignore = padded[..., None] | per_row(batch["out_of_bounds_pts"], label.shape)
+    weight = bce_weight(label, args.balance_positive_negative)
+    value = F.binary_cross_entropy_with_logits(logits.float(), label.float(), weight=weight)
+    return value, label, ignore, padded
+
+
+def vool_row_columns(batch: dict) -> dict:
+    """scene_id, target_obj_name, reference_obj_name and spatial_relation_name, [B][D]."""
+    columns = {
+        key: [list(row) for row in zip(*batch[key])]
+        for key in ("target_obj_name", "reference_obj_name", "spatial_relation_name")
+    }
+    rows = columns["target_obj_name"]
+    columns = {"scene_id": [[s] * len(r) for s, r in zip(batch["scene_id"], rows)], **columns}
+    return columns
+
+
+OVSSC = Task("ovssc", ovssc_loss, ovssc_row_columns, OVSSC_ROW_KEYS)
+VOOL = Task("vool", vool_loss, vool_row_columns, VOOL_ROW_KEYS)
+TASKS = {task.name: task for task in (OVSSC, VOOL)}
