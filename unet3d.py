@@ -7,6 +7,8 @@ final 1x1x1 convolution without activation. Module names match the released chec
 (`encoders.{i}.basic_module.conv{1,2,3}.{groupnorm,conv}`, `decoders.{i}.upsampling.upsample`, ...).
 
 With the defaults (16 channels in and out, f_maps 16, 6 levels) the UNet has 35,384,416 parameters.
+SingleConv runs its GroupNorm -> Conv3d pair through unet3d_backward.GroupNormConv3d, the fused
+function whose backward pass (and its CPU kernels) live there.
 """
 
 from __future__ import annotations
