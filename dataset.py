@@ -1,9 +1,10 @@
-"""Scene files in the original THOR HDF5 layout, and the OVSSC and VOOL datasets built on them.
+"""The OVSSC and VOOL datasets (SceneCompletionDataset, ObjectLocalizationDataset), their settings
+(DatasetConfig, per approach and per split) and `make_datasets`.
 
-Spec: data.md section 1 (file layout), 3 (dataset classes, splits), Appendix A (synonyms); models.md
-section 3 (what the networks receive). Files from the released dataset are read unchanged; files
-from `generate_scenes.py` have the same layout. Geometry goes through geometry.py (OpenCV camera,
-stored pose).
+Spec: data.md section 3 (dataset classes, splits, domain randomisation), Appendix A (synonyms);
+models.md section 3 (what the networks receive). Scene files (data.md section 1, released or from
+`generate_scenes.py`) are read through scene_file.SceneFile, the only module that names HDF5 keys;
+the inputs are prepared by inputs.py; geometry goes through geometry.py (OpenCV camera, stored pose).
 
 Quirks kept for fidelity, each with the flag that fixes it (DatasetConfig):
 - the mean-row trap (data.md 1.5): the "mean" map subtracted is row L of the global `saliencies`
@@ -29,7 +30,13 @@ import torch
 
 import geometry
 import inputs
-from scene_file import SENTENCE_KEYS, SceneFile, load_split_lists, sentence
+from scene_file import (
+    SENTENCE_KEYS,
+    SceneFile,
+    load_split_lists,
+    relevancy_rgb_key,
+    relevancy_sentence,
+)
 from utils import InputError
 from vocab import APPROACHES, NETWORK_INPUTS, SYNONYMS
 
@@ -183,7 +190,7 @@ class SceneDataset(torch.utils.data.Dataset):
         self.scene_paths = sorted(Path(p) for p in scene_paths)
         self.config = config or DatasetConfig()
         self.bounds = np.asarray(self.config.scene_bounds, np.float64)
-        self.rgb_key = "domain_randomized_rgb" if self.config.domain_randomized_rgb else "rgb"
+        self.rgb_key = relevancy_rgb_key(self.config.domain_randomized_rgb)
 
     def __len__(self) -> int:
         return len(self.scene_paths)
@@ -389,7 +396,8 @@ class ObjectLocalizationDataset(SceneDataset):
         """Chosen (in the synonyms split: renamed) descriptions, with the sentence to look up."""
         descs = scene.descriptions()
         sentences = [
-            sentence(*triple) for triple in zip(*(descs[k] for k in SENTENCE_KEYS), strict=True)
+            relevancy_sentence(*triple)
+            for triple in zip(*(descs[k] for k in SENTENCE_KEYS), strict=True)
         ]
         rows = list(range(len(sentences)))
         if self.config.use_synonyms:  # substring match on the sentence
@@ -506,7 +514,7 @@ class SceneCompletionDataset(SceneDataset):
 
     def make_sample(self, scene: SceneFile, view: View) -> dict:
         cfg = self.config
-        seg = scene.deref("seg")[0]
+        seg = scene.segmentation()
         indices = self.patches(scene, view, seg)
         patch_labels = [view.labels[i] for i in indices]
         maps = inputs.upsample(

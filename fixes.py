@@ -84,8 +84,6 @@ FIXES = (
     ),
 )
 
-BY_NAME = {fix.name: fix for fix in FIXES}
-
 
 def names(used_by: str) -> tuple[str, ...]:
     """The fix names one component takes, e.g. names("dataset")."""

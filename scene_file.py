@@ -56,6 +56,7 @@ DESCRIPTION_KEYS = (  # data.md 1.4
     "spatial_relation_name",
 )
 SALIENCIES = "saliencies"  # the top-level rows
+RGB_KEYS = ("rgb", "domain_randomized_rgb")  # the R of a relevancy block R|C (data.md 1.5)
 SALIENCY_INDEX = "data/saliencies"  # the per-block index group
 LABELS_SUFFIX = "|saliency_text_labels"
 FEATURES_SUFFIX = "|saliency_text_label_features"
@@ -75,10 +76,20 @@ def class_name(entry: str) -> str:
 SENTENCE_KEYS = ("target_obj_name", "spatial_relation_name", "reference_obj_name")
 
 
-def sentence(target: str, relation: str, reference: str) -> str:
-    """The description sentence whose relevancy is stored: "mug in a cabinet" (data.md 1.4)."""
+def relevancy_sentence(target: str, relation: str, reference: str) -> str:
+    """The description sentence whose relevancy is stored: "mug in a cabinet" (data.md 1.4); the
+    networks' "the T R the Ref" prompt is inference.py's."""
     return f"{target} {relation} a {reference}"
 
+
+def relevancy_rgb_key(domain_randomized: bool) -> str:
+    """The R of the relevancy block R|C read for the plain or the domain-randomised rgb (data.md 1.5)."""
+    return RGB_KEYS[domain_randomized]
+
+
+# Transitional: generate_relevancy.py (not in this change) still imports the old name; drop this
+# line once it imports relevancy_sentence.
+sentence = relevancy_sentence
 
 # --------------------------------------------------------------------------------------------------
 # one scene file
@@ -173,6 +184,10 @@ class SceneFile:
 
     def has_segmentation(self) -> bool:
         return self.has("data/seg")
+
+    def segmentation(self) -> np.ndarray:
+        """(H, W) float32 object id per pixel, -1 for none (data.md 1.2-1.3)."""
+        return self.deref("seg")[0]
 
     def has_descriptions(self) -> bool:
         return self.has("data/descriptions/target_obj_name")

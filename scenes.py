@@ -29,7 +29,7 @@ import numpy as np
 import open3d as o3d
 
 import geometry
-from scene_file import sentence
+from scene_file import relevancy_sentence
 from vocab import TEST_CLASSES
 
 WORLD_PER_METRE = 0.6
@@ -522,11 +522,11 @@ def should_add_relation(target: str, relation: str, reference: str, added: set[s
         return False
     if target in NEVER_DESCRIBED or reference in NEVER_DESCRIBED:
         return False
-    if sentence(target, relation, reference) in added:
+    if relevancy_sentence(target, relation, reference) in added:
         return False
     if relation not in ("in", "on"):
         pairs = [(target, reference), (reference, target)]
-        if any(sentence(a, r, b) in added for a, b in pairs for r in ("in", "on")):
+        if any(relevancy_sentence(a, r, b) in added for a, b in pairs for r in ("in", "on")):
             return False
     return True
 
@@ -547,7 +547,7 @@ class GroundTruth:
         target = self.classes[target_id]
         if not should_add_relation(target, relation, reference, self.sentences):
             return False
-        self.sentences.add(sentence(target, relation, reference))
+        self.sentences.add(relevancy_sentence(target, relation, reference))
         self.descriptions.append(
             dict(
                 target_obj_name=target,

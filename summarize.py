@@ -17,7 +17,7 @@ leaves its row out with one line on stderr instead of stopping, NaN cells print 
 crashing the to_csv round trip, and the VOOL mean row averages however many relations there are.
 
 Works on pandas frames alone: it imports neither torch nor dataset.py (vocab.py holds the synonym map
-and the test classes). Note that stats files are pickles: only read files you trust.
+and the test classes; utils.py, torch-free, the error handler). Note that stats files are pickles: only read files you trust.
 """
 
 from __future__ import annotations
@@ -35,6 +35,7 @@ from rich import box
 from rich.console import Console
 from rich.table import Table as RichTable
 
+from utils import InputError, run_app
 from vocab import PAD, SYNONYMS, TEST_CLASSES
 
 THOR_METRIC = "voxel32x32x32_iou"
@@ -72,11 +73,6 @@ NYU_APPROACHES = {
 }
 TABLES = ("ovssc", "vool", "nyu")
 FORMATS = ("rich", "markdown", "csv")
-
-
-class SummaryError(ValueError):
-    """Bad input from the user; printed as one line `error: <message>` (as utils.InputError, which
-    cannot be imported here without torch)."""
 
 
 @dataclass
@@ -130,7 +126,7 @@ def room_ids(scene_id: pd.Series) -> pd.Series:
     rooms = pd.to_numeric(text, errors="coerce")
     if rooms.isna().any():
         bad = scene_id[rooms.isna()].iloc[0]
-        raise SummaryError(f"scene_id {bad!r} has no FloorPlan<room> in its first '_' token")
+        raise InputError(f"scene_id {bad!r} has no FloorPlan<room> in its first '_' token")
     return rooms.astype(int)
 
 
@@ -244,7 +240,7 @@ def _scores_or_note(score, path: Path, notes: list[str], *args):
     """score(*args), or None with a note naming the file when its contents are unusable."""
     try:
         return score(*args)
-    except SummaryError as error:
+    except InputError as error:
         notes.append(f"{path}: {error}, row left out")
         return None
 
@@ -369,11 +365,9 @@ def parse_overrides(entries: list[str], approaches: dict, option: str) -> dict[s
     for entry in entries:
         key, sep, path = entry.partition("=")
         if not sep or not path:
-            raise SummaryError(f"{option} takes APPROACH=PATH, got {entry!r}")
+            raise InputError(f"{option} takes APPROACH=PATH, got {entry!r}")
         if key not in approaches:
-            raise SummaryError(
-                f"{option}: unknown approach {key!r}; known: {', '.join(approaches)}"
-            )
+            raise InputError(f"{option}: unknown approach {key!r}; known: {', '.join(approaches)}")
         out[key] = Path(path)
     return out
 
@@ -428,11 +422,11 @@ def main(
     chosen = [t.strip() for t in tables.split(",") if t.strip()]
     unknown = [t for t in chosen if t not in TABLES]
     if unknown or not chosen:
-        raise SummaryError(
+        raise InputError(
             f"--tables takes a comma-separated subset of {','.join(TABLES)}, got {tables!r}"
         )
     if format not in FORMATS:
-        raise SummaryError(f"--format must be one of {', '.join(FORMATS)}, got {format!r}")
+        raise InputError(f"--format must be one of {', '.join(FORMATS)}, got {format!r}")
     overrides = {
         "ovssc": parse_overrides(ovssc, OVSSC_APPROACHES, "--ovssc"),
         "vool": parse_overrides(vool, VOOL_APPROACHES, "--vool"),
@@ -442,7 +436,7 @@ def main(
     for note in notes:
         print(f"note: {note}", file=sys.stderr)
     if not any(table.rows for table in built):
-        raise SummaryError(
+        raise InputError(
             f"no stats file could be read for {','.join(chosen)} (see the notes above)"
         )
     console = Console()
@@ -458,14 +452,5 @@ def main(
             print(render_csv(table))
 
 
-def run() -> None:
-    """Run the app, turning a SummaryError into `error: <message>` on stderr and exit code 1."""
-    try:
-        app()
-    except SummaryError as error:
-        print(f"error: {error}", file=sys.stderr)
-        sys.exit(1)
-
-
 if __name__ == "__main__":
-    run()
+    run_app(app)

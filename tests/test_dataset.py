@@ -14,7 +14,9 @@ import dataset as ds
 import generate_scenes
 import geometry
 import scenes
+from scene_file import SceneFile, relevancy_sentence
 from utils import InputError
+from vocab import SYNONYMS
 
 H = W = 4
 K = np.array([[2.0, 0, 2.0], [0, 2.0, 2.0], [0, 0, 1]])
@@ -118,7 +120,7 @@ def minimal(tmp_path):
 
 
 def test_reader_on_the_hand_built_file(minimal):
-    with ds.SceneFile(minimal) as scene:
+    with SceneFile(minimal) as scene:
         assert scene.scene_id == "00001|FloorPlan1_physics"
         rgb = scene.rgb()
         assert rgb.dtype == np.float32 and rgb.shape == (H, W, 3) and rgb.max() == 51
@@ -190,7 +192,7 @@ def test_ovssc_values_by_hand(minimal):
 
 def test_empty_descriptions(minimal, tmp_path):
     path = build_minimal_file(tmp_path / "00002|FloorPlan1_physics.hdf5", descriptions=False)
-    with ds.SceneFile(path) as scene:
+    with SceneFile(path) as scene:
         assert scene.descriptions()["target_obj_name"] == []
     train = ds.ObjectLocalizationDataset(
         [path], ds.DatasetConfig(num_input_pts=8, num_output_pts=4)
@@ -253,12 +255,12 @@ def test_bad_input_gives_one_clear_line(minimal, case):
 
 def test_missing_files(tmp_path):
     with pytest.raises(InputError, match="scene file not found"):
-        ds.SceneFile(tmp_path / "nope.hdf5")
+        SceneFile(tmp_path / "nope.hdf5")
     with pytest.raises(InputError, match="split file not found: .*ssc_split.pkl"):
         ds.make_datasets(tmp_path, "ovssc")
     (tmp_path / "bad.hdf5").write_text("not hdf5")
     with pytest.raises(InputError, match="not a readable HDF5 file"):
-        ds.SceneFile(tmp_path / "bad.hdf5")
+        SceneFile(tmp_path / "bad.hdf5")
     with pytest.raises(InputError, match="unknown network inputs"):
         ds.DatasetConfig(network_inputs=("depth",))
 
@@ -378,16 +380,16 @@ def test_evaluation_splits_use_every_point_and_label(generated_root, task):
             names = sample["patch_labels"] if task == "ovssc" else sample["target_obj_name"]
             assert "" not in names and "[pad]" not in names
             if split == "unseen_instances_synonyms" and task == "vool":
-                with ds.SceneFile(data.scene_paths[i]) as scene:
+                with SceneFile(data.scene_paths[i]) as scene:
                     descs = scene.descriptions()
                     keys = ("target_obj_name", "spatial_relation_name", "reference_obj_name")
                     sentences = [
-                        ds.sentence(*t) for t in zip(*[descs[k] for k in keys], strict=True)
+                        relevancy_sentence(*t) for t in zip(*[descs[k] for k in keys], strict=True)
                     ]
-                kept = [s for s in sentences if any(key in s for key in ds.SYNONYMS)]
+                kept = [s for s in sentences if any(key in s for key in SYNONYMS)]
                 assert len(names) == len(kept)
-                assert not set(names) & set(ds.SYNONYMS)  # renamed
-    with ds.SceneFile(splits["unseen_instances"].scene_paths[0]) as scene:
+                assert not set(names) & set(SYNONYMS)  # renamed
+    with SceneFile(splits["unseen_instances"].scene_paths[0]) as scene:
         assert scene.rgb(domain_randomized=True).shape == (64, 64, 3)
     sample = splits["unseen_instances"][0]
     dr_sample = splits["unseen_instances_dr"][0]
@@ -398,14 +400,14 @@ def test_ovssc_synonyms_map_back_to_classes(generated_root):
     data = ds.make_datasets(generated_root, "ovssc", ds.DatasetConfig(num_input_pts=100))[
         "unseen_instances_synonyms"
     ]
-    inverse = {v: k for k, v in ds.SYNONYMS.items()}
+    inverse = {v: k for k, v in SYNONYMS.items()}
     inverse["computer"] = "laptop"
     seen = False
     for i in range(len(data)):
         sample = data[i]
         classes = sample["vis_gt_object_labels"]
         for label, matches in zip(sample["patch_labels"], sample["patch_objmatches"], strict=True):
-            assert label not in ds.SYNONYMS
+            assert label not in SYNONYMS
             ids = [int(m) for m in matches.split("|")]
             assert {classes[j] for j in ids} == {inverse.get(label, label)}
             seen |= label in inverse

@@ -9,6 +9,7 @@ import pandas as pd
 import pytest
 
 import summarize
+from utils import InputError
 
 REPO = Path(__file__).resolve().parents[1]
 NAN = float("nan")
@@ -268,7 +269,7 @@ def test_override_and_other_metric(models, tmp_path):
     assert ovssc.section_after == [False, True, False]
     (nyu,), notes = summarize.summarize(models, ["nyu"], {}, nyu_metric="voxel64x64x64_iou")
     assert [row[0] for row in nyu.rows] == ["Ours (Zeroshot)"] and nyu.styles == ["green"]
-    with pytest.raises(summarize.SummaryError, match="unknown approach 'mine'"):
+    with pytest.raises(InputError, match="unknown approach 'mine'"):
         summarize.parse_overrides(["mine=x.pkl"], summarize.OVSSC_APPROACHES, "--ovssc")
 
 
@@ -291,11 +292,11 @@ def test_bad_files_get_one_line(models):
 
 
 def run_cli(*args, cwd=REPO):
-    """Run summarize.run() in a fresh interpreter; also report whether torch got imported."""
+    """Run summarize.py as a script in a fresh interpreter; also report whether torch got imported."""
     code = (
-        "import sys; sys.argv = ['summarize.py', *sys.argv[1:]]\n"
-        "import summarize\n"
-        "try:\n    summarize.run()\nexcept SystemExit as e:\n    code = e.code\nelse:\n    code = 0\n"
+        "import runpy, sys; sys.argv = ['summarize.py', *sys.argv[1:]]\n"
+        f"try:\n    runpy.run_path({str(REPO / 'summarize.py')!r}, run_name='__main__')\n"
+        "except SystemExit as e:\n    code = e.code\nelse:\n    code = 0\n"
         "print('TORCH_IMPORTED' if 'torch' in sys.modules else 'NO_TORCH', file=sys.stderr)\n"
         "sys.exit(code)\n"
     )

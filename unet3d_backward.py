@@ -1,0 +1,178 @@
+"""The residual UNet's own backward pass (spec: models.md section 1.3; README "Speed").
+
+GroupNormConv3d, the fused conv3d(group_norm(x)) autograd function that unet3d.SingleConv runs, keeps
+x instead of the normalised tensor; its backward pass uses ATen's kernels, or on large CPU volumes
+(own_backward) the hand-written ones here: conv3d_weight_grad (the conv3d weight gradient from plain
+row ranges of zero-padded channels-last tables) and group_norm_backward. Same values as ATen's up to
+float rounding.
+"""
+
+from __future__ import annotations
+
+import itertools
+
+import torch
+import torch.nn.functional as F
+
+# conv3d_weight_grad: grad_out bytes per chunk of rows, and matrix products per chunk and kernel tap.
+WEIGHT_GRAD_CHUNK_BYTES, WEIGHT_GRAD_SPLIT = 2 << 20, 2
+# CPU volumes from which the backward pass computes the weight gradient and GroupNorm's backward
+# itself instead of with ATen's kernels: on smaller ones those were as fast or faster (2 AVX2 cores).
+OWN_BACKWARD_MIN_VOXELS = 128**3
+
+
+def own_backward(x: torch.Tensor) -> bool:
+    """Whether GroupNormConv3d's backward pass on volumes x [B, C, D, H, W] uses our kernels."""
+    return x.device.type == "cpu" and x[0, 0].numel() >= OWN_BACKWARD_MIN_VOXELS
+
+
+def weight_grad_layout(shape: torch.Size, out_channels: int) -> tuple[int, int, int]:
+    """For volumes [B, *, D, H, W]: conv3d_weight_grad's rows per chunk, and how many rows of grad_out
+    and of the input it reads (whole chunks of grad rows; for the input, the largest tap offset more)."""
+    batch, _, depth, height, width = shape
+    grad_rows = batch * (depth + 2) * (height + 2) * (width + 2)
+    rows_per_product = WEIGHT_GRAD_CHUNK_BYTES // (4 * out_channels * WEIGHT_GRAD_SPLIT)
+    chunk = WEIGHT_GRAD_SPLIT * min(rows_per_product, -(-grad_rows // WEIGHT_GRAD_SPLIT))
+    grad_rows += -grad_rows % chunk
+    largest_tap = (2 * (height + 2) + 2) * (width + 2) + 2
+    return chunk, grad_rows, grad_rows + largest_tap
+
+
+def padded_volume_rows(shape: torch.Size, channels: int, num_rows: int, like: torch.Tensor):
+    """Zeroed rows [num_rows, channels] for volumes of shape [B, *, D, H, W] with a one-voxel border,
+    and the view [B, channels, D+2, H+2, W+2] of those volumes.
+
+    Voxel (b, x, y, z) of the padded volumes is row ((b*(D+2) + x)*(H+2) + y)*(W+2) + z; the rows
+    after the last volume stay zero.
+    """
+    batch, _, *sizes = shape
+    padded = [size + 2 for size in sizes]
+    volumes = batch * padded[0] * padded[1] * padded[2]
+    rows = like.new_zeros(max(num_rows, volumes), channels)
+    return rows, rows[:volumes].view(batch, *padded, channels).permute(0, 4, 1, 2, 3)
+
+
+def conv3d_weight_grad(grad_out: torch.Tensor, input_rows: torch.Tensor) -> torch.Tensor:
+    """Gradient of conv3d(x, weight [O, I, 3, 3, 3], padding=1) with respect to weight.
+
+    grad_out [B, O, D, H, W]; input_rows from padded_volume_rows(x.shape, I,
+    weight_grad_layout(...)[2]), with x at [1:-1] of each padded axis. Put grad_out in such rows too, at
+    [:-2]: then kernel tap (a, b, c) pairs grad row q with input row q + (a*(H+2) + b)*(W+2) + c, and
+    the tap's gradient is a matrix product [O, rows] @ [rows, I] of plain row ranges. The rows go in
+    chunks that stay in cache across the 27 taps; each chunk is split into WEIGHT_GRAD_SPLIT products
+    of one batched call (one thread each). oneDNN instead copies the input 27 times (im2col) on AVX2 CPUs.
+    """
+    out_channels, in_channels = grad_out.shape[1], input_rows.shape[1]
+    height, width = grad_out.shape[3:]
+    chunk, num_grad_rows, _ = weight_grad_layout(grad_out.shape, out_channels)
+    grad_rows, grad_volumes = padded_volume_rows(
+        grad_out.shape, out_channels, num_grad_rows, grad_out
+    )
+    grad_volumes[:, :, :-2, :-2, :-2] = grad_out
+    grad_chunks = grad_rows.view(-1, WEIGHT_GRAD_SPLIT, chunk // WEIGHT_GRAD_SPLIT, out_channels)
+    taps = [
+        (a * (height + 2) + b) * (width + 2) + c
+        for a, b, c in itertools.product(range(3), repeat=3)
+    ]
+    grad_weight = grad_out.new_zeros(27, WEIGHT_GRAD_SPLIT, out_channels, in_channels)
+    tap_sums = grad_weight.unbind(0)  # [split, O, I] each, summed into in place
+    for start, grad_chunk in zip(range(0, num_grad_rows, chunk), grad_chunks.transpose(2, 3)):
+        for tap_sum, offset in zip(tap_sums, taps):
+            input_chunk = input_rows[start + offset : start + offset + chunk]
+            tap_sum.baddbmm_(grad_chunk, input_chunk.view(WEIGHT_GRAD_SPLIT, -1, in_channels))
+    grad_weight = grad_weight.sum(1).view(3, 3, 3, out_channels, in_channels)
+    return grad_weight.permute(3, 4, 0, 1, 2)
+
+
+def normalised_conv_weight_grad(grad_out, x, scale, shift, weight) -> torch.Tensor:
+    """Gradient of conv3d(x * scale + shift, weight, padding=1) with respect to weight, the normalised
+    input recomputed: if own_backward(x) straight into conv3d_weight_grad's padded rows (~0.4 s less
+    per default OVSSC training step on 2 cores, 3%), else for convolution_backward.
+    """
+    if not own_backward(x):
+        normalised = torch.addcmul(shift, x, scale)
+        return torch.ops.aten.convolution_backward(
+            grad_out, normalised, weight, None, [1] * 3, [1] * 3, [1] * 3, False, [0] * 3, 1,
+            [False, True, False],
+        )[1]  # fmt: skip
+    *_, num_input_rows = weight_grad_layout(x.shape, weight.shape[0])
+    input_rows, input_volumes = padded_volume_rows(x.shape, x.shape[1], num_input_rows, x)
+    torch.addcmul(shift, x, scale, out=input_volumes[:, :, 1:-1, 1:-1, 1:-1])
+    return conv3d_weight_grad(grad_out, input_rows)
+
+
+def group_norm_backward(grad_out, x, mean, rstd, gamma, groups: int, input_grad: bool):
+    """Gradients of group_norm(x, groups, gamma, beta) for x (None unless input_grad), gamma and beta.
+
+    x, grad_out [B, C, D, H, W]; mean, rstd [B, groups] from native_group_norm. If own_backward(x),
+    from two per-channel sums, of grad_out and of grad_out * x (the diagonal of one [C, S] @ [S, C]
+    product per sample), and two multiply-add passes: ATen's channels-last kernel took twice as long
+    at 128^3 x 16 on 2 CPU cores (~0.1 s more per volume, ~0.5 s per default OVSSC training step).
+    """
+    batch, channels = x.shape[:2]
+    if not own_backward(x):
+        return torch.ops.aten.native_group_norm_backward(
+            grad_out, x, mean, rstd, gamma, batch, channels, x[0, 0].numel(), groups,
+            [input_grad, True, True],
+        )  # fmt: skip
+    grad_flat, x_flat = grad_out.flatten(2), x.flatten(2)  # [B, C, S] views
+    per_group = (batch, groups, channels // groups)
+    grad_sum = grad_flat.sum(2).view(per_group)
+    grad_x_sum = torch.bmm(grad_flat, x_flat.transpose(1, 2)).diagonal(dim1=1, dim2=2)  # [B, C]
+    mean, rstd = mean[..., None], rstd[..., None]  # [B, groups, 1]
+    grad_xhat_sum = rstd * (grad_x_sum.view(per_group) - mean * grad_sum)  # of grad_out * x-hat
+    grad_gamma, grad_beta = grad_xhat_sum.sum(0).view(channels), grad_sum.sum(0).view(channels)
+    if not input_grad:
+        return None, grad_gamma, grad_beta
+    # d x = rstd * (gamma * grad_out - mean(gamma * grad_out) - x-hat * mean(gamma * grad_out * x-hat)),
+    # means over each group's elements; written as a * grad_out + b * x + c per channel.
+    gamma = gamma.view(per_group[1:])
+    group_size = channels // groups * x[0, 0].numel()
+    mean_grad = (gamma * grad_sum).sum(-1, keepdim=True) / group_size  # [B, groups, 1]
+    mean_grad_xhat = (gamma * grad_xhat_sum).sum(-1, keepdim=True) / group_size
+    per_channel = (batch, channels, 1, 1, 1)
+    a = (rstd * gamma).view(per_channel)
+    b = (-rstd * rstd * mean_grad_xhat).expand(per_group).reshape(per_channel)
+    c = (rstd * (rstd * mean * mean_grad_xhat - mean_grad)).expand(per_group).reshape(per_channel)
+    return torch.addcmul(c, x, b).addcmul_(grad_out, a), grad_gamma, grad_beta
+
+
+class GroupNormConv3d(torch.autograd.Function):
+    """conv3d(group_norm(x)) that keeps x, not the normalised tensor, for the backward pass.
+
+    The normalised tensor is as large as x (128 MB per full-resolution volume) and x is kept anyway
+    (it is the previous ReLU's output), so recomputing the normalisation in the backward pass (one
+    memory-bound pass, x * scale + shift with the saved statistics) saves ~1 GB at the default config.
+    The weight's gradient comes from normalised_conv_weight_grad, the normalised tensor's from
+    conv_transpose3d (oneDNN's backward-data kernel), and from it group_norm_backward gives the rest.
+    Same values and gradients as the two modules: the recomputed tensor equals the forward's bit for bit.
+    """
+
+    @staticmethod
+    def forward(ctx, x, gamma, beta, weight, groups: int, eps: float):
+        batch, channels = x.shape[:2]
+        normalised, mean, rstd = torch.native_group_norm(
+            x, gamma, beta, batch, channels, x[0, 0].numel(), groups, eps
+        )  # mean, rstd: [B, groups]
+        ctx.save_for_backward(x, gamma, beta, weight, mean, rstd)
+        ctx.groups = groups
+        return F.conv3d(normalised, weight, padding=1)
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        x, gamma, beta, weight, mean, rstd = ctx.saved_tensors
+        batch, channels = x.shape[:2]
+        grad_weight = None
+        if ctx.needs_input_grad[3]:
+            per_channel = (batch, ctx.groups, channels // ctx.groups)
+            scale = rstd[..., None] * gamma.view(per_channel[1:])  # [B, groups, C/groups]
+            shift = beta.view(per_channel[1:]) - mean[..., None] * scale
+            view = (batch, channels, 1, 1, 1)
+            grad_weight = normalised_conv_weight_grad(
+                grad_out, x, scale.view(view), shift.view(view), weight
+            )
+        grad_normalised = F.conv_transpose3d(grad_out, weight, padding=1)
+        grad_x, grad_gamma, grad_beta = group_norm_backward(
+            grad_normalised, x, mean, rstd, gamma, ctx.groups, ctx.needs_input_grad[0]
+        )
+        return grad_x, grad_gamma, grad_beta, grad_weight, None, None
