@@ -59,8 +59,8 @@ def description_name(target: str, relation: str, reference: str) -> str:
 
     The original uses two formats: its visualize.py names the outputs this way, while its data
     generator stores the relevancy of the sentence "{T} {R} a {Ref}" (data.md 1.4), which is
-    `scene_file.sentence`. The name here is only for people and file names; anything a network
-    reads (clip_spatial's sentence relevancy) uses `scene_file.sentence`.
+    `scene_file.relevancy_sentence`. The name here is only for people and file names; anything a network
+    reads (clip_spatial's sentence relevancy) uses `scene_file.relevancy_sentence`.
     """
     return f"the {target} {relation} the {reference}"
 
@@ -109,13 +109,13 @@ def relevancy_labels(frame: Frame, approach: str) -> list[str]:
     set-union, sorted here for repeatability), plus whole sentences for clip_spatial.
 
     clip_spatial networks were trained on the relevancy of the stored sentence "{T} {R} a {Ref}"
-    (`scene_file.sentence`, data.md 1.4), so that is the label here, not `description_name`
+    (`scene_file.relevancy_sentence`, data.md 1.4), so that is the label here, not `description_name`
     (the original's visualize.py never ran clip_spatial)."""
     labels = set(frame.classes)
     for target, relation, reference in frame.descriptions:
         labels |= {target, reference}
         if approach == "clip_spatial":
-            labels.add(scene_file.sentence(target, relation, reference))
+            labels.add(scene_file.relevancy_sentence(target, relation, reference))
     return sorted(labels)
 
 
@@ -200,7 +200,7 @@ def vool_batch(
         batch["target_obj_text_features"] = torch.from_numpy(inputs.text[target])[None, None]
         batch["reference_obj_text_features"] = torch.from_numpy(inputs.text[reference])[None, None]
     elif approach == "clip_spatial":
-        feats = inputs.features[scene_file.sentence(*description)][index]
+        feats = inputs.features[scene_file.relevancy_sentence(*description)][index]
         batch["input_description_saliency_pts"] = torch.from_numpy(feats)[None, None]
     else:
         batch["input_target_saliency_pts"] = torch.from_numpy(inputs.features[target][index])[

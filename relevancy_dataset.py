@@ -23,7 +23,7 @@ import relevancy
 import scene_file
 from inputs import CLIP_TEXT_DIM
 from saliency import saliency_config
-from scene_file import SENTENCE_KEYS, SceneFile, class_name, sentence
+from scene_file import RGB_KEYS, SENTENCE_KEYS, SceneFile, class_name, relevancy_sentence
 from utils import InputError, remove_stale_temp_files
 from vocab import SALIENCY_CONFIGS, SYNONYMS
 
@@ -81,14 +81,16 @@ def scene_labels(scene: SceneFile) -> tuple[list[str], list[str] | None]:
     names = scene.object_classes()
     labels, visible = set(names), None
     if scene.has_segmentation() and scene.has_ground_truth():
-        in_view = set(np.unique(scene.deref("seg")).astype(int)) - {-1}
-        in_points = set(np.unique(scene.deref("full_objid_pts")).astype(int)) - {-1}
+        in_view = set(np.unique(scene.segmentation()).astype(int)) - {-1}
+        in_points = set(np.unique(scene.ground_truth()[1]).astype(int)) - {-1}
         visible = sorted({names[i] for i in in_view & in_points if 0 <= i < len(names)})
         labels = set(visible)
     for target, relation, reference in scene_descriptions(scene):
-        labels |= {target, reference, sentence(target, relation, reference)}
+        labels |= {target, reference, relevancy_sentence(target, relation, reference)}
         labels.add(
-            sentence(SYNONYMS.get(target, target), relation, SYNONYMS.get(reference, reference))
+            relevancy_sentence(
+                SYNONYMS.get(target, target), relation, SYNONYMS.get(reference, reference)
+            )
         )
     labels = {class_name(label) for label in labels}
     labels |= {SYNONYMS[label] for label in labels if label in SYNONYMS}
@@ -105,9 +107,10 @@ def scene_descriptions(scene: SceneFile) -> list[tuple[str, str, str]]:
 
 def scene_rgbs(scene: SceneFile) -> dict[str, np.ndarray]:
     """{"rgb": uint8 frame, "domain_randomized_rgb": frame when it is a real image (data.md 1.5)}."""
-    rgbs = {"rgb": scene.rgb()}
+    plain, randomized = RGB_KEYS
+    rgbs = {plain: scene.rgb()}
     if scene.has_domain_randomized_rgb():
-        rgbs["domain_randomized_rgb"] = scene.rgb(domain_randomized=True)
+        rgbs[randomized] = scene.rgb(domain_randomized=True)
     return {name: rgb.astype(np.uint8) for name, rgb in rgbs.items()}  # stored as uint8
 
 
@@ -127,13 +130,13 @@ def oracle_maps(
         raise InputError(
             f"{scene.path}: --source oracle needs ground-truth segmentation (data/seg)"
         )
-    seg = scene.deref("seg")[0].astype(int)
+    seg = scene.segmentation().astype(int)
     names = scene.object_classes()
     originals = {synonym: name for name, synonym in SYNONYMS.items()}
     targets = {}
     for t, r, ref in scene_descriptions(scene):
-        targets[sentence(t, r, ref)] = targets[
-            sentence(SYNONYMS.get(t, t), r, SYNONYMS.get(ref, ref))
+        targets[relevancy_sentence(t, r, ref)] = targets[
+            relevancy_sentence(SYNONYMS.get(t, t), r, SYNONYMS.get(ref, ref))
         ] = t
     maps = []
     for label in labels:

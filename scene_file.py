@@ -87,10 +87,6 @@ def relevancy_rgb_key(domain_randomized: bool) -> str:
     return RGB_KEYS[domain_randomized]
 
 
-# Transitional: generate_relevancy.py (not in this change) still imports the old name; drop this
-# line once it imports relevancy_sentence.
-sentence = relevancy_sentence
-
 # --------------------------------------------------------------------------------------------------
 # one scene file
 

@@ -8,6 +8,7 @@ from net_fixtures import APPROACHES, RELATIONS, random_batch, small_network
 
 import net
 import unet3d
+import unet3d_backward
 
 STATE_DICTS = {
     "ovssc_ours": ("ovssc", "semantic_abstraction"),
@@ -95,7 +96,7 @@ def test_unet_activation_checkpointing_gives_same_outputs_and_gradients():
 def test_fused_single_conv_equals_groupnorm_conv_relu_modules(
     monkeypatch, activation, input_grad, channels_last, own_backward
 ):
-    monkeypatch.setattr(unet3d, "OWN_BACKWARD_MIN_VOXELS", 0 if own_backward else 10**9)
+    monkeypatch.setattr(unet3d_backward, "OWN_BACKWARD_MIN_VOXELS", 0 if own_backward else 10**9)
     torch.manual_seed(0)
     block = unet3d.SingleConv(8, 6, num_groups=4, activation=activation)
     plain = torch.nn.Sequential(*block.children())  # the same modules, run one after the other
@@ -116,20 +117,22 @@ def test_fused_single_conv_equals_groupnorm_conv_relu_modules(
         torch.testing.assert_close(got, want, atol=1e-4, rtol=1e-5)
 
 
-@pytest.mark.parametrize("chunk_bytes", [unet3d.WEIGHT_GRAD_CHUNK_BYTES, 4 * 6 * 2 * 20])
+@pytest.mark.parametrize("chunk_bytes", [unet3d_backward.WEIGHT_GRAD_CHUNK_BYTES, 4 * 6 * 2 * 20])
 def test_conv3d_weight_grad_equals_convolution_backward(monkeypatch, chunk_bytes):
     # The second size makes chunks of 40 rows: the 2 x 7 x 8 x 9 padded rows span 26 of them.
-    monkeypatch.setattr(unet3d, "WEIGHT_GRAD_CHUNK_BYTES", chunk_bytes)
+    monkeypatch.setattr(unet3d_backward, "WEIGHT_GRAD_CHUNK_BYTES", chunk_bytes)
     g = torch.Generator().manual_seed(4)
     x = torch.randn(2, 5, 5, 6, 7, dtype=torch.float64, generator=g)
     weight = torch.randn(6, 5, 3, 3, 3, dtype=torch.float64, generator=g)
     grad_out = torch.randn(2, 6, 5, 6, 7, dtype=torch.float64, generator=g)
-    chunk, num_grad_rows, num_input_rows = unet3d.weight_grad_layout(x.shape, out_channels=6)
+    chunk, num_grad_rows, num_input_rows = unet3d_backward.weight_grad_layout(
+        x.shape, out_channels=6
+    )
     assert num_grad_rows % chunk == 0 and num_grad_rows >= 2 * 7 * 8 * 9
-    input_rows, input_volumes = unet3d.padded_rows(x.shape, 5, num_input_rows, x)
+    input_rows, input_volumes = unet3d_backward.padded_volume_rows(x.shape, 5, num_input_rows, x)
     input_volumes[:, :, 1:-1, 1:-1, 1:-1] = x
     assert input_rows[0].abs().sum() == 0 and input_rows[-1].abs().sum() == 0  # border, spare rows
-    got = unet3d.conv3d_weight_grad(grad_out, input_rows)
+    got = unet3d_backward.conv3d_weight_grad(grad_out, input_rows)
     expected = torch.ops.aten.convolution_backward(
         grad_out,
         x,
