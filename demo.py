@@ -55,9 +55,9 @@ ORACLE_NOTICE = (
 
 def clip_weights_available() -> bool:
     """True when open_clip's ViT-B-32 OpenAI weights are already on this machine (no download)."""
-    import relevancy
+    import clip_weights
 
-    return relevancy.cached_weights("ViT-B-32", "openai") is not None
+    return clip_weights.cached_weights("ViT-B-32", "openai") is not None
 
 
 class Pipeline:
@@ -116,7 +116,7 @@ def generate_relevancy(pipeline: Pipeline, source: str) -> None:
         "2/6 relevancy",
         [],  # resumable by itself: scenes that have their maps are skipped
         ["generate_relevancy.py", "dataset", str(pipeline.data), "--source", source,
-         "--configs", "ours"],
+         "--saliency-config", "ours"],
     )  # fmt: skip
 
 

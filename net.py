@@ -37,10 +37,9 @@ from torch import nn
 from geometry import DEFAULT_SCENE_BOUNDS, DEFAULT_VOXEL_SHAPE
 from grid import VirtualGrid
 from inputs import CLIP_TEXT_DIM
-from options import POINTING_METHODS
 from unet3d import ResidualUNet3D, maybe_checkpoint
 from utils import InputError
-from vocab import NETWORK_INPUTS, PAD, RELATIONS
+from vocab import NETWORK_INPUTS, PAD, POINTING_METHODS, RELATIONS
 
 SPATIAL_RELATIONS = (*RELATIONS, PAD)  # one learned embedding each (models.md 2.3)
 

@@ -23,9 +23,8 @@ import fixes
 from geometry import DEFAULT_SCENE_BOUNDS, DEFAULT_VOXEL_SHAPE
 from schedules import SCHEDULES
 from utils import InputError, atomic_path
-from vocab import APPROACHES, NETWORK_INPUTS, SALIENCY_CONFIGS
+from vocab import APPROACHES, NETWORK_INPUTS, POINTING_METHODS, SALIENCY_CONFIGS
 
-POINTING_METHODS = ("cosine_sim", "dot_product", "additive")
 ARGS_FILE = "args.pkl"
 
 

@@ -40,3 +40,4 @@ SALIENCY_CONFIGS = ("ours", "chefer_et_al")
 # The six VOOL spatial relations (models.md 2.3); padded descriptions use PAD as their relation
 RELATIONS = ("in", "behind", "in front of", "on the left of", "on the right of", "on")
 PAD = "[pad]"  # name and relation of a padded VOOL description (data.md 3.4 step 3)
+POINTING_METHODS = ("cosine_sim", "dot_product", "additive")  # --pointing_method (models.md 2.3)
