@@ -186,6 +186,7 @@ def test_semantic_aware_vool_evaluates_chunked(data, tmp_path, tiny_models, monk
         pickle.dumps({SPLITS[1]: [str(data / n) for n in lists[SPLITS[1]]]})
     )
     data = one
+    (tmp_path / "vool.pth").touch()  # eval_config checks that --load exists; saved below
     cli = eval_script.parser().parse_args(
         [*map(str, eval_argv(data, tmp_path / "vool.pth", "vool")), "--approach", "semantic_aware"]
         + TINY
