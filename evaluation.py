@@ -39,6 +39,7 @@ import contextlib
 import logging
 import os
 import signal
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -311,17 +312,46 @@ def ignore_interrupt_worker(worker_id: int) -> None:
 
 
 @contextlib.contextmanager
-def scene_batches(loader: torch.utils.data.DataLoader, bar: tqdm):
-    """Iterate the loader; on any exit stop its workers before the caller goes on (so nothing
-    they print follows an error or "interrupted" line), and on an error clear the progress bar."""
-    batches = iter(loader)
+def sigint_deferred():
+    """Hold Ctrl-C back until the block ends, then raise its KeyboardInterrupt: a DataLoader
+    iterator interrupted while it starts its workers leaves them running (and a traceback from its
+    cleanup), and an interrupt inside fork's handlers is dropped. Main thread only (signal.signal)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    caught = []
+    previous = signal.signal(signal.SIGINT, lambda signum, frame: caught.append(signum))
     try:
-        yield batches
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    if caught:
+        raise KeyboardInterrupt
+
+
+@contextlib.contextmanager
+def progress_bar(**tqdm_args):
+    """A tqdm bar, cleared when an error or Ctrl-C leaves the block (so its line stands alone)."""
+    bar = tqdm(**tqdm_args)
+    try:
+        yield bar
     except BaseException:
         bar.leave = False
         raise
     finally:
         bar.close()
+
+
+@contextlib.contextmanager
+def scene_batches(loader: torch.utils.data.DataLoader):
+    """Iterate the loader; on any exit stop its workers before the caller goes on, so nothing they
+    print follows an error or "interrupted" line."""
+    batches = None
+    try:
+        with sigint_deferred():
+            batches = iter(loader)
+        yield batches
+    finally:
         shutdown = getattr(batches, "_shutdown_workers", None)  # only with workers
         if shutdown is not None:
             shutdown()
@@ -339,7 +369,7 @@ def evaluate_split(scorer: Scorer, data, split: str, args, procs) -> pd.DataFram
         pin_memory=procs.device.type == "cuda",
     )
     running = RunningIoU(PROGRESS_COLUMN, args.cutoffs)
-    bar = tqdm(
+    progress = progress_bar(
         total=len(indices),
         unit="scene",
         desc=f"{split} (rank 0 of {procs.world_size})" if procs.ddp else split,
@@ -347,7 +377,7 @@ def evaluate_split(scorer: Scorer, data, split: str, args, procs) -> pd.DataFram
         dynamic_ncols=True,
     )
     parts = []
-    with scene_batches(loader, bar) as batches:
+    with progress as bar, scene_batches(loader) as batches:
         for index, batch in zip(indices, batches):
             frame = score_scene(scorer, training.to_device(batch, procs.device), args)
             parts.append((index, frame))
