@@ -51,7 +51,7 @@ from lamb import Lamb
 from processes import Processes, seed_all, setup_processes, teardown_processes
 from schedules import SCHEDULES
 from tasks import Task
-from utils import InputError, atomic_path, run_app
+from utils import InputError, atomic_path, remove_stale_temp_files, run_app
 
 log = logging.getLogger("semabs.train")
 
@@ -67,6 +67,9 @@ TQDM_RATES = ("iou", "precision", "recall")
 
 def check_data(file_path: str, task: str, saliency_config: str) -> dict[str, list[str]]:
     """Split lists of --file_path, refusing with one line what training cannot read."""
+    if not Path(file_path).is_dir():
+        problem = "is not a folder" if Path(file_path).exists() else "does not exist"
+        raise InputError(f"--file_path {file_path} {problem}")
     split_file = Path(file_path) / scene_file.SPLIT_FILES[task]
     if not split_file.is_file():
         raise InputError(
@@ -366,6 +369,11 @@ def grad_norm(model: nn.Module) -> float:
     return torch.norm(torch.stack(norms), 2).item() if norms else 0.0
 
 
+def weights_finite(model: nn.Module) -> bool:
+    """No parameter holds nan or inf (one device sync)."""
+    return bool(torch.stack([torch.isfinite(p).all() for p in model.parameters()]).all())
+
+
 def describe(stats: dict[str, float]) -> str:
     return " ".join(
         f"{k}: {v * 100:.2f}" if any(r in k for r in TQDM_RATES) else f"{k}: {v:.4e}"
@@ -464,7 +472,9 @@ class Trainer:
                     f"training stopped in epoch {position.epoch}, split {split}, batch {index}: "
                     f"{type(error).__name__}: {error}"
                 ) from error
-            stats = reduce_stats(stats, self.procs)
+            stats = reduce_stats(stats, self.procs)  # every rank sees a nan loss of any rank
+            if train:
+                self.check_finite(stats["loss"], position.epoch)
             frames.append(gather_frames(frame, self.procs))
             history.append(stats)
             bar.set_description(describe(stats))
@@ -484,6 +494,22 @@ class Trainer:
                 writer.add_scalar(f"{key}_mean", np.nanmean([h[key] for h in history]), steps)
             writer.flush()
         return (pd.concat(frames) if frames else pd.DataFrame()), complete
+
+    def check_finite(self, loss: float, epoch: int) -> None:
+        """Stop the run when a training step left a non-finite loss (fp32/bf16: under fp16 the
+        gradient scaler skips such steps itself) or non-finite weights, before anything is saved.
+        Under DDP the loss is the ranks' mean and the weights are alike, so every rank stops."""
+        if self.scaler is None and not math.isfinite(loss):
+            problem = f"loss is {loss}"
+        elif not weights_finite(self.bare):
+            problem = "the weights are not finite"
+        else:
+            return
+        raise InputError(
+            f"training stopped: {problem} at epoch {epoch}, step {int(self.bare.steps.item())}; "
+            f"no checkpoint written for this state (try a lower --lr; the last saved state is in "
+            f"{self.args.log})"
+        )
 
     def save(self, path: Path, position: Position) -> None:
         save_state(path, self.model, self.optimizer, self.scheduler, self.scaler, position)
@@ -559,12 +585,26 @@ def train(
         trainer, datasets, position = setup(task, args, procs, network_overrides)
         trainer.stop_after_steps, trainer.deadline = stop_after_steps, deadline
         try:
-            return run_epochs(trainer, datasets, position)
+            position = run_epochs(trainer, datasets, position)
         finally:
             for writer in trainer.writers.values():
                 writer.close()
+        if procs.main and deadline is not None and time.monotonic() > deadline:
+            print(out_of_time_line(args, max_seconds, position, trainer.bare), flush=True)
+        return trainer.bare
     finally:
         teardown_processes()
+
+
+def out_of_time_line(
+    args: argparse.Namespace, max_seconds: float, position: Position, model: nn.Module
+) -> str:
+    """The closing line of a run stopped by --max_minutes: where it stopped and how to go on."""
+    latest = Path(args.log) / "latest.pth"
+    return (
+        f"stopped after --max_minutes {max_seconds / 60:g} at epoch {position.epoch}, step "
+        f"{int(model.steps.item())}; saved {latest} (resume with the same command and --load {latest})"
+    )
 
 
 def setup(
@@ -577,6 +617,9 @@ def setup(
     if args.use_amp and procs.device.type != "cuda":
         raise InputError("--use_amp needs CUDA; drop it or use --device cuda")
     check_log_dir(log_dir)
+    if procs.main:
+        for stale in remove_stale_temp_files(log_dir):
+            print(f"removed {stale}, left by an interrupted run", flush=True)
     check_resume_args(args, log_dir)
     lists = check_data(args.file_path, task.name, args.saliency_config)
     seed_all(args.seed + procs.rank)
@@ -616,10 +659,20 @@ def setup(
     return trainer, datasets, position
 
 
-def run_epochs(trainer: Trainer, datasets: dict, position: Position) -> nn.Module:
+def splits_due(datasets: dict, epoch: int, position: Position, eval_freq: int) -> list[str]:
+    """The splits epoch `epoch` still runs from `position`: train unless done, then the evaluation
+    splits every --eval_freq epochs."""
+    due = [] if position.train_done else ["train"]
+    if every(epoch, eval_freq):
+        due += EVAL_SPLITS
+    return [split for split in due if split in datasets]
+
+
+def run_epochs(trainer: Trainer, datasets: dict, position: Position) -> Position:
     """The epoch loop of train-eval.md 1.6 from `position`: train, then the evaluation splits every
-    --eval_freq epochs; latest.pth after each split, ckpt_<epoch>.pth every --save_freq epochs, the
-    rows of every split appended to detailed_stats.pkl. -> the bare network."""
+    --eval_freq epochs; the rows of every split appended to detailed_stats.pkl; latest.pth after
+    training and at the end of each epoch (`end_epoch`), with ckpt_<epoch>.pth every --save_freq
+    epochs. -> where the run stopped."""
     args, procs = trainer.args, trainer.procs
     log_dir = Path(args.log)
     stats_path = log_dir / "detailed_stats.pkl"
@@ -630,38 +683,45 @@ def run_epochs(trainer: Trainer, datasets: dict, position: Position) -> nn.Modul
         if position.epoch != epoch:
             position = Position(epoch=epoch)
         log.info("========== EPOCH %d ==========", epoch)
-        epoch_frames = []
-        for split in ("train", *EVAL_SPLITS):
-            if split not in datasets:
-                continue
-            if split == "train" and position.train_done:
-                continue
-            if split != "train" and not every(epoch, args.eval_freq):
-                continue
+        epoch_frames, splits = [], splits_due(datasets, epoch, position, args.eval_freq)
+        for split in splits:
             frame, complete = trainer.run_split(split, datasets[split], position)
             if split == "train":
                 position.train_done = complete
-            after = position if split == "train" else Position(epoch=epoch + 1)
+                if procs.main:
+                    trainer.save(log_dir / "latest.pth", position)
+                if trainer.stopped():
+                    return position
+            epoch_frames.append(frame.assign(epoch=epoch, split=split))
             if procs.main:
-                trainer.save(log_dir / "latest.pth", after)
-            if trainer.stopped():
-                return trainer.bare
-            frame = frame.assign(epoch=epoch, split=split)
-            epoch_frames.append(frame)
-            if procs.main:
-                all_stats.append(frame)
+                all_stats.append(epoch_frames[-1])
                 atomic_pickle(pd.concat(all_stats), stats_path)
         if procs.main and epoch_frames:
             rows = metrics.epoch_summary(
                 pd.concat(epoch_frames), fix_rate_argmin=args.fix_rate_argmin
             )
             print(metrics.format_epoch_summary(rows), flush=True)
-        if procs.main and (every(epoch, args.save_freq) or epoch == args.epochs - 1):
-            path = log_dir / f"ckpt_{epoch}.pth"
-            trainer.save(path, Position(epoch=epoch + 1))
-            log.info("Saved checkpoint to %s", path)
+        evaluated = any(split != "train" for split in splits)
+        if procs.main:
+            end_epoch(trainer, epoch, move_latest=evaluated or trainer.stopped())
         position = Position(epoch=epoch + 1)
-    return trainer.bare
+        if trainer.stopped():
+            return position
+    return position
+
+
+def end_epoch(trainer: Trainer, epoch: int, move_latest: bool) -> None:
+    """ckpt_<epoch>.pth when --save_freq (or the last epoch) asks for it, then latest.pth past the
+    epoch, in this order: a run killed between the two still resumes inside the epoch and writes the
+    periodic checkpoint (where the original's order lost it). latest.pth moves only after
+    evaluation or a stop; otherwise training's latest.pth already holds this state."""
+    args, log_dir, after = trainer.args, Path(trainer.args.log), Position(epoch=epoch + 1)
+    if every(epoch, args.save_freq) or epoch == args.epochs - 1:
+        path = log_dir / f"ckpt_{epoch}.pth"
+        trainer.save(path, after)
+        log.info("Saved checkpoint to %s", path)
+    if move_latest:
+        trainer.save(log_dir / "latest.pth", after)
 
 
 def main(task: Task, argv: list[str] | None = None) -> None:
