@@ -55,8 +55,8 @@ def load_failure(error: Exception) -> str:
     if refusal is not None:
         detail = refusal[1].split(" was not an allowed global")[0].strip()
         return f"torch's weights-only loader refused it: {detail}"
-    first_line = text.splitlines()[0] if text else ""
-    return f"{type(error).__name__}: {first_line}" if first_line else type(error).__name__
+    first_sentence = text.splitlines()[0].split(". ")[0] if text else ""
+    return f"{type(error).__name__}: {first_sentence}" if first_sentence else type(error).__name__
 
 
 def non_finite_entry(state: Mapping, prefix: str = "") -> str | None:

@@ -505,10 +505,11 @@ class Trainer:
             problem = "the weights are not finite"
         else:
             return
+        latest = Path(self.args.log) / "latest.pth"
+        saved = f"{latest} holds the last saved state" if latest.is_file() else "nothing was saved"
         raise InputError(
             f"training stopped: {problem} at epoch {epoch}, step {int(self.bare.steps.item())}; "
-            f"no checkpoint written for this state (try a lower --lr; the last saved state is in "
-            f"{self.args.log})"
+            f"no checkpoint written for this state ({saved}; try a lower --lr)"
         )
 
     def save(self, path: Path, position: Position) -> None:

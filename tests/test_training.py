@@ -25,6 +25,7 @@ import tasks
 import train_ovssc
 import training
 from checkpoint import read_checkpoint
+from utils import InputError
 
 REPO = Path(__file__).resolve().parents[1]
 TASKS = tasks.TASKS
@@ -334,3 +335,70 @@ def test_step_errors_stop_training_with_the_place(data, tmp_path):
     task = dataclasses.replace(tasks.OVSSC, loss_fn=broken)
     with pytest.raises(RuntimeError, match="epoch 0, split train, batch 0: ValueError: boom"):
         training.train(task, args_for("ovssc", folder, tmp_path / "b", "--epochs", "1"))
+
+
+def test_file_path_that_does_not_exist(tmp_path, capsys):
+    argv = ["--file_path", str(tmp_path / "nowhere"), "--log", str(tmp_path / "log"), *TINY]
+    err = run_main(train_ovssc.main, argv, capsys)
+    assert err == f"error: --file_path {tmp_path / 'nowhere'} does not exist"
+
+
+# -- non-finite runs stop before anything non-finite is saved
+
+
+def nan_loss(logits, batch, args):
+    loss, *rest = tasks.OVSSC.loss_fn(logits, batch, args)
+    return (loss * float("nan"), *rest)
+
+
+def test_a_nan_loss_stops_training_naming_epoch_and_step(data, tmp_path):
+    task = dataclasses.replace(tasks.OVSSC, loss_fn=nan_loss)
+    log = tmp_path / "nan"
+    with pytest.raises(InputError) as error:
+        training.train(task, args_for("ovssc", with_splits(data, 1, 0), log, "--epochs", "1"))
+    assert str(error.value) == (
+        "training stopped: loss is nan at epoch 0, step 1; no checkpoint written for this state "
+        "(nothing was saved; try a lower --lr)"
+    )
+    assert not list(log.glob("*.pth"))
+
+
+def test_a_learning_rate_that_blows_up_stops_with_one_line(data, tmp_path, capsys):
+    log = tmp_path / "blow"
+    argv = ["--file_path", str(with_splits(data, 2, 0)), "--log", str(log), *TINY]
+    argv += ["--lr", "1e30", "--num_warmup_steps", "0", "--epochs", "3"]
+    assert run_main(train_ovssc.main, argv, capsys) == (
+        "error: training stopped: loss is nan at epoch 0, step 2; no checkpoint written for this "
+        "state (nothing was saved; try a lower --lr)"
+    )
+    assert not list(log.glob("*.pth"))
+
+
+def test_non_finite_weights_stop_training_and_the_last_checkpoint_stays_finite(
+    data, tmp_path, monkeypatch
+):
+    """Two epochs of one scene; the second epoch's step leaves a nan weight (with a finite loss):
+    the run stops there and latest.pth keeps epoch 0's weights."""
+    original_step = training.Trainer.step
+
+    def poisoned_step(self, batch, cutoffs, train):
+        result = original_step(self, batch, cutoffs, train)
+        if train and self.bare.steps.item() == 2:
+            with torch.no_grad():
+                next(self.bare.parameters()).view(-1)[0] = float("nan")
+        return result
+
+    monkeypatch.setattr(training.Trainer, "step", poisoned_step)
+    log = tmp_path / "w"
+    with pytest.raises(InputError) as error:
+        training.train(
+            tasks.OVSSC, args_for("ovssc", with_splits(data, 1, 0), log, "--epochs", "2")
+        )
+    assert str(error.value) == (
+        "training stopped: the weights are not finite at epoch 1, step 2; no checkpoint written "
+        f"for this state ({log / 'latest.pth'} holds the last saved state; try a lower --lr)"
+    )
+    latest = read_checkpoint(log / "latest.pth")
+    assert latest["net"]["steps"].item() == 1
+    assert all(torch.isfinite(v).all() for v in latest["net"].values() if v.is_floating_point())
+    assert sorted(p.name for p in log.glob("*.pth")) == ["ckpt_0.pth", "latest.pth"]
