@@ -6,10 +6,12 @@ import dataclasses
 import math
 import os
 import pickle
+import shutil
 import subprocess
 import sys
 from pathlib import Path
 
+import h5py
 import numpy as np
 import pytest
 import torch
@@ -402,3 +404,29 @@ def test_non_finite_weights_stop_training_and_the_last_checkpoint_stays_finite(
     assert latest["net"]["steps"].item() == 1
     assert all(torch.isfinite(v).all() for v in latest["net"].values() if v.is_floating_point())
     assert sorted(p.name for p in log.glob("*.pth")) == ["ckpt_0.pth", "latest.pth"]
+
+
+# -- a worker's data error is the same one line as in the main process
+
+
+def with_broken_scene(root: Path, folder: Path) -> Path:
+    """Two train scenes of root copied into folder, the second without its relevancy block."""
+    folder.mkdir()
+    names = pickle.loads((root / "ssc_split.pkl").read_bytes())["train"][:2]
+    for name in names:
+        shutil.copy(root / name, folder / name)
+    with h5py.File(folder / names[1], "a") as scene:
+        del scene["data/saliencies/rgb|ours"]
+    for split_file in ("ssc_split.pkl", "vool_split.pkl"):
+        (folder / split_file).write_bytes(pickle.dumps({"train": names}))
+    return folder
+
+
+def test_a_data_error_in_a_worker_is_the_workers_one_line(data, tmp_path, capsys):
+    folder = with_broken_scene(data, tmp_path / "broken")
+    lines = []
+    for workers in ("0", "1"):
+        argv = ["--file_path", str(folder), "--log", str(tmp_path / f"log{workers}"), *TINY]
+        lines.append(run_main(train_ovssc.main, [*argv, "--num_workers", workers], capsys))
+    assert lines[0] == lines[1] and "Caught" not in lines[1]
+    assert lines[1].startswith(f"error: {folder}") and ": no relevancy" in lines[1]
