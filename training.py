@@ -660,69 +660,67 @@ def setup(
     return trainer, datasets, position
 
 
-def splits_due(datasets: dict, epoch: int, position: Position, eval_freq: int) -> list[str]:
-    """The splits epoch `epoch` still runs from `position`: train unless done, then the evaluation
-    splits every --eval_freq epochs."""
-    due = [] if position.train_done else ["train"]
-    if every(epoch, eval_freq):
-        due += EVAL_SPLITS
-    return [split for split in due if split in datasets]
-
-
 def run_epochs(trainer: Trainer, datasets: dict, position: Position) -> Position:
-    """The epoch loop of train-eval.md 1.6 from `position`: train, then the evaluation splits every
-    --eval_freq epochs; the rows of every split appended to detailed_stats.pkl; latest.pth after
-    training and at the end of each epoch (`end_epoch`), with ckpt_<epoch>.pth every --save_freq
-    epochs. -> where the run stopped."""
+    """The epoch loop of train-eval.md 1.6 from `position`; -> where the run stopped.
+
+    Each epoch: train (latest.pth after it), ckpt_<epoch>.pth every --save_freq epochs and after
+    the last, the evaluation splits every --eval_freq epochs, and latest.pth past the epoch once it
+    was evaluated (without evaluation, training's latest.pth already holds this state). The rows of
+    every split go to detailed_stats.pkl. The periodic checkpoint is written before evaluation
+    (which leaves the weights as they are) and before latest.pth moves past the epoch: a run killed
+    while writing it resumes inside the epoch and writes it again, where the original, writing it
+    last, lost it."""
     args, procs = trainer.args, trainer.procs
     log_dir = Path(args.log)
-    stats_path = log_dir / "detailed_stats.pkl"
-    all_stats = (
-        [pd.read_pickle(stats_path)] if (args.load and stats_path.is_file() and procs.main) else []
-    )
+    stats = StatsFile(log_dir / "detailed_stats.pkl", resume=bool(args.load), main=procs.main)
     for epoch in range(position.epoch, args.epochs):
         if position.epoch != epoch:
             position = Position(epoch=epoch)
         log.info("========== EPOCH %d ==========", epoch)
-        epoch_frames, splits = [], splits_due(datasets, epoch, position, args.eval_freq)
-        for split in splits:
-            frame, complete = trainer.run_split(split, datasets[split], position)
-            if split == "train":
-                position.train_done = complete
-                if procs.main:
-                    trainer.save(log_dir / "latest.pth", position)
-                if trainer.stopped():
-                    return position
-            epoch_frames.append(frame.assign(epoch=epoch, split=split))
+        epoch_frames = []
+        if not position.train_done:
+            frame, position.train_done = trainer.run_split("train", datasets["train"], position)
             if procs.main:
-                all_stats.append(epoch_frames[-1])
-                atomic_pickle(pd.concat(all_stats), stats_path)
+                trainer.save(log_dir / "latest.pth", position)
+            if trainer.stopped():
+                return position
+            epoch_frames.append(stats.add(frame, epoch, "train"))
+        after = Position(epoch=epoch + 1)
+        if procs.main and (every(epoch, args.save_freq) or epoch == args.epochs - 1):
+            trainer.save(log_dir / f"ckpt_{epoch}.pth", after)
+            log.info("Saved checkpoint to %s", log_dir / f"ckpt_{epoch}.pth")
+        evaluated = [s for s in EVAL_SPLITS if s in datasets and every(epoch, args.eval_freq)]
+        for split in evaluated:
+            frame, _ = trainer.run_split(split, datasets[split], position)
+            epoch_frames.append(stats.add(frame, epoch, split))
         if procs.main and epoch_frames:
             rows = metrics.epoch_summary(
                 pd.concat(epoch_frames), fix_rate_argmin=args.fix_rate_argmin
             )
             print(metrics.format_epoch_summary(rows), flush=True)
-        evaluated = any(split != "train" for split in splits)
-        if procs.main:
-            end_epoch(trainer, epoch, move_latest=evaluated or trainer.stopped())
-        position = Position(epoch=epoch + 1)
+        if procs.main and evaluated:
+            trainer.save(log_dir / "latest.pth", after)
+        position = after
         if trainer.stopped():
             return position
     return position
 
 
-def end_epoch(trainer: Trainer, epoch: int, move_latest: bool) -> None:
-    """ckpt_<epoch>.pth when --save_freq (or the last epoch) asks for it, then latest.pth past the
-    epoch, in this order: a run killed between the two still resumes inside the epoch and writes the
-    periodic checkpoint (where the original's order lost it). latest.pth moves only after
-    evaluation or a stop; otherwise training's latest.pth already holds this state."""
-    args, log_dir, after = trainer.args, Path(trainer.args.log), Position(epoch=epoch + 1)
-    if every(epoch, args.save_freq) or epoch == args.epochs - 1:
-        path = log_dir / f"ckpt_{epoch}.pth"
-        trainer.save(path, after)
-        log.info("Saved checkpoint to %s", path)
-    if move_latest:
-        trainer.save(log_dir / "latest.pth", after)
+class StatsFile:
+    """detailed_stats.pkl: every split's rows of the run, rewritten (atomically, on the main
+    process) as each split ends; a resumed run appends to the rows already there."""
+
+    def __init__(self, path: Path, resume: bool, main: bool):
+        self.path, self.main = path, main
+        self.frames = [pd.read_pickle(path)] if (resume and path.is_file() and main) else []
+
+    def add(self, frame: pd.DataFrame, epoch: int, split: str) -> pd.DataFrame:
+        """Tag a split's rows with epoch and split, store them; -> the tagged rows."""
+        frame = frame.assign(epoch=epoch, split=split)
+        if self.main:
+            self.frames.append(frame)
+            atomic_pickle(pd.concat(self.frames), self.path)
+        return frame
 
 
 def main(task: Task, argv: list[str] | None = None) -> None:

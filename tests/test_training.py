@@ -430,3 +430,50 @@ def test_a_data_error_in_a_worker_is_the_workers_one_line(data, tmp_path, capsys
         lines.append(run_main(train_ovssc.main, [*argv, "--num_workers", workers], capsys))
     assert lines[0] == lines[1] and "Caught" not in lines[1]
     assert lines[1].startswith(f"error: {folder}") and ": no relevancy" in lines[1]
+
+
+# -- write order and closing lines
+
+
+class Killed(BaseException):
+    """Stands for a SIGKILL in the middle of a write."""
+
+
+def test_a_run_killed_writing_a_periodic_checkpoint_writes_it_on_resume(
+    data, tmp_path, monkeypatch
+):
+    """Killed while writing ckpt_0.pth (epoch 0 is evaluated: --eval_freq 5), the resumed run must
+    still write ckpt_0.pth: latest.pth may not have moved past epoch 0 before it."""
+    folder, log = with_splits(data, 1, 1), tmp_path / "run"
+    real_save, kills = training.checkpoint.save_checkpoint, []
+
+    def save_killed_once(path, *args, **kwargs):
+        if Path(path).name == "ckpt_0.pth" and not kills:
+            kills.append(path)
+            raise Killed
+        real_save(path, *args, **kwargs)
+
+    monkeypatch.setattr(training.checkpoint, "save_checkpoint", save_killed_once)
+    with pytest.raises(Killed):
+        training.train(tasks.OVSSC, args_for("ovssc", folder, log, "--epochs", "2"))
+    assert read_checkpoint(log / "latest.pth")["position"]["epoch"] == 0
+    resumed = args_for("ovssc", folder, log, "--epochs", "2", "--load", str(log / "latest.pth"))
+    training.train(tasks.OVSSC, resumed)
+    first, last = read_checkpoint(log / "ckpt_0.pth"), read_checkpoint(log / "ckpt_1.pth")
+    assert (first["epochs"], first["net"]["steps"].item()) == (1, 1)
+    assert (last["epochs"], last["net"]["steps"].item()) == (2, 2)
+    frame = training.pd.read_pickle(log / "detailed_stats.pkl")
+    evaluated = frame[(frame["split"] == "unseen_instances") & (frame["epoch"] == 0)]
+    assert len(evaluated) and not evaluated[["scene_id", "label", "cutoff"]].duplicated().any()
+
+
+def test_max_minutes_ends_with_a_line_saying_where_and_how_to_resume(data, tmp_path, capsys):
+    log = tmp_path / "timed"
+    argv = ["--file_path", str(with_splits(data, 2, 0)), "--log", str(log), *TINY]
+    train_ovssc.main([*argv, "--max_minutes", "0.001"])
+    latest = log / "latest.pth"
+    assert capsys.readouterr().out.strip().splitlines()[-1] == (
+        f"stopped after --max_minutes 0.001 at epoch 0, step 1; saved {latest} "
+        f"(resume with the same command and --load {latest})"
+    )
+    assert read_checkpoint(latest)["position"] == {"epoch": 0, "batches": 1, "train_done": False}
