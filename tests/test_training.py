@@ -7,8 +7,10 @@ import math
 import os
 import pickle
 import shutil
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import h5py
@@ -477,3 +479,42 @@ def test_max_minutes_ends_with_a_line_saying_where_and_how_to_resume(data, tmp_p
         f"(resume with the same command and --load {latest})"
     )
     assert read_checkpoint(latest)["position"] == {"epoch": 0, "batches": 1, "train_done": False}
+
+
+def start_and_kill_while_writing_a_checkpoint(argv: list[str], log: Path, timeout=120) -> Path:
+    """Run train_ovssc.py, SIGKILL it while a ckpt_<epoch>.pth temporary file exists (latest.pth
+    exists by then); -> that file."""
+    command = [sys.executable, "train_ovssc.py", *argv]
+    process = subprocess.Popen(command, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + timeout
+    try:
+        while process.poll() is None and time.monotonic() < deadline:
+            written = [e.name for e in os.scandir(log)] if log.is_dir() else []
+            temps = [n for n in written if n.startswith(".ckpt_") and n.endswith(".tmp")]
+            if temps:
+                process.send_signal(signal.SIGKILL)
+                process.wait()
+                return log / temps[0]
+            time.sleep(0.0005)
+    finally:
+        process.kill()
+        process.wait()
+    pytest.fail(f"no checkpoint write was caught: {process.stderr.read().decode()[-2000:]}")
+
+
+def test_a_run_killed_mid_checkpoint_leaves_litter_that_the_resume_removes(data, tmp_path):
+    log = tmp_path / "killed"
+    argv = ["--file_path", str(with_splits(data, 1, 0)), "--log", str(log), *TINY]
+    argv += ["--eval_freq", "0", "--epochs", "500"]
+    stale = start_and_kill_while_writing_a_checkpoint(argv, log)
+    assert stale.exists()
+    epoch = read_checkpoint(log / "latest.pth")["position"]["epoch"]
+    argv[argv.index("500")] = str(epoch + 2)
+    resumed = subprocess.run(
+        [sys.executable, "train_ovssc.py", *argv, "--load", str(log / "latest.pth")],
+        cwd=REPO, capture_output=True, text=True, timeout=240,
+    )  # fmt: skip
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert f"removed {stale}, left by an interrupted run" in resumed.stdout.splitlines()
+    assert not stale.exists() and not list(log.glob(".*.tmp"))
+    assert read_checkpoint(log / f"ckpt_{epoch + 1}.pth")["epochs"] == epoch + 2
