@@ -7,8 +7,9 @@ or description, and query point), with the cutoffs its scores are thresholded at
 - `lifted_relevancy`: the visible answer with no completion of hidden parts. A query point takes the
   relevancy (x50, mean-subtracted: the last channel of OVSSC's `input_feature_pts`, VOOL's
   description-sentence `input_description_saliency_pts`) of the nearest input point within one voxel
-  of a 32^3 grid over scene_bounds (max extent / 32), else -inf. Its cutoffs sweep the relevancy
-  scale, so that summarize.py's best cutoff gives it its best case.
+  of a 32^3 grid over scene_bounds (max extent / 32), else -inf. Its cutoffs sweep the x50
+  relevancy scale from -1 to 2 in steps of 0.05 (stored relevancy is about +-0.02, so about +-1 at
+  x50; oracle masks are 1.0 inside), so that summarize.py's best cutoff gives it its best case.
 """
 
 from __future__ import annotations
@@ -82,7 +83,7 @@ BASELINES = {
     for b in (
         Baseline("all_in_frustum", all_in_frustum, np.array([0.0]), reads_relevancy=False),
         # relevancy x 50 minus the mean map: -20 ... 40 in steps of 1
-        Baseline("lifted_relevancy", lifted_relevancy, np.arange(-20, 41, 1.0), True),
+        Baseline("lifted_relevancy", lifted_relevancy, np.arange(-1.0, 2.0, 0.05).round(2), True),
     )
 }
 
