@@ -19,6 +19,7 @@ import pickle
 import time
 from dataclasses import replace
 from pathlib import Path
+from typing import Annotated
 
 import typer
 from tqdm import tqdm
@@ -176,37 +177,49 @@ def check_seed(option: str, seed: int, num_scenes: int = 1) -> None:
         )
 
 
-PRESET_HELP = (
-    "size preset: full (896x896, 1M points, 64^3 TSDF) or small (128x128, 40k points, 32^3)"
-)
+PresetOpt = Annotated[
+    str,
+    typer.Option(
+        help="size preset: full (896x896, 1M points, 64^3 TSDF) or small (128x128, 40k points, "
+        "32^3)"
+    ),
+]
+ImageSizeOpt = Annotated[
+    int | None, typer.Option(help="image height and width (overrides the preset)")
+]
 
 
 @app.command()
 def dataset(
-    out_dir: Path = typer.Argument(..., help="folder for the .hdf5 files and split pickles"),
-    num_scenes: int = typer.Option(100, help="number of seeds to generate"),
-    start_seed: int = typer.Option(0, help="first seed"),
-    preset: str = typer.Option("full", help=PRESET_HELP),
-    image_size: int = typer.Option(None, help="image height and width (overrides the preset)"),
-    num_output_pts: int = typer.Option(
-        None, help="ground-truth points per scene (overrides the preset)"
-    ),
-    tsdf_size: int = typer.Option(
-        None, help="stored TSDF grid size per axis (overrides the preset)"
-    ),
-    num_processes: int = typer.Option(1, help="worker processes"),
-    gzip_level: int = typer.Option(
-        4, help="gzip level of every dataset (the original used 9: same files, ~10x slower)"
-    ),
-    vis_seed: list[int] = typer.Option(
-        [], help="also write procedural_<seed>.pkl (visualize.py format) for this seed"
-    ),
+    out_dir: Annotated[Path, typer.Argument(help="folder for the .hdf5 files and split pickles")],
+    num_scenes: Annotated[int, typer.Option(help="number of seeds to generate")] = 100,
+    start_seed: Annotated[int, typer.Option(help="first seed")] = 0,
+    preset: PresetOpt = "full",
+    image_size: ImageSizeOpt = None,
+    num_output_pts: Annotated[
+        int | None, typer.Option(help="ground-truth points per scene (overrides the preset)")
+    ] = None,
+    tsdf_size: Annotated[
+        int | None, typer.Option(help="stored TSDF grid size per axis (overrides the preset)")
+    ] = None,
+    num_processes: Annotated[int, typer.Option(help="worker processes")] = 1,
+    gzip_level: Annotated[
+        int,
+        typer.Option(
+            help="gzip level of every dataset (the original used 9: same files, ~10x slower)"
+        ),
+    ] = 4,
+    vis_seed: Annotated[
+        list[int] | None,
+        typer.Option(help="also write procedural_<seed>.pkl (visualize.py format) for this seed"),
+    ] = None,
 ):
     """Generate scene files and ssc_split.pkl / vool_split.pkl in OUT_DIR."""
     check_counts(num_scenes=num_scenes, num_processes=num_processes)
     if not 0 <= gzip_level <= 9:
         raise InputError(f"--gzip-level must be in 0..9, got {gzip_level}")
     check_seed("--start-seed", start_seed, num_scenes)
+    vis_seed = vis_seed or []
     for seed in vis_seed:
         check_seed("--vis-seed", seed)
     options = scene_options(preset, image_size, num_output_pts, tsdf_size)
@@ -221,12 +234,12 @@ def dataset(
 
 @app.command("pickle")
 def pickle_command(
-    out_path: Path = typer.Argument(
-        ..., help="output .pkl (visualize.py scene format, data.md section 5)"
-    ),
-    seed: int = typer.Option(0, help="scene seed"),
-    preset: str = typer.Option("small", help=PRESET_HELP),
-    image_size: int = typer.Option(None, help="image height and width (overrides the preset)"),
+    out_path: Annotated[
+        Path, typer.Argument(help="output .pkl (visualize.py scene format, data.md section 5)")
+    ],
+    seed: Annotated[int, typer.Option(help="scene seed")] = 0,
+    preset: PresetOpt = "small",
+    image_size: ImageSizeOpt = None,
 ):
     """Write one generated scene as a visualization pickle (rgb, depth, cam_intr, cam_extr, classes,
     descriptions).

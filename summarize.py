@@ -35,6 +35,7 @@ import math
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Annotated
 
 import pandas as pd
 import typer
@@ -455,38 +456,54 @@ app = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
 
 @app.command()
 def main(
-    models_dir: Path = typer.Option(Path("models"), help="root of the released models/ layout"),
-    tables: str = typer.Option("ovssc,vool,nyu", help="comma-separated subset of ovssc,vool,nyu"),
-    format: str = typer.Option("rich", "--format", help="rich, markdown or csv"),
-    ovssc: list[str] = typer.Option(
-        [],
-        help=f"APPROACH=PATH stats file replacing the default; APPROACH in {', '.join(OVSSC_APPROACHES)}",
+    models_dir: Annotated[Path, typer.Option(help="root of the released models/ layout")] = Path(
+        "models"
     ),
-    vool: list[str] = typer.Option(
-        [], help=f"APPROACH=PATH; APPROACH in {', '.join(VOOL_APPROACHES)}"
-    ),
-    nyu: list[str] = typer.Option(
-        [], help=f"APPROACH=PATH; APPROACH in {', '.join(NYU_APPROACHES)}"
-    ),
-    thor_metric: str = typer.Option(THOR_METRIC, help="metric column of the THOR tables"),
-    nyu_metric: str = typer.Option(
-        NYU_METRIC,
-        help="metric column of the NYU table (eval.py writes voxel64x64x64_iou, not 60^3)",
-    ),
-    only_given: bool = typer.Option(
-        False, help="only the rows named with --ovssc/--vool/--nyu (no default files)"
-    ),
-    json_path: Path = typer.Option(
-        None, "--json", help="also write the tables' figures (IoU x 100, NaN as null) as JSON"
-    ),
+    tables: Annotated[
+        str, typer.Option(help="comma-separated subset of ovssc,vool,nyu")
+    ] = "ovssc,vool,nyu",
+    format: Annotated[str, typer.Option("--format", help="rich, markdown or csv")] = "rich",
+    ovssc: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="APPROACH=PATH stats file replacing the default; APPROACH in "
+            f"{', '.join(OVSSC_APPROACHES)}"
+        ),
+    ] = None,
+    vool: Annotated[
+        list[str] | None,
+        typer.Option(help=f"APPROACH=PATH; APPROACH in {', '.join(VOOL_APPROACHES)}"),
+    ] = None,
+    nyu: Annotated[
+        list[str] | None,
+        typer.Option(help=f"APPROACH=PATH; APPROACH in {', '.join(NYU_APPROACHES)}"),
+    ] = None,
+    thor_metric: Annotated[
+        str, typer.Option(help="metric column of the THOR tables")
+    ] = THOR_METRIC,
+    nyu_metric: Annotated[
+        str,
+        typer.Option(
+            help="metric column of the NYU table (eval.py writes voxel64x64x64_iou, not 60^3)"
+        ),
+    ] = NYU_METRIC,
+    only_given: Annotated[
+        bool, typer.Option(help="only the rows named with --ovssc/--vool/--nyu (no default files)")
+    ] = False,
+    json_path: Annotated[
+        Path | None,
+        typer.Option(
+            "--json", help="also write the tables' figures (IoU x 100, NaN as null) as JSON"
+        ),
+    ] = None,
 ) -> None:
     """Print the OVSSC THOR, FULL VOOL THOR and OVSSC NYU tables (train-eval.md section 3)."""
     if format not in FORMATS:
         raise InputError(f"--format must be one of {', '.join(FORMATS)}, got {format!r}")
     overrides = {
-        "ovssc": parse_overrides(ovssc, OVSSC_APPROACHES, "--ovssc"),
-        "vool": parse_overrides(vool, VOOL_APPROACHES, "--vool"),
-        "nyu": parse_overrides(nyu, NYU_APPROACHES, "--nyu"),
+        "ovssc": parse_overrides(ovssc or [], OVSSC_APPROACHES, "--ovssc"),
+        "vool": parse_overrides(vool or [], VOOL_APPROACHES, "--vool"),
+        "nyu": parse_overrides(nyu or [], NYU_APPROACHES, "--nyu"),
     }
     chosen = chosen_tables(tables, overrides, only_given)
     built, notes = summarize(models_dir, chosen, overrides, thor_metric, nyu_metric, only_given)
