@@ -173,8 +173,10 @@ def evaluate(pipeline: Pipeline) -> None:
             pipeline.run(
                 f"4/6 evaluate {task.upper()} baseline {baseline}",
                 [pipeline.eval_stats(task, baseline)],
-                ["eval.py", "--baseline", baseline, "--args", str(pipeline.log(task) / "args.pkl"),
-                 "--output", str(pipeline.eval_stats(task, baseline))],
+                ["eval.py", "--task", task, "--file_path", str(pipeline.data),
+                 "--baseline", baseline, "--args", str(pipeline.log(task) / "args.pkl"),
+                 "--output", str(pipeline.eval_stats(task, baseline)), "--device", pipeline.device,
+                 "--num_workers", "2"],
             )  # fmt: skip
 
 
