@@ -66,7 +66,7 @@ TRAINING = [
 # above the original's -2.5 ... -0.1, so the sweep goes on to +8 (summarize picks the best cutoff).
 NETWORK_CUTOFFS = ["-2.5", "8.0", "0.1"]
 BASELINES = ("lifted_relevancy", "all_in_frustum")  # eval.py --baseline NAME, summarize row keys
-SALIENCY_CONFIG = "ours"  # the relevancy maps generated, trained on and visualized
+SALIENCY_CONFIG = "ours"  # the relevancy maps generated (trained on and visualized by default)
 ORACLE_NOTICE = (
     "No CLIP weights on this machine: the relevancy maps are built from the ground-truth "
     "segmentation (--source oracle), an upper bound, [bold]not CLIP[/]. The numbers below "
@@ -211,8 +211,8 @@ def novel_room_scene(data: Path) -> Path:
 
 def visualize(pipeline: Pipeline, grid_size: int, num_frames: int, frame_size: int) -> None:
     """Per task: the inference dump of a novel-room scene from its HDF5 file, with the relevancy
-    stored there (the maps the network trained on: oracle or CLIP, never random CLIP weights),
-    then its turntable videos."""
+    stored there under the run's saliency config (the maps the network trained on: oracle or CLIP,
+    never random CLIP weights), beside its ground truth; then its turntable videos."""
     scene = novel_room_scene(pipeline.data)
     scene_dir = pipeline.vis / scene.stem
     npz = {"ovssc": "completion.npz", "vool": "localization.npz"}
@@ -222,7 +222,7 @@ def visualize(pipeline: Pipeline, grid_size: int, num_frames: int, frame_size: i
             [scene_dir / npz[task]],
             ["visualize.py", f"{task}-inference", str(scene), str(pipeline.checkpoints[task]),
              "--dump-path", str(pipeline.vis), "--grid-size", str(grid_size),
-             "--saliency-config", SALIENCY_CONFIG, "--device", pipeline.device],
+             "--device", pipeline.device],
         )  # fmt: skip
         videos = (
             [scene_dir / "completion.mp4"]
