@@ -24,6 +24,9 @@ DeviceOpt = Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:1 ...")]
 TilingOpt = Annotated[
     str | None, typer.Option(help="parity (original quirks) or full (every pixel at every scale)")
 ]
+FixCropTilingOpt = Annotated[
+    bool, typer.Option(help="every pixel at every scale (same as --tiling full)")
+]
 SaliencyConfigOpt = Annotated[
     str,
     typer.Option(

@@ -1,16 +1,24 @@
-"""Scoring a trained OVSSC or VOOL checkpoint on every non-train split: what eval.py runs (spec:
-train-eval.md 1.3, 1.4, 1.8, 2.5 and 6 item 11).
+"""Scoring a trained OVSSC or VOOL checkpoint, or a baseline, on every non-train split: what eval.py
+runs (spec: train-eval.md 1.3, 1.4, 1.8, 2.5 and 6 item 11).
 
 The network's configuration (`eval_config`) is the training run's `args.pkl` beside the checkpoint
 (or `--args`): every flag except the run's own (device, file_path, load, gpus, task, num_workers)
 comes from it, then evaluation's overrides (no domain randomization, batch 1, no balanced
 sampling, all GT points, all classes/descriptions, 32^3 and 64^3 voxel columns). Each split of the
-split pickle except `train` is scored at the 25 logit cutoffs `np.arange(-2.5, 0.0, 0.1)`; the rows (section 2.5 columns, plus
-`epoch` = the checkpoint's `epochs` and `split`) go to `<checkpoint stem>_eval_stats.pkl`, rewritten
-atomically after every split.
+split pickle except `train` is scored at the 25 logit cutoffs `np.arange(-2.5, 0.0, 0.1)` (or
+`--cutoffs START STOP STEP`); the rows (section 2.5 columns, plus `epoch` = the checkpoint's `epochs`
+and `split`) go to the stats file (`stats_path`), rewritten atomically after every split.
+
+`--baseline NAME` (baselines.py: all_in_frustum, lifted_relevancy) scores a baseline that learns
+nothing instead of a checkpoint, with the data configuration of the run whose args.pkl `--args`
+names, into the same columns (`epoch` 0) at the baseline's own cutoffs.
+
+Where eval writes: only the stats file, `--output PATH` or by default `<checkpoint stem>_eval_stats
+[_<suffix>].pkl` beside the checkpoint (`<NAME>_eval_stats[_<suffix>].pkl` beside --args for a
+baseline); at start eval.py removes the temporary files killed writers left in that folder.
 
 Changes from the original, each fixing something that only hurt users (section 6 item 11):
-- nothing is written into the training log (no TensorBoard dirs, no args.pkl);
+- nothing else is written (no TensorBoard dirs, no args.pkl in the training log);
 - `--suffix NAME` (-> `<stem>_eval_stats_NAME.pkl`) or `--output PATH`, so NYU stats do not overwrite
   THOR stats;
 - an interrupted run continues at the first split missing from the stats file (`--replace` redoes
@@ -20,13 +28,19 @@ Changes from the original, each fixing something that only hurt users (section 6
   -> row), so N processes write the frame one process writes. Each scene draws its input subsample
   under a seed of (--seed, scene index), whichever process reads it;
 - the per-row chunked forward slices every key with a row axis, so semantic-aware VOOL evaluates
-  (section 1.8; tasks.VOOL_ROW_KEYS).
+  (section 1.8; tasks.VOOL_ROW_KEYS);
+- DataLoader workers ignore Ctrl-C; the main process shuts them down on any exit (`scene_batches`).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
+import os
+import signal
+import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -36,6 +50,7 @@ import torch
 import torch.distributed as dist
 from tqdm import tqdm
 
+import baselines
 import checkpoint
 import dataset
 import metrics
@@ -55,17 +70,47 @@ PROGRESS_COLUMN = "voxel32x32x32_iou"
 # eval.py's own flags; everything else comes from the training run's args.pkl (section 1.3).
 # num_workers is also the run's (the original forced 8, our default).
 RUN_FLAGS = ("device", "file_path", "load", "gpus", "num_workers")
-EVAL_FLAGS = ("task", "output", "suffix", "replace", "chunk_points", "clip_checkpoint")
+EVAL_FLAGS = (
+    "task",
+    "output",
+    "suffix",
+    "replace",
+    "chunk_points",
+    "clip_checkpoint",
+    "args_file",
+    "baseline",
+)
 
 
 # --------------------------------------------------------------------------------------------------
 # configuration
 
 
-def eval_config(cli: argparse.Namespace) -> argparse.Namespace:
-    """The training Namespace with this command's run flags and evaluation's overrides (1.3)."""
-    if cli.load is None:
-        raise InputError("--load CKPT is needed: the checkpoint to evaluate")
+def check_run_inputs(cli: argparse.Namespace) -> None:
+    """What this command scores and reads exists: --load (or --baseline with --args), --file_path."""
+    if cli.baseline is not None:
+        if cli.load is not None:
+            raise InputError(
+                f"--baseline {cli.baseline} scores no checkpoint; drop --load {cli.load}"
+            )
+        if cli.args_file is None:
+            raise InputError(
+                f"--baseline {cli.baseline} needs --args RUN/{options.ARGS_FILE}: the trained run "
+                "whose data configuration it shares"
+            )
+    elif cli.load is None:
+        raise InputError("--load CKPT is needed: the checkpoint to evaluate (or --baseline NAME)")
+    elif not Path(cli.load).exists():
+        raise InputError(f"checkpoint {cli.load} does not exist")
+    folder = Path(cli.file_path)
+    if not folder.is_dir():
+        problem = "is not a folder" if folder.exists() else "does not exist"
+        raise InputError(f"--file_path {folder} {problem}")
+
+
+def training_args(cli: argparse.Namespace) -> tuple[argparse.Namespace, Path]:
+    """The training run's Namespace (its args.pkl, or the shared flags with --approach), and the
+    args.pkl path it was looked for at."""
     args_file = Path(cli.args_file or Path(cli.load).parent / options.ARGS_FILE)
     if args_file.is_file():
         args = options.load_args(args_file)
@@ -91,9 +136,35 @@ def eval_config(cli: argparse.Namespace) -> argparse.Namespace:
             f"approach {args.approach!r} is not a {cli.task} approach "
             f"({', '.join(APPROACHES[cli.task])})"
         )
+    return args, args_file
+
+
+def cutoff_values(spec: list[float] | None, default: np.ndarray) -> np.ndarray:
+    """--cutoffs START STOP STEP as np.arange(START, STOP, STEP); `default` when not given."""
+    if spec is None:
+        return default
+    start, stop, step = spec
+    values = np.arange(start, stop, step) if step > 0 else np.array([])
+    if not len(values):
+        raise InputError(
+            f"--cutoffs {start:g} {stop:g} {step:g} gives no cutoff (np.arange(START, STOP, STEP) "
+            "with STEP > 0 and START < STOP)"
+        )
+    return values
+
+
+def eval_config(cli: argparse.Namespace) -> argparse.Namespace:
+    """The training Namespace with this command's run flags and evaluation's overrides (1.3);
+    `cutoffs` holds the cutoff values (the network's or the baseline's unless --cutoffs)."""
+    check_run_inputs(cli)
+    args, args_file = training_args(cli)
     for name in RUN_FLAGS + EVAL_FLAGS:
         setattr(args, name, getattr(cli, name))
     args = options.finalize(args)
+    if cli.baseline is not None:
+        baselines.check_configuration(cli.baseline, args, args_file)
+    default = CUTOFFS if cli.baseline is None else baselines.BASELINES[cli.baseline].cutoffs
+    args.cutoffs = cutoff_values(cli.cutoffs, default)
     args.domain_randomization = False
     args.batch_size = 1
     args.balance_spatial_sampling = False
@@ -101,17 +172,36 @@ def eval_config(cli: argparse.Namespace) -> argparse.Namespace:
     return args
 
 
+def capped_num_workers(default: int) -> tuple[int, str | None]:
+    """The default DataLoader workers capped to the cores this process may use, and a note saying
+    so when the cap applies (None otherwise)."""
+    if hasattr(os, "sched_getaffinity"):
+        cores = len(os.sched_getaffinity(0))
+    else:
+        cores = os.cpu_count() or 1
+    if default <= cores:
+        return default, None
+    return cores, (
+        f"note: {cores} DataLoader workers (the default {default}, capped to the {cores} cores "
+        "available; --num_workers N to choose)"
+    )
+
+
 def stats_path(args: argparse.Namespace) -> Path:
-    """--output, or `<checkpoint stem>_eval_stats[_<suffix>].pkl` beside the checkpoint."""
+    """--output, or `<checkpoint stem>_eval_stats[_<suffix>].pkl` beside the checkpoint; for a
+    baseline `<NAME>_eval_stats[_<suffix>].pkl` beside --args."""
     if args.output:
         return Path(args.output)
-    load = Path(args.load)
     suffix = f"_{args.suffix}" if args.suffix else ""
+    if args.baseline is not None:
+        return Path(args.args_file).with_name(f"{args.baseline}_eval_stats{suffix}.pkl")
+    load = Path(args.load)
     return load.with_name(f"{load.stem}_eval_stats{suffix}.pkl")
 
 
-def read_finished(path: Path, epoch: int) -> pd.DataFrame | None:
-    """The stats file's frame (splits it holds are finished), or None when there is none."""
+def read_finished(path: Path, epoch: int, cutoffs: np.ndarray) -> pd.DataFrame | None:
+    """The stats file's frame (splits it holds are finished), or None when there is none; it must
+    hold this epoch's rows at these cutoffs."""
     if not path.is_file():
         return None
     try:
@@ -128,6 +218,11 @@ def read_finished(path: Path, epoch: int) -> pd.DataFrame | None:
             f"{path} holds stats of epoch {epochs}, this checkpoint is epoch {epoch}; "
             "--replace to start over, or --output / --suffix for another file"
         )
+    if not np.array_equal(np.unique(frame["cutoff"]), np.unique(cutoffs)):
+        raise InputError(
+            f"{path} holds stats at other cutoffs than this run's {len(cutoffs)}; --replace to "
+            "start over, or --output / --suffix for another file"
+        )
     return frame
 
 
@@ -136,6 +231,25 @@ def trained_network(args: argparse.Namespace, device: torch.device, **overrides)
     model = training.network_on_device(args.task, args, device, **overrides)
     ckpt = checkpoint.load_network(model, args.load, map_location="cpu")
     return model.eval(), int(ckpt.get("epochs", 0))
+
+
+@dataclass(frozen=True)
+class Scorer:
+    """What a split is scored with: a trained network or a baseline."""
+
+    score: Callable[[dict], torch.Tensor]  # collated batch on the device -> float scores [B, R, N]
+    epoch: int  # the stats frame's `epoch` column: the checkpoint's epochs, 0 for a baseline
+
+
+def make_scorer(args: argparse.Namespace, device: torch.device, **network_overrides) -> Scorer:
+    """--baseline NAME's scores, or the checkpoint's logits (one row at a time above
+    --chunk_points query points)."""
+    if args.baseline is not None:
+        baseline = baselines.BASELINES[args.baseline]
+        return Scorer(lambda batch: baseline.score(batch, args.task, args.scene_bounds), 0)
+    model, epoch = trained_network(args, device, **network_overrides)
+    task = tasks.TASKS[args.task]
+    return Scorer(lambda batch: task.forward(model, batch, args.chunk_points).float(), epoch)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -150,18 +264,18 @@ def shared_points(xyz: torch.Tensor) -> torch.Tensor:
     return xyz
 
 
-def score_scene(model, batch: dict, args: argparse.Namespace) -> pd.DataFrame:
-    """One scene's rows: scene -> cutoff -> row, 25 cutoffs, point/32^3/64^3 columns."""
+def score_scene(scorer: Scorer, batch: dict, args: argparse.Namespace) -> pd.DataFrame:
+    """One scene's rows: scene -> cutoff -> row, args.cutoffs, point/32^3/64^3 columns."""
     task = tasks.TASKS[args.task]
     with torch.no_grad():
-        logits = task.forward(model, batch, args.chunk_points).float()
-        _, label, ignore, padded = task.loss_fn(logits, batch, args)
+        scores = scorer.score(batch)  # [B, R, N]
+        _, label, ignore, padded = task.loss_fn(scores, batch, args)  # the loss is not used
     return metrics.row_stats(
-        logits,
+        scores,
         label,
         ignore,
         shared_points(batch["output_xyz_pts"]),
-        CUTOFFS,
+        args.cutoffs,
         args.scene_bounds,
         task.row_columns(batch),
         padded,
@@ -172,12 +286,12 @@ def score_scene(model, batch: dict, args: argparse.Namespace) -> pd.DataFrame:
 class RunningIoU:
     """Mean of a column per cutoff over the rows seen so far; `best` is the max over cutoffs."""
 
-    def __init__(self, column: str):
-        self.column, self.sums, self.counts = column, None, None
+    def __init__(self, column: str, cutoffs: np.ndarray):
+        self.column, self.cutoffs, self.sums, self.counts = column, cutoffs, None, None
 
     def add(self, frame: pd.DataFrame) -> None:
         # one scene's rows: cutoff -> row
-        values = frame[self.column].to_numpy(dtype=float).reshape(len(CUTOFFS), -1).T  # [R, C]
+        values = frame[self.column].to_numpy(dtype=float).reshape(len(self.cutoffs), -1).T  # [R, C]
         sums, counts = np.nansum(values, 0), (~np.isnan(values)).sum(0)
         self.sums = sums if self.sums is None else self.sums + sums
         self.counts = counts if self.counts is None else self.counts + counts
@@ -187,10 +301,63 @@ class RunningIoU:
             return "-"
         means = np.where(self.counts > 0, self.sums / np.maximum(self.counts, 1), -np.inf)
         c = int(np.argmax(means))
-        return f"{100 * means[c]:.1f} @ {CUTOFFS[c]:.1f}"
+        return f"{100 * means[c]:.1f} @ {self.cutoffs[c]:.1f}"
 
 
-def evaluate_split(model, data, split: str, args, procs) -> pd.DataFrame | None:
+def ignore_interrupt_worker(worker_id: int) -> None:
+    """DataLoader worker start: training's seeding, and Ctrl-C left to the main process, which shuts
+    the workers down (`scene_batches`)."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    training.seed_worker(worker_id)
+
+
+@contextlib.contextmanager
+def sigint_deferred():
+    """Hold Ctrl-C back until the block ends, then raise its KeyboardInterrupt: a DataLoader
+    iterator interrupted while it starts its workers leaves them running (and a traceback from its
+    cleanup), and an interrupt inside fork's handlers is dropped. Main thread only (signal.signal)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    caught = []
+    previous = signal.signal(signal.SIGINT, lambda signum, frame: caught.append(signum))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    if caught:
+        raise KeyboardInterrupt
+
+
+@contextlib.contextmanager
+def progress_bar(**tqdm_args):
+    """A tqdm bar, cleared when an error or Ctrl-C leaves the block (so its line stands alone)."""
+    bar = tqdm(**tqdm_args)
+    try:
+        yield bar
+    except BaseException:
+        bar.leave = False
+        raise
+    finally:
+        bar.close()
+
+
+@contextlib.contextmanager
+def scene_batches(loader: torch.utils.data.DataLoader):
+    """Iterate the loader; on any exit stop its workers before the caller goes on, so nothing they
+    print follows an error or "interrupted" line."""
+    batches = None
+    try:
+        with sigint_deferred():
+            batches = iter(loader)
+        yield batches
+    finally:
+        shutdown = getattr(batches, "_shutdown_workers", None)  # only with workers
+        if shutdown is not None:
+            shutdown()
+
+
+def evaluate_split(scorer: Scorer, data, split: str, args, procs) -> pd.DataFrame | None:
     """Score this process's scenes; -> all processes' rows in scene order on rank 0, else None."""
     indices = processes.shard(list(range(len(data))), procs.rank, procs.world_size)
     loader = torch.utils.data.DataLoader(
@@ -198,12 +365,11 @@ def evaluate_split(model, data, split: str, args, procs) -> pd.DataFrame | None:
         batch_size=1,
         sampler=[(i, i) for i in indices],
         num_workers=args.num_workers,
-        worker_init_fn=training.seed_worker,
+        worker_init_fn=ignore_interrupt_worker,
         pin_memory=procs.device.type == "cuda",
     )
-    running = RunningIoU(PROGRESS_COLUMN)
-    bar = tqdm(
-        loader,
+    running = RunningIoU(PROGRESS_COLUMN, args.cutoffs)
+    progress = progress_bar(
         total=len(indices),
         unit="scene",
         desc=f"{split} (rank 0 of {procs.world_size})" if procs.ddp else split,
@@ -211,13 +377,13 @@ def evaluate_split(model, data, split: str, args, procs) -> pd.DataFrame | None:
         dynamic_ncols=True,
     )
     parts = []
-    for k, batch in enumerate(bar):
-        index = indices[k]
-        frame = score_scene(model, training.to_device(batch, procs.device), args)
-        parts.append((index, frame))
-        running.add(frame)
-        bar.set_postfix_str(f"voxel32 IoU {running.best()}")
-    bar.close()
+    with progress as bar, scene_batches(loader) as batches:
+        for index, batch in zip(indices, batches):
+            frame = score_scene(scorer, training.to_device(batch, procs.device), args)
+            parts.append((index, frame))
+            running.add(frame)
+            bar.update()
+            bar.set_postfix_str(f"voxel32 IoU {running.best()}")
     if procs.ddp:
         gathered = [None] * procs.world_size
         dist.all_gather_object(gathered, parts)
@@ -249,13 +415,13 @@ def evaluate(args: argparse.Namespace, procs: processes.Processes, **network_ove
         raise InputError(
             f"{Path(args.file_path) / scene_file.SPLIT_FILES[args.task]} lists no split but train"
         )
-    model, epoch = trained_network(args, procs.device, **network_overrides)
+    scorer = make_scorer(args, procs.device, **network_overrides)
     path = stats_path(args)
 
     finished, problem = None, None  # rank 0 reads the file; every rank learns the outcome
     if procs.main and not args.replace:
         try:
-            finished = read_finished(path, epoch)
+            finished = read_finished(path, scorer.epoch, args.cutoffs)
         except InputError as error:
             problem = str(error)
     done, problem = processes.broadcast(
@@ -270,10 +436,10 @@ def evaluate(args: argparse.Namespace, procs: processes.Processes, **network_ove
     frames = [finished] if finished is not None else []
     scenes = rows = 0
     for split in todo:
-        frame = evaluate_split(model, datasets[split], split, args, procs)
+        frame = evaluate_split(scorer, datasets[split], split, args, procs)
         scenes += len(datasets[split])
         if procs.main:
-            frame = frame.assign(epoch=epoch, split=split)
+            frame = frame.assign(epoch=scorer.epoch, split=split)
             rows += len(frame)
             frames.append(frame)
             training.atomic_pickle(pd.concat(frames), path)

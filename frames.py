@@ -128,7 +128,13 @@ def check_rgbd(rgb: np.ndarray, depth: np.ndarray, source: str) -> tuple[np.ndar
             "pixel to pixel"
         )
     depth = depth.astype(np.float32)
-    depth[~np.isfinite(depth) | (depth < 0)] = 0
+    finite = np.isfinite(depth)
+    if not np.any(finite & (depth > 0)) and np.any(finite & (depth < 0)):
+        raise InputError(
+            f"{source}: every depth reading is negative or missing (min {np.min(depth[finite]):g}); "
+            "depth is the distance in front of the camera (check the sign or --depth-scale)"
+        )
+    depth[~finite | (depth < 0)] = 0
     return np.ascontiguousarray(rgb), depth
 
 
@@ -270,12 +276,10 @@ def read_matrix(path: str | Path, what: str) -> np.ndarray:
 def read_depth(path: str | Path, depth_scale: float | None) -> np.ndarray:
     """Depth in metres: 16-bit PNG in millimetres (scale 0.001), float images/.npy in metres
     (scale 1); `depth_scale` (metres per stored unit) overrides for other sensors."""
-    import imageio.v3 as iio
-
     path = Path(path)
     if not path.is_file():
         raise InputError(f"depth image not found: {path}")
-    raw = np.load(path) if path.suffix == ".npy" else iio.imread(path)
+    raw = np.load(path) if path.suffix == ".npy" else read_image(path)
     if raw.ndim == 3 and raw.shape[2] == 1:
         raw = raw[..., 0]
     if raw.ndim != 2:
@@ -293,13 +297,25 @@ def read_depth(path: str | Path, depth_scale: float | None) -> np.ndarray:
     return raw.astype(np.float32) * np.float32(depth_scale)
 
 
-def read_rgb(path: str | Path) -> np.ndarray:
+def read_image(path: Path) -> np.ndarray:
+    """The pixels of an image file; one line when it is not one (imageio's own message suggests
+    installing backends)."""
     import imageio.v3 as iio
 
+    try:
+        return iio.imread(path)
+    except Exception as error:  # imageio raises many types on a file that is not an image
+        kind = "empty file" if path.stat().st_size == 0 else type(error).__name__
+        raise InputError(
+            f"{path} is not an image ({kind}: no image plugin could read it)"
+        ) from None
+
+
+def read_rgb(path: str | Path) -> np.ndarray:
     path = Path(path)
     if not path.is_file():
         raise InputError(f"colour image not found: {path}")
-    rgb = iio.imread(path)
+    rgb = read_image(path)
     if rgb.ndim == 2:
         rgb = np.repeat(rgb[..., None], 3, axis=2)
     if rgb.dtype != np.uint8:

@@ -30,6 +30,7 @@ import relevancy_image
 from cli_options import (
     CheckpointOpt,
     DeviceOpt,
+    FixCropTilingOpt,
     ModelOpt,
     PretrainedOpt,
     SaliencyConfigOpt,
@@ -38,7 +39,7 @@ from cli_options import (
 )
 from processes import resolve_device
 from relevancy_dataset import ClipSettings, OracleSettings
-from saliency import MAX_CROP_FORWARDS, check_crop_budget, saliency_config
+from saliency import MAX_CROP_FORWARDS, check_crop_budget, crop_tiling, saliency_config
 from utils import InputError, run_app
 
 app = typer.Typer(add_completion=False, help=__doc__.split("\n\n")[0])
@@ -58,9 +59,7 @@ def image(
     ] = None,
     config: SaliencyConfigOpt = "ours",
     tiling: TilingOpt = None,
-    fix_crop_tiling: Annotated[
-        bool, typer.Option(help="every pixel at every scale (same as --tiling full)")
-    ] = False,
+    fix_crop_tiling: FixCropTilingOpt = False,
     resize: Annotated[
         str | None,
         typer.Option(help="crop resize: pil (parity, default) or torch (batched, faster on GPU)"),
@@ -110,7 +109,7 @@ def image(
     labels = labels or relevancy_image.DEFAULT_LABELS
     prompts = prompts or [relevancy.HOME_PROMPT]
     relevancy.check_labels(labels, prompts)
-    tiling = relevancy_image.crop_tiling(tiling, fix_crop_tiling)
+    tiling = crop_tiling(tiling, fix_crop_tiling)
     relevancy_image.check_layout(columns, panel_width)
     picture = relevancy_image.load_image(file_path)
     height, width = picture.shape[:2]
@@ -183,6 +182,7 @@ def dataset(
         bool, typer.Option(help="regenerate scenes that already have relevancies")
     ] = False,
     tiling: TilingOpt = None,
+    fix_crop_tiling: FixCropTilingOpt = False,
     model: ModelOpt = "ViT-B-32",
     pretrained: PretrainedOpt = "openai",
     checkpoint: CheckpointOpt = None,
@@ -197,6 +197,7 @@ def dataset(
     ] = False,
 ) -> None:
     """Relevancies of every scene under FILE_PATH, stored in the original layout (data.md 1.5)."""
+    tiling = crop_tiling(tiling, fix_crop_tiling)
     configs = relevancy_dataset.check_request(source, configs, tiling)
     start = time.perf_counter()
     found = relevancy_dataset.find_scenes(file_path)

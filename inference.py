@@ -33,6 +33,7 @@ import torch
 from tqdm import tqdm
 
 import checkpoint as ckpt_io
+import dataset_scene
 import figures
 import geometry
 import inputs
@@ -259,7 +260,12 @@ def ovssc_labels(logits: np.ndarray, keep: np.ndarray) -> np.ndarray:
     labels = np.argmax(logits, axis=0).astype(np.int16)
     empty = np.all(logits < EMPTY_LOGIT, axis=0)
     labels[empty | ~keep] = -1
-    labels[[0, -1]] = labels[:, [0, -1]] = labels[:, :, [0, -1]] = -1  # the original's -inf slabs
+    return clear_border(labels)
+
+
+def clear_border(labels: np.ndarray) -> np.ndarray:
+    """-1 on the six faces of the (X, Y, Z) volume: the original's -inf slabs (closed meshes)."""
+    labels[[0, -1]] = labels[:, [0, -1]] = labels[:, :, [0, -1]] = -1
     return labels
 
 
@@ -371,10 +377,15 @@ def load_trained(checkpoint_path: Path, task: str, device: torch.device):
     return network.to(device).eval(), args, approach
 
 
+def clip_text(extractor, labels: list[str]) -> np.ndarray:
+    """(L, D) CLIP text features of the labels in the home prompt."""
+    return extractor.text_features(labels, [relevancy.HOME_PROMPT]).float().cpu().numpy()
+
+
 def scene_relevancy(frame, labels, approach, config, clip_options, device, seed, out_dir):
     """(maps (L, H, W) or None, text features (L, D)); writes relevancies.png when there are maps."""
     extractor = relevancy.build_extractor(*clip_options, device, 32)
-    text = extractor.text_features(labels, [relevancy.HOME_PROMPT]).float().cpu().numpy()
+    text = clip_text(extractor, labels)
     if approach == "semantic_aware":
         if text.shape[1] != inputs.CLIP_TEXT_DIM:
             raise InputError(
@@ -409,6 +420,7 @@ class SceneRun:
     grid: np.ndarray  # (G^3, 3) query points
     grid_size: int  # G
     rng: np.random.Generator
+    truth: dict | None = None  # a dataset scene's evaluation sample (ground truth); None: pickle
 
     def chunk_bar(self, count: int) -> tqdm:
         """One progress bar over the chunks of `count` classes or descriptions."""
@@ -424,24 +436,60 @@ class SceneRun:
 
 def start_run(scene_path, checkpoint_path, task, dump_path, device, saliency_config, clip_options,
               seed, grid_size) -> SceneRun:  # fmt: skip
-    """Read the scene and the checkpoint, compute relevancies (relevancies.png), prepare inputs."""
+    """Read the scene and the checkpoint, prepare inputs: from a scene pickle with relevancies
+    computed by CLIP (relevancies.png), or from a dataset scene file with its stored relevancy and
+    ground truth (dataset_scene.py)."""
+    from_dataset = dataset_scene.is_scene_file(scene_path)
+    frame = None if from_dataset else pickle_frame(scene_path, task)
+    device = resolve_device(device)
+    network, args, approach = load_trained(checkpoint_path, task, device)
+    out_dir = Path(dump_path) / Path(scene_path).stem
+    truth = None
+    if from_dataset:
+        frame, prepared, truth = dataset_inputs(Path(scene_path), task, args, approach,
+                                                clip_options, device)  # fmt: skip
+        out_dir.mkdir(parents=True, exist_ok=True)
+    else:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        labels = relevancy_labels(frame, approach)
+        maps, text = scene_relevancy(
+            frame, labels, approach, saliency_config, clip_options, device, seed, out_dir
+        )
+        prepared = prepare_inputs(frame, maps, labels, text, args, task)
+    grid = query_grid(args.scene_bounds, grid_size)
+    rng = np.random.default_rng(seed)
+    return SceneRun(
+        frame, device, network, args, approach, out_dir, prepared, grid, grid_size, rng, truth
+    )
+
+
+def pickle_frame(scene_path, task: str) -> Frame:
+    """The frame of a scene pickle, with the rows the task needs."""
     frame = read_scene_pickle(scene_path)
     if task == "ovssc" and not frame.classes:
         raise InputError(f"{scene_path} has no ovssc_obj_classes")
     if task == "vool" and not frame.descriptions:
         raise InputError(f"{scene_path} has no descriptions")
-    device = resolve_device(device)
-    network, args, approach = load_trained(checkpoint_path, task, device)
-    out_dir = Path(dump_path) / Path(scene_path).stem
-    out_dir.mkdir(parents=True, exist_ok=True)
-    labels = relevancy_labels(frame, approach)
-    maps, text = scene_relevancy(
-        frame, labels, approach, saliency_config, clip_options, device, seed, out_dir
+    return frame
+
+
+def dataset_inputs(scene_path: Path, task, args, approach, clip_options, device):
+    """(frame, SceneInputs, the dataset's evaluation sample) of a dataset scene file; CLIP is
+    loaded only for the text features of semantic_aware VOOL (the OVSSC ones are stored)."""
+    scene = dataset_scene.read_dataset_scene(scene_path, task, args)
+    frame, sample = scene.frame, scene.sample
+    text = scene.text
+    if task == "vool" and approach == "semantic_aware":
+        labels = relevancy_labels(frame, approach)
+        extractor = relevancy.build_extractor(*clip_options, device, 32)
+        text = dict(zip(labels, clip_text(extractor, labels)))
+    prepared = SceneInputs(
+        np.asarray(sample["input_xyz_pts"], np.float32),
+        dataset_scene.input_rgb(sample, frame, task, args.scene_bounds),
+        dataset_scene.input_features(sample, task, approach),
+        text,
     )
-    prepared = prepare_inputs(frame, maps, labels, text, args, task)
-    grid = query_grid(args.scene_bounds, grid_size)
-    rng = np.random.default_rng(seed)
-    return SceneRun(frame, device, network, args, approach, out_dir, prepared, grid, grid_size, rng)
+    return frame, prepared, sample
 
 
 def sigmoid(logits: np.ndarray) -> np.ndarray:
@@ -472,12 +520,24 @@ def run_ovssc(run: SceneRun) -> tuple[list[str], list[str]]:
             continue
         write_obj(run.out_dir / f"{stems[k]}.obj", *mesh)
         written.append(stems[k])
-    write_completion_npz(run, logits, labels, stems)
+    truth = {} if run.truth is None else ovssc_truth(run, keep)
+    write_completion_npz(run, logits, labels, stems, truth)
     return written, empty
 
 
-def write_completion_npz(run: SceneRun, logits: np.ndarray, labels: np.ndarray, stems) -> None:
-    """completion.npz: every labelled grid point with its class and that class's probability."""
+def ovssc_truth(run: SceneRun, keep: np.ndarray) -> dict[str, np.ndarray]:
+    """The npz keys of a dataset scene's ground truth on the query grid (dataset_scene.py):
+    gt_labels (G, G, G) int16 class index or -1, gt_hidden (G, G, G) bool, and the camera pose."""
+    gt_labels = clear_border(dataset_scene.grid_truth(run.truth, run.grid, keep))
+    pitch = float(grid_pitch(run.args.scene_bounds, run.grid_size).max())
+    hidden = dataset_scene.hidden_voxels(gt_labels, run.grid, run.frame, pitch)
+    return dict(gt_labels=gt_labels, gt_hidden=hidden, cam_pose=run.frame.cam_extr)
+
+
+def write_completion_npz(run: SceneRun, logits: np.ndarray, labels: np.ndarray, stems,
+                         truth: dict[str, np.ndarray]) -> None:  # fmt: skip
+    """completion.npz: every labelled grid point with its class and that class's probability, and
+    the `truth` arrays (dataset scenes)."""
     occupied = np.flatnonzero(labels.reshape(-1) >= 0)
     label_of = labels.reshape(-1)[occupied]
     logit_of = logits.reshape(len(stems), -1)[label_of, occupied]
@@ -490,6 +550,7 @@ def write_completion_npz(run: SceneRun, logits: np.ndarray, labels: np.ndarray, 
         probability=sigmoid(logit_of),
         scene_bounds=np.asarray(run.args.scene_bounds),
         grid_size=run.grid_size,
+        **truth,
     )
 
 
@@ -527,8 +588,17 @@ def write_scene_cloud(run: SceneRun) -> None:
     write_ply(run.out_dir / "scene_rgb.ply", scene_xyz, scene_rgb)
 
 
+def vool_truth(run: SceneRun) -> dict[str, np.ndarray]:
+    """The npz keys of a dataset scene's ground truth: each description's target-object points
+    (gt_xyz, gt_description_index) and the camera pose; none for a pickle."""
+    if run.truth is None:
+        return {}
+    xyz, index = dataset_scene.description_truth(run.truth)
+    return dict(gt_xyz=xyz, gt_description_index=index, cam_pose=run.frame.cam_extr)
+
+
 def write_localization_npz(run: SceneRun, parts: dict[str, list]) -> None:
-    """localization.npz from the per-description lists of run_vool."""
+    """localization.npz from the per-description lists of run_vool, with vool_truth's keys."""
     logit = np.concatenate(parts["logit"])
     write_npz(
         run.out_dir / "localization.npz",
@@ -540,4 +610,5 @@ def write_localization_npz(run: SceneRun, parts: dict[str, list]) -> None:
         probability=sigmoid(logit),
         scene_bounds=np.asarray(run.args.scene_bounds),
         grid_size=run.grid_size,
+        **vool_truth(run),
     )

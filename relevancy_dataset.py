@@ -82,7 +82,7 @@ def scene_labels(scene: SceneFile) -> tuple[list[str], list[str] | None]:
     labels, visible = set(names), None
     if scene.has_segmentation() and scene.has_ground_truth():
         in_view = set(np.unique(scene.segmentation()).astype(int)) - {-1}
-        in_points = set(np.unique(scene.ground_truth()[1]).astype(int)) - {-1}
+        in_points = set(np.unique(scene.ground_truth_ids()).astype(int)) - {-1}
         visible = sorted({names[i] for i in in_view & in_points if 0 <= i < len(names)})
         labels = set(visible)
     for target, relation, reference in scene_descriptions(scene):

@@ -52,15 +52,6 @@ def format_seconds(seconds: float) -> str:
     return f"{seconds / 3600:.1f} h"
 
 
-def crop_tiling(tiling: str | None, fix_crop_tiling: bool) -> str | None:
-    """The tiling of `--tiling` and `--fix-crop-tiling` (the same as `--tiling full`) together."""
-    if not fix_crop_tiling:
-        return tiling
-    if tiling not in (None, "full"):
-        raise InputError("--fix-crop-tiling contradicts --tiling parity")
-    return "full"
-
-
 def check_layout(columns: int | None, panel_width: int | None) -> None:
     """The figure's `--columns` and `--panel-width`, each an InputError line when unusable."""
     if columns is not None and columns < 1:

@@ -89,7 +89,10 @@ def voxel_downsample(points: np.ndarray, colors: np.ndarray, voxel: float):
 class Turntable:
     """Ray-cast views of shapes from a camera orbiting the scene's vertical (z) axis."""
 
-    def __init__(self, shapes: list[Shape], elevation_deg: float = 30.0, fov_deg: float = 45.0):
+    def __init__(self, shapes: list[Shape], elevation_deg: float = 30.0, fov_deg: float = 45.0,
+                 framed: list[Shape] | None = None):  # fmt: skip
+        """`framed` (default: `shapes`) are the shapes the camera frames, so that several
+        turntables of different shapes can share one camera."""
         shapes = [s for s in shapes if len(s.triangles)]
         if not shapes:
             raise ValueError("nothing to render: every shape is empty")
@@ -103,7 +106,7 @@ class Turntable:
             self.colors.append(shape.colors)
         self.offsets = np.cumsum([0] + [len(c) for c in self.colors])
         self.color_table = np.concatenate(self.colors).astype(np.float32)
-        all_vertices = np.concatenate([s.vertices for s in shapes])
+        all_vertices = np.concatenate([s.vertices for s in framed or shapes])
         low, high = all_vertices.min(0), all_vertices.max(0)
         self.center = (low + high) / 2
         self.corners = np.array(
@@ -289,20 +292,37 @@ def inference_folder(path: Path) -> Path:
     return path
 
 
-def completion_turntable(folder: Path, num_frames: int, size: int) -> Path:
-    """completion.mp4 (and completion.png) of every .obj under `folder`, one palette colour a
-    class in file order (index % 20, as the original)."""
+def read_mesh(path: Path) -> tuple[np.ndarray, np.ndarray] | None:
+    """(vertices, faces) of an OBJ, or None when it holds no triangle (empty or not a mesh)."""
     import trimesh
 
+    try:
+        mesh = trimesh.load(path, force="mesh", process=False)
+    except Exception:  # trimesh raises many types on a file that is not a mesh
+        return None
+    faces = getattr(mesh, "faces", None)
+    if faces is None or len(faces) == 0:
+        return None
+    return np.asarray(mesh.vertices), np.asarray(faces)
+
+
+def completion_turntable(folder: Path, num_frames: int, size: int) -> Path:
+    """completion.mp4 (and completion.png) of every .obj under `folder`, one palette colour a
+    class in file order (index % 20, as the original); files without triangles are skipped."""
     paths = sorted(inference_folder(folder).rglob("*.obj"))
     if not paths:
         raise InputError(f"no .obj meshes under {folder}; run ovssc-inference first")
-    colors = PALETTE[np.arange(len(paths)) % len(PALETTE)]
-    shapes = []
-    for path, color in zip(paths, colors):
-        mesh = trimesh.load(path, force="mesh", process=False)
-        shapes.append(mesh_shape(mesh.vertices, mesh.faces, color))
-    names = [path.stem for path in paths]
+    colors = PALETTE[np.arange(len(paths)) % len(PALETTE)]  # by file order, empty files included
+    meshes = [(p, read_mesh(p), c) for p, c in zip(paths, colors)]
+    meshes = [entry for entry in meshes if entry[1] is not None]
+    if not meshes:
+        raise InputError(
+            f"nothing to render in {folder}: its {len(paths)} .obj files hold no triangles "
+            "(empty, or not OBJ meshes); run ovssc-inference again"
+        )
+    shapes = [mesh_shape(*mesh, color) for _, mesh, color in meshes]
+    names = [path.stem for path, _, _ in meshes]
+    colors = np.array([color for _, _, color in meshes])
     render_turntable(
         shapes, folder / "completion.mp4", num_frames, size,
         legend_image=legend(names, colors, size), still_path=folder / "completion.png",
@@ -341,3 +361,140 @@ def description_cube_size(folder: Path) -> float:
     return float(
         inference.grid_pitch(np.array(geometry.DEFAULT_SCENE_BOUNDS), inference.GRID_SIZE).min()
     )
+
+
+# --------------------------------------------------------------------------------------------------
+# prediction beside ground truth (dataset scene files)
+
+HIDDEN_TINT = 0.6  # hidden ground truth: the class colour mixed this much with white
+COMPARISON_SIZE = 480  # pixels per panel
+SIDE_VIEW = np.deg2rad(35.0)  # OVSSC: turned from the scene camera so that hidden parts show
+
+
+def camera_azimuth(cam_pose: np.ndarray, turn: float = 0.0) -> float:
+    """The turntable azimuth looking the way the scene camera looks, turned by `turn` radians."""
+    forward = np.asarray(cam_pose)[:3, 2]
+    return float(np.arctan2(forward[1], forward[0])) + turn
+
+
+def tint(color) -> np.ndarray:
+    return (np.asarray(color, np.float64) * (1 - HIDDEN_TINT) + 255 * HIDDEN_TINT).astype(np.uint8)
+
+
+def titled(image: np.ndarray, title: str) -> Image.Image:
+    """The panel with its title in black over its top edge, centred."""
+    panel = Image.fromarray(image)
+    font = _font(max(12, image.shape[0] // 28))
+    draw = ImageDraw.Draw(panel)
+    width = font.getlength(title)
+    draw.text(((image.shape[1] - width) / 2, 4), title, fill="black", font=font)
+    return panel
+
+
+def side_by_side(rows: list[list[Image.Image]], legend_image: Image.Image | None) -> Image.Image:
+    """Panels in a grid (rows of equal-size panels), thin grey gutters, the legend at the right."""
+    gutter = 4
+    panel_w, panel_h = rows[0][0].size
+    columns = max(len(row) for row in rows)
+    legend_w = 0 if legend_image is None else legend_image.width + gutter
+    width = columns * panel_w + (columns - 1) * gutter + legend_w
+    height = max(len(rows) * panel_h + (len(rows) - 1) * gutter,
+                 0 if legend_image is None else legend_image.height)  # fmt: skip
+    sheet = Image.new("RGB", (width, height), (200, 200, 200))
+    if legend_image is not None:  # white under the legend, grey gutters between panels
+        sheet.paste((255, 255, 255), (width - legend_w + gutter, 0, width, height))
+    for r, row in enumerate(rows):
+        for c, panel in enumerate(row):
+            sheet.paste(panel, (c * (panel_w + gutter), r * (panel_h + gutter)))
+    if legend_image is not None:
+        sheet.paste(legend_image, (width - legend_image.width, 0))
+    return sheet
+
+
+def render_panels(panels: list[list[Shape]], titles: list[str], azimuth: float,
+                  size: int) -> list[Image.Image]:  # fmt: skip
+    """One titled image per list of shapes, all from one camera framing every shape."""
+    framed = [shape for shapes in panels for shape in shapes]
+    images = []
+    for shapes, title in zip(panels, titles, strict=True):
+        shapes = [s for s in shapes if len(s.triangles)]
+        view = Turntable(shapes, framed=framed).frame(azimuth, size) if shapes else None
+        if view is None:
+            view = np.full((size, size, 3), BACKGROUND, np.uint8)
+            title = f"{title}: nothing"
+        images.append(titled(view, title))
+    return images
+
+
+def volume_shapes(labels: np.ndarray, colors: np.ndarray, scene_bounds) -> list[Shape]:
+    """One marching-cubes mesh per class index k of the (G, G, G) volume, in colors[k]."""
+    shapes = []
+    for k, color in enumerate(colors):
+        mesh = inference.volume_mesh(labels == k, scene_bounds)
+        if mesh is not None:
+            shapes.append(mesh_shape(*mesh, color))
+    return shapes
+
+
+def grid_volume(xyz: np.ndarray, values: np.ndarray, scene_bounds, size: int) -> np.ndarray:
+    """(size,)*3 int16 volume, -1 except at the grid points `xyz` (exact query points)."""
+    bounds = np.asarray(scene_bounds, np.float64)
+    index = np.round((xyz - bounds[0]) / inference.grid_pitch(bounds, size)).astype(np.int64)
+    volume = np.full((size,) * 3, -1, np.int16)
+    volume[tuple(index.T)] = values
+    return volume
+
+
+def completion_comparison(folder: Path, size: int = COMPARISON_SIZE) -> Path:
+    """completion_vs_gt.png from completion.npz with ground truth: the completion | the ground
+    truth of the same classes (hidden parts in a lighter shade), one camera, a legend."""
+    with np.load(folder / "completion.npz") as data:
+        arrays = {key: data[key] for key in data}
+    bounds, grid_size = arrays["scene_bounds"], int(arrays["grid_size"])
+    classes = [str(c) for c in arrays["classes"]]
+    colors = PALETTE[np.arange(len(classes)) % len(PALETTE)]
+    predicted = grid_volume(arrays["xyz"], arrays["label"], bounds, grid_size)
+    truth, hidden = arrays["gt_labels"], arrays["gt_hidden"]
+    visible_truth = np.where(hidden, -1, truth)
+    hidden_truth = np.where(hidden, truth, -1)
+    panels = [
+        volume_shapes(predicted, colors, bounds),
+        volume_shapes(visible_truth, colors, bounds)
+        + volume_shapes(hidden_truth, [tint(c) for c in colors], bounds),
+    ]
+    images = render_panels(
+        panels, ["prediction", "ground truth"], camera_azimuth(arrays["cam_pose"], SIDE_VIEW), size
+    )
+    names = classes + ["lighter shade: hidden from the camera"]
+    key = legend(names, np.concatenate([colors, [tint((90, 90, 90))]]), size)
+    path = folder / "completion_vs_gt.png"
+    with atomic_path(path) as tmp:
+        side_by_side([images], key).save(tmp, format="PNG")
+    return path
+
+
+def localization_comparison(folder: Path, size: int = COMPARISON_SIZE) -> Path:
+    """localization_vs_gt.png from localization.npz with ground truth: one row per description,
+    its predicted points (jet of the probability) | its target's ground-truth points (red), both
+    in the grey scene cloud, one camera."""
+    with np.load(folder / "localization.npz") as data:
+        arrays = {key: data[key] for key in data}
+    scene_xyz, _ = inference.read_ply(folder / "scene_rgb.ply")
+    scene_xyz, _ = voxel_downsample(scene_xyz, scene_xyz, 0.03)
+    scene = cubes_shape(scene_xyz, np.full((len(scene_xyz), 3), 205, np.uint8), 0.03)
+    pitch = float(inference.grid_pitch(arrays["scene_bounds"], int(arrays["grid_size"])).min())
+    azimuth = camera_azimuth(arrays["cam_pose"])
+    rows = []
+    for k, (name, stem) in enumerate(zip(arrays["descriptions"], arrays["file_stems"])):
+        xyz, colors = inference.read_ply(folder / f"{stem}.ply")
+        truth = arrays["gt_xyz"][arrays["gt_description_index"] == k]
+        truth, _ = voxel_downsample(truth, truth, 0.02)
+        panels = [
+            [scene, cubes_shape(xyz, colors, pitch)],
+            [scene, cubes_shape(truth, np.tile([[220, 20, 20]], (len(truth), 1)), 0.02)],
+        ]
+        rows.append(render_panels(panels, [f"{name}: prediction", "ground truth"], azimuth, size))
+    path = folder / "localization_vs_gt.png"
+    with atomic_path(path) as tmp:
+        side_by_side(rows, None).save(tmp, format="PNG")
+    return path

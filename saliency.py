@@ -144,3 +144,12 @@ def check_crop_budget(
             f"than the limit of {limit:,}; {advice}"
         )
     return forwards
+
+
+def crop_tiling(tiling: str | None, fix_crop_tiling: bool) -> str | None:
+    """The tiling of `--tiling` and `--fix-crop-tiling` (the same as `--tiling full`) together."""
+    if not fix_crop_tiling:
+        return tiling
+    if tiling not in (None, "full"):
+        raise InputError("--fix-crop-tiling contradicts --tiling parity")
+    return "full"

@@ -228,6 +228,10 @@ class SceneFile:
     def has_ground_truth(self) -> bool:
         return self.has("data/full_objid_pts")
 
+    def ground_truth_ids(self) -> np.ndarray:
+        """(N,) full_objid_pts: the object id of every ground-truth point."""
+        return self.deref("full_objid_pts")[0]
+
     def ground_truth(self) -> tuple[np.ndarray, np.ndarray]:
         """(full_xyz_pts (N, 3), full_objid_pts (N,)) float32."""
         xyz, objid = self.deref("full_xyz_pts")[0], self.deref("full_objid_pts")[0]

@@ -44,12 +44,26 @@ FramesOpt = Annotated[int, typer.Option(help="turntable frames (original: 220, 2
 SizeOpt = Annotated[int, typer.Option(help="video width and height in pixels")]
 
 
+def at_least_one(**values: int) -> None:
+    """One line for the first numeric option below 1 (0 frames would write an invalid mp4)."""
+    for name, value in values.items():
+        if value < 1:
+            option = "--" + name.replace("_", "-") if " " not in name else "--" + name
+            raise InputError(f"{option} must be at least 1, got {value}")
+
+
 def inference_command(task: str, finish: Callable[[inference.SceneRun], None]):
     """The command of one task's inference: both take the same flags, prepare the scene with
     inference.start_run, then `finish` runs the task's loop and prints what it wrote."""
 
     def command(
-        data_pickle_path: Annotated[Path, typer.Argument(help="scene pickle (data.md 5)")],
+        data_pickle_path: Annotated[
+            Path,
+            typer.Argument(
+                help="scene pickle (data.md 5), or a dataset scene file (.hdf5: its stored "
+                "relevancy, ground truth drawn beside the prediction)"
+            ),
+        ],
         model_ckpt_path: Path,  # annotated below: its help names the task
         dump_path: DumpOpt = Path("visualization"),
         grid_size: GridOpt = inference.GRID_SIZE,
@@ -60,6 +74,7 @@ def inference_command(task: str, finish: Callable[[inference.SceneRun], None]):
         device: DeviceOpt = "auto",
         seed: SeedOpt = 0,
     ) -> None:
+        at_least_one(grid_size=grid_size)
         run = inference.start_run(
             data_pickle_path, model_ckpt_path, task, dump_path, device, saliency_config,
             (model, pretrained, checkpoint), seed, grid_size,
@@ -78,7 +93,11 @@ def ovssc_inference(run: inference.SceneRun) -> None:
     written, empty = inference.run_ovssc(run)
     for name in empty:
         print(f"{name}: empty, no mesh")
-    print(f"wrote {len(written)} meshes, relevancies.png and completion.npz to {run.out_dir}")
+    if run.truth is None:
+        print(f"wrote {len(written)} meshes, relevancies.png and completion.npz to {run.out_dir}")
+        return
+    picture = render.completion_comparison(run.out_dir)
+    print(f"wrote {len(written)} meshes, completion.npz and {picture.name} to {run.out_dir}")
 
 
 def vool_inference(run: inference.SceneRun) -> None:
@@ -87,6 +106,8 @@ def vool_inference(run: inference.SceneRun) -> None:
     inference.run_vool(run)
     count = len(run.frame.descriptions)
     print(f"wrote {count} description clouds and scene_rgb.ply to {run.out_dir}")
+    if run.truth is not None:
+        print(f"wrote {render.localization_comparison(run.out_dir)}")
 
 
 app.command("ovssc-inference")(inference_command("ovssc", ovssc_inference))
@@ -100,6 +121,7 @@ def ovssc_visualize(
     size: SizeOpt = 1024,
 ) -> None:
     """completion.mp4 (and completion.png) of every .obj under OUTPUT_PATH, one colour a class."""
+    at_least_one(num_frames=num_frames, size=size)
     video = render.completion_turntable(output_path, num_frames, size)
     print(f"wrote {video} and completion.png")
 
@@ -111,6 +133,7 @@ def vool_visualize(
     size: SizeOpt = 1024,
 ) -> None:
     """<description>.mp4 (and .png) per description cloud, shown in the scene_rgb cloud."""
+    at_least_one(num_frames=num_frames, size=size)
     for video in render.localization_turntables(output_path, num_frames, size):
         print(f"wrote {video}")
 
@@ -155,6 +178,9 @@ def rgbd_scene(
     ] = (*geometry.DEFAULT_SCENE_BOUNDS[0], *geometry.DEFAULT_SCENE_BOUNDS[1]),
 ) -> None:
     """Build a scene pickle from your own colour + depth image, intrinsics and pose."""
+    at_least_one(**dict(zip(("resize width", "resize height"), resize or ())))
+    if depth_scale is not None and not depth_scale > 0:
+        raise InputError(f"--depth-scale must be positive metres per unit, got {depth_scale:g}")
     if (intrinsics is None) == (intrinsics_file is None):
         raise InputError("give the intrinsics once: --intrinsics FX FY CX CY or --intrinsics-file")
     matrix = (

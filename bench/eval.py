@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -40,11 +41,12 @@ def sync(device: torch.device) -> None:
 
 
 def bench_task(task: str, file_path: str, device: torch.device, scenes: int) -> dict:
-    cli = eval_script.parser().parse_args(
-        ["--task", task, "--file_path", file_path, "--load", "unused.pth", "--approach"]
-        + ["semantic_abstraction", "--num_workers", "0", "--device", str(device)]
-    )
-    args = evaluation.eval_config(cli)
+    with tempfile.NamedTemporaryFile(suffix=".pth") as unused:  # --load must exist; not read
+        cli = eval_script.parser().parse_args(
+            ["--task", task, "--file_path", file_path, "--load", unused.name, "--approach"]
+            + ["semantic_abstraction", "--num_workers", "0", "--device", str(device)]
+        )
+        args = evaluation.eval_config(cli)
     torch.manual_seed(0)
     model = net.build_network(task, args.approach, args).to(device).eval()  # random weights
     # every scene of the split pickle (train included), read as an evaluation split reads them
@@ -71,7 +73,7 @@ def bench_task(task: str, file_path: str, device: torch.device, scenes: int) -> 
                 label,
                 ignore,
                 evaluation.shared_points(batch["output_xyz_pts"]),
-                evaluation.CUTOFFS,
+                args.cutoffs,
                 args.scene_bounds,
                 definition.row_columns(batch),
                 padded,
@@ -95,7 +97,7 @@ def main() -> None:
     device = resolve_device(a.device)
     print(
         f"device {device}, torch threads {torch.get_num_threads()}, "
-        f"voxel_shape {options.defaults().voxel_shape}, cutoffs {len(evaluation.CUTOFFS)}"
+        f"voxel_shape {options.defaults().voxel_shape}, cutoffs {len(evaluation.CUTOFFS)} (default)"
     )
     for task in a.tasks:
         result = bench_task(task, a.file_path, device, a.scenes)

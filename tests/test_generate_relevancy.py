@@ -25,6 +25,7 @@ import relevancy_dataset
 import saliency
 import scene_file
 from scene_file import SceneFile
+from utils import InputError
 
 REPO = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.filterwarnings("ignore:--pretrained none")
@@ -464,3 +465,26 @@ def test_no_weights_offline_is_one_line_naming_both_options(tmp_path):
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: no ViT-B-32 weights")
     assert "--pretrained openai" in lines[0] and "--checkpoint PATH" in lines[0]
+
+
+@pytest.mark.parametrize("flags, tiling", [([], "parity"), (["--fix-crop-tiling"], "full")])
+def test_dataset_takes_fix_crop_tiling_as_image_does(tmp_path, monkeypatch, flags, tiling):
+    used = []
+
+    def extractor(rgb, labels, prompts, settings, seed):
+        used.append(settings.tiling)
+        return torch.zeros(len(labels), *rgb.shape[:2]), torch.zeros(len(labels), 32)
+
+    monkeypatch.setattr(relevancy, "build_extractor", lambda *args, **kwargs: extractor)
+    make_scene(tmp_path / "00003|FloorPlan3_physics.hdf5", descriptions=False)
+    run("dataset", tmp_path, *TINY_ARGS, "--saliency-config", "ours", *flags)
+    assert used == [tiling]
+
+
+def test_dataset_refuses_fix_crop_tiling_with_parity_tiling(tmp_path):
+    make_scene(tmp_path / "00003|FloorPlan3_physics.hdf5", descriptions=False)
+    result = CliRunner().invoke(
+        gr.app, ["dataset", str(tmp_path), "--fix-crop-tiling", "--tiling", "parity"]
+    )
+    assert isinstance(result.exception, InputError)
+    assert str(result.exception) == "--fix-crop-tiling contradicts --tiling parity"

@@ -1,0 +1,219 @@
+"""visualize.py's inference on a dataset scene file (stored oracle relevancy, ground truth beside the
+prediction) and visualize's one-line errors for bad input."""
+
+from __future__ import annotations
+
+import re
+import shutil
+
+import h5py
+import imageio.v2 as imageio
+import numpy as np
+import pytest
+from test_visualize import invoke, tiny_checkpoint
+
+import dataset
+import generate_relevancy
+import generate_scenes
+import geometry
+import inference
+import options
+import scenes
+from scene_file import SceneFile
+from utils import InputError
+
+GRID = 16
+NO_CLIP = ["--model", "no-such-model", "--device", "cpu"]  # proves that CLIP is never loaded
+
+
+@pytest.fixture(scope="module")
+def scene_path(tmp_path_factory):
+    root = tmp_path_factory.mktemp("dataset_scene")
+    generate_scenes.generate_dataset(root, [2], scenes.PRESETS["small"])
+    generate_relevancy.dataset(root, source="oracle", configs=["ours"])
+    return next(root.glob("*.hdf5"))
+
+
+@pytest.fixture(scope="module")
+def ovssc_out(scene_path, tmp_path_factory):
+    root = tmp_path_factory.mktemp("ovssc_hdf5")
+    ckpt = tiny_checkpoint(root / "ovssc", "ovssc")
+    invoke("ovssc-inference", scene_path, ckpt, "--dump-path", root, "--grid-size", GRID, *NO_CLIP)
+    return root / scene_path.stem, options.load_args(root / "ovssc" / "args.pkl")
+
+
+def truth_points(scene_path, bounds):
+    with SceneFile(scene_path) as scene:
+        xyz, objid = scene.ground_truth()
+        classes = scene.object_classes()
+    inside = geometry.in_bounds(xyz, bounds)
+    return xyz[inside], objid[inside].astype(int), classes
+
+
+def nearest(points, queries):
+    """Index of each query's nearest point, brute force in numpy."""
+    return np.concatenate(
+        [
+            np.argmin(((chunk[:, None] - points[None]) ** 2).sum(-1), axis=1)
+            for chunk in np.array_split(queries, 64)
+        ]
+    )
+
+
+def test_ovssc_hdf5_ground_truth(scene_path, ovssc_out):
+    out, args = ovssc_out
+    data = np.load(out / "completion.npz")
+    classes = list(data["classes"])
+    xyz, objid, names = truth_points(scene_path, args.scene_bounds)
+    with SceneFile(scene_path) as scene:  # the dataset's evaluation classes, recomputed
+        seg_ids = set(np.unique(scene.segmentation()).astype(int)) - {-1}
+        intr, pose = scene.camera()
+        depth = scene.depth()
+        all_xyz, all_ids = scene.ground_truth()
+    frustum = geometry.in_frustum(all_xyz, intr, pose, depth.shape)
+    visible = seg_ids & set(np.unique(all_ids[frustum]).astype(int))
+    assert classes == sorted({names[i] for i in visible} - dataset.NOT_CLASSES)
+    grid = inference.query_grid(args.scene_bounds, GRID)
+    class_of_point = np.array([classes.index(n) if n in classes else -1 for n in names])[objid]
+    expected = class_of_point[nearest(xyz, grid)].reshape((GRID,) * 3)
+    frame = inference.Frame(depth.astype(np.uint8)[..., None].repeat(3, 2), depth, intr, pose)
+    keep = inference.observed_mask(frame, args.scene_bounds, GRID, grid)
+    keep[[0, -1]] = keep[:, [0, -1]] = keep[:, :, [0, -1]] = False
+    expected[~keep] = -1
+    np.testing.assert_array_equal(data["gt_labels"], expected)
+    assert (expected >= 0).sum() > 20
+    # hidden: more than one pitch behind the observed depth at the voxel's pixel
+    labelled = expected.reshape(-1) >= 0
+    camera = (np.linalg.inv(pose) @ np.c_[grid, np.ones(len(grid))].T).T[labelled]
+    cols = np.clip((camera[:, 0] / camera[:, 2] * intr[0, 0] + intr[0, 2]).astype(int), 0, 127)
+    rows = np.clip((camera[:, 1] / camera[:, 2] * intr[1, 1] + intr[1, 2]).astype(int), 0, 127)
+    pitch = inference.grid_pitch(args.scene_bounds, GRID).max()
+    surface = depth[rows, cols]
+    hidden = (surface <= 0) | (camera[:, 2] > surface + pitch)
+    np.testing.assert_array_equal(data["gt_hidden"].reshape(-1)[labelled], hidden)
+    assert not data["gt_hidden"].reshape(-1)[~labelled].any()
+    assert 0 < hidden.sum() < len(hidden)
+    picture = imageio.imread(out / "completion_vs_gt.png")
+    assert (
+        picture.shape[1] > 2 * picture.shape[0]
+        and len(np.unique(picture.reshape(-1, 3), axis=0)) > 20
+    )
+
+
+def test_vool_hdf5_ground_truth(scene_path, tmp_path):
+    ckpt = tiny_checkpoint(tmp_path / "vool", "vool")
+    invoke(
+        "vool-inference", scene_path, ckpt, "--dump-path", tmp_path, "--grid-size", GRID, *NO_CLIP
+    )
+    data = np.load(tmp_path / scene_path.stem / "localization.npz")
+    args = options.load_args(tmp_path / "vool" / "args.pkl")
+    with SceneFile(scene_path) as scene:
+        stored = scene.descriptions()
+    triples = zip(
+        stored["target_obj_name"], stored["spatial_relation_name"], stored["reference_obj_name"]
+    )
+    assert list(data["descriptions"]) == [inference.description_name(*t) for t in triples]
+    xyz, objid, _ = truth_points(scene_path, args.scene_bounds)
+    for k, target in enumerate(stored["target_obj_id"]):
+        got = data["gt_xyz"][data["gt_description_index"] == k]
+        want = xyz[objid == target]
+        assert len(got) == len(want) > 0
+        np.testing.assert_array_equal(got[np.lexsort(got.T)], want[np.lexsort(want.T)])
+    picture = imageio.imread(tmp_path / scene_path.stem / "localization_vs_gt.png")
+    assert picture.shape[0] > (len(data["descriptions"]) - 1) * picture.shape[1] / 2
+
+
+def broken_copy(scene_path, tmp_path, *keys):
+    copy = tmp_path / scene_path.name
+    shutil.copyfile(scene_path, copy)
+    with h5py.File(copy, "a") as f:
+        for key in keys:
+            del f[key]
+    return copy
+
+
+def test_hdf5_without_relevancy_or_ground_truth(scene_path, tmp_path):
+    ckpt = tiny_checkpoint(tmp_path / "ovssc", "ovssc")
+    common = ["--dump-path", tmp_path / "vis", *NO_CLIP]
+    no_maps = broken_copy(scene_path, tmp_path, "data/saliencies")
+    message = (
+        f"{no_maps} has no stored relevancy for rgb|ours (the checkpoint's saliency_config); run "
+        f"`python generate_relevancy.py dataset {tmp_path}` (--source oracle needs no CLIP weights)"
+    )
+    with pytest.raises(InputError, match=f"^{re.escape(message)}$"):
+        invoke("ovssc-inference", no_maps, ckpt, *common)
+    no_truth = broken_copy(scene_path, tmp_path, "data/full_objid_pts")
+    with pytest.raises(InputError, match=r"has no ground truth \(full_xyz_pts / full_objid_pts\)"):
+        invoke("ovssc-inference", no_truth, ckpt, *common)
+    assert not (tmp_path / "vis").exists()  # nothing written
+
+
+# --------------------------------------------------------------------------------------------------
+# visualize's bad inputs
+
+
+def test_visualize_folder_without_triangles(tmp_path):
+    (tmp_path / "empty.obj").write_text("")
+    (tmp_path / "notes.obj").write_text("this is not a mesh\n")
+    with pytest.raises(
+        InputError, match=f"^nothing to render in {re.escape(str(tmp_path))}: its 2 .obj"
+    ):
+        invoke("ovssc-visualize", tmp_path)
+
+
+def test_text_file_named_png(tmp_path):
+    fake = tmp_path / "color.png"
+    fake.write_text("not pixels")
+    with pytest.raises(InputError, match=f"^{re.escape(str(fake))} is not an image \\("):
+        invoke(
+            "rgbd-scene",
+            fake,
+            fake,
+            tmp_path / "s.pkl",
+            "--intrinsics",
+            1,
+            1,
+            1,
+            1,
+            "--classes",
+            "a",
+        )
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["ovssc-visualize", ".", "--num-frames", "0"], "--num-frames must be at least 1, got 0"),
+        (["vool-visualize", ".", "--size", "-3"], "--size must be at least 1, got -3"),
+        (
+            ["ovssc-inference", "x.pkl", "c.pth", "--grid-size", "0"],
+            "--grid-size must be at least 1, got 0",
+        ),
+    ],
+)
+def test_numeric_options_below_one(argv, message):
+    with pytest.raises(InputError, match=f"^{re.escape(message)}$"):
+        invoke(*argv)
+
+
+def test_all_negative_depth_is_named(tmp_path):
+    rgb = tmp_path / "c.png"
+    imageio.imwrite(rgb, np.zeros((8, 8, 3), np.uint8))
+    depth = tmp_path / "d.npy"
+    np.save(depth, np.full((8, 8), -1.5, np.float32))
+    with pytest.raises(
+        InputError, match="every depth reading is negative or missing \\(min -1.5\\)"
+    ):
+        invoke(
+            "rgbd-scene",
+            rgb,
+            depth,
+            tmp_path / "s.pkl",
+            "--intrinsics",
+            4,
+            4,
+            4,
+            4,
+            "--classes",
+            "a",
+        )
