@@ -11,6 +11,7 @@ We save the bare network's keys (no `module.`), which this loader and a DDP-wrap
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -36,14 +37,43 @@ def read_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     try:
         checkpoint = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as error:  # torch raises many types for truncated or foreign files
-        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        raise InputError(f"checkpoint {path} cannot be read: {reason}") from error
+        raise InputError(f"{path} is not a readable checkpoint ({load_failure(error)})") from error
     if not isinstance(checkpoint, Mapping) or not isinstance(checkpoint.get("net"), Mapping):
         found = sorted(checkpoint) if isinstance(checkpoint, Mapping) else type(checkpoint).__name__
         raise InputError(
             f"{path} is not a semabs checkpoint: expected a dict with net, optimizer, epochs; found {found}"
         )
     return dict(checkpoint)
+
+
+def load_failure(error: Exception) -> str:
+    """Why torch.load failed, in one line. Its weights-only loader's refusal (a foreign or corrupt
+    file, or one holding objects beyond tensors and containers) comes without the advice to load
+    the file with weights_only=False, which would run whatever code an untrusted file holds."""
+    text = str(error).strip()
+    refusal = re.search(r"WeightsUnpickler error:\s*(.+)", text)
+    if refusal is not None:
+        detail = refusal[1].split(" was not an allowed global")[0].strip()
+        return f"torch's weights-only loader refused it: {detail}"
+    first_sentence = text.splitlines()[0].split(". ")[0] if text else ""
+    return f"{type(error).__name__}: {first_sentence}" if first_sentence else type(error).__name__
+
+
+def non_finite_entry(state: Mapping, prefix: str = "") -> str | None:
+    """The key of the first floating tensor in a (nested) state dict holding nan or inf."""
+    for key, value in state.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, Mapping):
+            found = non_finite_entry(value, f"{name}.")
+            if found is not None:
+                return found
+        elif (
+            isinstance(value, torch.Tensor)
+            and value.is_floating_point()
+            and not torch.isfinite(value).all()
+        ):
+            return name
+    return None
 
 
 def strip_ddp_prefix(state_dict: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -131,7 +161,8 @@ def save_checkpoint(
     """Write {"net", "optimizer", "epochs"} atomically: an existing file survives a crash mid-write.
 
     `extra` adds keys beside the released three (training adds scheduler, scaler, rng, position),
-    which the original's loader ignores.
+    which the original's loader ignores. Non-finite weights or optimizer state are refused (an
+    InputError naming the first such tensor) and nothing is written.
     """
     checkpoint = {
         **(extra or {}),
@@ -139,5 +170,8 @@ def save_checkpoint(
         "optimizer": optimizer.state_dict() if optimizer is not None else {},
         "epochs": epochs,
     }
+    bad = non_finite_entry({"net": checkpoint["net"], "optimizer": checkpoint["optimizer"]})
+    if bad is not None:
+        raise InputError(f"{path} not written: {bad} holds nan or inf")
     with atomic_path(path) as tmp:
         torch.save(checkpoint, tmp)

@@ -16,7 +16,9 @@ fills flags that an older file lacks with their defaults, so released and our ow
 from __future__ import annotations
 
 import argparse
+import math
 import pickle
+from dataclasses import dataclass
 from pathlib import Path
 
 import fixes
@@ -38,14 +40,70 @@ def _add_bool(parser: argparse.ArgumentParser, name: str, default: bool, help: s
     parser.set_defaults(**{name: default})
 
 
-def _every(text: str) -> int:
-    """An every-N-epochs count: 0 or more (the original divided by it, so 0 crashed)."""
-    value = int(text)
-    if value < 0:
-        raise argparse.ArgumentTypeError(
-            f"must be 0 (never) or a positive epoch count, got {value}"
-        )
-    return value
+@dataclass(frozen=True)
+class Bounded:
+    """An argparse type: a finite number of `kind` (int or float) from `minimum` (excluded when
+    `above`) to `maximum`. A bad value stops the parse with argparse's one line
+    (`error: argument --lr: must be a finite number > 0, got nan`); `check` applies the same rule
+    to a value read back from args.pkl. `meaning` words the rule where the generated text would not.
+    """
+
+    kind: type
+    minimum: float | None = None
+    maximum: float | None = None
+    above: bool = False
+    meaning: str | None = None
+
+    @property
+    def requirement(self) -> str:
+        if self.meaning is not None:
+            return self.meaning
+        noun = "an integer" if self.kind is int else "a finite number"
+        if self.maximum is not None:
+            return f"{noun} from {self.minimum} to {self.maximum}"
+        if self.minimum is None:
+            return noun
+        return f"{noun} {'>' if self.above else '>='} {self.minimum}"
+
+    def accepts(self, value) -> bool:
+        if not math.isfinite(value):
+            return False
+        if self.minimum is not None and (
+            value <= self.minimum if self.above else value < self.minimum
+        ):
+            return False
+        return self.maximum is None or value <= self.maximum
+
+    def check(self, value):
+        """A stored value: `value` if it is a `kind` (no rounding, no text) that meets the rule."""
+        try:
+            converted = None if isinstance(value, str) else self.kind(value)
+        except (TypeError, ValueError, OverflowError):
+            converted = None
+        if converted is None or converted != value or not self.accepts(converted):
+            raise self.refusal(value)
+        return converted
+
+    def __call__(self, text: str):
+        try:
+            value = self.kind(text)
+        except ValueError:
+            raise self.refusal(text) from None
+        if not self.accepts(value):
+            raise self.refusal(text)
+        return value
+
+    def refusal(self, shown) -> argparse.ArgumentTypeError:
+        return argparse.ArgumentTypeError(f"must be {self.requirement}, got {shown}")
+
+
+COUNT = Bounded(int, 1)  # sizes, point counts, batch size, epochs
+NONNEGATIVE_COUNT = Bounded(int, 0)
+SEED = Bounded(int, 0, 2**32 - 1)  # numpy's seeds
+EVERY = Bounded(int, 0, meaning="0 (never) or a positive epoch count")  # the original divided by it
+FINITE = Bounded(float)
+NONNEGATIVE = Bounded(float, 0)
+POSITIVE = Bounded(float, 0, above=True)
 
 
 def _scene_bounds(values: list[float]) -> list[list[float]]:
@@ -71,24 +129,26 @@ def add_shared_flags(parser: argparse.ArgumentParser) -> None:
     add("--file_path", required=True, help="dataset root holding ssc_split.pkl / vool_split.pkl")
     add(
         "--voxel_shape",
-        type=int,
+        type=COUNT,
         nargs=3,
         default=list(DEFAULT_VOXEL_SHAPE),
         metavar=("X", "Y", "Z"),
         help="feature-volume grid (and TSDF shape)",
     )
     add("--load", default=None, help="checkpoint to resume from (train) or to evaluate")
-    add("--batch_size", type=int, default=1, help="per-process training batch size")
-    add("--num_warmup_steps", type=int, default=1024)
+    add("--batch_size", type=COUNT, default=1, help="per-process training batch size")
+    add("--num_warmup_steps", type=NONNEGATIVE_COUNT, default=1024)
     add(
         "--save_freq",
-        type=_every,
+        type=EVERY,
         default=1,
-        help="save ckpt_<epoch>.pth every N epochs (0: only the last epoch's)",
+        help="save ckpt_<epoch>.pth every N epochs (0: only the last epoch's); each holds the "
+        "network and its LAMB state: ~425 MB for the default network, ~27 MB for demo.py's "
+        "small one (--voxel_shape 32 32 32 --unet_num_levels 4)",
     )
     add(
         "--eval_freq",
-        type=_every,
+        type=EVERY,
         default=5,
         help="evaluate unseen_instances every N epochs, from epoch 0 (0: never while training)",
     )
@@ -98,26 +158,26 @@ def add_shared_flags(parser: argparse.ArgumentParser) -> None:
         default=["0"],
         help="accepted for the original's commands; torchrun decides",
     )
-    add("--seed", type=int, default=0)
-    add("--epochs", type=int, default=200)
-    add("--num_descs", type=int, default=4, help="VOOL descriptions per training scene")
-    add("--saliency_vmin", type=float, default=None)
-    add("--lr", type=float, default=1e-3)
-    add("--weight_decay", type=float, default=1e-5)
-    add("--grad_max_norm", type=float, default=2.0)
-    add("--xyz_pts_noise", type=float, default=0.0)
-    add("--num_input_pts", type=int, default=80_000)
-    add("--num_output_pts", type=int, default=400_000, help="query points per training scene")
-    add("--pointing_dim", type=int, default=64)
-    add("--unet_f_maps", type=int, default=16)
-    add("--unet_num_channels", type=int, default=16)
-    add("--unet_num_groups", type=int, default=8)
-    add("--unet_num_levels", type=int, default=6)
-    add("--num_patches", type=int, default=4, help="OVSSC classes per training scene")
-    add("--patch_mask_cutoff", type=float, default=0.004)
+    add("--seed", type=SEED, default=0)
+    add("--epochs", type=COUNT, default=200)
+    add("--num_descs", type=COUNT, default=4, help="VOOL descriptions per training scene")
+    add("--saliency_vmin", type=FINITE, default=None)
+    add("--lr", type=POSITIVE, default=1e-3)
+    add("--weight_decay", type=NONNEGATIVE, default=1e-5)
+    add("--grad_max_norm", type=POSITIVE, default=2.0)
+    add("--xyz_pts_noise", type=NONNEGATIVE, default=0.0)
+    add("--num_input_pts", type=COUNT, default=80_000)
+    add("--num_output_pts", type=COUNT, default=400_000, help="query points per training scene")
+    add("--pointing_dim", type=COUNT, default=64)
+    add("--unet_f_maps", type=COUNT, default=16)
+    add("--unet_num_channels", type=COUNT, default=16)
+    add("--unet_num_groups", type=COUNT, default=8)
+    add("--unet_num_levels", type=COUNT, default=6)
+    add("--num_patches", type=COUNT, default=4, help="OVSSC classes per training scene")
+    add("--patch_mask_cutoff", type=FINITE, default=0.004)
     _add_bool(parser, "domain_randomization", True, "random rigid/scale transform in training")
     _add_bool(parser, "use_pts_feat_extractor", True, "per-point MLP before scattering")
-    add("--pts_feat_extractor_hidden_dim", type=int, default=128)
+    add("--pts_feat_extractor_hidden_dim", type=COUNT, default=128)
     _add_bool(parser, "subtract_mean_relevancy", True, "subtract the per-scene mean relevancy map")
     _add_bool(parser, "offset_patch_mask", False, "patch masks in {-1, 1} instead of {0, 1}")
     _add_bool(parser, "balance_positive_negative", False, "per-row BCE reweighting")
@@ -131,19 +191,19 @@ def add_shared_flags(parser: argparse.ArgumentParser) -> None:
     add(
         "--amp_dtype", choices=("fp16", "bf16"), default="fp16", help="autocast type with --use_amp"
     )
-    add("--num_workers", type=int, default=8, help="DataLoader workers per process")
+    add("--num_workers", type=NONNEGATIVE_COUNT, default=8, help="DataLoader workers per process")
     add(
         "--max_minutes",
-        type=float,
+        type=POSITIVE,
         default=None,
         help="stop after this much training time, saving latest.pth (one process only)",
     )
-    add("--dr_pos", type=float, default=0.1)
-    add("--dr_orn", type=float, default=0.3)
-    add("--dr_scale", type=float, default=0.1)
+    add("--dr_pos", type=NONNEGATIVE, default=0.1)
+    add("--dr_orn", type=NONNEGATIVE, default=0.3)
+    add("--dr_scale", type=NONNEGATIVE, default=0.1)
     add(
         "--scene_bounds",
-        type=float,
+        type=FINITE,
         nargs=6,
         action=_SceneBounds,
         default=[list(c) for c in DEFAULT_SCENE_BOUNDS],
@@ -195,13 +255,18 @@ def finalize(args: argparse.Namespace) -> argparse.Namespace:
     return args
 
 
-def defaults() -> argparse.Namespace:
-    """Every shared flag at its default (file_path left None)."""
+def _shared_parser() -> argparse.ArgumentParser:
+    """A parser of the shared flags alone, none of them required."""
     parser = argparse.ArgumentParser()
     add_shared_flags(parser)
     for action in parser._actions:
         action.required = False
-    return parser.parse_args([])
+    return parser
+
+
+def defaults() -> argparse.Namespace:
+    """Every shared flag at its default (file_path left None)."""
+    return _shared_parser().parse_args([])
 
 
 # Keys of a stored Namespace that describe the run rather than the model (not compared on resume).
@@ -239,9 +304,31 @@ def load_args(path: str | Path) -> argparse.Namespace:
         raise InputError(f"{path} holds a {type(stored).__name__}, not a training Namespace")
     args = defaults()
     vars(args).update(vars(stored))
-    args.voxel_shape = [int(v) for v in args.voxel_shape]
     args.scene_bounds = [[float(v) for v in corner] for corner in _as_corners(args.scene_bounds)]
+    check_values(args, path)
+    args.voxel_shape = [int(v) for v in args.voxel_shape]
     return args
+
+
+def check_values(args: argparse.Namespace, source: Path) -> None:
+    """Hold the values of a stored Namespace to the rules of the flags (`Bounded`): one InputError
+    naming the file and the flag, where a command line would have stopped at parsing."""
+    for action in _shared_parser()._actions:
+        value = getattr(args, action.dest, None)
+        if not isinstance(action.type, Bounded) or value is None:
+            continue
+        for item in _numbers(value):
+            try:
+                action.type.check(item)
+            except argparse.ArgumentTypeError as error:
+                raise InputError(f"{source}: {action.dest} {error}") from None
+
+
+def _numbers(value) -> list:
+    """The numbers of a value, a list (voxel_shape) or nested lists (scene_bounds) flattened."""
+    if isinstance(value, list | tuple):
+        return [number for item in value for number in _numbers(item)]
+    return [value]
 
 
 def _as_corners(bounds) -> list[list[float]]:

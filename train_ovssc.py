@@ -4,7 +4,10 @@ Spec: train-eval.md 1.2 and 1.8, models.md 4. The task (loss, per-row columns) i
 loop, checkpoints and logging are training.py's.
 
     python train_ovssc.py --file_path dataset/ --log logs/ovssc
-    torchrun --nproc_per_node 2 train_ovssc.py --file_path dataset/ --log logs/ovssc
+    torchrun --standalone --nproc_per_node 2 -- train_ovssc.py --file_path dataset/ --log logs/ovssc
+
+The `--` is needed: torchrun's own parser (torch 2.x) otherwise stops with "ambiguous option:
+--log could match --log-dir, --log_dir, ...".
 """
 
 from __future__ import annotations

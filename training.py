@@ -51,7 +51,7 @@ from lamb import Lamb
 from processes import Processes, seed_all, setup_processes, teardown_processes
 from schedules import SCHEDULES
 from tasks import Task
-from utils import InputError, atomic_path, run_app
+from utils import InputError, atomic_path, remove_stale_temp_files, run_app
 
 log = logging.getLogger("semabs.train")
 
@@ -67,6 +67,9 @@ TQDM_RATES = ("iou", "precision", "recall")
 
 def check_data(file_path: str, task: str, saliency_config: str) -> dict[str, list[str]]:
     """Split lists of --file_path, refusing with one line what training cannot read."""
+    if not Path(file_path).is_dir():
+        problem = "is not a folder" if Path(file_path).exists() else "does not exist"
+        raise InputError(f"--file_path {file_path} {problem}")
     split_file = Path(file_path) / scene_file.SPLIT_FILES[task]
     if not split_file.is_file():
         raise InputError(
@@ -366,6 +369,11 @@ def grad_norm(model: nn.Module) -> float:
     return torch.norm(torch.stack(norms), 2).item() if norms else 0.0
 
 
+def weights_finite(model: nn.Module) -> bool:
+    """No parameter holds nan or inf (one device sync)."""
+    return bool(torch.stack([torch.isfinite(p).all() for p in model.parameters()]).all())
+
+
 def describe(stats: dict[str, float]) -> str:
     return " ".join(
         f"{k}: {v * 100:.2f}" if any(r in k for r in TQDM_RATES) else f"{k}: {v:.4e}"
@@ -464,7 +472,9 @@ class Trainer:
                     f"training stopped in epoch {position.epoch}, split {split}, batch {index}: "
                     f"{type(error).__name__}: {error}"
                 ) from error
-            stats = reduce_stats(stats, self.procs)
+            stats = reduce_stats(stats, self.procs)  # every rank sees a nan loss of any rank
+            if train:
+                self.check_finite(stats["loss"], position.epoch)
             frames.append(gather_frames(frame, self.procs))
             history.append(stats)
             bar.set_description(describe(stats))
@@ -484,6 +494,23 @@ class Trainer:
                 writer.add_scalar(f"{key}_mean", np.nanmean([h[key] for h in history]), steps)
             writer.flush()
         return (pd.concat(frames) if frames else pd.DataFrame()), complete
+
+    def check_finite(self, loss: float, epoch: int) -> None:
+        """Stop the run when a training step left a non-finite loss (fp32/bf16: under fp16 the
+        gradient scaler skips such steps itself) or non-finite weights, before anything is saved.
+        Under DDP the loss is the ranks' mean and the weights are alike, so every rank stops."""
+        if self.scaler is None and not math.isfinite(loss):
+            problem = f"loss is {loss}"
+        elif not weights_finite(self.bare):
+            problem = "the weights are not finite"
+        else:
+            return
+        latest = Path(self.args.log) / "latest.pth"
+        saved = f"{latest} holds the last saved state" if latest.is_file() else "nothing was saved"
+        raise InputError(
+            f"training stopped: {problem} at epoch {epoch}, step {int(self.bare.steps.item())}; "
+            f"no checkpoint written for this state ({saved}; try a lower --lr)"
+        )
 
     def save(self, path: Path, position: Position) -> None:
         save_state(path, self.model, self.optimizer, self.scheduler, self.scaler, position)
@@ -559,12 +586,26 @@ def train(
         trainer, datasets, position = setup(task, args, procs, network_overrides)
         trainer.stop_after_steps, trainer.deadline = stop_after_steps, deadline
         try:
-            return run_epochs(trainer, datasets, position)
+            position = run_epochs(trainer, datasets, position)
         finally:
             for writer in trainer.writers.values():
                 writer.close()
+        if procs.main and deadline is not None and time.monotonic() > deadline:
+            print(out_of_time_line(args, max_seconds, position, trainer.bare), flush=True)
+        return trainer.bare
     finally:
         teardown_processes()
+
+
+def out_of_time_line(
+    args: argparse.Namespace, max_seconds: float, position: Position, model: nn.Module
+) -> str:
+    """The closing line of a run stopped by --max_minutes: where it stopped and how to go on."""
+    latest = Path(args.log) / "latest.pth"
+    return (
+        f"stopped after --max_minutes {max_seconds / 60:g} at epoch {position.epoch}, step "
+        f"{int(model.steps.item())}; saved {latest} (resume with the same command and --load {latest})"
+    )
 
 
 def setup(
@@ -577,6 +618,9 @@ def setup(
     if args.use_amp and procs.device.type != "cuda":
         raise InputError("--use_amp needs CUDA; drop it or use --device cuda")
     check_log_dir(log_dir)
+    if procs.main:
+        for stale in remove_stale_temp_files(log_dir):
+            print(f"removed {stale}, left by an interrupted run", flush=True)
     check_resume_args(args, log_dir)
     lists = check_data(args.file_path, task.name, args.saliency_config)
     seed_all(args.seed + procs.rank)
@@ -616,52 +660,67 @@ def setup(
     return trainer, datasets, position
 
 
-def run_epochs(trainer: Trainer, datasets: dict, position: Position) -> nn.Module:
-    """The epoch loop of train-eval.md 1.6 from `position`: train, then the evaluation splits every
-    --eval_freq epochs; latest.pth after each split, ckpt_<epoch>.pth every --save_freq epochs, the
-    rows of every split appended to detailed_stats.pkl. -> the bare network."""
+def run_epochs(trainer: Trainer, datasets: dict, position: Position) -> Position:
+    """The epoch loop of train-eval.md 1.6 from `position`; -> where the run stopped.
+
+    Each epoch: train (latest.pth after it), ckpt_<epoch>.pth every --save_freq epochs and after
+    the last, the evaluation splits every --eval_freq epochs, and latest.pth past the epoch once it
+    was evaluated (without evaluation, training's latest.pth already holds this state). The rows of
+    every split go to detailed_stats.pkl. The periodic checkpoint is written before evaluation
+    (which leaves the weights as they are) and before latest.pth moves past the epoch: a run killed
+    while writing it resumes inside the epoch and writes it again, where the original, writing it
+    last, lost it."""
     args, procs = trainer.args, trainer.procs
     log_dir = Path(args.log)
-    stats_path = log_dir / "detailed_stats.pkl"
-    all_stats = (
-        [pd.read_pickle(stats_path)] if (args.load and stats_path.is_file() and procs.main) else []
-    )
+    stats = StatsFile(log_dir / "detailed_stats.pkl", resume=bool(args.load), main=procs.main)
     for epoch in range(position.epoch, args.epochs):
         if position.epoch != epoch:
             position = Position(epoch=epoch)
         log.info("========== EPOCH %d ==========", epoch)
         epoch_frames = []
-        for split in ("train", *EVAL_SPLITS):
-            if split not in datasets:
-                continue
-            if split == "train" and position.train_done:
-                continue
-            if split != "train" and not every(epoch, args.eval_freq):
-                continue
-            frame, complete = trainer.run_split(split, datasets[split], position)
-            if split == "train":
-                position.train_done = complete
-            after = position if split == "train" else Position(epoch=epoch + 1)
+        if not position.train_done:
+            frame, position.train_done = trainer.run_split("train", datasets["train"], position)
             if procs.main:
-                trainer.save(log_dir / "latest.pth", after)
+                trainer.save(log_dir / "latest.pth", position)
             if trainer.stopped():
-                return trainer.bare
-            frame = frame.assign(epoch=epoch, split=split)
-            epoch_frames.append(frame)
-            if procs.main:
-                all_stats.append(frame)
-                atomic_pickle(pd.concat(all_stats), stats_path)
+                return position
+            epoch_frames.append(stats.add(frame, epoch, "train"))
+        after = Position(epoch=epoch + 1)
+        if procs.main and (every(epoch, args.save_freq) or epoch == args.epochs - 1):
+            trainer.save(log_dir / f"ckpt_{epoch}.pth", after)
+            log.info("Saved checkpoint to %s", log_dir / f"ckpt_{epoch}.pth")
+        evaluated = [s for s in EVAL_SPLITS if s in datasets and every(epoch, args.eval_freq)]
+        for split in evaluated:
+            frame, _ = trainer.run_split(split, datasets[split], position)
+            epoch_frames.append(stats.add(frame, epoch, split))
         if procs.main and epoch_frames:
             rows = metrics.epoch_summary(
                 pd.concat(epoch_frames), fix_rate_argmin=args.fix_rate_argmin
             )
             print(metrics.format_epoch_summary(rows), flush=True)
-        if procs.main and (every(epoch, args.save_freq) or epoch == args.epochs - 1):
-            path = log_dir / f"ckpt_{epoch}.pth"
-            trainer.save(path, Position(epoch=epoch + 1))
-            log.info("Saved checkpoint to %s", path)
-        position = Position(epoch=epoch + 1)
-    return trainer.bare
+        if procs.main and evaluated:
+            trainer.save(log_dir / "latest.pth", after)
+        position = after
+        if trainer.stopped():
+            return position
+    return position
+
+
+class StatsFile:
+    """detailed_stats.pkl: every split's rows of the run, rewritten (atomically, on the main
+    process) as each split ends; a resumed run appends to the rows already there."""
+
+    def __init__(self, path: Path, resume: bool, main: bool):
+        self.path, self.main = path, main
+        self.frames = [pd.read_pickle(path)] if (resume and path.is_file() and main) else []
+
+    def add(self, frame: pd.DataFrame, epoch: int, split: str) -> pd.DataFrame:
+        """Tag a split's rows with epoch and split, store them; -> the tagged rows."""
+        frame = frame.assign(epoch=epoch, split=split)
+        if self.main:
+            self.frames.append(frame)
+            atomic_pickle(pd.concat(self.frames), self.path)
+        return frame
 
 
 def main(task: Task, argv: list[str] | None = None) -> None:

@@ -56,12 +56,33 @@ def os_error_line(error: OSError) -> str | None:
     return problem if error.filename is None else f"{error.filename}: {problem}"
 
 
+# torch's message for an error raised in a DataLoader worker, re-raised in the main process as the
+# same type: "Caught <Type> in DataLoader worker process <N>.\nOriginal Traceback ...\n<Type>: <text>"
+_WORKER_WRAPPER = re.compile(r"^Caught \w+ in DataLoader worker process \d+\.\nOriginal Traceback")
+_ERRNO_TEXT = re.compile(r"^\[Errno (?P<errno>\d+)\] (?P<strerror>.+?)(?:: '(?P<filename>.+)')?$")
+
+
+def original_error(error: Exception) -> Exception:
+    """The error a DataLoader worker raised, rebuilt from the last line of the traceback torch wraps
+    it in (an OSError with its errno and file name again); any other error as it is."""
+    message = str(error)
+    if not _WORKER_WRAPPER.match(message):
+        return error
+    text = message.rstrip().splitlines()[-1].partition(": ")[2]
+    if isinstance(error, InputError):
+        return InputError(text)
+    numbered = _ERRNO_TEXT.match(text)
+    if numbered is None:
+        return type(error)(text)
+    return OSError(int(numbered["errno"]), numbered["strerror"], numbered["filename"])
+
+
 def run_app(app) -> None:
     """The one top-level handler of every script: run a typer app or a plain `main()` callable.
 
     An InputError, or an OSError a user causes (`os_error_line`), prints `error: <message>` on
-    stderr as one line and exits 1; Ctrl-C prints one line and exits 130. Anything else is a bug
-    and keeps its traceback.
+    stderr as one line and exits 1, also when a DataLoader worker raised it (`original_error`);
+    Ctrl-C prints one line and exits 130. Anything else is a bug and keeps its traceback.
     """
     import typer  # here, so that importing utils costs nothing for scripts without typer
 
@@ -76,11 +97,9 @@ def run_app(app) -> None:
     except (KeyboardInterrupt, typer.Abort):
         print("interrupted: stopped before the end (finished files are complete)", file=sys.stderr)
         sys.exit(130)
-    except InputError as error:
-        print(f"error: {error}", file=sys.stderr)
-        sys.exit(1)
-    except OSError as error:
-        line = os_error_line(error)
+    except (InputError, OSError) as caught:
+        error = original_error(caught)
+        line = str(error) if isinstance(error, InputError) else os_error_line(error)
         if line is None:
             raise
         print(f"error: {line}", file=sys.stderr)

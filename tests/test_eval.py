@@ -387,7 +387,6 @@ def visible_lines(text: str) -> list[str]:
     return [shown for line in text.split("\n") if (shown := line.split("\r")[-1].strip())]
 
 
-@pytest.mark.xfail(strict=False, reason="needs run_app's worker unwrapping")
 def test_a_data_error_in_a_worker_is_one_line(data, tmp_path, ovssc_ckpt, capsys):
     broken = tmp_path / "broken"
     broken.mkdir()

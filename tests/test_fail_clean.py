@@ -241,3 +241,53 @@ def test_killed_generate_relevancy_leaves_readable_files_and_resumes(tmp_path):
     for path in tmp_path.glob("*.hdf5"):
         with h5py.File(path, "r") as scene:
             assert "data/saliencies" in scene
+
+
+# --------------------------------------------------------------------------------------------------
+# errors raised in a DataLoader worker
+
+
+def _raised_in_a_worker(error: Exception) -> Exception:
+    """The exception torch re-raises in the main process for `error` raised in worker 0."""
+    from torch._utils import ExceptionWrapper
+
+    try:
+        try:
+            raise error
+        except Exception:
+            ExceptionWrapper(where="in DataLoader worker process 0").reraise()
+    except Exception as rewrapped:
+        return rewrapped
+
+
+@pytest.mark.parametrize(
+    "error, line",
+    [
+        (
+            InputError("/d/s.hdf5: missing key 'data/tsdf'"),
+            "error: /d/s.hdf5: missing key 'data/tsdf'",
+        ),
+        (
+            FileNotFoundError(errno.ENOENT, "No such file or directory", "/d/s.hdf5"),
+            "error: /d/s.hdf5: no such file or folder (is its parent missing?)",
+        ),
+        (PermissionError(errno.EACCES, "Permission denied", "/d"), "error: /d: Permission denied"),
+    ],
+)
+def test_run_app_prints_a_workers_error_as_its_own_line(capsys, error, line):
+    rewrapped = _raised_in_a_worker(error)
+    assert str(rewrapped).startswith("Caught ") and "Traceback" in str(rewrapped)
+
+    def main():
+        raise rewrapped
+
+    with pytest.raises(SystemExit) as exit_:
+        utils.run_app(main)
+    assert exit_.value.code == 1
+    assert capsys.readouterr().err == line + "\n"
+
+
+def test_a_workers_bug_keeps_its_traceback():
+    rewrapped = _raised_in_a_worker(OSError("an HDF5 library message"))
+    with pytest.raises(OSError, match="Caught OSError in DataLoader worker process 0"):
+        utils.run_app(lambda: (_ for _ in ()).throw(rewrapped))

@@ -139,3 +139,79 @@ def test_fix_table_names_follow_one_scheme_and_the_readme_table_lists_them():
     table = fixes.markdown_table()
     assert all(f"`--{f.name}`" in table for f in fixes.FIXES)
     assert set(fixes.names("network")) <= net.network_arguments(net.SemAbs3D)
+
+
+@pytest.mark.parametrize(
+    "argv, line",
+    [
+        (
+            ["--voxel_shape", "0", "0", "0"],
+            "argument --voxel_shape: must be an integer >= 1, got 0",
+        ),
+        (["--batch_size", "0"], "argument --batch_size: must be an integer >= 1, got 0"),
+        (["--num_input_pts", "0"], "argument --num_input_pts: must be an integer >= 1, got 0"),
+        (["--num_output_pts", "-5"], "argument --num_output_pts: must be an integer >= 1, got -5"),
+        (["--epochs", "-1"], "argument --epochs: must be an integer >= 1, got -1"),
+        (["--lr", "nan"], "argument --lr: must be a finite number > 0, got nan"),
+        (["--lr", "0"], "argument --lr: must be a finite number > 0, got 0"),
+        (["--lr", "1e-3x"], "argument --lr: must be a finite number > 0, got 1e-3x"),
+        (["--seed", "-1"], "argument --seed: must be an integer from 0 to 4294967295, got -1"),
+        (["--seed", str(2**32)], f"from 0 to 4294967295, got {2**32}"),
+        (["--num_workers", "-1"], "argument --num_workers: must be an integer >= 0, got -1"),
+        (["--num_patches", "0"], "argument --num_patches: must be an integer >= 1, got 0"),
+        (["--num_descs", "0"], "argument --num_descs: must be an integer >= 1, got 0"),
+        (
+            ["--weight_decay", "inf"],
+            "argument --weight_decay: must be a finite number >= 0, got inf",
+        ),
+        (["--max_minutes", "0"], "argument --max_minutes: must be a finite number > 0, got 0"),
+        (["--saliency_vmin", "nan"], "argument --saliency_vmin: must be a finite number, got nan"),
+        (["--scene_bounds", "0", "0", "0", "inf", "1", "1"], "must be a finite number, got inf"),
+        (["--save_freq", "-2"], "must be 0 (never) or a positive epoch count, got -2"),
+    ],
+)
+def test_bad_numbers_stop_at_parsing_with_argparses_line(capsys, argv, line):
+    with pytest.raises(SystemExit) as exit_:
+        parse("ovssc", *argv)
+    assert exit_.value.code == 2
+    assert capsys.readouterr().err.strip().splitlines()[-1].endswith(line)
+
+
+def test_edge_values_are_accepted():
+    args = parse(
+        "ovssc", "--seed", str(2**32 - 1), "--num_workers", "0", "--num_warmup_steps", "0",
+        "--weight_decay", "0", "--saliency_vmin", "-0.5", "--epochs", "1",
+    )  # fmt: skip
+    assert (args.seed, args.num_workers, args.weight_decay, args.saliency_vmin) == (
+        2**32 - 1, 0, 0.0, -0.5,
+    )  # fmt: skip
+
+
+def test_the_eval_parser_shares_the_rules(capsys):
+    import eval as eval_script
+
+    with pytest.raises(SystemExit):
+        eval_script.parser().parse_args(
+            ["--task", "ovssc", "--file_path", "d", "--batch_size", "0"]
+        )
+    assert "argument --batch_size: must be an integer >= 1, got 0" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "name, value, line",
+    [
+        ("lr", float("nan"), "lr must be a finite number > 0, got nan"),
+        ("voxel_shape", [128, 0, 128], "voxel_shape must be an integer >= 1, got 0"),
+        ("num_input_pts", 2.5, "num_input_pts must be an integer >= 1, got 2.5"),
+        ("seed", "0", "seed must be an integer from 0 to 4294967295, got 0"),
+        ("scene_bounds", [[-1, -1, 0], [1, 1, float("inf")]], "scene_bounds must be a finite"),
+    ],
+)
+def test_load_args_holds_stored_values_to_the_same_rules(tmp_path, name, value, line):
+    stored = parse("ovssc")
+    setattr(stored, name, value)
+    with open(tmp_path / "args.pkl", "wb") as f:
+        pickle.dump(stored, f)
+    with pytest.raises(InputError) as error:
+        options.load_args(tmp_path / "args.pkl")
+    assert str(error.value).startswith(f"{tmp_path / 'args.pkl'}: {line}")

@@ -6,10 +6,14 @@ import dataclasses
 import math
 import os
 import pickle
+import shutil
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
+import h5py
 import numpy as np
 import pytest
 import torch
@@ -25,6 +29,7 @@ import tasks
 import train_ovssc
 import training
 from checkpoint import read_checkpoint
+from utils import InputError
 
 REPO = Path(__file__).resolve().parents[1]
 TASKS = tasks.TASKS
@@ -334,3 +339,182 @@ def test_step_errors_stop_training_with_the_place(data, tmp_path):
     task = dataclasses.replace(tasks.OVSSC, loss_fn=broken)
     with pytest.raises(RuntimeError, match="epoch 0, split train, batch 0: ValueError: boom"):
         training.train(task, args_for("ovssc", folder, tmp_path / "b", "--epochs", "1"))
+
+
+def test_file_path_that_does_not_exist(tmp_path, capsys):
+    argv = ["--file_path", str(tmp_path / "nowhere"), "--log", str(tmp_path / "log"), *TINY]
+    err = run_main(train_ovssc.main, argv, capsys)
+    assert err == f"error: --file_path {tmp_path / 'nowhere'} does not exist"
+
+
+# -- non-finite runs stop before anything non-finite is saved
+
+
+def nan_loss(logits, batch, args):
+    loss, *rest = tasks.OVSSC.loss_fn(logits, batch, args)
+    return (loss * float("nan"), *rest)
+
+
+def test_a_nan_loss_stops_training_naming_epoch_and_step(data, tmp_path):
+    task = dataclasses.replace(tasks.OVSSC, loss_fn=nan_loss)
+    log = tmp_path / "nan"
+    with pytest.raises(InputError) as error:
+        training.train(task, args_for("ovssc", with_splits(data, 1, 0), log, "--epochs", "1"))
+    assert str(error.value) == (
+        "training stopped: loss is nan at epoch 0, step 1; no checkpoint written for this state "
+        "(nothing was saved; try a lower --lr)"
+    )
+    assert not list(log.glob("*.pth"))
+
+
+def test_a_learning_rate_that_blows_up_stops_with_one_line(data, tmp_path, capsys):
+    log = tmp_path / "blow"
+    argv = ["--file_path", str(with_splits(data, 2, 0)), "--log", str(log), *TINY]
+    argv += ["--lr", "1e30", "--num_warmup_steps", "0", "--epochs", "3"]
+    assert run_main(train_ovssc.main, argv, capsys) == (
+        "error: training stopped: loss is nan at epoch 0, step 2; no checkpoint written for this "
+        "state (nothing was saved; try a lower --lr)"
+    )
+    assert not list(log.glob("*.pth"))
+
+
+def test_non_finite_weights_stop_training_and_the_last_checkpoint_stays_finite(
+    data, tmp_path, monkeypatch
+):
+    """Two epochs of one scene; the second epoch's step leaves a nan weight (with a finite loss):
+    the run stops there and latest.pth keeps epoch 0's weights."""
+    original_step = training.Trainer.step
+
+    def poisoned_step(self, batch, cutoffs, train):
+        result = original_step(self, batch, cutoffs, train)
+        if train and self.bare.steps.item() == 2:
+            with torch.no_grad():
+                next(self.bare.parameters()).view(-1)[0] = float("nan")
+        return result
+
+    monkeypatch.setattr(training.Trainer, "step", poisoned_step)
+    log = tmp_path / "w"
+    with pytest.raises(InputError) as error:
+        training.train(
+            tasks.OVSSC, args_for("ovssc", with_splits(data, 1, 0), log, "--epochs", "2")
+        )
+    assert str(error.value) == (
+        "training stopped: the weights are not finite at epoch 1, step 2; no checkpoint written "
+        f"for this state ({log / 'latest.pth'} holds the last saved state; try a lower --lr)"
+    )
+    latest = read_checkpoint(log / "latest.pth")
+    assert latest["net"]["steps"].item() == 1
+    assert all(torch.isfinite(v).all() for v in latest["net"].values() if v.is_floating_point())
+    assert sorted(p.name for p in log.glob("*.pth")) == ["ckpt_0.pth", "latest.pth"]
+
+
+# -- a worker's data error is the same one line as in the main process
+
+
+def with_broken_scene(root: Path, folder: Path) -> Path:
+    """Two train scenes of root copied into folder, the second without its relevancy block."""
+    folder.mkdir()
+    names = pickle.loads((root / "ssc_split.pkl").read_bytes())["train"][:2]
+    for name in names:
+        shutil.copy(root / name, folder / name)
+    with h5py.File(folder / names[1], "a") as scene:
+        del scene["data/saliencies/rgb|ours"]
+    for split_file in ("ssc_split.pkl", "vool_split.pkl"):
+        (folder / split_file).write_bytes(pickle.dumps({"train": names}))
+    return folder
+
+
+def test_a_data_error_in_a_worker_is_the_workers_one_line(data, tmp_path, capsys):
+    folder = with_broken_scene(data, tmp_path / "broken")
+    lines = []
+    for workers in ("0", "1"):
+        argv = ["--file_path", str(folder), "--log", str(tmp_path / f"log{workers}"), *TINY]
+        lines.append(run_main(train_ovssc.main, [*argv, "--num_workers", workers], capsys))
+    assert lines[0] == lines[1] and "Caught" not in lines[1]
+    assert lines[1].startswith(f"error: {folder}") and ": no relevancy" in lines[1]
+
+
+# -- write order and closing lines
+
+
+class Killed(BaseException):
+    """Stands for a SIGKILL in the middle of a write."""
+
+
+def test_a_run_killed_writing_a_periodic_checkpoint_writes_it_on_resume(
+    data, tmp_path, monkeypatch
+):
+    """Killed while writing ckpt_0.pth (epoch 0 is evaluated: --eval_freq 5), the resumed run must
+    still write ckpt_0.pth: latest.pth may not have moved past epoch 0 before it."""
+    folder, log = with_splits(data, 1, 1), tmp_path / "run"
+    real_save, kills = training.checkpoint.save_checkpoint, []
+
+    def save_killed_once(path, *args, **kwargs):
+        if Path(path).name == "ckpt_0.pth" and not kills:
+            kills.append(path)
+            raise Killed
+        real_save(path, *args, **kwargs)
+
+    monkeypatch.setattr(training.checkpoint, "save_checkpoint", save_killed_once)
+    with pytest.raises(Killed):
+        training.train(tasks.OVSSC, args_for("ovssc", folder, log, "--epochs", "2"))
+    assert read_checkpoint(log / "latest.pth")["position"]["epoch"] == 0
+    resumed = args_for("ovssc", folder, log, "--epochs", "2", "--load", str(log / "latest.pth"))
+    training.train(tasks.OVSSC, resumed)
+    first, last = read_checkpoint(log / "ckpt_0.pth"), read_checkpoint(log / "ckpt_1.pth")
+    assert (first["epochs"], first["net"]["steps"].item()) == (1, 1)
+    assert (last["epochs"], last["net"]["steps"].item()) == (2, 2)
+    frame = training.pd.read_pickle(log / "detailed_stats.pkl")
+    evaluated = frame[(frame["split"] == "unseen_instances") & (frame["epoch"] == 0)]
+    assert len(evaluated) and not evaluated[["scene_id", "label", "cutoff"]].duplicated().any()
+
+
+def test_max_minutes_ends_with_a_line_saying_where_and_how_to_resume(data, tmp_path, capsys):
+    log = tmp_path / "timed"
+    argv = ["--file_path", str(with_splits(data, 2, 0)), "--log", str(log), *TINY]
+    train_ovssc.main([*argv, "--max_minutes", "0.001"])
+    latest = log / "latest.pth"
+    assert capsys.readouterr().out.strip().splitlines()[-1] == (
+        f"stopped after --max_minutes 0.001 at epoch 0, step 1; saved {latest} "
+        f"(resume with the same command and --load {latest})"
+    )
+    assert read_checkpoint(latest)["position"] == {"epoch": 0, "batches": 1, "train_done": False}
+
+
+def start_and_kill_while_writing_a_checkpoint(argv: list[str], log: Path, timeout=120) -> Path:
+    """Run train_ovssc.py, SIGKILL it while a ckpt_<epoch>.pth temporary file exists (latest.pth
+    exists by then); -> that file."""
+    command = [sys.executable, "train_ovssc.py", *argv]
+    process = subprocess.Popen(command, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + timeout
+    try:
+        while process.poll() is None and time.monotonic() < deadline:
+            written = [e.name for e in os.scandir(log)] if log.is_dir() else []
+            temps = [n for n in written if n.startswith(".ckpt_") and n.endswith(".tmp")]
+            if temps:
+                process.send_signal(signal.SIGKILL)
+                process.wait()
+                return log / temps[0]
+            time.sleep(0.0005)
+    finally:
+        process.kill()
+        process.wait()
+    pytest.fail(f"no checkpoint write was caught: {process.stderr.read().decode()[-2000:]}")
+
+
+def test_a_run_killed_mid_checkpoint_leaves_litter_that_the_resume_removes(data, tmp_path):
+    log = tmp_path / "killed"
+    argv = ["--file_path", str(with_splits(data, 1, 0)), "--log", str(log), *TINY]
+    argv += ["--eval_freq", "0", "--epochs", "500"]
+    stale = start_and_kill_while_writing_a_checkpoint(argv, log)
+    assert stale.exists()
+    epoch = read_checkpoint(log / "latest.pth")["position"]["epoch"]
+    argv[argv.index("500")] = str(epoch + 2)
+    resumed = subprocess.run(
+        [sys.executable, "train_ovssc.py", *argv, "--load", str(log / "latest.pth")],
+        cwd=REPO, capture_output=True, text=True, timeout=240,
+    )  # fmt: skip
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert f"removed {stale}, left by an interrupted run" in resumed.stdout.splitlines()
+    assert not stale.exists() and not list(log.glob(".*.tmp"))
+    assert read_checkpoint(log / f"ckpt_{epoch + 1}.pth")["epochs"] == epoch + 2

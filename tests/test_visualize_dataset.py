@@ -18,6 +18,7 @@ import generate_scenes
 import geometry
 import inference
 import options
+import render
 import scenes
 from scene_file import SceneFile
 from utils import InputError
@@ -94,10 +95,9 @@ def test_ovssc_hdf5_ground_truth(scene_path, ovssc_out):
     assert not data["gt_hidden"].reshape(-1)[~labelled].any()
     assert 0 < hidden.sum() < len(hidden)
     picture = imageio.imread(out / "completion_vs_gt.png")
-    assert (
-        picture.shape[1] > 2 * picture.shape[0]
-        and len(np.unique(picture.reshape(-1, 3), axis=0)) > 20
-    )
+    size = render.COMPARISON_SIZE  # two rows of two panels, the legend at the right
+    assert picture.shape[0] == 2 * size + 4 and picture.shape[1] > 2 * size + 4
+    assert len(np.unique(picture.reshape(-1, 3), axis=0)) > 20
 
 
 def test_vool_hdf5_ground_truth(scene_path, tmp_path):
@@ -120,7 +120,54 @@ def test_vool_hdf5_ground_truth(scene_path, tmp_path):
         assert len(got) == len(want) > 0
         np.testing.assert_array_equal(got[np.lexsort(got.T)], want[np.lexsort(want.T)])
     picture = imageio.imread(tmp_path / scene_path.stem / "localization_vs_gt.png")
-    assert picture.shape[0] > (len(data["descriptions"]) - 1) * picture.shape[1] / 2
+    shown = min(len(data["descriptions"]), render.SHOWN_DESCRIPTIONS)
+    pair_width = 2 * render.COMPARISON_SIZE + 4  # prediction | ground truth, 12-pixel gutters
+    assert picture.shape[1] == min(shown, render.PAIRS_PER_ROW) * (pair_width + 12) - 12
+
+
+def test_shown_descriptions_put_hidden_targets_first():
+    names = [
+        "the mug on the table",
+        "the pen in front of the box",  # "in front of" is not "in"
+        "the apple in the fridge",
+        "the cup on the left of the sink",
+        "the safe behind the cabinet",
+        "the book on the shelf",
+        "the egg in the bowl",
+        "the vase on the right of the lamp",
+    ]
+    assert render.description_relation(names[1]) == "in front of"
+    assert render.description_relation("a sentence with no relation") is None
+    assert render.shown_descriptions(names) == [2, 4, 6, 0, 1, 3]
+    assert render.shown_descriptions(names[:2], limit=6) == [0, 1]
+
+
+def test_zoom_box_frames_every_point():
+    rng = np.random.default_rng(0)
+    truth = rng.uniform([0.2, -0.4, 0.1], [0.5, -0.1, 0.3], (50, 3))
+    predicted = rng.uniform([-0.6, 0.3, 0.8], [-0.5, 0.4, 0.9], (7, 3))
+    box = render.zoom_box(predicted, truth, margin=0.1)
+    np.testing.assert_allclose(box, [[-0.7, -0.5, 0.1 - 0.1], [0.6, 0.5, 1.0]], atol=0.03)
+    both = np.concatenate([truth, predicted])
+    assert np.all((both > box[0]) & (both < box[1]))
+    view = render.PointView.framing(box, azimuth=0.7, size=100)
+    cols, rows, depth = view.project(both)
+    assert np.all((cols >= 3) & (cols < 97) & (rows >= 3) & (rows < 97) & (depth > 0))
+    corners = np.array([[x, y, z] for x in box[:, 0] for y in box[:, 1] for z in box[:, 2]])
+    cols, rows, _ = view.project(corners)  # the box fills 94% of the picture's larger side
+    assert max(np.ptp(cols), np.ptp(rows)) == pytest.approx(94)
+
+
+def test_striped_shape_has_light_bands():
+    cube = render.cubes_shape(np.zeros((1, 3)), np.array([[200, 0, 0]]), 1.0)
+    plain = render.Turntable([cube]).frame(0.3, 120)
+    cube.striped = True
+    striped = render.Turntable([cube]).frame(0.3, 120)
+    red = plain[..., 0].astype(int) > plain[..., 1].astype(int) + 50  # the cube, in both views
+    assert red.sum() > 1000
+    light = striped[red].min(1) > 150  # banded pixels: near white
+    assert 0.3 < light.mean() < 0.7
+    np.testing.assert_array_equal(striped[~red], plain[~red])
 
 
 def broken_copy(scene_path, tmp_path, *keys):
