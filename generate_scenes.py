@@ -5,7 +5,8 @@ engine.
     python generate_scenes.py dataset demo_data/ --num-scenes 20 --preset small --vis-seed 3
     python generate_scenes.py pickle scene_files/procedural_00003.pkl --seed 3 --preset small
 
-`dataset` writes "{seed:05d}|{room}.hdf5" per seed (existing files are skipped), then ssc_split.pkl
+`dataset` writes "{seed:05d}|{room}.hdf5" per seed (existing files that open and hold every key are
+skipped; truncated or keyless ones are regenerated, one line each), then ssc_split.pkl
 and vool_split.pkl over every scene file in the folder. Relevancy maps are added afterwards by
 `generate_relevancy.py dataset`. Scene content is built by scenes.py.
 """
@@ -18,6 +19,7 @@ import pickle
 import time
 from dataclasses import replace
 from pathlib import Path
+from typing import Annotated
 
 import typer
 from tqdm import tqdm
@@ -27,6 +29,15 @@ import scenes
 from utils import InputError, atomic_path, die_with_parent, remove_stale_temp_files, run_app
 
 app = typer.Typer(add_completion=False, help=__doc__)
+
+SEED_LIMIT = 2**32  # numpy's RandomState takes 0 <= seed < 2**32
+# what a scene file must hold to count as "already there" (data.md 1.2-1.4)
+SCENE_KEYS = (
+    *scene_file.TOP_LEVEL_DTYPES,
+    scene_file.SALIENCIES,
+    *(f"data/{key}" for key in ("cam_intr", "cam_pose", "scene_bounds", "objid_to_class")),
+    "data/descriptions",
+)
 
 
 def scene_options(
@@ -77,7 +88,12 @@ def generate_dataset(
     out_dir.mkdir(parents=True, exist_ok=True)
     for stale in remove_stale_temp_files(out_dir):
         print(f"removed {stale.name}, left by an interrupted run")
-    existing = {p.name.split("|")[0] for p in out_dir.glob("*.hdf5")}
+    broken = unusable_scene_files(out_dir)
+    requested = {f"{seed:05d}" for seed in seeds}
+    for name, problem in broken.items():
+        action = "regenerating it" if seed_prefix(name) in requested else "left out of the splits"
+        print(f"{problem}; {action}")
+    existing = {seed_prefix(p.name) for p in out_dir.glob("*.hdf5") if p.name not in broken}
     missing = [n for n in scene_file.SPLIT_FILES.values() if not (out_dir / n).exists()]
     if existing and missing:
         print(
@@ -99,16 +115,35 @@ def generate_dataset(
     ):
         for name in tqdm(pool.imap_unordered(_write_one, jobs), total=len(jobs), desc="scenes"):
             written.append(name)
-            write_splits(out_dir)  # after every scene, so that an interrupted folder is usable
-    write_splits(out_dir)
+            # after every scene, so that an interrupted folder is usable
+            write_splits(out_dir, set(broken) - set(written))
+    write_splits(out_dir, set(broken) - set(written))
     return written
 
 
-def write_splits(out_dir: Path) -> None:
-    """Both split pickles over every scene file now in the folder."""
-    scene_file.write_split_lists(
-        out_dir, scenes.split_lists([p.name for p in out_dir.glob("*.hdf5")])
-    )
+def seed_prefix(name: str) -> str:
+    """ "00012|FloorPlan3.hdf5" -> "00012"."""
+    return name.split("|")[0]
+
+
+def unusable_scene_files(out_dir: Path) -> dict[str, str]:
+    """{file name: one-line problem} of the scene files in out_dir that do not open or lack a key
+    (an interrupted copy, a truncated file)."""
+    broken = {}
+    for path in sorted(out_dir.glob("*.hdf5")):
+        try:
+            with scene_file.SceneFile(path) as scene:
+                for key in SCENE_KEYS:
+                    scene.get(key)
+        except InputError as error:
+            broken[path.name] = str(error)
+    return broken
+
+
+def write_splits(out_dir: Path, exclude: set[str] = frozenset()) -> None:
+    """Both split pickles over every scene file now in the folder, but the `exclude` names."""
+    names = [p.name for p in out_dir.glob("*.hdf5") if p.name not in exclude]
+    scene_file.write_split_lists(out_dir, scenes.split_lists(names))
 
 
 class _Serial:
@@ -125,35 +160,68 @@ class _Serial:
         return map(fn, jobs)
 
 
-PRESET_HELP = (
-    "size preset: full (896x896, 1M points, 64^3 TSDF) or small (128x128, 40k points, 32^3)"
-)
+def check_counts(**counts: int) -> None:
+    """Each count (option name with "_" for "-") must be >= 1."""
+    for name, value in counts.items():
+        if value < 1:
+            raise InputError(f"--{name.replace('_', '-')} must be >= 1, got {value}")
+
+
+def check_seed(option: str, seed: int, num_scenes: int = 1) -> None:
+    """Seeds seed .. seed + num_scenes - 1 must all be valid numpy seeds."""
+    if not 0 <= seed <= SEED_LIMIT - num_scenes:
+        scenes_from_it = f", and {num_scenes} scenes start at it" if num_scenes > 1 else ""
+        raise InputError(
+            f"{option} must be in 0..{SEED_LIMIT - num_scenes} (numpy seeds are "
+            f"0 <= seed < 2**32{scenes_from_it}), got {seed}"
+        )
+
+
+PresetOpt = Annotated[
+    str,
+    typer.Option(
+        help="size preset: full (896x896, 1M points, 64^3 TSDF) or small (128x128, 40k points, "
+        "32^3)"
+    ),
+]
+ImageSizeOpt = Annotated[
+    int | None, typer.Option(help="image height and width (overrides the preset)")
+]
 
 
 @app.command()
 def dataset(
-    out_dir: Path = typer.Argument(..., help="folder for the .hdf5 files and split pickles"),
-    num_scenes: int = typer.Option(100, help="number of seeds to generate"),
-    start_seed: int = typer.Option(0, help="first seed"),
-    preset: str = typer.Option("full", help=PRESET_HELP),
-    image_size: int = typer.Option(None, help="image height and width (overrides the preset)"),
-    num_output_pts: int = typer.Option(
-        None, help="ground-truth points per scene (overrides the preset)"
-    ),
-    tsdf_size: int = typer.Option(
-        None, help="stored TSDF grid size per axis (overrides the preset)"
-    ),
-    num_processes: int = typer.Option(1, help="worker processes"),
-    gzip_level: int = typer.Option(
-        4, help="gzip level of every dataset (the original used 9: same files, ~10x slower)"
-    ),
-    vis_seed: list[int] = typer.Option(
-        [], help="also write procedural_<seed>.pkl (visualize.py format) for this seed"
-    ),
+    out_dir: Annotated[Path, typer.Argument(help="folder for the .hdf5 files and split pickles")],
+    num_scenes: Annotated[int, typer.Option(help="number of seeds to generate")] = 100,
+    start_seed: Annotated[int, typer.Option(help="first seed")] = 0,
+    preset: PresetOpt = "full",
+    image_size: ImageSizeOpt = None,
+    num_output_pts: Annotated[
+        int | None, typer.Option(help="ground-truth points per scene (overrides the preset)")
+    ] = None,
+    tsdf_size: Annotated[
+        int | None, typer.Option(help="stored TSDF grid size per axis (overrides the preset)")
+    ] = None,
+    num_processes: Annotated[int, typer.Option(help="worker processes")] = 1,
+    gzip_level: Annotated[
+        int,
+        typer.Option(
+            help="gzip level of every dataset (the original used 9: same files, ~10x slower)"
+        ),
+    ] = 4,
+    vis_seed: Annotated[
+        list[int] | None,
+        typer.Option(help="also write procedural_<seed>.pkl (visualize.py format) for this seed"),
+    ] = None,
 ):
     """Generate scene files and ssc_split.pkl / vool_split.pkl in OUT_DIR."""
-    if num_scenes < 1 or num_processes < 1 or not 0 <= gzip_level <= 9:
-        raise InputError("--num-scenes and --num-processes must be >= 1 and --gzip-level in 0..9")
+    check_counts(num_scenes=num_scenes, num_processes=num_processes)
+    if not 0 <= gzip_level <= 9:
+        raise InputError(f"--gzip-level must be in 0..9, got {gzip_level}")
+    check_seed("--start-seed", start_seed, num_scenes)
+    vis_seed = vis_seed or []
+    for seed in vis_seed:
+        check_seed("--vis-seed", seed)
     options = scene_options(preset, image_size, num_output_pts, tsdf_size)
     seeds = list(range(start_seed, start_seed + num_scenes))
     start = time.perf_counter()
@@ -166,16 +234,17 @@ def dataset(
 
 @app.command("pickle")
 def pickle_command(
-    out_path: Path = typer.Argument(
-        ..., help="output .pkl (visualize.py scene format, data.md section 5)"
-    ),
-    seed: int = typer.Option(0, help="scene seed"),
-    preset: str = typer.Option("small", help=PRESET_HELP),
-    image_size: int = typer.Option(None, help="image height and width (overrides the preset)"),
+    out_path: Annotated[
+        Path, typer.Argument(help="output .pkl (visualize.py scene format, data.md section 5)")
+    ],
+    seed: Annotated[int, typer.Option(help="scene seed")] = 0,
+    preset: PresetOpt = "small",
+    image_size: ImageSizeOpt = None,
 ):
     """Write one generated scene as a visualization pickle (rgb, depth, cam_intr, cam_extr, classes,
     descriptions).
     """
+    check_seed("--seed", seed)
     options = scene_options(preset, image_size, None, None)
     scene = scenes.generate_scene(seed, options)
     write_pickle(out_path, scenes.visualization_pickle(scene))

@@ -2,6 +2,12 @@
 
     python summarize.py                                  # released models/ layout, rich tables
     python summarize.py --tables ovssc --format markdown --ovssc ours=runs/new/ovssc_eval_stats.pkl
+    python summarize.py --only-given --ovssc ours=run/ovssc_eval_stats.pkl \
+        --ovssc lifted_relevancy=run/lifted_relevancy_eval_stats.pkl --json tables.json
+
+Baselines that learn nothing (eval.py --baseline) are rows of the OVSSC and VOOL tables when given:
+--ovssc lifted_relevancy=PATH, --ovssc all_in_frustum=PATH (they have no default file). --only-given
+summarizes only the rows given; --json writes the figures as printed (IoU x 100, NaN as null).
 
 Three tables, each one row per approach (VOOL: one row per approach and spatial relation, plus a mean):
     OVSSC THOR      Novel Room / Novel Visual / Novel Vocab / Novel Class, voxel 32^3 IoU x 100
@@ -24,10 +30,12 @@ from __future__ import annotations
 
 import csv
 import io
+import json
 import math
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Annotated
 
 import pandas as pd
 import typer
@@ -35,7 +43,7 @@ from rich import box
 from rich.console import Console
 from rich.table import Table as RichTable
 
-from utils import InputError, run_app
+from utils import InputError, atomic_path, run_app
 from vocab import PAD, SYNONYMS, TEST_CLASSES
 
 THOR_METRIC = "voxel32x32x32_iou"
@@ -55,13 +63,20 @@ NYU_CLASSES = (
     "objs",
 )
 
-# key -> (row label, path under --models-dir); the order is the table's row order
+# key -> (row label, path under --models-dir, None: no default file, a row only when given); the
+# order is the table's row order. The baselines learn nothing (eval.py --baseline NAME).
+BASELINES = {
+    "lifted_relevancy": ("Baseline: lifted relevancy", None),
+    "all_in_frustum": ("Baseline: all in frustum", None),
+}
 OVSSC_APPROACHES = {
+    **BASELINES,
     "semaware": ("Semantic Aware", "semaware/ovssc/ovssc_eval_stats.pkl"),
     "chefer_et_al": ("SemAbs + [Chefer et al]", "chefer_et_al/ovssc/ovssc_eval_stats.pkl"),
     "ours": ("Ours", "ours/ovssc/ovssc_eval_stats.pkl"),
 }
 VOOL_APPROACHES = {
+    **BASELINES,
     "semaware": ("Semantic Aware", "semaware/vool/vool_eval_stats.pkl"),
     "clipspatial": ("ClipSpatial", "clipspatial/vool/vool_eval_stats.pkl"),
     "chefer_et_al": ("SemAbs + [Chefer et al]", "chefer_et_al/vool/vool_eval_stats.pkl"),
@@ -85,6 +100,7 @@ class Table:
     rows: list[list] = field(default_factory=list)
     styles: list[str] = field(default_factory=list)
     section_after: list[bool] = field(default_factory=list)
+    figures: dict[str, dict] = field(default_factory=dict)  # JSON key of approach -> its figures
 
     def add(self, cells: list, style: str = "white", end_section: bool = False) -> None:
         self.rows.append(cells)
@@ -109,6 +125,9 @@ def load_stats(path: Path, columns: list[str], notes: list[str]) -> pd.DataFrame
         return None
     if not isinstance(frame, pd.DataFrame):
         notes.append(f"{path}: holds a {type(frame).__name__}, not a DataFrame, row left out")
+        return None
+    if len(frame) == 0:
+        notes.append(f"{path}: no rows, row left out")
         return None
     missing = [c for c in columns if c not in frame.columns]
     if missing:
@@ -228,12 +247,28 @@ def nyu_scores(frame: pd.DataFrame, metric: str = NYU_METRIC) -> dict[str, float
 
 
 def _resolve(
-    approaches: dict, models_dir: Path, overrides: dict[str, Path]
-) -> list[tuple[str, Path]]:
-    return [
-        (label, overrides.get(key, models_dir / default))
-        for key, (label, default) in approaches.items()
-    ]
+    approaches: dict, models_dir: Path, overrides: dict[str, Path], only_given: bool
+) -> list[tuple[str, str, Path]]:
+    """(key, row label, stats path) per row: the given path, else the default file under
+    models_dir; approaches without a default file (baselines), or every one not given when
+    only_given, have no row."""
+    rows = []
+    for key, (label, default) in approaches.items():
+        if key in overrides:
+            rows.append((key, label, overrides[key]))
+        elif default is not None and not only_given:
+            rows.append((key, label, models_dir / default))
+    return rows
+
+
+def json_key(key: str) -> str:
+    """An approach's key in the JSON: its summarize key, baselines as "baseline: <name>"."""
+    return f"baseline: {key.replace('_', ' ')}" if key in BASELINES else key
+
+
+def json_figures(scores: dict[str, float]) -> dict[str, float]:
+    """{"Novel Room": x, ...} -> {"novel_room": x, ...}."""
+    return {column.lower().replace(" ", "_"): float(value) for column, value in scores.items()}
 
 
 def _scores_or_note(score, path: Path, notes: list[str], *args):
@@ -245,10 +280,10 @@ def _scores_or_note(score, path: Path, notes: list[str], *args):
         return None
 
 
-def ovssc_table(paths: list[tuple[str, Path]], metric: str, notes: list[str]) -> Table:
+def ovssc_table(paths: list[tuple[str, str, Path]], metric: str, notes: list[str]) -> Table:
     table = Table("OVSSC THOR", ["Approach", *NOVEL_COLUMNS], left_columns=1)
     needed = ["scene_id", "label", "split", "cutoff", metric]
-    for name, path in paths:
+    for key, name, path in paths:
         frame = load_stats(path, needed, notes)
         if frame is None:
             continue
@@ -261,10 +296,11 @@ def ovssc_table(paths: list[tuple[str, Path]], metric: str, notes: list[str]) ->
             style,
             end_section=name == "SemAbs + [Chefer et al]",
         )
+        table.figures[json_key(key)] = json_figures(scores)
     return table
 
 
-def vool_table(paths: list[tuple[str, Path]], metric: str, notes: list[str]) -> Table:
+def vool_table(paths: list[tuple[str, str, Path]], metric: str, notes: list[str]) -> Table:
     table = Table(
         "FULL VOOL THOR", ["Approach", "Spatial Relation", *NOVEL_COLUMNS], left_columns=2
     )
@@ -277,19 +313,23 @@ def vool_table(paths: list[tuple[str, Path]], metric: str, notes: list[str]) -> 
         "cutoff",
         metric,
     ]
-    loaded = [(name, path, load_stats(path, needed, notes)) for name, path in paths]
-    loaded = [(name, path, frame) for name, path, frame in loaded if frame is not None]
-    frames = [(name, frame) for name, _, frame in loaded]
-    loaded_paths = [path for _, path, _ in loaded]
-    if not frames:
+    loaded = [(key, name, path, load_stats(path, needed, notes)) for key, name, path in paths]
+    loaded = [row for row in loaded if row[3] is not None]
+    if not loaded:
         return table
     # relations come from the Ours frame (3.3); without it, from the first approach that loaded
-    reference = dict(frames).get("Ours", frames[0][1])
-    relations = vool_relations(reference)
-    for (name, frame), path in zip(frames, loaded_paths):
+    frames = {name: frame for _, name, _, frame in loaded}
+    relations = vool_relations(frames.get("Ours", loaded[0][3]))
+    for key, name, path, frame in loaded:
         scores = _scores_or_note(vool_scores, path, notes, frame, relations, metric)
         if scores is None:
             continue
+        table.figures[json_key(key)] = {
+            **json_figures(scores.loc["mean"].to_dict()),
+            "relations": {
+                relation: json_figures(scores.loc[relation].to_dict()) for relation in relations
+            },
+        }
         style = "green" if name == "Ours" else "white"
         for i, (relation, values) in enumerate(scores.iterrows()):
             table.add(
@@ -300,10 +340,10 @@ def vool_table(paths: list[tuple[str, Path]], metric: str, notes: list[str]) -> 
     return table
 
 
-def nyu_table(paths: list[tuple[str, Path]], metric: str, notes: list[str]) -> Table:
+def nyu_table(paths: list[tuple[str, str, Path]], metric: str, notes: list[str]) -> Table:
     columns = [*(c.title() for c in NYU_CLASSES), "Mean"]
     table = Table("OVSSC NYU", ["Approach", *columns], left_columns=1)
-    for name, path in paths:
+    for key, name, path in paths:
         frame = load_stats(path, ["label", "cutoff", metric], notes)
         if frame is None:
             continue
@@ -312,6 +352,7 @@ def nyu_table(paths: list[tuple[str, Path]], metric: str, notes: list[str]) -> T
         table.add(
             [name, *(scores[c] for c in columns)], style, end_section=name == "Ours (Supervised)"
         )
+        table.figures[json_key(key)] = json_figures(scores)
     return table
 
 
@@ -356,6 +397,21 @@ def render_csv(table: Table) -> str:
     return buffer.getvalue()
 
 
+def null_nan(value):
+    """The figures with every NaN as None (JSON null), nested dicts kept."""
+    if isinstance(value, dict):
+        return {key: null_nan(item) for key, item in value.items()}
+    return None if math.isnan(value) else value
+
+
+def write_json(path: Path, names: list[str], tables: list[Table]) -> None:
+    """{"ovssc": {approach: {"novel_room": x, ...}}, "vool": {...}, ...} (IoU x 100, NaN as null),
+    written atomically."""
+    figures = {name: null_nan(table.figures) for name, table in zip(names, tables)}
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(figures, indent=2, allow_nan=False) + "\n")
+
+
 # ----------------------------------------------------------------------------- command line
 
 
@@ -378,6 +434,7 @@ def summarize(
     overrides: dict[str, dict[str, Path]],
     thor_metric: str = THOR_METRIC,
     nyu_metric: str = NYU_METRIC,
+    only_given: bool = False,
 ) -> tuple[list[Table], list[str]]:
     """Build the requested tables; the notes say which stats files were left out and why."""
     notes: list[str] = []
@@ -389,7 +446,7 @@ def summarize(
     out = []
     for name in tables:
         build, approaches, metric = builders[name]
-        paths = _resolve(approaches, models_dir, overrides.get(name, {}))
+        paths = _resolve(approaches, models_dir, overrides.get(name, {}), only_given)
         out.append(build(paths, metric, notes))
     return out, notes
 
@@ -399,46 +456,86 @@ app = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
 
 @app.command()
 def main(
-    models_dir: Path = typer.Option(Path("models"), help="root of the released models/ layout"),
-    tables: str = typer.Option("ovssc,vool,nyu", help="comma-separated subset of ovssc,vool,nyu"),
-    format: str = typer.Option("rich", "--format", help="rich, markdown or csv"),
-    ovssc: list[str] = typer.Option(
-        [],
-        help=f"APPROACH=PATH stats file replacing the default; APPROACH in {', '.join(OVSSC_APPROACHES)}",
+    models_dir: Annotated[Path, typer.Option(help="root of the released models/ layout")] = Path(
+        "models"
     ),
-    vool: list[str] = typer.Option(
-        [], help=f"APPROACH=PATH; APPROACH in {', '.join(VOOL_APPROACHES)}"
-    ),
-    nyu: list[str] = typer.Option(
-        [], help=f"APPROACH=PATH; APPROACH in {', '.join(NYU_APPROACHES)}"
-    ),
-    thor_metric: str = typer.Option(THOR_METRIC, help="metric column of the THOR tables"),
-    nyu_metric: str = typer.Option(
-        NYU_METRIC,
-        help="metric column of the NYU table (eval.py writes voxel64x64x64_iou, not 60^3)",
-    ),
+    tables: Annotated[
+        str, typer.Option(help="comma-separated subset of ovssc,vool,nyu")
+    ] = "ovssc,vool,nyu",
+    format: Annotated[str, typer.Option("--format", help="rich, markdown or csv")] = "rich",
+    ovssc: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="APPROACH=PATH stats file replacing the default; APPROACH in "
+            f"{', '.join(OVSSC_APPROACHES)}"
+        ),
+    ] = None,
+    vool: Annotated[
+        list[str] | None,
+        typer.Option(help=f"APPROACH=PATH; APPROACH in {', '.join(VOOL_APPROACHES)}"),
+    ] = None,
+    nyu: Annotated[
+        list[str] | None,
+        typer.Option(help=f"APPROACH=PATH; APPROACH in {', '.join(NYU_APPROACHES)}"),
+    ] = None,
+    thor_metric: Annotated[
+        str, typer.Option(help="metric column of the THOR tables")
+    ] = THOR_METRIC,
+    nyu_metric: Annotated[
+        str,
+        typer.Option(
+            help="metric column of the NYU table (eval.py writes voxel64x64x64_iou, not 60^3)"
+        ),
+    ] = NYU_METRIC,
+    only_given: Annotated[
+        bool, typer.Option(help="only the rows named with --ovssc/--vool/--nyu (no default files)")
+    ] = False,
+    json_path: Annotated[
+        Path | None,
+        typer.Option(
+            "--json", help="also write the tables' figures (IoU x 100, NaN as null) as JSON"
+        ),
+    ] = None,
 ) -> None:
     """Print the OVSSC THOR, FULL VOOL THOR and OVSSC NYU tables (train-eval.md section 3)."""
-    chosen = [t.strip() for t in tables.split(",") if t.strip()]
-    unknown = [t for t in chosen if t not in TABLES]
-    if unknown or not chosen:
-        raise InputError(
-            f"--tables takes a comma-separated subset of {','.join(TABLES)}, got {tables!r}"
-        )
     if format not in FORMATS:
         raise InputError(f"--format must be one of {', '.join(FORMATS)}, got {format!r}")
     overrides = {
-        "ovssc": parse_overrides(ovssc, OVSSC_APPROACHES, "--ovssc"),
-        "vool": parse_overrides(vool, VOOL_APPROACHES, "--vool"),
-        "nyu": parse_overrides(nyu, NYU_APPROACHES, "--nyu"),
+        "ovssc": parse_overrides(ovssc or [], OVSSC_APPROACHES, "--ovssc"),
+        "vool": parse_overrides(vool or [], VOOL_APPROACHES, "--vool"),
+        "nyu": parse_overrides(nyu or [], NYU_APPROACHES, "--nyu"),
     }
-    built, notes = summarize(models_dir, chosen, overrides, thor_metric, nyu_metric)
+    chosen = chosen_tables(tables, overrides, only_given)
+    built, notes = summarize(models_dir, chosen, overrides, thor_metric, nyu_metric, only_given)
     for note in notes:
         print(f"note: {note}", file=sys.stderr)
     if not any(table.rows for table in built):
         raise InputError(
             f"no stats file could be read for {','.join(chosen)} (see the notes above)"
         )
+    print_tables(built, format)
+    if json_path is not None:
+        write_json(json_path, chosen, built)
+
+
+def chosen_tables(tables: str, overrides: dict[str, dict], only_given: bool) -> list[str]:
+    """The --tables names; with only_given, those of them with a row given."""
+    chosen = [t.strip() for t in tables.split(",") if t.strip()]
+    unknown = [t for t in chosen if t not in TABLES]
+    if unknown or not chosen:
+        raise InputError(
+            f"--tables takes a comma-separated subset of {','.join(TABLES)}, got {tables!r}"
+        )
+    if only_given:
+        chosen = [t for t in chosen if overrides[t]]
+        if not chosen:
+            raise InputError(
+                f"--only-given needs an APPROACH=PATH (--ovssc, --vool, --nyu) for {tables}"
+            )
+    return chosen
+
+
+def print_tables(built: list[Table], format: str) -> None:
     console = Console()
     for table in built:
         if not table.rows:

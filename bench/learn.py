@@ -9,7 +9,7 @@
    - "all in frustum": every query point inside the camera frustum is positive;
    - "lifted relevancy": a query point is positive when the nearest input point within one 32^3 voxel
      has relevancy above a threshold: the visible answer, with no completion of hidden parts.
-   Baseline thresholds are swept too, so they get their best case.
+   The baselines are eval.py's (baselines.py), with their own threshold sweeps (their best case).
 
     python bench/learn.py                      # 2 x 510 steps (at most 10 minutes each), then the table
     python bench/learn.py --tasks vool --train-flags "--lr 3e-3 --no_balance_positive_negative"
@@ -27,10 +27,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
-from scipy.spatial import cKDTree
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+import baselines  # noqa: E402
 import checkpoint  # noqa: E402
 import dataset  # noqa: E402
 import generate_relevancy  # noqa: E402
@@ -69,7 +69,6 @@ MODELS = {
 # eval.py's 25 cutoffs (-2.5 ... -0.1) and on to +8: trained on balanced samples and weights, the
 # logits are shifted from the ones the full query set scored here would call for.
 CUTOFFS = np.arange(-2.5, 8.0, 0.1).round(1).tolist()
-GRID = 32
 
 
 def make_data(root: Path, num_scenes: int) -> None:
@@ -99,21 +98,6 @@ def best_iou(frames: list) -> tuple[float, float]:
     return 100 * float(means.max()), float(means.idxmax())
 
 
-def lifted_relevancy(batch: dict, task: str) -> torch.Tensor:
-    """[1, R, N] score: the relevancy of the nearest input point within one voxel, else -inf."""
-    key = "input_feature_pts" if task == "ovssc" else "input_description_saliency_pts"
-    relevancy = batch[key][0, ..., -1].numpy()  # [R, n_in]
-    tree = cKDTree(batch["input_xyz_pts"][0].numpy())
-    query = batch["output_xyz_pts"][0].numpy()  # [R, N, 3]
-    bounds = np.asarray(options.defaults().scene_bounds)
-    voxel = float(np.max((bounds[1] - bounds[0]) / GRID))
-    dist, index = tree.query(query[0], distance_upper_bound=voxel)  # rows share their points
-    found = np.isfinite(dist)
-    scores = np.full((len(relevancy), len(dist)), -np.inf, np.float32)
-    scores[:, found] = relevancy[:, index[found]]
-    return torch.from_numpy(scores)[None]
-
-
 def evaluate(task: str, data: Path, log: Path) -> dict:
     args = options.load_args(log / "args.pkl")
     processes.seed_all(0)  # the input subsample is random: the same draw for every approach and run
@@ -127,7 +111,6 @@ def evaluate(task: str, data: Path, log: Path) -> dict:
     config = dataset.DatasetConfig.from_args(args)
     split = dataset.make_datasets(data, task, config, splits=("unseen_instances",))
     scored = {"trained": [], "all in frustum": [], "lifted relevancy": []}
-    relevancy_cutoffs = np.linspace(-20, 40, 61).tolist()  # relevancy x 50 minus the mean map
     for index in range(len(split["unseen_instances"])):
         batch = torch.utils.data.default_collate([split["unseen_instances"][index]])
         with torch.no_grad():
@@ -135,12 +118,10 @@ def evaluate(task: str, data: Path, log: Path) -> dict:
             _, label, ignore, padded = TASKS[task].loss_fn(logits, batch, args)
         columns = TASKS[task].row_columns(batch)
         xyz = batch["output_xyz_pts"]
-        frustum = ~tasks.per_row(batch["out_of_frustum_pts_mask"], label.shape)
-        cases = {
-            "trained": (logits, CUTOFFS),
-            "all in frustum": (torch.where(frustum, 1.0, -1.0), [0.0]),
-            "lifted relevancy": (lifted_relevancy(batch, task), relevancy_cutoffs),
-        }
+        cases = {"trained": (logits, CUTOFFS)}
+        for name, baseline in baselines.BASELINES.items():  # eval.py --baseline NAME
+            scores = baseline.score(batch, task, args.scene_bounds)
+            cases[name.replace("_", " ")] = (scores, baseline.cutoffs.tolist())
         for name, (scores, cutoffs) in cases.items():
             scored[name].append(
                 metrics.row_stats(

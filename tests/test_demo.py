@@ -1,14 +1,25 @@
 """`make demo`'s script: the whole pipeline end to end on a tiny setting, and a rerun reuses it."""
 
+import json
 import os
 import pickle
+import re
 import subprocess
 import sys
 
 import imageio.v3 as iio
+import numpy as np
 import pandas as pd
 import trimesh
 from conftest import REPO
+
+import demo
+
+APPROACHES = {"ours", "baseline: lifted relevancy", "baseline: all in frustum"}
+VERDICT = re.compile(
+    r"^(OVSSC|VOOL): ours \d+\.\d (beats|does not beat) every baseline on Novel Room "
+    r"\(best baseline: (lifted relevancy|all in frustum) \d+\.\d, [+-]\d+\.\d\)$"
+)
 
 
 def run_demo(out, *args):
@@ -21,31 +32,86 @@ def run_demo(out, *args):
     return subprocess.run(command, capture_output=True, text=True, cwd=REPO, env=env, timeout=900)
 
 
+def commands(stdout: str, script: str) -> list[str]:
+    return [line for line in stdout.splitlines() if line.startswith(f"$ python {script}")]
+
+
 def test_demo_runs_every_stage_and_a_rerun_reuses_them(tmp_path):
     out = tmp_path / "demo"
     result = run_demo(out)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert "not CLIP" in result.stdout  # no weights here: the oracle notice is shown
+    cutoffs = len(np.arange(*map(float, demo.NETWORK_CUTOFFS)))
+    pipeline = demo.Pipeline(out, "cpu")
     for task in ("ovssc", "vool"):
-        with open(out / "models" / task / "args.pkl", "rb") as f:
+        with open(pipeline.log(task) / "args.pkl", "rb") as f:
             assert pickle.load(f).voxel_shape == [32, 32, 32]
-        stats = pd.read_pickle(out / "models" / task / "latest_eval_stats.pkl")
-        assert set(stats["split"]) == {
-            "unseen_instances",
-            "unseen_instances_dr",
-            "unseen_instances_synonyms",
-        }
-        assert stats["cutoff"].nunique() == 25
+        for approach in ("ours", *demo.BASELINES):  # the same splits for every approach
+            stats = pd.read_pickle(pipeline.eval_stats(task, approach))
+            assert set(stats["split"]) == {
+                "unseen_instances",
+                "unseen_instances_dr",
+                "unseen_instances_synonyms",
+            }, approach
+        assert pd.read_pickle(pipeline.eval_stats(task))["cutoff"].nunique() == cutoffs
     assert "OVSSC THOR" in result.stdout and "FULL VOOL THOR" in result.stdout
-    scene = out / "visualization" / "procedural_00000"
-    frames = iio.imread(scene / "completion.mp4")
+    assert "Baseline: lifted relevancy" in result.stdout
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["relevancy_source"] == "oracle"
+    for task in ("ovssc", "vool"):
+        assert set(summary[task]) == APPROACHES
+    assert summary["vool"]["ours"]["relations"]  # the per-relation rows come along
+    last = result.stdout.splitlines()[-2:]
+    assert [line.split(":")[0] for line in last] == ["OVSSC", "VOOL"]
+    assert all(VERDICT.match(line) for line in last), last
+
+    # the oracle-trained networks are shown a novel-room scene's stored relevancy, not random CLIP
+    scene = demo.novel_room_scene(out / "data")
+    with open(out / "data" / "ssc_split.pkl", "rb") as f:
+        assert scene.name in pickle.load(f)["unseen_instances"]
+    for task in ("ovssc", "vool"):
+        (line,) = commands(result.stdout, f"visualize.py {task}-inference")
+        assert f" {scene} " in line and "--pretrained" not in line
+    folder = out / "visualization" / scene.stem
+    for npz in ("completion.npz", "localization.npz"):
+        assert any(key.startswith("gt_") for key in np.load(folder / npz).files), npz
+    assert (folder / "completion_vs_gt.png").is_file()
+    assert (folder / "localization_vs_gt.png").is_file()
+    frames = iio.imread(folder / "completion.mp4")
     assert frames.shape[0] == 4 and frames.shape[1:3] == (64, 64)
-    for mesh in scene.glob("*.obj"):
+    for mesh in folder.glob("*.obj"):
         assert len(trimesh.load(mesh, force="mesh").vertices) > 0
-    assert (scene / "scene_rgb.ply").is_file() and (scene / "localization.npz").is_file()
+    assert (folder / "scene_rgb.ply").is_file()
 
     again = run_demo(out)
     assert again.returncode == 0, again.stderr[-3000:]
     for stage in ("1/6 scenes", "3/6 train OVSSC", "3/6 train VOOL", "4/6 evaluate OVSSC",
-                  "6/6 visualize OVSSC", "6/6 render OVSSC", "6/6 visualize VOOL"):  # fmt: skip
+                  "4/6 evaluate VOOL baseline lifted_relevancy", "6/6 visualize OVSSC",
+                  "6/6 render OVSSC", "6/6 visualize VOOL"):  # fmt: skip
         assert f"✓ {stage}: already done" in again.stdout, stage
+    assert again.stdout.splitlines()[-2:] == last
+
+
+def test_verdict_names_the_best_baseline_and_the_margin():
+    figures = {
+        "baseline: lifted relevancy": {"novel_room": 48.1},
+        "baseline: all in frustum": {"novel_room": 12.0},
+        "ours": {"novel_room": 54.34},
+    }
+    assert demo.verdict("ovssc", figures) == (
+        "OVSSC: ours 54.3 beats every baseline on Novel Room (best baseline: lifted relevancy "
+        "48.1, +6.2)"
+    )
+    figures["ours"]["novel_room"] = 40.0
+    assert demo.verdict("vool", figures) == (
+        "VOOL: ours 40.0 does not beat every baseline on Novel Room (best baseline: lifted "
+        "relevancy 48.1, -8.1)"
+    )
+    figures["baseline: lifted relevancy"]["novel_room"] = None  # a baseline without a figure
+    assert demo.verdict("vool", figures).startswith(
+        "VOOL: ours 40.0 does not beat every baseline on Novel Room (best baseline: all in frustum"
+    )
+    figures["ours"]["novel_room"] = None
+    assert demo.verdict("vool", figures) == (
+        "VOOL: no Novel Room figure for ours or the baselines, nothing to compare"
+    )

@@ -242,3 +242,72 @@ def test_cli_writes_files_splits_and_pickles(tmp_path):
 def test_cli_rejects_bad_options(tmp_path):
     result = CliRunner().invoke(generate_scenes.app, ["dataset", str(tmp_path), "--preset", "huge"])
     assert result.exit_code != 0 and "unknown preset 'huge'" in str(result.exception)
+
+
+@pytest.mark.parametrize(
+    "options, message",
+    [
+        (["--start-seed", "-5"], "--start-seed must be in 0..4294967292 (numpy seeds are "
+         "0 <= seed < 2**32, and 4 scenes start at it), got -5"),
+        (["--start-seed", str(2**32 - 3)], "--start-seed must be in 0..4294967292 (numpy seeds "
+         "are 0 <= seed < 2**32, and 4 scenes start at it), got 4294967293"),
+        (["--num-scenes", "0"], "--num-scenes must be >= 1, got 0"),
+        (["--num-processes", "0"], "--num-processes must be >= 1, got 0"),
+        (["--gzip-level", "10"], "--gzip-level must be in 0..9, got 10"),
+        (["--vis-seed", "-1"], "--vis-seed must be in 0..4294967295 (numpy seeds are "
+         "0 <= seed < 2**32), got -1"),
+    ],
+)  # fmt: skip
+def test_cli_rejects_bad_numbers_with_one_line(tmp_path, options, message):
+    args = ["dataset", str(tmp_path / "out"), "--num-scenes", "4", "--preset", "small", *options]
+    result = CliRunner().invoke(generate_scenes.app, args)
+    assert isinstance(result.exception, generate_scenes.InputError)
+    assert str(result.exception) == message
+    assert not (tmp_path / "out").exists()
+
+
+def test_script_start_seed_error_is_one_line(tmp_path):
+    import subprocess
+    import sys
+
+    from conftest import REPO
+
+    result = subprocess.run(
+        [sys.executable, "generate_scenes.py", "pickle", str(tmp_path / "x.pkl"), "--seed", "-5"],
+        cwd=REPO, capture_output=True, text=True,
+    )  # fmt: skip
+    assert result.returncode == 1
+    assert result.stderr.strip() == (
+        "error: --seed must be in 0..4294967295 (numpy seeds are 0 <= seed < 2**32), got -5"
+    )
+
+
+def test_truncated_scene_files_are_regenerated(tmp_path, capsys):
+    tiny = scenes.SceneOptions(
+        **{**vars(SMALL), "image_size": 16, "num_output_pts": 300, "tsdf_size": 4}
+    )
+    generate_scenes.generate_dataset(tmp_path, [0, 1], tiny)
+    first, second = sorted(tmp_path.glob("*.hdf5"))
+    good = first.read_bytes()
+    first.write_bytes(good[: len(good) // 2])  # an interrupted copy
+    outside = tmp_path / "00009|FloorPlan1.hdf5"  # broken and not among the seeds asked for
+    outside.write_bytes(b"not hdf5")
+    second_good = second.read_bytes()
+    with h5py.File(second, "a") as f:
+        del f["data/cam_pose"]
+    capsys.readouterr()
+    written = generate_scenes.generate_dataset(tmp_path, [0, 1], tiny)
+    lines = capsys.readouterr().out.splitlines()
+    assert sorted(written) == [first.name, second.name]
+    assert lines[0].startswith(f"{first} is not a readable HDF5 file (")
+    assert lines[0].endswith("; regenerating it")
+    assert lines[1] == f"{second}: missing key 'data/cam_pose'; regenerating it"
+    assert lines[2].startswith(f"{outside} is not a readable HDF5 file (")
+    assert lines[2].endswith("; left out of the splits")
+    # rewritten as generated the first time (deterministic in the seed)
+    assert first.read_bytes() == good and second.read_bytes() == second_good
+    with scene_file.SceneFile(first) as scene:
+        assert scene.depth().shape == (16, 16)
+    with open(tmp_path / "ssc_split.pkl", "rb") as f:
+        listed = sum(pickle.load(f).values(), [])
+    assert sorted(set(listed)) == [first.name, second.name]

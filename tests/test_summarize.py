@@ -1,5 +1,6 @@
 """summarize.py on hand-built stats frames; expected numbers are worked out by hand below (train-eval.md 3)."""
 
+import json
 import math
 import subprocess
 import sys
@@ -333,3 +334,114 @@ def test_cli_help_and_errors(tmp_path):
     result = run_cli("--models-dir", str(tmp_path), "--tables", "nyu")
     assert result.returncode == 1
     assert result.stderr.splitlines()[-2].startswith("error: no stats file could be read for nyu")
+
+
+# A baseline frame small enough to score by hand: at its one cutoff, Novel Room = rooms 26:
+# (30 + 50) / 2 = 40, 301: 10 -> 25; Novel Visual room 26: 20; no synonym or novel-class rows.
+BASELINE_ROWS = [
+    ("unseen_instances", scene(26, 1), "sofa", 0.3, 0.3),
+    ("unseen_instances", scene(26, 2), "bed", 0.5, 0.5),
+    ("unseen_instances", scene(301, 3), "sofa", 0.1, 0.1),
+    ("unseen_instances_dr", scene(26, 1), "sofa", 0.2, 0.2),
+]
+BASELINE_OVSSC = {
+    "novel_room": 25.0,
+    "novel_visual": 20.0,
+    "novel_vocab": None,
+    "novel_class": None,
+}
+
+
+def test_baseline_rows_only_when_given(models, tmp_path):
+    ovssc_frame(BASELINE_ROWS).to_pickle(tmp_path / "lifted.pkl")
+    vool_frame(clip_rows()).to_pickle(tmp_path / "frustum.pkl")
+    (ovssc, vool), notes = summarize.summarize(models, ["ovssc", "vool"], {})
+    assert [row[0] for row in ovssc.rows] == ["Semantic Aware", "Ours"]
+    assert not any("lifted_relevancy" in n or "all_in_frustum" in n for n in notes)
+    overrides = {
+        "ovssc": {"lifted_relevancy": tmp_path / "lifted.pkl"},
+        "vool": {"all_in_frustum": tmp_path / "frustum.pkl"},
+    }
+    (ovssc, vool), _ = summarize.summarize(models, ["ovssc", "vool"], overrides)
+    assert [row[0] for row in ovssc.rows] == [
+        "Baseline: lifted relevancy",
+        "Semantic Aware",
+        "Ours",
+    ]
+    assert_cells(ovssc.rows[0][1:], [25.0, 20.0, NAN, NAN])
+    # the baseline is scored on the relations of Ours ("left" left out), as ClipSpatial is
+    assert [row[:2] for row in vool.rows][:4] == [
+        ["Baseline: all in frustum", "on"], ["", "in"], ["", "behind"], ["", "mean"]
+    ]  # fmt: skip
+    assert_cells(vool.rows[3][2:], CLIP_VOOL[3][1])
+
+
+def test_only_given_has_no_default_rows_and_no_notes(models):
+    overrides = {"ovssc": {"ours": models / "ours/ovssc/ovssc_eval_stats.pkl"}}
+    (ovssc, vool), notes = summarize.summarize(
+        models, ["ovssc", "vool"], overrides, only_given=True
+    )
+    assert [row[0] for row in ovssc.rows] == ["Ours"] and vool.rows == [] and notes == []
+    assert summarize.chosen_tables(
+        "ovssc,vool,nyu", {**overrides, "vool": {}, "nyu": {}}, True
+    ) == ["ovssc"]
+
+
+def test_json_matches_the_printed_table_and_hand_values(models, tmp_path):
+    ovssc_frame(BASELINE_ROWS).to_pickle(tmp_path / "lifted.pkl")
+    out = tmp_path / "tables.json"
+    result = run_cli(
+        "--models-dir", str(tmp_path / "nowhere"), "--only-given", "--format", "markdown",
+        "--ovssc", f"ours={models / 'ours/ovssc/ovssc_eval_stats.pkl'}",
+        "--ovssc", f"lifted_relevancy={tmp_path / 'lifted.pkl'}",
+        "--vool", f"ours={models / 'ours/vool/vool_eval_stats.pkl'}",
+        "--json", str(out),
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert "not found" not in result.stderr
+    figures = json.loads(out.read_text())
+    assert set(figures) == {"ovssc", "vool"}
+    assert list(figures["ovssc"]) == ["baseline: lifted relevancy", "ours"]
+    assert figures["ovssc"]["baseline: lifted relevancy"] == pytest.approx(BASELINE_OVSSC)
+    ours = figures["ovssc"]["ours"]
+    assert ours == pytest.approx({c.lower().replace(" ", "_"): v for c, v in OURS_OVSSC.items()})
+    # every printed OVSSC cell is the JSON figure to one decimal ("–" for null)
+    for key, label in (
+        ("ours", "Ours"),
+        ("baseline: lifted relevancy", "Baseline: lifted relevancy"),
+    ):
+        cells = [
+            summarize.cell_text(math.nan if v is None else v)
+            for v in figures["ovssc"][key].values()
+        ]
+        assert f"| {label} | {' | '.join(cells)} |" in result.stdout
+    vool = figures["vool"]["ours"]
+    assert vool["novel_room"] is None and vool["novel_class"] is None  # the mean row: all NaN
+    assert list(vool["relations"]) == ["on", "in", "behind"]
+    assert vool["relations"]["on"] == pytest.approx(
+        {"novel_room": 45.0, "novel_visual": 10.0, "novel_vocab": 50.0, "novel_class": 90.0}
+    )
+    assert vool["relations"]["in"]["novel_visual"] is None
+
+
+def test_empty_frame_is_left_out_with_a_note(models):
+    path = models / "ours/ovssc/ovssc_eval_stats.pkl"
+    ovssc_frame().iloc[:0].to_pickle(path)
+    (table,), notes = summarize.summarize(
+        models, ["ovssc"], {"ovssc": {"ours": path}}, only_given=True
+    )
+    assert table.rows == [] and notes == [f"{path}: no rows, row left out"]
+    result = run_cli("--only-given", "--ovssc", f"ours={path}", "--tables", "ovssc")
+    assert result.returncode == 1
+    assert result.stderr.splitlines()[0] == f"note: {path}: no rows, row left out"
+    assert result.stderr.splitlines()[1] == (
+        "error: no stats file could be read for ovssc (see the notes above)"
+    )
+
+
+def test_only_given_without_a_row_is_an_error():
+    result = run_cli("--only-given", "--tables", "vool")
+    assert result.returncode == 1
+    assert result.stderr.splitlines()[0] == (
+        "error: --only-given needs an APPROACH=PATH (--ovssc, --vool, --nyu) for vool"
+    )
