@@ -219,7 +219,8 @@ def novel_room_scene(data: Path) -> Path:
 def visualize(pipeline: Pipeline, grid_size: int, num_frames: int, frame_size: int) -> None:
     """Per task: the inference dump of a novel-room scene from its HDF5 file, with the relevancy
     stored there under the run's saliency config (the maps the network trained on: oracle or CLIP,
-    never random CLIP weights), beside its ground truth; then its turntable videos."""
+    never random CLIP weights), beside its ground truth; then the OVSSC turntable video (VOOL's, one
+    per description, take minutes each: `visualize.py vool-visualize` makes them)."""
     scene = novel_room_scene(pipeline.data)
     scene_dir = pipeline.vis / scene.stem
     npz = {"ovssc": "completion.npz", "vool": "localization.npz"}
@@ -231,17 +232,12 @@ def visualize(pipeline: Pipeline, grid_size: int, num_frames: int, frame_size: i
              "--dump-path", str(pipeline.vis), "--grid-size", str(grid_size),
              "--device", pipeline.device],
         )  # fmt: skip
-        videos = (
-            [scene_dir / "completion.mp4"]
-            if task == "ovssc"
-            else [p.with_suffix(".mp4") for p in scene_dir.glob("*.ply") if p.stem != "scene_rgb"]
-        )
-        pipeline.run(
-            f"6/6 render {task.upper()}",
-            videos,
-            ["visualize.py", f"{task}-visualize", str(scene_dir),
-             "--num-frames", str(num_frames), "--size", str(frame_size)],
-        )  # fmt: skip
+    pipeline.run(
+        "6/6 render OVSSC",
+        [scene_dir / "completion.mp4"],
+        ["visualize.py", "ovssc-visualize", str(scene_dir),
+         "--num-frames", str(num_frames), "--size", str(frame_size)],
+    )  # fmt: skip
 
 
 def verdict(task: str, figures: dict[str, dict]) -> str:
@@ -270,7 +266,8 @@ def print_done(pipeline: Pipeline, summary: dict) -> None:
             f"scenes and relevancy   {pipeline.data}\n"
             f"models and eval stats  {pipeline.models}/{{ovssc,vool}}/\n"
             f"tables                 {pipeline.out}/summary.json\n"
-            f"visualization          {pipeline.vis}/ (mp4, png, obj, ply, npz)\n"
+            f"visualization          {pipeline.vis}/ (png, obj, ply, npz, completion.mp4;\n"
+            f"                       VOOL videos: python visualize.py vool-visualize <scene folder>)\n"
             f"total                  {minutes:.1f} min",
             title="demo done: the tables above are voxel 32^3 IoU x 100 on the held-out rooms",
             style="green",
@@ -301,7 +298,7 @@ def main(
     ] = "auto",
     grid_size: Annotated[
         int, typer.Option(help="visualize: query grid per axis (the original: 240)")
-    ] = 96,
+    ] = 64,
     num_frames: Annotated[
         int, typer.Option(help="visualize: turntable frames (the original: 220)")
     ] = 72,
