@@ -12,6 +12,7 @@ We save the bare network's keys (no `module.`), which this loader and a DDP-wrap
 from __future__ import annotations
 
 import re
+import warnings
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -35,7 +36,9 @@ def read_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     if not path.is_file():
         raise InputError(f"checkpoint {path} does not exist")
     try:
-        checkpoint = torch.load(path, map_location=map_location, weights_only=True)
+        with warnings.catch_warnings():  # a plain pickle warns about its protocol before failing
+            warnings.filterwarnings("ignore", message="Detected pickle protocol")
+            checkpoint = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as error:  # torch raises many types for truncated or foreign files
         raise InputError(f"{path} is not a readable checkpoint ({load_failure(error)})") from error
     if not isinstance(checkpoint, Mapping) or not isinstance(checkpoint.get("net"), Mapping):

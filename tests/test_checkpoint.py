@@ -1,8 +1,13 @@
 """Checkpoint round trips, the DDP prefix, and clear refusals of foreign or broken files."""
 
+import pickle
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 import torch
+from conftest import REPO
 from net_fixtures import random_batch, small_network
 
 from checkpoint import load_network, save_checkpoint
@@ -174,3 +179,14 @@ def test_atomically_written_files_get_ordinary_permissions(tmp_path):
     mask = os.umask(0)
     os.umask(mask)
     assert (tmp_path / "out.txt").stat().st_mode & 0o777 == 0o666 & ~mask
+
+
+def test_a_plain_pickle_as_checkpoint_is_one_line_without_torchs_warning(tmp_path):
+    path = tmp_path / "args.pkl"
+    path.write_bytes(pickle.dumps({"lr": 1e-3}, protocol=4))
+    code = f"import checkpoint; checkpoint.read_checkpoint({str(path)!r})"
+    result = subprocess.run(
+        [sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120
+    )
+    assert "not a readable checkpoint" in result.stderr
+    assert "Detected pickle protocol" not in result.stderr
