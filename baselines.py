@@ -82,7 +82,7 @@ BASELINES = {
     b.name: b
     for b in (
         Baseline("all_in_frustum", all_in_frustum, np.array([0.0]), reads_relevancy=False),
-        # relevancy x 50 minus the mean map: -20 ... 40 in steps of 1
+        # relevancy x 50 minus the mean map: -1 ... 2 in steps of 0.05 (see the module docstring)
         Baseline("lifted_relevancy", lifted_relevancy, np.arange(-1.0, 2.0, 0.05).round(2), True),
     )
 }

@@ -187,9 +187,18 @@ def add_shared_flags(parser: argparse.ArgumentParser) -> None:
     _add_bool(parser, "always_replace_subsample_pts", False, "sample points with replacement")
     _add_bool(parser, "balance_spatial_sampling", True, "class-balanced training query points")
     _add_bool(parser, "decoder_concat_xyz_pts", True, "decoder also sees the query xyz")
-    _add_bool(parser, "use_amp", False, "CUDA autocast (with a gradient scaler for fp16)")
+    _add_bool(
+        parser,
+        "use_amp",
+        False,
+        "autocast: CUDA fp16 (with a gradient scaler) or bf16; CPU bf16 (about 1.5x faster "
+        "where the CPU has AMX or AVX512-BF16)",
+    )
     add(
-        "--amp_dtype", choices=("fp16", "bf16"), default="fp16", help="autocast type with --use_amp"
+        "--amp_dtype",
+        choices=("fp16", "bf16"),
+        default="fp16",
+        help="autocast type with --use_amp (CPU: bf16 only)",
     )
     add("--num_workers", type=NONNEGATIVE_COUNT, default=8, help="DataLoader workers per process")
     add(

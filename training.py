@@ -615,8 +615,11 @@ def setup(
     schedule, the state of --load, DDP and (rank 0) args.pkl and the TensorBoard writers.
     -> (trainer, {split: dataset}, where to start)."""
     log_dir = Path(args.log)
-    if args.use_amp and procs.device.type != "cuda":
-        raise InputError("--use_amp needs CUDA; drop it or use --device cuda")
+    if args.use_amp and args.amp_dtype == "fp16" and procs.device.type != "cuda":
+        raise InputError(
+            "--use_amp with --amp_dtype fp16 needs CUDA (its gradient scaler); on CPU use "
+            "--amp_dtype bf16, or drop --use_amp"
+        )
     check_log_dir(log_dir)
     if procs.main:
         for stale in remove_stale_temp_files(log_dir):

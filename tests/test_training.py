@@ -326,9 +326,28 @@ def test_unwritable_log_directory(data, tmp_path, capsys):
     assert "cannot be written" in run_main(train_ovssc.main, argv, capsys)
 
 
-def test_amp_on_cpu_is_refused(data, tmp_path, capsys):
+def test_fp16_amp_on_cpu_is_refused(data, tmp_path, capsys):
     argv = ["--file_path", str(data), "--log", str(tmp_path), *TINY, "--use_amp"]
-    assert "--use_amp needs CUDA" in run_main(train_ovssc.main, argv, capsys)
+    assert "--amp_dtype fp16 needs CUDA" in run_main(train_ovssc.main, argv, capsys)
+
+
+def test_bf16_amp_on_cpu_trains_in_bf16_and_keeps_fp32_weights(data, tmp_path, monkeypatch):
+    seen = []
+    forward = tasks.Task.forward
+
+    def recording_forward(self, model, batch, *args):
+        seen.append((torch.is_autocast_enabled("cpu"), torch.get_autocast_dtype("cpu")))
+        return forward(self, model, batch, *args)
+
+    monkeypatch.setattr(tasks.Task, "forward", recording_forward)
+    folder = with_splits(data, 1, 0)
+    args = args_for("vool", folder, tmp_path / "v", "--use_amp", "--amp_dtype", "bf16")
+    model = training.train(tasks.VOOL, args, stop_after_steps=2)
+    assert seen[:2] == [(True, torch.bfloat16)] * 2
+    assert model.steps.item() == 2
+    weights = read_checkpoint(tmp_path / "v" / "latest.pth")["net"]
+    assert all(w.dtype == torch.float32 for w in weights.values() if w.is_floating_point())
+    assert all(torch.isfinite(w).all() for w in weights.values() if w.is_floating_point())
 
 
 def test_step_errors_stop_training_with_the_place(data, tmp_path):
