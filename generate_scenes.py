@@ -3,6 +3,7 @@ engine.
 
     python generate_scenes.py dataset dataset/ --num-scenes 1000 --num-processes 2
     python generate_scenes.py dataset demo_data/ --num-scenes 20 --preset small --vis-seed 3
+    python generate_scenes.py dataset demo_data/ --start-seed 20 --num-scenes 40 --train-rooms-only
     python generate_scenes.py pickle scene_files/procedural_00003.pkl --seed 3 --preset small
 
 `dataset` writes "{seed:05d}|{room}.hdf5" per seed (existing files that open and hold every key are
@@ -213,6 +214,13 @@ def dataset(
         list[int] | None,
         typer.Option(help="also write procedural_<seed>.pkl (visualize.py format) for this seed"),
     ] = None,
+    train_rooms_only: Annotated[
+        bool,
+        typer.Option(
+            help="skip the seeds whose room is a held-out (test) room: more training scenes, the "
+            "held-out splits unchanged"
+        ),
+    ] = False,
 ):
     """Generate scene files and ssc_split.pkl / vool_split.pkl in OUT_DIR."""
     check_counts(num_scenes=num_scenes, num_processes=num_processes)
@@ -224,11 +232,14 @@ def dataset(
         check_seed("--vis-seed", seed)
     options = scene_options(preset, image_size, num_output_pts, tsdf_size)
     seeds = list(range(start_seed, start_seed + num_scenes))
+    if train_rooms_only:
+        seeds = [seed for seed in seeds if not scenes.is_test_room(scenes.scene_room(seed))]
+    skipped = f", {num_scenes - len(seeds)} held-out-room seeds skipped" if train_rooms_only else ""
     start = time.perf_counter()
     written = generate_dataset(out_dir, seeds, options, num_processes, gzip_level, tuple(vis_seed))
     print(
-        f"wrote {len(written)} scene files to {out_dir} ({num_scenes - len(written)} already "
-        f"there, 0 failed) and the split pickles, in {time.perf_counter() - start:.1f} s"
+        f"wrote {len(written)} scene files to {out_dir} ({len(seeds) - len(written)} already "
+        f"there{skipped}, 0 failed) and the split pickles, in {time.perf_counter() - start:.1f} s"
     )
 
 

@@ -32,6 +32,15 @@ def resolve_device(device: str | torch.device | None = None) -> torch.device:
     return device
 
 
+def bf16_is_fast(device: torch.device) -> bool:
+    """Whether bf16 autocast runs in hardware on `device`: a CUDA GPU with native bf16, or a CPU
+    with AMX or AVX512-BF16 (elsewhere bf16 is emulated, and slower than fp32)."""
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported(including_emulation=False)
+    probes = ("_is_amx_tile_supported", "_is_avx512_bf16_supported")  # torch.cpu, since torch 2.1
+    return any(getattr(torch.cpu, probe, lambda: False)() for probe in probes)
+
+
 def seed_all(seed: int) -> None:
     """Seed python, numpy and torch (every device)."""
     random.seed(seed)

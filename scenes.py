@@ -95,6 +95,16 @@ def is_test_room(room: str) -> bool:
     return room_number(room) in TEST_ROOM_NUMBERS
 
 
+def draw_room(rng: np.random.RandomState) -> str:
+    """A scene's room: the first draw of its seed's generator."""
+    return ROOMS[rng.randint(len(ROOMS))]
+
+
+def scene_room(seed: int) -> str:
+    """The room generate_scene(seed) builds, without building it."""
+    return draw_room(np.random.RandomState(seed))
+
+
 # --------------------------------------------------------------------------------------------------
 # solids
 
@@ -711,7 +721,7 @@ PRESETS = {
 def generate_scene(seed: int, options: SceneOptions = PRESETS["full"]) -> dict:
     """Everything one scene file holds, deterministic in `seed` (descriptions as dicts)."""
     rng = np.random.RandomState(seed)
-    room = ROOMS[rng.randint(len(ROOMS))]
+    room = draw_room(rng)
     objects = layout_scene(room, rng)
     image_shape = (options.image_size, options.image_size)
     cam_intr = geometry.pinhole_intrinsics(*image_shape)

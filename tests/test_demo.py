@@ -10,10 +10,12 @@ import sys
 import imageio.v3 as iio
 import numpy as np
 import pandas as pd
+import torch
 import trimesh
 from conftest import REPO
 
 import demo
+import processes
 
 APPROACHES = {"ours", "baseline: lifted relevancy", "baseline: all in frustum"}
 VERDICT = re.compile(
@@ -24,7 +26,7 @@ VERDICT = re.compile(
 
 def run_demo(out, *args):
     command = [
-        sys.executable, str(REPO / "demo.py"), "--out", str(out), "--num-scenes", "12",
+        sys.executable, str(REPO / "demo.py"), "--out", str(out), "--num-scenes", "12", "--extra-train-seeds", "6",
         "--train-minutes", "0.05", "--grid-size", "32", "--num-frames", "4", "--frame-size", "64",
         "--device", "cpu", *args,
     ]  # fmt: skip
@@ -43,9 +45,16 @@ def test_demo_runs_every_stage_and_a_rerun_reuses_them(tmp_path):
     assert "not CLIP" in result.stdout  # no weights here: the oracle notice is shown
     cutoffs = len(np.arange(*map(float, demo.NETWORK_CUTOFFS)))
     pipeline = demo.Pipeline(out, "cpu")
+    with open(out / "data" / "ssc_split.pkl", "rb") as f:
+        splits = pickle.load(f)
+    seeds = {split: {int(name[:5]) for name in names} for split, names in splits.items()}
+    assert seeds["unseen_instances"] and max(seeds["unseen_instances"]) < 12  # held out: 0 .. 11
+    assert max(seeds["train"]) >= 12  # the extra seeds train
     for task in ("ovssc", "vool"):
         with open(pipeline.log(task) / "args.pkl", "rb") as f:
-            assert pickle.load(f).voxel_shape == [32, 32, 32]
+            args = pickle.load(f)
+        assert args.voxel_shape == [32, 32, 32]
+        assert args.use_amp == processes.bf16_is_fast(torch.device("cpu"))
         for approach in ("ours", *demo.BASELINES):  # the same splits for every approach
             stats = pd.read_pickle(pipeline.eval_stats(task, approach))
             assert set(stats["split"]) == {

@@ -239,6 +239,28 @@ def test_cli_writes_files_splits_and_pickles(tmp_path):
     assert (tmp_path / names[0]).stat().st_mtime_ns == mtime
 
 
+def test_scene_room_is_the_room_generate_scene_builds(generated):
+    for seed, scene in generated.items():
+        assert scenes.scene_room(seed) == pick_room(seed) == scene["room"]
+
+
+def test_train_rooms_only_skips_held_out_room_seeds(tmp_path):
+    seeds = range(10, 40)
+    kept = [s for s in seeds if not scenes.is_test_room(pick_room(s))]
+    assert 0 < len(kept) < len(seeds)  # both kinds among these seeds
+    args = ["dataset", str(tmp_path), "--start-seed", "10", "--num-scenes", "30", "--preset",
+            "small", "--image-size", "16", "--num-output-pts", "300", "--tsdf-size", "4",
+            "--train-rooms-only"]  # fmt: skip
+    result = CliRunner().invoke(generate_scenes.app, args)
+    assert result.exit_code == 0, result.output
+    names = sorted(p.name for p in tmp_path.glob("*.hdf5"))
+    assert names == [scene_file.scene_file_name(s, pick_room(s)) for s in kept]
+    assert f"{len(seeds) - len(kept)} held-out-room seeds skipped" in result.output
+    with open(tmp_path / "vool_split.pkl", "rb") as f:
+        splits = pickle.load(f)
+    assert sorted(splits["train"]) == names and splits["unseen_instances"] == []
+
+
 def test_cli_rejects_bad_options(tmp_path):
     result = CliRunner().invoke(generate_scenes.app, ["dataset", str(tmp_path), "--preset", "huge"])
     assert result.exit_code != 0 and "unknown preset 'huge'" in str(result.exception)
