@@ -434,7 +434,7 @@ def test_ctrl_c_with_workers_ends_with_the_interrupted_line(data, ovssc_ckpt, tm
         err += line
     os.killpg(proc.pid, signal.SIGINT)
     err = (err + proc.stderr.read()).decode()
-    assert proc.wait(timeout=60) == 130
+    assert proc.wait(timeout=60) == 130, err
     # the progress bar is cleared: after "scoring" (printed behind the bar) only "interrupted"
     lines = visible_lines(err)
     assert lines[-2].endswith("scoring"), err
