@@ -407,8 +407,11 @@ def test_a_data_error_in_a_worker_is_one_line(data, tmp_path, ovssc_ckpt, capsys
 
 
 INTERRUPTIBLE = """
-import sys, time
+import signal, sys, time
 import evaluation, eval as eval_script
+# Ctrl-C as in a terminal: a test run started as a shell's background job (`cmd &` without job
+# control) hands its children SIGINT ignored, and Python then never raises KeyboardInterrupt
+signal.signal(signal.SIGINT, signal.default_int_handler)
 def slow(*args):
     print("scoring", file=sys.stderr, flush=True)
     time.sleep(60)
