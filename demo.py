@@ -77,8 +77,8 @@ TASKS = ("ovssc", "vool")
 # 41.0, 41.8 and, in bf16, 41.0; 38.6 after 12; and with one change each: lr 1e-2 36.2, lr 2.5e-3
 # 41.6, no domain randomization 39.4, 32k query points 40.9, a 48^3 grid (6 epochs) 41.5, UNet and
 # point MLP copied from the trained OVSSC network 41.1. More training scenes (--extra-train-seeds,
-# seeds in training rooms only, the same held-out scenes): 410 scenes x 3 epochs (1230 steps) 45.5,
-# 306 x 3 (918 steps) 37.0. Run-to-run spread is about +-4 on 18 held-out scenes.
+# seeds in training rooms only, the same held-out scenes): 410 scenes x 3 epochs (1230 steps) 45.5
+# and, with --seed 1, 37.3; 306 x 3 (918 steps) 37.0. Two seeds differ by up to 8 on 18 scenes.
 EPOCHS = {"ovssc": 5, "vool": 10}
 EXTRA_TRAIN_SEEDS = 0
 # eval.py --cutoffs START STOP STEP for the networks: trained on balanced samples, their best
