@@ -71,14 +71,9 @@ TRAINING = [
     "--balance_positive_negative", "--fix_decoder_sampling",
 ]  # fmt: skip
 TASKS = ("ovssc", "vool")
-# 510 and 1020 steps on the 102 training scenes of 120, about 3.5 + 6 minutes on 2 cores. Measured on
-# the demo's data, Novel Room against lifted relevancy's 47.8 / 42.5 (VOOL: mean of the six
-# relations): OVSSC 49.4 after 3 epochs, 49.7 after 4, 52.9 and 54.3 after 5. VOOL after 10 epochs:
-# 41.0, 41.8 and, in bf16, 41.0; 38.6 after 12; and with one change each: lr 1e-2 36.2, lr 2.5e-3
-# 41.6, no domain randomization 39.4, 32k query points 40.9, a 48^3 grid (6 epochs) 41.5, UNet and
-# point MLP copied from the trained OVSSC network 41.1. More training scenes (--extra-train-seeds,
-# seeds in training rooms only, the same held-out scenes): 410 scenes x 3 epochs (1230 steps) 45.5
-# and, with --seed 1, 37.3; 306 x 3 (918 steps) 37.0. Two seeds differ by up to 8 on 18 scenes.
+# 510 and 1020 steps on the 102 training scenes of 120, about 3 + 6 minutes on 2 cores. The epochs
+# and the alternatives measured on the demo's data (other epochs, learning rates, grids, more
+# training scenes via --extra-train-seeds): the README, "Does it learn?" and the main-job section.
 EPOCHS = {"ovssc": 5, "vool": 10}
 EXTRA_TRAIN_SEEDS = 0
 # eval.py --cutoffs START STOP STEP for the networks: trained on balanced samples, their best
