@@ -17,7 +17,8 @@ Fidelity quirks, kept by default so that the released checkpoints reproduce thei
     B1  the point-to-voxel scatter averages (mean) although reduce_method says "max".
         Fix: fix_scatter_reduce=True uses reduce_method.
     B2  the decoder normalises grid indices by G instead of G-1 and hands them to grid_sample in (x,y,z)
-        order, which grid_sample reads as (z,y,x): x and z are swapped. Fix: fix_decoder_sampling=True.
+        order, which grid_sample reads as (z,y,x): x and z are swapped. Fix: fix_decoder_sampling=True
+        reads each query in (z,y,x) order at the voxel it lies in (see ImplicitVolumetricDecoder).
     B3  VOOL completion nets never get decoder_concat_xyz_pts (their own sampler has no xyz input).
 Bugs that only hurt users are fixed: grid.VirtualGrid follows its inputs' device (B9); SemanticAwareOVSSC
 runs the UNet once per scene instead of once per class (B10, same output).
@@ -140,13 +141,19 @@ class ImplicitVolumetricDecoder(nn.Module):
         )
 
     def normalized_query(self, grid: VirtualGrid, query_points: torch.Tensor) -> torch.Tensor:
-        """[B',M,3] metres -> [B',M,3] grid coordinates in (x,y,z) order."""
+        """[B',M,3] metres -> [B',M,3] grid coordinates in (x,y,z) order.
+
+        The scatter puts a point at continuous index u into voxel trunc(u), whose points lie in
+        [i, i+1) and centre on i + 0.5, and stores it at grid position i. The fix samples at u - 0.5,
+        so that a query reads the voxel it lies in, fully at its centre. Read at u instead, a query at
+        a voxel centre would get half of its own voxel per axis (1/8 in 3D), the rest from the voxels
+        above it: every feature shifted half a voxel, a blur the network must learn to undo.
+        """
         index = grid.continuous_index(query_points)
         shape = torch.tensor(grid.grid_shape, dtype=index.dtype, device=index.device)
         if self.fix_sampling:
-            return (
-                2 * index / (shape - 1) - 1
-            )  # in [-1, 1], voxel centres at align_corners positions
+            # align_corners positions: -1 is grid position 0; border padding clamps below it
+            return 2 * (index - 0.5) / (shape - 1) - 1
         return 2 * index / shape - 1  # quirk B2: divides by G, so in [-1, 1 - 2/G]
 
     def forward(

@@ -127,7 +127,9 @@ def test_decoder_sampling_against_independent_trilinear(fix):
     for query, row in zip(queries[0], out, strict=True):
         u = ((query - lower) * (G - 1) / (upper - lower)).tolist()  # continuous (ux, uy, uz)
         if fix:
-            position, coords = u, [2 * c / (G - 1) - 1 for c in u]
+            # read in (x,y,z) order, half a voxel down: grid position i holds the voxel [i, i+1)
+            position = [c - 0.5 for c in u]
+            coords = [2 * p / (G - 1) - 1 for p in position]
         else:
             # Quirk B2: normalised by G, and read with x and z swapped: (uz, uy, ux) * (G-1)/G.
             position = [u[2] * (G - 1) / G, u[1] * (G - 1) / G, u[0] * (G - 1) / G]
@@ -190,20 +192,26 @@ def test_weighted_row_sum_equals_embedding_bag_values_and_gradients():
     torch.testing.assert_close(table_grad[7], by_hand)
 
 
-def test_fixed_decoder_reads_grid_points_exactly():
+def test_fixed_decoder_reads_back_the_voxel_a_point_was_scattered_into():
     G = 6
     grid = VirtualGrid(BOUNDS, (G, G, G))
     decoder = net.ImplicitVolumetricDecoder(
         hidden_size=2, output_dim=1, concat_xyz_pts=False, fix_sampling=True
     )
     decoder.mlp = torch.nn.Identity()
-    volume = torch.randn(1, 2, G, G, G)
     lower, upper = torch.tensor(BOUNDS)
-    index = torch.tensor([[1, 4, 2], [5, 0, 3], [0, 0, 0]])
-    queries = (lower + index * (upper - lower) / (G - 1))[None].float()
-    out = decoder(volume, grid, queries)[0]
-    expected = torch.stack([volume[0, :, x, y, z] for x, y, z in index.tolist()])
-    torch.testing.assert_close(out, expected, atol=1e-5, rtol=1e-5)
+    step = (upper - lower) / (G - 1)  # voxel i spans [i, i+1) in grid index
+    voxels = torch.tensor([[1, 4, 2], [4, 0, 3], [0, 0, 0], [2, 2, 2]])
+    g = torch.Generator().manual_seed(4)
+    points = lower + (voxels + torch.rand(4, 3, generator=g)) * step  # anywhere inside each voxel
+    features = torch.randn(1, 4, 2, generator=g)
+    volume = grid.scatter_points(points[None], features)  # [1, 2, G, G, G]
+    centres = lower + (voxels + 0.5) * step
+    out = decoder(volume, grid, centres[None])[0]
+    torch.testing.assert_close(out, features[0], atol=1e-5, rtol=1e-5)
+    # the centre of an empty neighbour, one voxel above along x, reads nothing
+    empty = decoder(volume, grid, (centres[3] + step * torch.tensor([1.0, 0, 0]))[None, None])
+    torch.testing.assert_close(empty, torch.zeros(1, 1, 2))
 
 
 @pytest.mark.parametrize(
