@@ -44,15 +44,16 @@ import tasks  # noqa: E402
 import training  # noqa: E402
 
 TASKS = tasks.TASKS
-# The recipe, tried on VOOL (voxel32 IoU x 100, lifted relevancy 37.5): constant lr 3e-3, 285 steps:
-# 35.7; lr 5e-3, 2 descriptions, 560 steps: 35.9; the same with a cosine decay over 510 steps: 37.6;
-# and with --balance_positive_negative: 41.4. Balanced sampling draws every positive of a row, but an
-# object has only a few hundred to two thousand of the 8k query points (mostly 5-15% positives), so
-# without the BCE balancing large objects stay near logit 0 and drop out at any single cutoff.
+# The recipe, tried on VOOL before the half-voxel decoder fix (voxel32 IoU x 100, lifted relevancy
+# 37.5): constant lr 3e-3, 285 steps: 35.7; lr 5e-3, 2 descriptions, 560 steps: 35.9; the same with
+# a cosine decay over 510 steps: 37.6; and with --balance_positive_negative: 41.4. Balanced sampling
+# draws every positive of a row, but an object has only a few hundred to two thousand of the 8k query
+# points (mostly 5-15% positives), so without the BCE balancing large objects stay near logit 0 and
+# drop out at any single cutoff.
 # --fix_decoder_sampling: with quirk B2 the UNet must carry every feature across the x<->z swap of the
 # decoder (models.md 1.4), which a small model trained for minutes does not learn (OVSSC 23.6 after
 # 8 minutes without the fix, 40.7 after 3 with it).
-# 5 epochs of the 102 training scenes: 510 steps, about 9.5 minutes per task here; --minutes caps it.
+# 5 epochs of the 102 training scenes: 510 steps, about 3.5 minutes per task here; --minutes caps it.
 RUN = (
     "--batch_size 1 --lr 5e-3 --num_warmup_steps 50 --lr_scheduler_type cosine --epochs 5 "
     "--eval_freq 0 --save_freq 0 --device cpu --balance_positive_negative --fix_decoder_sampling"
