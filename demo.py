@@ -143,9 +143,12 @@ def generate_scenes(pipeline: Pipeline, num_scenes: int, extra_train_seeds: int)
         ["generate_scenes.py", "dataset", str(data), "--num-scenes", str(num_scenes), *small],
     )
     if extra_train_seeds:
+        import scenes  # open3d: only when this stage is asked for
+
+        seeds = scenes.train_room_seeds(range(num_scenes, num_scenes + extra_train_seeds))
         pipeline.run(
             "1/6 more training scenes",
-            [],  # resumable by itself: scene files already there are kept
+            [data / scene_file.scene_file_name(seed, scenes.scene_room(seed)) for seed in seeds],
             ["generate_scenes.py", "dataset", str(data), "--start-seed", str(num_scenes),
              "--num-scenes", str(extra_train_seeds), "--train-rooms-only", *small],
         )  # fmt: skip

@@ -38,7 +38,8 @@ FIXES = (
         "models.md 7 (B2), train-eval.md 6.17",
         "network",
         "decoder normalises grid indices by G (not G-1) and swaps x and z for grid_sample",
-        "reads in (z,y,x) order, each query from the voxel it lies in (half a voxel below its index, where the scatter stores it)",
+        "reads in (z,y,x) order, each query from the voxel it lies in (half a voxel below its "
+        "index, where the scatter stores it)",
     ),
     Fix(
         "fix_mean_relevancy",

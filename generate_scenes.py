@@ -233,7 +233,7 @@ def dataset(
     options = scene_options(preset, image_size, num_output_pts, tsdf_size)
     seeds = list(range(start_seed, start_seed + num_scenes))
     if train_rooms_only:
-        seeds = [seed for seed in seeds if not scenes.is_test_room(scenes.scene_room(seed))]
+        seeds = scenes.train_room_seeds(seeds)
     skipped = f", {num_scenes - len(seeds)} held-out-room seeds skipped" if train_rooms_only else ""
     start = time.perf_counter()
     written = generate_dataset(out_dir, seeds, options, num_processes, gzip_level, tuple(vis_seed))

@@ -191,8 +191,8 @@ def add_shared_flags(parser: argparse.ArgumentParser) -> None:
         parser,
         "use_amp",
         False,
-        "autocast: CUDA fp16 (with a gradient scaler) or bf16; CPU bf16 (about 1.5x faster "
-        "where the CPU has AMX or AVX512-BF16)",
+        "autocast: CUDA fp16 (with a gradient scaler) or bf16; CPU bf16 (about 1.2x faster "
+        "training where the CPU has AMX or AVX512-BF16)",
     )
     add(
         "--amp_dtype",

@@ -105,6 +105,11 @@ def scene_room(seed: int) -> str:
     return draw_room(np.random.RandomState(seed))
 
 
+def train_room_seeds(seeds) -> list[int]:
+    """The seeds whose scene lies in a training room (not a held-out test room)."""
+    return [seed for seed in seeds if not is_test_room(scene_room(seed))]
+
+
 # --------------------------------------------------------------------------------------------------
 # solids
 

@@ -26,9 +26,9 @@ VERDICT = re.compile(
 
 def run_demo(out, *args):
     command = [
-        sys.executable, str(REPO / "demo.py"), "--out", str(out), "--num-scenes", "12", "--extra-train-seeds", "6",
-        "--train-minutes", "0.05", "--grid-size", "32", "--num-frames", "4", "--frame-size", "64",
-        "--device", "cpu", *args,
+        sys.executable, str(REPO / "demo.py"), "--out", str(out), "--num-scenes", "12",
+        "--extra-train-seeds", "6", "--train-minutes", "0.05", "--grid-size", "32",
+        "--num-frames", "4", "--frame-size", "64", "--device", "cpu", *args,
     ]  # fmt: skip
     env = {**os.environ, "COLUMNS": "200"}
     return subprocess.run(command, capture_output=True, text=True, cwd=REPO, env=env, timeout=900)
