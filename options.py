@@ -7,7 +7,8 @@ hurt users:
 - `--voxel_shape X Y Z` and `--scene_bounds x0 y0 z0 x1 y1 z1` can be set;
 - `--device auto` (the default) picks CUDA when present, where the original hard-coded "cuda";
 - `--gpus` is still accepted, but whether DDP runs is decided by the world size torchrun gives.
-New: the `--fix_*` flags of fixes.py, `--activation_checkpointing`, `--amp_dtype`, `--clip_checkpoint`.
+New: the `--fix_*` flags of fixes.py, `--activation_checkpointing`, `--amp_dtype`, `--clip_checkpoint`,
+`--iou_loss`, `--iou_loss_weight`.
 
 `args.pkl` (the pickled training Namespace beside a checkpoint) is read back by `load_args`, which
 fills flags that an older file lacks with their defaults, so released and our own files read alike.
@@ -181,6 +182,14 @@ def add_shared_flags(parser: argparse.ArgumentParser) -> None:
     _add_bool(parser, "subtract_mean_relevancy", True, "subtract the per-scene mean relevancy map")
     _add_bool(parser, "offset_patch_mask", False, "patch masks in {-1, 1} instead of {0, 1}")
     _add_bool(parser, "balance_positive_negative", False, "per-row BCE reweighting")
+    add(
+        "--iou_loss",
+        choices=("none", "lovasz", "soft_jaccard"),
+        default="none",
+        help="add an IoU term per row to the BCE (not in the original): the Lovász hinge or the "
+        "soft Jaccard loss, over the points the metrics score",
+    )
+    add("--iou_loss_weight", type=NONNEGATIVE, default=1.0, help="weight of --iou_loss")
     _add_bool(
         parser, "balance_spatial_relations", True, "VOOL: descriptions uniform over relations"
     )

@@ -38,6 +38,56 @@ def bce_weight(label: torch.Tensor, balance: bool) -> torch.Tensor | None:
     return weight * weight.numel() / weight.sum()
 
 
+def lovasz_hinge(logits: torch.Tensor, label: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
+    """Lovász hinge per row (Berman et al., CVPR 2018): a convex surrogate of 1 - IoU of the row's
+    prediction `logits > 0`, over the points `keep` holds; logits, label, keep [R, N] -> [R].
+
+    Hinge errors 1 - logit * (2 label - 1) sorted in decreasing order, dotted with the increments of
+    the Jaccard loss along that order. Points left out sort last with an error of -inf: they add
+    nothing, and the Jaccard increments before them count only kept points.
+    """
+    label, keep = label.float(), keep.bool()
+    errors = 1 - logits.float() * (2 * label - 1)
+    errors = errors.masked_fill(~keep, float("-inf"))
+    errors, order = errors.sort(dim=-1, descending=True)
+    sorted_label = label.gather(-1, order) * keep.gather(-1, order)  # a left-out point: 0
+    positives = sorted_label.sum(-1, keepdim=True)
+    intersection = positives - sorted_label.cumsum(-1)
+    union = positives + (1 - sorted_label).cumsum(-1)
+    jaccard = 1 - intersection / union
+    increments = torch.cat([jaccard[:, :1], jaccard[:, 1:] - jaccard[:, :-1]], dim=-1)
+    return (F.relu(errors) * increments).sum(-1)
+
+
+def soft_jaccard(logits: torch.Tensor, label: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
+    """1 - soft IoU per row: sum(p y) / sum(p + y - p y) with p = sigmoid(logits), over the points
+    `keep` holds; logits, label, keep [R, N] -> [R] (a row with no positive scores 1, with no
+    gradient)."""
+    p, label, keep = torch.sigmoid(logits.float()), label.float(), keep.float()
+    intersection = (p * label * keep).sum(-1)
+    union = ((p + label - p * label) * keep).sum(-1)
+    return 1 - intersection / union.clamp_min(1e-6)
+
+
+IOU_LOSSES = {"lovasz": lovasz_hinge, "soft_jaccard": soft_jaccard}
+
+
+def with_iou_term(
+    bce: torch.Tensor, logits: torch.Tensor, label: torch.Tensor, ignore: torch.Tensor, args
+) -> torch.Tensor:
+    """bce + iou_loss_weight x the mean over rows of --iou_loss (not in the original; "none", the
+    default, returns bce as it is). Rows with no kept point (padding) are left out of the mean."""
+    if args.iou_loss == "none":
+        return bce
+    keep = ~ignore.reshape(-1, ignore.shape[-1])
+    rows = keep.any(-1)
+    per_row_loss = IOU_LOSSES[args.iou_loss](
+        logits.reshape(-1, logits.shape[-1])[rows], label.reshape(-1, label.shape[-1])[rows],
+        keep[rows],
+    )  # fmt: skip
+    return bce + args.iou_loss_weight * per_row_loss.mean()
+
+
 def per_row(mask: torch.Tensor, shape: torch.Size) -> torch.Tensor:
     """A per-point mask as bool [B, R, N]: the datasets give out_of_bounds_pts as [B, R, N]
     (balanced sampling), [B, R, 1, N] (OVSSC, uniform) or [B, N] (VOOL, uniform)."""
@@ -122,7 +172,7 @@ def ovssc_loss(logits: torch.Tensor, batch: dict, args: argparse.Namespace):
         label[keep].float(),
         weight=None if weight is None else weight[keep],
     )
-    return value, label, ignore, padded
+    return with_iou_term(value, logits, label, ignore, args), label, ignore, padded
 
 
 def ovssc_row_columns(batch: dict) -> dict:
@@ -157,13 +207,14 @@ def vool_padded_rows(batch: dict) -> torch.Tensor:
 
 def vool_loss(logits: torch.Tensor, batch: dict, args: argparse.Namespace):
     """BCE over every entry, padding included (its labels are all zero), as the original; only
-    accuracy and the metrics ignore padding and out-of-bounds points."""
+    accuracy, the metrics and the optional IoU term (--iou_loss) ignore padding and out-of-bounds
+    points."""
     label = batch["output_label_pts"] > 0.5  # [B, D, N]
     padded = vool_padded_rows(batch).to(logits.device)  # [B, D]
     ignore = padded[..., None] | per_row(batch["out_of_bounds_pts"], label.shape)
     weight = bce_weight(label, args.balance_positive_negative)
     value = F.binary_cross_entropy_with_logits(logits.float(), label.float(), weight=weight)
-    return value, label, ignore, padded
+    return with_iou_term(value, logits, label, ignore, args), label, ignore, padded
 
 
 def vool_row_columns(batch: dict) -> dict:
