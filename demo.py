@@ -75,6 +75,8 @@ TASKS = ("ovssc", "vool")
 # and the alternatives measured on the demo's data (other epochs, learning rates, grids, more
 # training scenes via --extra-train-seeds): the README, "Does it learn?" and the main-job section.
 EPOCHS = {"ovssc": 5, "vool": 10}
+TASK_TRAINING = {"ovssc": [], "vool": []}  # flags of one task's recipe
+SCENE_SEED_STRIDE = 100_000  # --scene-seed N: scenes from seed N x this on
 EXTRA_TRAIN_SEEDS = 0
 # eval.py --cutoffs START STOP STEP for the networks: trained on balanced samples, their best
 # cutoffs lie between 2.5 and 4, above the original's -2.5 ... -0.1 (summarize picks the best).
@@ -97,13 +99,24 @@ def clip_weights_available() -> bool:
 
 
 class Pipeline:
-    """The demo's folders under `out`, and the runner of its stages."""
+    """The demo's folders under `out` (the scenes in `data`, by default OUT/data), its training seed
+    and precision, and the runner of its stages."""
 
-    def __init__(self, out: Path, device: str):
+    def __init__(
+        self,
+        out: Path,
+        device: str,
+        seed: int = 0,
+        precision: str = "auto",
+        data: Path | None = None,
+    ):
         self.started = time.perf_counter()
         self.out = out
-        self.data, self.models, self.vis = out / "data", out / "models", out / "visualization"
+        self.data = out / "data" if data is None else data
+        self.models, self.vis = out / "models", out / "visualization"
         self.device = device
+        self.seed = seed
+        self.precision = precision
         self.checkpoints = {task: self.models / task / "latest.pth" for task in TASKS}
 
     def log(self, task: str) -> Path:
@@ -132,24 +145,36 @@ class Pipeline:
         console.print(f"[green]✓ {title}[/] in {time.perf_counter() - start:.0f} s")
 
 
-def generate_scenes(pipeline: Pipeline, num_scenes: int, extra_train_seeds: int) -> None:
-    """Seeds 0 .. num_scenes - 1 in every room (training and held-out scenes), then the next
-    extra_train_seeds seeds in training rooms only: more training scenes, the same held-out ones."""
+def first_scene_seed(scene_seed: int) -> int:
+    """--scene-seed N draws its scenes from seeds N x SCENE_SEED_STRIDE on: other scenes, training and
+    held-out alike, in the same rooms."""
+    return scene_seed * SCENE_SEED_STRIDE
+
+
+def generate_scenes(
+    pipeline: Pipeline, num_scenes: int, extra_train_seeds: int, scene_seed: int = 0
+) -> None:
+    """num_scenes seeds from first_scene_seed(scene_seed) in every room (training and held-out
+    scenes), then the next extra_train_seeds seeds in training rooms only: more training scenes, the
+    same held-out ones."""
     data = pipeline.data
+    first = first_scene_seed(scene_seed)
     small = ["--preset", "small", "--num-processes", "2"]
     pipeline.run(
         "1/6 scenes",
         [data / "ssc_split.pkl", data / "vool_split.pkl"],
-        ["generate_scenes.py", "dataset", str(data), "--num-scenes", str(num_scenes), *small],
-    )
+        ["generate_scenes.py", "dataset", str(data), "--start-seed", str(first),
+         "--num-scenes", str(num_scenes), *small],
+    )  # fmt: skip
     if extra_train_seeds:
         import scenes  # open3d: only when this stage is asked for
 
-        seeds = scenes.train_room_seeds(range(num_scenes, num_scenes + extra_train_seeds))
+        start = first + num_scenes
+        seeds = scenes.train_room_seeds(range(start, start + extra_train_seeds))
         pipeline.run(
             "1/6 more training scenes",
             [data / scene_file.scene_file_name(seed, scenes.scene_room(seed)) for seed in seeds],
-            ["generate_scenes.py", "dataset", str(data), "--start-seed", str(num_scenes),
+            ["generate_scenes.py", "dataset", str(data), "--start-seed", str(start),
              "--num-scenes", str(extra_train_seeds), "--train-rooms-only", *small],
         )  # fmt: skip
 
@@ -173,26 +198,27 @@ def generate_relevancy(pipeline: Pipeline, source: str) -> None:
     )  # fmt: skip
 
 
-def precision_flags(device: str) -> list[str]:
-    """bf16 autocast where the hardware runs it (about 1.2x faster training here), else fp32."""
+def precision_flags(device: str, precision: str = "auto") -> list[str]:
+    """The training flags of --precision: bf16 autocast (auto: where the hardware runs it fast), or
+    none (fp32)."""
     import processes
 
-    return (
-        ["--use_amp", "--amp_dtype", "bf16"]
-        if processes.bf16_is_fast(processes.resolve_device(device))
-        else []
-    )
+    if precision == "auto":
+        fast = processes.bf16_is_fast(processes.resolve_device(device))
+        precision = "bf16" if fast else "fp32"
+    return ["--use_amp", "--amp_dtype", "bf16"] if precision == "bf16" else []
 
 
 def train(pipeline: Pipeline, train_minutes: float) -> None:
-    precision = precision_flags(pipeline.device)
+    precision = precision_flags(pipeline.device, pipeline.precision)
     for task in TASKS:
         log = pipeline.log(task)
         pipeline.run(
             f"3/6 train {task.upper()}",
             [log / "latest.pth", log / "args.pkl"],
             [f"train_{task}.py", "--file_path", str(pipeline.data), "--log", str(log),
-             *SMALL_NETWORK, *TRAINING, *precision, "--epochs", str(EPOCHS[task]),
+             *SMALL_NETWORK, *TRAINING, *TASK_TRAINING[task], *precision,
+             "--epochs", str(EPOCHS[task]), "--seed", str(pipeline.seed),
              "--max_minutes", str(train_minutes),
              "--device", pipeline.device],
         )  # fmt: skip
@@ -309,11 +335,49 @@ def print_done(pipeline: Pipeline, summary: dict) -> None:
         console.print(verdict(task, summary[task]), soft_wrap=True)
 
 
+PRECISIONS = ("auto", "bf16", "fp32")
+RUN_FILE = "demo_run.json"  # the flags that decide a demo folder's results
+
+
+def default_out(seed: int, scene_seed: int, precision: str) -> Path:
+    """outputs/demo for the defaults; otherwise the seeds and precision are in the name."""
+    name = "demo"
+    if (seed, scene_seed, precision) != (0, 0, "auto"):
+        name += f"_seed{seed}_scenes{scene_seed}" + ("" if precision == "auto" else f"_{precision}")
+    return Path("outputs") / name
+
+
+def check_run(out: Path, run: dict) -> None:
+    """Write OUT/demo_run.json, or refuse in one line when OUT holds a demo made with other flags
+    (its stages would be skipped as done, and their results mixed with this run's)."""
+    path = out / RUN_FILE
+    if path.is_file():
+        stored = json.loads(path.read_text())
+        changed = [f"{k} {stored.get(k)} -> {v}" for k, v in run.items() if stored.get(k) != v]
+        if changed:
+            raise InputError(
+                f"{out} holds a demo run with other flags ({', '.join(changed)}): use --fresh to "
+                "start it over, or another --out"
+            )
+        return
+    if out.exists() and any(out.iterdir()):
+        raise InputError(
+            f"{out} is not empty and holds no {RUN_FILE}: use --fresh to start over, or another --out"
+        )
+    out.mkdir(parents=True, exist_ok=True)
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(run, indent=2) + "\n")
+
+
 @app.command()
 def main(
-    out: Annotated[Path, typer.Option(help="where every output of the demo goes")] = Path(
-        "outputs/demo"
-    ),
+    out: Annotated[
+        Path | None,
+        typer.Option(
+            help="where every output of the demo goes (default: outputs/demo, with the seeds and "
+            "precision in the name when they are not the defaults)"
+        ),
+    ] = None,
     num_scenes: Annotated[
         int,
         typer.Option(help="procedural scenes in every room: training and held-out (small preset)"),
@@ -346,13 +410,36 @@ def main(
         int, typer.Option(help="visualize: frame width and height (the original: 1024)")
     ] = 512,
     fresh: Annotated[bool, typer.Option(help="delete OUT first and start over")] = False,
+    seed: Annotated[
+        int, typer.Option(help="training seed of both networks (train_*.py --seed)", min=0)
+    ] = 0,
+    scene_seed: Annotated[
+        int,
+        typer.Option(
+            help=f"another set of scenes, training and held-out alike: seeds from N x "
+            f"{SCENE_SEED_STRIDE} on (0: seeds 0 ...)",
+            min=0,
+        ),
+    ] = 0,
+    precision: Annotated[
+        str,
+        typer.Option(
+            help="training precision: auto (bf16 where the CPU or GPU runs it), bf16, fp32"
+        ),
+    ] = "auto",
 ) -> None:
     if extra_train_seeds < 0:
         raise InputError(f"--extra-train-seeds must be >= 0, got {extra_train_seeds}")
+    if precision not in PRECISIONS:
+        raise InputError(f"--precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+    run = {"seed": seed, "scene_seed": scene_seed, "precision": precision,
+           "num_scenes": num_scenes, "extra_train_seeds": extra_train_seeds}  # fmt: skip
+    out = out or default_out(seed, scene_seed, precision)
     if fresh and out.exists():
         shutil.rmtree(out)
-    pipeline = Pipeline(out, device)
-    generate_scenes(pipeline, num_scenes, extra_train_seeds)
+    check_run(out, run)
+    pipeline = Pipeline(out, device, seed, precision)
+    generate_scenes(pipeline, num_scenes, extra_train_seeds, scene_seed)
     source = relevancy_source_for(relevancy_source)
     generate_relevancy(pipeline, source)
     train(pipeline, train_minutes)

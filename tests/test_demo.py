@@ -6,6 +6,7 @@ import pickle
 import re
 import subprocess
 import sys
+from pathlib import Path
 
 import imageio.v3 as iio
 import numpy as np
@@ -13,9 +14,12 @@ import pandas as pd
 import torch
 import trimesh
 from conftest import REPO
+from typer.testing import CliRunner
 
 import demo
 import processes
+import training
+from utils import InputError
 
 APPROACHES = {"ours", "baseline: lifted relevancy", "baseline: all in frustum"}
 VERDICT = re.compile(
@@ -124,3 +128,68 @@ def test_verdict_names_the_best_baseline_and_the_margin():
     assert demo.verdict("vool", figures) == (
         "VOOL: no Novel Room figure for ours or the baselines, nothing to compare"
     )
+
+
+def recorded_commands(monkeypatch, tmp_path, *flags):
+    """demo.py's command with every stage recorded instead of run: -> ({title: argv}, out)."""
+    ran = {}
+    monkeypatch.setattr(
+        demo.Pipeline, "run", lambda self, title, done, argv: ran.update({title: argv})
+    )
+    monkeypatch.setattr(demo, "summarize", lambda pipeline, source: {})
+    monkeypatch.setattr(demo, "visualize", lambda *args: None)
+    monkeypatch.setattr(demo, "print_done", lambda *args: None)
+    monkeypatch.chdir(tmp_path)
+    argv = ["--relevancy-source", "oracle", "--device", "cpu", "--extra-train-seeds", "12", *flags]
+    result = CliRunner().invoke(demo.app, argv)
+    return ran, result
+
+
+def test_seed_scene_seed_and_precision_reach_the_scripts_the_demo_runs(monkeypatch, tmp_path):
+    ran, result = recorded_commands(
+        monkeypatch, tmp_path, "--seed", "3", "--scene-seed", "2", "--precision", "fp32"
+    )
+    assert result.exit_code == 0, result.output
+    out = tmp_path / "outputs" / "demo_seed3_scenes2_fp32"  # its own folder, never outputs/demo
+    assert json.loads((out / demo.RUN_FILE).read_text())["seed"] == 3
+    first = 2 * demo.SCENE_SEED_STRIDE
+    scenes_argv = ran["1/6 scenes"]
+    assert scenes_argv[scenes_argv.index("--start-seed") + 1] == str(first)
+    extra = ran["1/6 more training scenes"]  # after the 120 seeds of that set
+    assert extra[extra.index("--start-seed") + 1] == str(first + 120)
+    for task in ("ovssc", "vool"):
+        argv = ran[f"3/6 train {task.upper()}"]
+        args = training.prepare_args(task, argv[1:])
+        assert args.seed == 3 and not args.use_amp
+        assert Path(args.file_path) == Path("outputs/demo_seed3_scenes2_fp32/data")
+    # the default run: seed 0, the first set of scenes, bf16 where this CPU runs it fast
+    (tmp_path / "default").mkdir()
+    ran, result = recorded_commands(monkeypatch, tmp_path / "default")
+    assert result.exit_code == 0, result.output
+    assert ran["1/6 scenes"][ran["1/6 scenes"].index("--start-seed") + 1] == "0"
+    args = training.prepare_args("vool", ran["3/6 train VOOL"][1:])
+    assert args.seed == 0
+    assert args.use_amp == processes.bf16_is_fast(torch.device("cpu"))
+    # the rest of what VOOL trains with is the demo's recipe, its own flags included
+    recipe = [*demo.SMALL_NETWORK, *demo.TRAINING, *demo.TASK_TRAINING["vool"]]
+    argv = ["--file_path", args.file_path, "--log", args.log, *recipe]
+    expected = vars(training.prepare_args("vool", argv))
+    run_flags = {"log", "seed", "use_amp", "amp_dtype", "epochs", "max_minutes", "device"}
+    assert {k: v for k, v in vars(args).items() if k not in run_flags} == {
+        k: v for k, v in expected.items() if k not in run_flags
+    }
+
+
+def test_a_folder_of_another_demo_run_is_refused_in_one_line(monkeypatch, tmp_path):
+    out = tmp_path / "d"
+    ran, result = recorded_commands(monkeypatch, tmp_path, "--out", str(out), "--seed", "1")
+    assert result.exit_code == 0, result.output
+    ran, result = recorded_commands(monkeypatch, tmp_path, "--out", str(out), "--seed", "2")
+    assert isinstance(result.exception, InputError) and not ran  # refused before any stage
+    line = str(result.exception)  # run_app prints it as one line
+    assert "\n" not in line and "seed 1 -> 2" in line and "--fresh" in line
+    # --fresh starts that folder over with the new flags
+    ran, result = recorded_commands(
+        monkeypatch, tmp_path, "--out", str(out), "--seed", "2", "--fresh"
+    )
+    assert result.exit_code == 0 and json.loads((out / demo.RUN_FILE).read_text())["seed"] == 2
