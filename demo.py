@@ -75,7 +75,7 @@ TASKS = ("ovssc", "vool")
 # and the alternatives measured on the demo's data (other epochs, learning rates, grids, more
 # training scenes via --extra-train-seeds): the README, "Does it learn?" and the main-job section.
 EPOCHS = {"ovssc": 5, "vool": 10}
-TASK_TRAINING = {"ovssc": [], "vool": []}  # flags of one task's recipe
+TASK_TRAINING = {"ovssc": [], "vool": ["--iou_loss", "lovasz"]}  # flags of one task's recipe
 SCENE_SEED_STRIDE = 100_000  # --scene-seed N: scenes from seed N x this on
 EXTRA_TRAIN_SEEDS = 0
 # eval.py --cutoffs START STOP STEP for the networks: trained on balanced samples, their best
@@ -209,9 +209,9 @@ def precision_flags(device: str, precision: str = "auto") -> list[str]:
     return ["--use_amp", "--amp_dtype", "bf16"] if precision == "bf16" else []
 
 
-def train(pipeline: Pipeline, train_minutes: float) -> None:
+def train(pipeline: Pipeline, train_minutes: float, tasks: tuple[str, ...] = TASKS) -> None:
     precision = precision_flags(pipeline.device, pipeline.precision)
-    for task in TASKS:
+    for task in tasks:
         log = pipeline.log(task)
         pipeline.run(
             f"3/6 train {task.upper()}",
@@ -224,9 +224,9 @@ def train(pipeline: Pipeline, train_minutes: float) -> None:
         )  # fmt: skip
 
 
-def evaluate(pipeline: Pipeline) -> None:
+def evaluate(pipeline: Pipeline, tasks: tuple[str, ...] = TASKS) -> None:
     """The networks, then the baselines on the same splits (eval.py reads them from args.pkl)."""
-    for task in TASKS:
+    for task in tasks:
         pipeline.run(
             f"4/6 evaluate {task.upper()}",
             [pipeline.eval_stats(task)],
@@ -245,18 +245,18 @@ def evaluate(pipeline: Pipeline) -> None:
             )  # fmt: skip
 
 
-def summarize(pipeline: Pipeline, source: str) -> dict:
+def summarize(pipeline: Pipeline, source: str, tasks: tuple[str, ...] = TASKS) -> dict:
     """The tables of the networks and baselines; writes OUT/tables.json (summarize's figures) and
     OUT/summary.json (the same with the relevancy source); returns the summary."""
     rows = []
-    for task in TASKS:
+    for task in tasks:
         for approach in ("ours", *BASELINES):
             rows += [f"--{task}", f"{approach}={pipeline.eval_stats(task, approach)}"]
     tables = pipeline.out / "tables.json"
     pipeline.run(
         "5/6 summarize",
         [],  # cheap: the tables are printed on every run
-        ["summarize.py", "--only-given", "--tables", ",".join(TASKS), *rows, "--json", str(tables)],
+        ["summarize.py", "--only-given", "--tables", ",".join(tasks), *rows, "--json", str(tables)],
     )  # fmt: skip
     relevancy = "oracle" if source == "oracle" else f"clip ViT-B-32 openai, {SALIENCY_CONFIG}"
     summary = {"relevancy_source": relevancy, **json.loads(tables.read_text())}
