@@ -142,9 +142,9 @@ def test_the_quirk_table_in_docs_is_fixes_markdown_table():
     assert "\n".join(lines[start:end]) == fixes.markdown_table()
 
 
-def test_every_linked_docs_page_exists():
+def test_every_linked_page_and_picture_exists():
     for path in DOCS:
-        for link in re.findall(r"\]\(((?:docs/)?[\w-]+\.md)(?:#[\w-]*)?\)", path.read_text()):
+        for link in re.findall(r"\]\(([\w./-]+\.(?:md|png))(?:#[\w-]*)?\)", path.read_text()):
             assert (path.parent / link).is_file(), f"{path.name} links to missing {link}"
 
 
