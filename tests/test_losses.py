@@ -9,10 +9,10 @@ loss is the mean of weight * bce over the entries it covers.
 """
 
 import math
-from argparse import Namespace
 
 import torch
 
+import options
 import tasks
 from vocab import PAD
 
@@ -20,6 +20,13 @@ LOGITS = [[2.0, -1.0, 0.5, 3.0], [0.25, -0.5, 1.0, -2.0]]
 LABELS = [[1.0, 0.0, 0.0, 0.0], [0.0, 0.0, 0.0, 0.0]]  # row 1 is padding: all zero
 OUT_OF_BOUNDS = [False, False, False, True]  # point 3
 OUT_OF_FRUSTUM = [False, False, True, False]  # point 2
+
+
+def training_args(balance: bool):
+    """The training defaults (every other loss option off), with --balance_positive_negative or not."""
+    args = options.defaults()
+    args.balance_positive_negative = balance
+    return args
 
 
 def bce(x: float, y: float) -> float:
@@ -44,7 +51,7 @@ W_POS, W_NEG, W_PAD = 4 * 8 / 12, 4 / 3 * 8 / 12, 1 * 8 / 12
 
 def test_ovssc_loss_ignores_padding_out_of_bounds_and_out_of_frustum():
     loss, label, ignore, padded = tasks.ovssc_loss(
-        torch.tensor([LOGITS]), batch(""), Namespace(balance_positive_negative=False)
+        torch.tensor([LOGITS]), batch(""), training_args(balance=False)
     )
     # only row 0, points 0 and 1 count
     assert math.isclose(loss.item(), (bce(2.0, 1) + bce(-1.0, 0)) / 2, rel_tol=1e-6)
@@ -54,9 +61,7 @@ def test_ovssc_loss_ignores_padding_out_of_bounds_and_out_of_frustum():
 
 
 def test_ovssc_loss_balanced_by_hand():
-    loss, *_ = tasks.ovssc_loss(
-        torch.tensor([LOGITS]), batch(""), Namespace(balance_positive_negative=True)
-    )
+    loss, *_ = tasks.ovssc_loss(torch.tensor([LOGITS]), batch(""), training_args(balance=True))
     expected = (W_POS * bce(2.0, 1) + W_NEG * bce(-1.0, 0)) / 2
     assert math.isclose(loss.item(), expected, rel_tol=1e-5)
 
@@ -69,7 +74,7 @@ def vool_all_entries(w_pos=1.0, w_neg=1.0, w_pad=1.0) -> float:
 
 def test_vool_loss_covers_every_entry_padding_included_and_ignores_only_for_the_metrics():
     loss, label, ignore, padded = tasks.vool_loss(
-        torch.tensor([LOGITS]), batch(PAD), Namespace(balance_positive_negative=False)
+        torch.tensor([LOGITS]), batch(PAD), training_args(balance=False)
     )
     assert math.isclose(loss.item(), vool_all_entries(), rel_tol=1e-6)
     assert padded.tolist() == [[False, True]]
@@ -78,15 +83,13 @@ def test_vool_loss_covers_every_entry_padding_included_and_ignores_only_for_the_
 
 
 def test_vool_loss_balanced_by_hand():
-    loss, *_ = tasks.vool_loss(
-        torch.tensor([LOGITS]), batch(PAD), Namespace(balance_positive_negative=True)
-    )
+    loss, *_ = tasks.vool_loss(torch.tensor([LOGITS]), batch(PAD), training_args(balance=True))
     assert math.isclose(loss.item(), vool_all_entries(W_POS, W_NEG, W_PAD), rel_tol=1e-5)
 
 
 def test_uniform_sampling_masks_of_other_shapes_mean_the_same():
     """OVSSC's uniform sampling gives [B, R, 1, N] masks, VOOL's [B, N]: the same loss."""
-    args = Namespace(balance_positive_negative=False)
+    args = training_args(balance=False)
     b = batch("")
     b["out_of_bounds_pts"] = torch.tensor([[[OUT_OF_BOUNDS]] * 2])
     b["out_of_frustum_pts_mask"] = torch.tensor([[[OUT_OF_FRUSTUM]] * 2])

@@ -2,7 +2,6 @@
 
 import dataclasses
 import time
-from argparse import Namespace
 
 import numpy as np
 import open_clip
@@ -18,6 +17,7 @@ import generate_relevancy
 import generate_scenes
 import metrics
 import net
+import options
 import scenes
 import tasks
 from lamb import Lamb
@@ -118,7 +118,8 @@ def test_a_briefly_trained_network_beats_all_in_frustum_on_held_out_scenes(scene
     np.random.seed(0)
     network = net.build_network("ovssc", "semantic_abstraction", **SMALL, fix_decoder_sampling=True)
     optimizer = Lamb(network.parameters(), lr=5e-3)
-    args = Namespace(balance_positive_negative=True)
+    args = options.defaults()  # the training defaults, with the balanced loss
+    args.balance_positive_negative = True
     loader = torch.utils.data.DataLoader(datasets["train"], batch_size=1, shuffle=False)
     started = time.monotonic()
     for _ in range(STEPS):
