@@ -52,7 +52,7 @@ app = typer.Typer(add_completion=False, help=__doc__)
 console = Console()
 
 # The training recipe of bench/learn.py, measured to learn within minutes on 2 CPU cores (its
-# docstring and the README's "Does it learn?" say why): the small network, 2 descriptions a VOOL
+# docstring and docs/learning.md say why): the small network, 2 descriptions a VOOL
 # scene (its step costs about OVSSC's), BCE balanced between positives and negatives (an object
 # holds only 5-15% of the query points) and the decoder-sampling fix (with the original's x<->z
 # swap a small model trained for minutes does not learn). Both flags are recorded in args.pkl.
@@ -73,7 +73,7 @@ TRAINING = [
 TASKS = ("ovssc", "vool")
 # 510 and 1020 steps on the 102 training scenes of 120, about 3 + 6 minutes on 2 cores. The epochs
 # and the alternatives measured on the demo's data (other epochs, learning rates, grids, more
-# training scenes via --extra-train-seeds): the README, "Does it learn?" and the main-job section.
+# training scenes via --extra-train-seeds): docs/learning.md and the README's main-job section.
 EPOCHS = {"ovssc": 5, "vool": 10}
 TASK_TRAINING = {"ovssc": [], "vool": ["--iou_loss", "lovasz"]}  # flags of one task's recipe
 SCENE_SEED_STRIDE = 100_000  # --scene-seed N: scenes from seed N x this on
@@ -87,7 +87,7 @@ ORACLE_NOTICE = (
     "No CLIP weights on this machine: the relevancy maps are built from the ground-truth "
     "segmentation (--source oracle), an upper bound, [bold]not CLIP[/]. The numbers below "
     "show that the pipeline learns, not the paper's zero-shot results. With weights "
-    "(see README, 'CLIP weights'), run with --relevancy-source clip --fresh."
+    "(see docs/relevancy.md, 'Weights'), run with --relevancy-source clip --fresh."
 )
 
 

@@ -11,10 +11,23 @@ from PIL import Image, ImageDraw, ImageFont
 
 import relevancy
 
+# matplotlib's 'jet' (the original draws with plt.cm.jet): its segment data, (position, value) per
+# channel, sampled into a 256-entry table, as matplotlib's LinearSegmentedColormap does
+_JET_SEGMENTS = (
+    ((0.0, 0.0), (0.35, 0.0), (0.66, 1.0), (0.89, 1.0), (1.0, 0.5)),  # red
+    ((0.0, 0.0), (0.125, 0.0), (0.375, 1.0), (0.64, 1.0), (0.91, 0.0), (1.0, 0.0)),  # green
+    ((0.0, 0.5), (0.11, 1.0), (0.34, 1.0), (0.65, 0.0), (1.0, 0.0)),  # blue
+)
+_JET_TABLE = np.stack(
+    [np.interp(np.linspace(0, 1, 256), *zip(*segments)) for segments in _JET_SEGMENTS], -1
+)  # (256, 3)
+
 
 def jet(values: np.ndarray) -> np.ndarray:
-    """matplotlib's 'jet' colormap: values in [0, 1] -> RGB in [0, 1]."""
-    return np.clip(np.stack([1.5 - np.abs(4 * values - k) for k in (3, 2, 1)], -1), 0, 1)
+    """matplotlib's 'jet' colormap: values in [0, 1] -> RGB in [0, 1], (..., 3). As matplotlib, a
+    value x reads table entry floor(256 x), 1.0 the last one."""
+    index = np.clip((np.asarray(values, np.float64) * 256).astype(np.int64), 0, 255)
+    return _JET_TABLE[index]
 
 
 def overlay(image: np.ndarray, relevance: np.ndarray, vmin: float, vmax: float) -> np.ndarray:

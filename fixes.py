@@ -5,7 +5,7 @@ published numbers; each fix is a boolean named `fix_<what>`, off by default. Thi
 place they are declared: the network constructors and `dataset.DatasetConfig` take them as keyword
 arguments of the same name, the training, evaluation and visualization scripts get a
 `--fix_<what>` flag per row (options.py), `generate_relevancy.py` gets `--fix-crop-tiling`, and the
-README's fidelity table is `python fixes.py` (markdown).
+fidelity table of docs/differences.md is `python fixes.py` (markdown).
 
 Bugs that only hurt users (crashes, GPU-only code, flags that cannot be set) are fixed outright and
 are not in this table.
@@ -92,7 +92,7 @@ def names(used_by: str) -> tuple[str, ...]:
 
 
 def markdown_table() -> str:
-    """The README's fidelity table."""
+    """The fidelity table of docs/differences.md."""
     rows = ["| flag | spec | original (default) | with the flag |", "|---|---|---|---|"]
     rows += [f"| `--{f.name}` | {f.spec} | {f.original} | {f.fixed} |" for f in FIXES]
     return "\n".join(rows)

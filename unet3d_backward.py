@@ -1,4 +1,4 @@
-"""The residual UNet's own backward pass (spec: models.md section 1.3; README "Speed").
+"""The residual UNet's own backward pass (spec: models.md section 1.3; docs/performance.md).
 
 GroupNormConv3d, the fused conv3d(group_norm(x)) autograd function that unet3d.SingleConv runs, keeps
 x instead of the normalised tensor; its backward pass uses ATen's kernels, or on large CPU volumes

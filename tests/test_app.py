@@ -140,3 +140,54 @@ def test_browser_uploads_an_image_and_sees_two_maps(page, tmp_path):
             shutil.copyfile(shot, os.environ["SEMABS_SAVE_SCREENSHOT"])
     finally:
         driver.quit()
+
+
+def test_app_and_generate_relevancy_serve_the_page_on_localhost(tmp_path):
+    """`python app.py --port P` and `python generate_relevancy.py serve --port P` each serve the
+    page on 127.0.0.1 (both started at once; offline, so the page starts with random weights)."""
+    import json
+    import subprocess
+    import sys
+    import urllib.request
+
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf")}
+    env["GRADIO_ANALYTICS_ENABLED"] = "False"
+    ports = {"app.py": free_port(), "generate_relevancy.py": free_port()}
+    servers = {
+        script: subprocess.Popen(
+            [
+                sys.executable,
+                script,
+                *(["serve"] if script != "app.py" else []),
+                "--port",
+                str(port),
+                "--device",
+                "cpu",
+            ],
+            cwd=REPO,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )  # fmt: skip
+        for script, port in ports.items()
+    }
+    try:
+        for script, port in ports.items():
+            deadline, config = time.monotonic() + 180, None
+            while config is None:
+                assert servers[script].poll() is None, servers[script].stdout.read()[-2000:]
+                assert time.monotonic() < deadline, f"{script} serves nothing on port {port}"
+                try:
+                    with urllib.request.urlopen(f"http://127.0.0.1:{port}/config", timeout=5) as r:
+                        config = json.loads(r.read())
+                except OSError:
+                    time.sleep(1)
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=5) as response:
+                assert response.status == 200 and b"gradio" in response.read().lower()
+            ids = {c.get("props", {}).get("elem_id") for c in config["components"]}
+            assert {"image", "labels", "config", "run", "maps", "status"} <= ids, (script, ids)
+    finally:
+        for server in servers.values():
+            server.terminate()
+            server.wait(timeout=30)

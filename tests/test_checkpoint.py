@@ -35,9 +35,25 @@ def test_save_then_load_gives_bit_identical_outputs(tmp_path, name):
     checkpoint = load_network(fresh, tmp_path / "ckpt.pth")
     assert torch.equal(_outputs(fresh, batch), _outputs(trained, batch))
     assert checkpoint["epochs"] == 3 and fresh.steps.item() == 1
-    resumed = Lamb(fresh.parameters())
+    resumed = Lamb(fresh.parameters(), lr=0.5)  # other hyperparameters, overwritten by the file
     resumed.load_state_dict(checkpoint["optimizer"])
-    assert resumed.state_dict()["state"].keys() == optimizer.state_dict()["state"].keys()
+    saved, loaded = optimizer.state_dict(), resumed.state_dict()
+    assert loaded["param_groups"] == saved["param_groups"]
+    assert loaded["state"].keys() == saved["state"].keys() and saved["state"]
+    for key, state in saved["state"].items():  # LAMB's moments and step, bit for bit
+        assert {"step", "exp_avg", "exp_avg_sq"} <= set(state) == set(loaded["state"][key])
+        assert loaded["state"][key]["step"] == state["step"] == 1
+        for entry, value in state.items():  # the moments, and LAMB's norms and trust ratio
+            assert torch.equal(torch.as_tensor(loaded["state"][key][entry]), torch.as_tensor(value))
+        assert state["exp_avg_sq"].abs().sum() > 0
+    # the next step from the loaded state is the next step of the original, bit for bit
+    for network, opt in ((trained, optimizer), (fresh, resumed)):
+        network.train()
+        opt.zero_grad()
+        network(**batch).mean().backward()
+        opt.step()
+    for (name_a, a), (_, b) in zip(trained.named_parameters(), fresh.named_parameters()):
+        assert torch.equal(a, b), name_a
 
 
 def test_ddp_prefixed_checkpoint_loads_and_only_the_leading_prefix_is_stripped(tmp_path):

@@ -13,6 +13,7 @@ from relevancy_layout import add_relevancy_layout
 import dataset as ds
 import generate_scenes
 import geometry
+import options
 import scenes
 from scene_file import SceneFile, relevancy_sentence
 from utils import InputError
@@ -428,20 +429,82 @@ def test_split_pickle_paths_are_relative(generated_root):
     assert all("/" not in p for paths in splits.values() for p in paths)
 
 
+def decompose(m: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(translation, rotation, per-axis scales) of M = T R S: M[:3, :3] = R diag(s), so column j
+    is s_j times a unit column of R. Any other order (S R, R S T ...) breaks this decomposition."""
+    linear = m[:3, :3]
+    scales = np.linalg.norm(linear, axis=0)
+    return m[:3, 3], linear / scales, scales
+
+
 def test_random_transform_is_translate_rotate_scale():
+    """data.md 3.3: M = T R S; T = randn(3) * scene_dims * dr_pos; R = Rz(c) Ry(b) Rx(a), each angle
+    uniform in [-dr_orn/2, dr_orn/2]; S = diag(1 + dr_scale * U[0, 1)^3), per axis."""
+    from scipy.spatial.transform import Rotation
+
     torch.manual_seed(0)
     dims = np.array([2.0, 2.0, 2.0])
+    draws = [ds.random_transform(0.1, 0.3, 0.1, dims) for _ in range(2000)]
+    translations, angles, scales = [], [], []
+    for m in draws:
+        np.testing.assert_array_equal(m[3], [0, 0, 0, 1])
+        t, rotation, s = decompose(m)
+        np.testing.assert_allclose(rotation @ rotation.T, np.eye(3), atol=1e-12)
+        assert np.linalg.det(rotation) > 0
+        # a point p goes to R (s * p) + t: scaled first, then rotated, then translated
+        p = np.array([0.3, -0.2, 0.5])
+        np.testing.assert_allclose((m @ np.append(p, 1))[:3], rotation @ (s * p) + t, atol=1e-12)
+        translations.append(t)
+        angles.append(Rotation.from_matrix(rotation).as_euler("xyz"))  # static xyz: Rz Ry Rx
+        scales.append(s)
+    translations, angles, scales = map(np.array, (translations, angles, scales))
+    # the translation is randn * 2 * 0.1: zero mean, 0.2 per axis, independent of R and S
+    np.testing.assert_allclose(translations.mean(0), 0, atol=0.02)
+    np.testing.assert_allclose(translations.std(0), 0.2, rtol=0.08)
+    assert np.all(np.abs(angles) <= 0.15 + 1e-9) and np.all(np.abs(angles).max(0) > 0.14)
+    assert np.all((scales >= 1) & (scales < 1.1)) and np.all(scales.max(0) > 1.09)
+    assert np.ptp(scales, axis=1).mean() > 0.02  # anisotropic: the three axes differ
+    # each factor alone
     only_scale = ds.random_transform(0.0, 0.0, 0.1, dims)
-    scales = np.diag(only_scale[:3, :3])
-    assert np.allclose(only_scale[:3, :3], np.diag(scales)) and np.all(
-        (scales >= 1) & (scales < 1.1)
-    )
+    assert np.allclose(only_scale[:3, :3], np.diag(np.diag(only_scale[:3, :3])))
     assert np.allclose(only_scale[:3, 3], 0)
-    m = ds.random_transform(0.1, 0.3, 0.0, dims)
-    rotation = m[:3, :3]
-    np.testing.assert_allclose(rotation @ rotation.T, np.eye(3), atol=1e-12)
-    # each Euler angle is within +-0.15 rad, so the rotation angle is at most about 0.26 rad
-    assert np.arccos((np.trace(rotation) - 1) / 2) < 0.27
+    only_translation = ds.random_transform(0.1, 0.0, 0.0, dims)
+    np.testing.assert_allclose(only_translation[:3, :3], np.eye(3), atol=1e-12)
+    assert np.linalg.norm(only_translation[:3, 3]) > 0
+
+
+def dr_statistics(dataset, n=300) -> tuple[float, float, float]:
+    """(translation std, largest angle, largest scale) over n transforms the dataset draws."""
+    torch.manual_seed(0)
+    parts = [decompose(dataset.dr_transform()) for _ in range(n)]
+    from scipy.spatial.transform import Rotation
+
+    translation = np.std([t for t, _, _ in parts])
+    angle = max(np.abs(Rotation.from_matrix(r).as_euler("xyz")).max() for _, r, _ in parts)
+    return translation, angle, max(s.max() for _, _, s in parts)
+
+
+def test_fix_ovssc_dr_args_makes_ovssc_use_the_dr_flags(generated_root):
+    """OVSSC ignores --dr_pos / --dr_orn / --dr_scale (0.05, 0.3, 0.1: translation std 0.1, angles up
+    to 0.15, scales up to 1.1) unless --fix_ovssc_dr_args; VOOL always uses them (data.md 3.3)."""
+    flags = [
+        "--domain_randomization", "--dr_pos", "0.5", "--dr_orn", "0.02", "--dr_scale", "0.5",
+    ]  # fmt: skip
+
+    def train_split(task, *extra):
+        args = options.training_parser(task).parse_args(
+            ["--file_path", "x", "--log", "y", *flags, *extra]
+        )
+        config = ds.DatasetConfig.from_args(args)
+        return ds.make_datasets(generated_root, task, config)["train"]
+
+    translation, angle, scale = dr_statistics(train_split("ovssc"))  # the constants
+    assert 0.08 < translation < 0.12 and 0.13 < angle <= 0.15 and 1.08 < scale < 1.1
+    fixed = train_split("ovssc", "--fix_ovssc_dr_args")
+    assert fixed.config.fix_ovssc_dr_args
+    for statistics in (dr_statistics(fixed), dr_statistics(train_split("vool"))):
+        translation, angle, scale = statistics  # the flags: std 1.0, angles <= 0.01, scales < 1.5
+        assert 0.85 < translation < 1.15 and angle <= 0.01 + 1e-9 and 1.4 < scale < 1.5
 
 
 def test_domain_randomisation_moves_training_points(generated_root):

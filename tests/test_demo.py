@@ -76,7 +76,16 @@ def test_demo_runs_every_stage_and_a_rerun_reuses_them(tmp_path):
     assert summary["vool"]["ours"]["relations"]  # the per-relation rows come along
     last = result.stdout.splitlines()[-2:]
     assert [line.split(":")[0] for line in last] == ["OVSSC", "VOOL"]
-    assert all(VERDICT.match(line) for line in last), last
+    for line, task in zip(last, ("ovssc", "vool")):  # each verdict is summary.json's Novel Room
+        match = VERDICT.match(line)
+        assert match, line
+        room = {k: v["novel_room"] for k, v in summary[task].items()}
+        baselines = {k.removeprefix("baseline: "): v for k, v in room.items() if k != "ours"}
+        best = max(baselines, key=baselines.get)
+        margin = room["ours"] - baselines[best]
+        assert line.split()[2] == f"{room['ours']:.1f}", line
+        assert match[2] == ("beats" if margin > 0 else "does not beat"), (line, room)
+        assert match[3] == best and line.endswith(f"{baselines[best]:.1f}, {margin:+.1f})"), line
 
     # the oracle-trained networks are shown a novel-room scene's stored relevancy, not random CLIP
     scene = demo.novel_room_scene(out / "data")
@@ -92,8 +101,13 @@ def test_demo_runs_every_stage_and_a_rerun_reuses_them(tmp_path):
     assert (folder / "localization_vs_gt.png").is_file()
     frames = iio.imread(folder / "completion.mp4")
     assert frames.shape[0] == 4 and frames.shape[1:3] == (64, 64)
+    completion = np.load(folder / "completion.npz")
+    expected = {completion["file_stems"][k] for k in np.unique(completion["label"])}
+    assert {mesh.stem for mesh in folder.glob("*.obj")} == expected  # one per completed class
     for mesh in folder.glob("*.obj"):
         assert len(trimesh.load(mesh, force="mesh").vertices) > 0
+    localization = np.load(folder / "localization.npz")
+    assert {ply.stem for ply in folder.glob("*.ply")} == {"scene_rgb", *localization["file_stems"]}
     assert (folder / "scene_rgb.ply").is_file()
 
     again = run_demo(out)

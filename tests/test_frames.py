@@ -110,11 +110,56 @@ def test_scene_outside_bounds_is_said_and_centred():
     frames.check_pose(frame.cam_extr, "centred pose")  # still rigid
 
 
-def test_pose_conventions():
-    """An ARKit-style pose (OpenGL camera, y-up world) becomes the OpenCV, z-up POSE."""
-    opengl_y_up = np.linalg.inv(frames.Y_UP_TO_Z_UP) @ POSE @ frames.OPENGL_TO_OPENCV
-    converted = frames.y_up_to_z_up(frames.opengl_to_opencv(opengl_y_up))
-    np.testing.assert_allclose(converted, POSE, atol=1e-12)
+# An ARKit / OpenGL camera (x right, y up, z backward) in a y-up world, at height 0.8 above
+# (x, z) = (-1.5, 0), looking level along world +x: its columns are right = +z, up = +y, back = -x.
+ARKIT_POSE = np.array([[0.0, 0, -1, -1.5], [0, 1, 0, 0.8], [1, 0, 0, 0], [0, 0, 0, 1]])
+# The same camera in OpenCV axes (x right, y down, z forward) in the z-up world of the scene files
+# (y-up -> z-up is +90 degrees about x: (x, y, z) -> (x, -z, y)): at (-1.5, 0, 0.8), forward +x,
+# right -y, down -z. It is the generator's camera without its 0.6 scale.
+OPENCV_Z_UP = np.array([[0.0, 0, 1, -1.5], [-1, 0, 0, 0], [0, -1, 0, 0.8], [0, 0, 0, 1]])
+
+
+def test_pose_conventions_on_a_literal_arkit_pose():
+    converted = frames.y_up_to_z_up(frames.opengl_to_opencv(ARKIT_POSE))
+    np.testing.assert_allclose(converted, OPENCV_Z_UP, atol=1e-12)
+    position, right, down, forward = converted[:3, 3], *converted[:3, :3].T
+    np.testing.assert_allclose(position, [-1.5, 0, 0.8])  # the height stays the height
+    np.testing.assert_allclose(forward, [1, 0, 0])  # still looking level along +x
+    np.testing.assert_allclose(down, [0, 0, -1])  # image rows go down the world
+    np.testing.assert_allclose(right, [0, -1, 0])
+    # a y-up camera 1.6 up looking down the y-up world's -z (ARKit's start): forward becomes +y
+    start = np.eye(4)
+    start[:3, 3] = (0.5, 1.6, 2.0)
+    converted = frames.y_up_to_z_up(frames.opengl_to_opencv(start))
+    np.testing.assert_allclose(converted[:3, 3], [0.5, -2.0, 1.6])
+    np.testing.assert_allclose(converted[:3, 2], [0, 1, 0], atol=1e-12)
+    np.testing.assert_allclose(converted[:3, 1], [0, 0, -1], atol=1e-12)
+
+
+def test_rgbd_scene_with_opengl_camera_y_up_and_depth_scale(tmp_path):
+    """The three flags on a literal ARKit pose and depth in tenths of a millimetre: the stored pose
+    is OPENCV_Z_UP and the points are the independent back-projection through it."""
+    color, _, _ = write_inputs(tmp_path)
+    Image.fromarray(np.round(slanted_depth() * 10000).astype(np.uint16)).save(tmp_path / "d.png")
+    np.savetxt(tmp_path / "arkit.txt", ARKIT_POSE)
+    out = tmp_path / "mine.pkl"
+    result = CliRunner().invoke(
+        visualize.app,
+        ["rgbd-scene", str(color), str(tmp_path / "d.png"), str(out), "--intrinsics", "60", "60",
+         "31.5", "23.5", "--pose", str(tmp_path / "arkit.txt"), "--opengl-camera", "--y-up",
+         "--depth-scale", "0.0001", "--classes", "wall"],
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    frame = frames.read_scene_pickle(out)
+    np.testing.assert_allclose(frame.cam_extr, OPENCV_Z_UP, atol=1e-9)
+    np.testing.assert_allclose(frame.depth, slanted_depth(), atol=1e-6)
+    v, u = np.mgrid[:H, :W]
+    d = slanted_depth()
+    cam = np.stack([(u - 31.5) * d / 60, (v - 23.5) * d / 60, d], -1).reshape(-1, 3)
+    world = cam @ OPENCV_Z_UP[:3, :3].T + OPENCV_Z_UP[:3, 3]
+    assert np.abs(frame.points() - world).max() < 1e-5
+    centre = frame.points()[(H // 2) * W + W // 2]
+    assert centre[0] > -1.5 and abs(centre[2] - 0.8) < 0.02  # in front of the camera, at its height
 
 
 def test_scene_pickle_errors(tmp_path):

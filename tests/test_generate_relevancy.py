@@ -445,10 +445,19 @@ def test_single_label_figure_shows_the_raw_map_and_says_so(tiny_models, tmp_path
     assert figure.std() > 5  # not a blank figure
 
 
-def test_jet_matches_matplotlib_anchor_colours():
-    np.testing.assert_allclose(
-        figures.jet(np.array([0.0, 0.5, 1.0])), [[0, 0, 0.5], [0.5, 1, 0.5], [0.5, 0, 0]], atol=1e-6
-    )
+def test_jet_is_matplotlibs_jet():
+    """Values printed by matplotlib's own `plt.cm.jet(x)[:3]` (the original's colormap)."""
+    matplotlib_jet = {
+        0.0: (0.0, 0.0, 0.5),
+        0.375: (0.08538899430740036, 1.0, 0.8823529411764706),
+        0.5: (0.4901960784313725, 1.0, 0.4775458570524984),
+        0.625: (0.8950031625553446, 1.0, 0.07273877292852626),
+        0.75: (1.0, 0.5816993464052289, 0.0),
+        1.0: (0.5, 0.0, 0.0),
+    }
+    values = np.array(list(matplotlib_jet))
+    np.testing.assert_allclose(figures.jet(values), list(matplotlib_jet.values()), atol=1e-12)
+    assert figures.jet(np.zeros((2, 3))).shape == (2, 3, 3)
 
 
 def test_no_weights_offline_is_one_line_naming_both_options(tmp_path):

@@ -308,3 +308,48 @@ def test_no_device_named():
     from pathlib import Path
 
     assert "cuda" not in Path(metrics.__file__).read_text().lower()
+
+
+# ------------------------------------------------------------------ row_stats, per-row query points
+
+
+def test_row_stats_per_row_points_scores_each_row_on_its_own_points(batch):
+    """Training's balanced sampling gives each row its own query points (xyz [B, R, N, 3]): every
+    row is scored against the slow reference on its own points, in the shared-points layout (scene
+    -> cutoff -> row, the index restarting per (scene, cutoff))."""
+    gen = torch.Generator().manual_seed(2)
+    B, R, N = 2, 3, 300
+    xyz = torch.rand(B, R, N, 3, generator=gen) * 2.2 - 1.1
+    xyz[..., 2] += 0.9
+    xyz[0, 1] *= 0.3  # row 1 of scene 0 crowded into a few voxels: voxel counts differ by row
+    logits = torch.randn(B, R, N, generator=gen)
+    label = torch.rand(B, R, N, generator=gen) < 0.3
+    ignore = torch.rand(B, R, N, generator=gen) < 0.1
+    padded = torch.tensor([[False, False, True], [False, False, False]])
+    cutoffs = [0.5, -1.0]
+    rows = {"scene_id": [["s0"] * 3, ["s1"] * 3], "label": [["mug", "pot", ""], ["a", "b", "c"]]}
+    frame = metrics.row_stats(
+        logits, label, ignore, xyz, cutoffs, torch.tensor(BOUNDS), rows, padded, (4,)
+    )
+    assert frame["label"].tolist() == (["mug", "pot", ""] * 2) + (["a", "b", "c"] * 2)
+    assert frame["cutoff"].tolist() == [c for _ in range(B) for c in cutoffs for _ in range(R)]
+    assert frame.index.tolist() == [0, 1, 2] * (B * len(cutoffs))
+    arrays = [x.numpy() for x in (logits, label, ignore, xyz)]
+    for i, (_, got) in enumerate(frame.iterrows()):
+        b, rest = divmod(i, R * len(cutoffs))
+        c, p = divmod(rest, R)
+        if padded[b, p]:
+            assert np.isnan(got["point_iou"]) and np.isnan(got["voxel4x4x4_iou"])
+            continue
+        lg, lb, ig, pts = (a[b, p] for a in arrays)
+        refs = {
+            "point": point_reference(lg, lb, ig, cutoffs[c]),
+            "voxel4x4x4": slow_reference(lg, lb, ig, pts, cutoffs[c], 4),
+        }
+        for prefix, ref in refs.items():
+            for name, value in ref.items():
+                assert got[f"{prefix}_{name}"] == pytest.approx(value, abs=1e-12, nan_ok=True), (
+                    i,
+                    prefix,
+                    name,
+                )

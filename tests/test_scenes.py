@@ -121,26 +121,49 @@ def test_hidden_objects_have_points_but_no_pixels(generated):
     assert hidden, "no scene hides an object"
 
 
-def test_behind_targets_are_farther_than_references(generated):
-    count = 0
+AXES = {
+    "behind": (-1, 0, 0),
+    "in front of": (1, 0, 0),
+    "on the right of": (0, 1, 0),
+    "on the left of": (0, -1, 0),
+}
+
+
+def test_geometric_descriptions_have_a_reference_in_their_direction(generated):
+    """Every behind / in front of / left / right description of a visible target has a visible
+    instance of its reference class within the distance gate whose direction (reference centroid
+    minus target centroid) passes the relation's 0.6 test (data.md 2.6 C). Hidden behind targets lie farther from the camera than that reference class."""
+    counts = dict.fromkeys(AXES, 0)
     for s in generated.values():
+        xyz, objid, seg = s["full_xyz_pts"], s["full_objid_pts"], s["seg"]
         classes = [c.split("[")[0] for c in s["objid_to_class"]]
         for d in s["descriptions"]:
-            if d["spatial_relation_name"] != "behind":
+            relation, target_id = d["spatial_relation_name"], d["target_obj_id"]
+            if relation not in AXES:
                 continue
-            target = s["full_xyz_pts"][s["full_objid_pts"] == d["target_obj_id"]]
-            ref_ids = [i for i, c in enumerate(classes) if c == d["reference_obj_name"]]
-            refs = [s["full_xyz_pts"][s["full_objid_pts"] == i] for i in ref_ids]
-            z_target = geometry.project(
-                target.mean(0, keepdims=True), s["cam_intr"], s["cam_pose"]
-            )[2]
-            z_refs = [
-                geometry.project(r.mean(0, keepdims=True), s["cam_intr"], s["cam_pose"])[2]
-                for r in refs
+            target = xyz[objid == target_id]
+            refs = [
+                xyz[objid == i]
+                for i, c in enumerate(classes)
+                if c == d["reference_obj_name"] and np.any(seg == i)
             ]
-            assert z_target[0] > min(z[0] for z in z_refs)
-            count += 1
-    assert count > 0
+            assert refs, d
+            if not np.any(seg == target_id):  # a hidden behind target: the rewritten region
+                assert relation == "behind", d
+                z_target = geometry.project(target, s["cam_intr"], s["cam_pose"])[2]
+                z_refs = [geometry.project(r, s["cam_intr"], s["cam_pose"])[2] for r in refs]
+                assert np.median(z_target) > min(np.median(z) for z in z_refs), d
+                counts[relation] += 1
+                continue
+            dots = []
+            for ref in refs:
+                delta = ref.mean(0) - target.mean(0)
+                extent = (ref[:, :2].max(0) - ref[:, :2].min(0)).max()
+                if np.linalg.norm(delta) <= min(max(2 * extent, 0.1), 1.0) + 1e-9:
+                    dots.append(delta / np.linalg.norm(delta))
+            assert any(dot @ np.array(AXES[relation]) > 0.6 for dot in dots), d
+            counts[relation] += 1
+    assert all(counts.values()), counts
 
 
 def test_in_targets_lie_inside_their_container(generated):
@@ -333,3 +356,142 @@ def test_truncated_scene_files_are_regenerated(tmp_path, capsys):
     with open(tmp_path / "ssc_split.pkl", "rb") as f:
         listed = sum(pickle.load(f).values(), [])
     assert sorted(set(listed)) == [first.name, second.name]
+
+
+# --- rule C and rule A on hand-made scenes (data.md 1.7 and 2.6) ----------------------------------
+# World frame of the files: the camera at (-1.5, 0, 0.8) looks along +x, image right is -y. The spec
+# (2.6 C): direction = (centroid of the reference - centroid of the target) / its length; "on the
+# right of" if direction . (0, 1, 0) > 0.6 (the target has smaller y: toward image right), else "on
+# the left of" if direction . (0, -1, 0) > 0.6, else "in front of" if direction . (1, 0, 0) > 0.6
+# (the target nearer the camera); "behind" if direction . (-1, 0, 0) > 0.6. Left, right and front only
+# for visible targets. Distance gate: |delta| <= min(max(2 * max xy extent of the reference, 0.1), 1).
+
+
+def _cluster(centre, half=0.05, n=5):
+    """A small cube of n^3 points around `centre` (its xy extent is 2 * half)."""
+    axis = np.linspace(-half, half, n)
+    grid = np.stack(np.meshgrid(axis, axis, axis, indexing="ij"), -1).reshape(-1, 3)
+    return grid + np.asarray(centre, float)
+
+
+def _two_object_truth(target_centre, target_visible=True):
+    """Class 0 a table (reference, xy extent 0.4, so the gate is 0.8) at (0, 0, 0.4), class 1 an
+    apple (target), class 2 empty."""
+    table = _cluster((0.0, 0.0, 0.4), half=0.2)
+    apple = _cluster(target_centre)
+    xyz = np.concatenate([table, apple])
+    objid = np.concatenate([np.zeros(len(table)), np.ones(len(apple))]).astype(np.int32)
+    return scenes.GroundTruth(
+        xyz=xyz,
+        objid=objid,
+        classes=["table", "apple", "empty"],
+        visible_pts=np.ones(len(xyz), bool),
+        seg_ids={0, 1} if target_visible else {0},
+    )
+
+
+def _relations(gt):
+    return sorted(d["spatial_relation_name"] for d in gt.descriptions)
+
+
+@pytest.mark.parametrize(
+    "target_centre, expected",
+    [
+        ((0.0, -0.4, 0.4), ["on the right of"]),  # smaller y: image right
+        ((0.0, 0.4, 0.4), ["on the left of"]),  # larger y: image left
+        ((-0.4, 0.0, 0.4), ["in front of"]),  # smaller x: nearer the camera
+        ((0.4, 0.0, 0.4), ["behind"]),  # larger x: farther
+        ((-0.3, -0.3, 0.4), ["on the right of"]),  # passes right and front: right is tried first
+        ((-0.3, 0.3, 0.4), ["on the left of"]),  # passes left and front: left before front
+        ((0.3, -0.3, 0.4), ["behind", "on the right of"]),  # behind and right both added
+        ((0.0, 0.0, 0.9), []),  # straight above: no direction passes 0.6
+        ((0.0, -0.9, 0.4), []),  # beyond the distance gate (0.8)
+    ],
+)
+def test_geometric_relations_follow_the_spec_on_literal_positions(target_centre, expected):
+    gt = _two_object_truth(target_centre)
+    scenes._add_geometric_relations(gt, geometry.pinhole_intrinsics(128, 128), scenes.CAMERA_POSE)
+    assert _relations(gt) == expected
+    for d in gt.descriptions:
+        assert (d["target_obj_name"], d["target_obj_id"], d["reference_obj_name"]) == (
+            "apple",
+            1,
+            "table",
+        )
+
+
+def test_right_of_is_image_right_of_the_generator_camera():
+    """The convention the relations rely on: with the generator's camera, a point of smaller y lies
+    to the right in the image (larger column u), and one of smaller x is nearer (smaller depth)."""
+    cam_intr = geometry.pinhole_intrinsics(128, 128)
+    u, _, z = geometry.project(
+        np.array([[0.0, 0.0, 0.4], [0.0, -0.4, 0.4], [-0.4, 0.0, 0.4]]),
+        cam_intr,
+        scenes.CAMERA_POSE,
+    )
+    assert u[1] > u[0] and z[2] < z[0]
+
+
+def test_left_right_and_front_need_a_visible_target():
+    gt = _two_object_truth((0.0, -0.4, 0.4), target_visible=False)
+    scenes._add_geometric_relations(gt, geometry.pinhole_intrinsics(128, 128), scenes.CAMERA_POSE)
+    assert _relations(gt) == []
+
+
+def _on_table_scene(apple_visible):
+    """The floor (index 0), a table whose top offers a receptacle, an apple placed on it, empty; the
+    GT points: table top, apple, and free space above a second table's top."""
+    top = scenes.box((-0.2, -0.2, 0.38), (0.2, 0.2, 0.42))
+    objects = [
+        scenes.SceneObject("floor", [scenes.box((-1, -1, -0.05), (1, 1, 0))]),
+        scenes.SceneObject(
+            "table", [top], receptacles=[scenes.box((-0.2, -0.2, 0.42), (0.2, 0.2, 0.6))]
+        ),
+        scenes.SceneObject(
+            "apple", [scenes.box((-0.05, -0.05, 0.42), (0.05, 0.05, 0.52))], parent=1
+        ),
+        scenes.SceneObject(
+            "table",
+            [scenes.box((0.3, 0.5, 0.38), (0.6, 0.8, 0.42))],
+            receptacles=[scenes.box((0.3, 0.5, 0.42), (0.6, 0.8, 0.6))],
+        ),
+    ]
+    xyz = np.concatenate(
+        [
+            _cluster((0.0, 0.0, 0.4), half=0.02, n=3),  # table 1
+            _cluster((0.0, 0.0, 0.47), half=0.04, n=3),  # apple
+            _cluster((0.45, 0.65, 0.5), half=0.04, n=3),  # empty, above table 2 (hidden)
+            _cluster((0.0, 0.0, 0.9), half=0.04, n=3),  # empty, far above everything
+        ]
+    )
+    objid = np.repeat([1, 2, 4, 4], 27).astype(np.int32)
+    visible = np.ones(len(xyz), bool)
+    visible[27:54] = apple_visible
+    visible[54:81] = False
+    gt = scenes.GroundTruth(
+        xyz=xyz,
+        objid=objid,
+        classes=["floor", "table", "apple", "table", "empty"],
+        visible_pts=visible,
+        seg_ids={1, 2} if apple_visible else {1},
+    )
+    return gt, objects
+
+
+def test_on_comes_from_the_placement_parent_and_keeps_a_visible_target():
+    gt, objects = _on_table_scene(apple_visible=True)
+    before = gt.objid.copy()
+    scenes.add_descriptions(gt, objects, geometry.pinhole_intrinsics(128, 128), scenes.CAMERA_POSE)
+    on = [d for d in gt.descriptions if d["spatial_relation_name"] == "on"]
+    assert [(d["target_obj_id"], d["reference_obj_name"]) for d in on] == [(2, "table")]
+    assert np.array_equal(gt.objid, before)  # a visible target's ground truth is its own points
+
+
+def test_on_a_hidden_target_takes_every_hidden_point_on_any_instance_of_the_reference_class():
+    gt, objects = _on_table_scene(apple_visible=False)
+    scenes.add_descriptions(gt, objects, geometry.pinhole_intrinsics(128, 128), scenes.CAMERA_POSE)
+    on = [d for d in gt.descriptions if d["spatial_relation_name"] == "on"]
+    assert [(d["target_obj_id"], d["reference_obj_name"]) for d in on] == [(2, "table")]
+    # the apple's own (hidden) points and the hidden free space above the *other* table
+    assert np.array_equal(np.flatnonzero(gt.objid == 2), np.arange(27, 81))
+    assert (gt.objid[81:] == 4).all() and (gt.objid[:27] == 1).all()

@@ -75,12 +75,26 @@ def arkit_outputs(tmp_path_factory, tiny_models):
     vool = tiny_checkpoint(root / "vool", "vool")
     dump = root / "visualization"
     common = ["--dump-path", dump, "--grid-size", GRID, "--saliency-config", "fast", *CLIP]
-    invoke("ovssc-inference", ARKIT, ovssc, *common)
-    invoke("vool-inference", ARKIT, vool, *common)
+    with pytest.MonkeyPatch.context() as patch:  # keep the raw logits the npz files come from
+        for name in ("ovssc_labels", "vool_points"):
+            patch.setattr(inference, name, recorder(getattr(inference, name), RAW[name]))
+        invoke("ovssc-inference", ARKIT, ovssc, *common)
+        invoke("vool-inference", ARKIT, vool, *common)
     out = dump / ARKIT.stem
     invoke("ovssc-visualize", out, "--num-frames", FRAMES, "--size", SIZE)
     invoke("vool-visualize", out, "--num-frames", FRAMES, "--size", SIZE)
     return out
+
+
+RAW: dict[str, list] = {"ovssc_labels": [], "vool_points": []}
+
+
+def recorder(function, calls: list):
+    def record(*args):
+        calls.append(args)
+        return function(*args)
+
+    return record
 
 
 def test_ovssc_files(arkit_outputs):
@@ -209,3 +223,55 @@ def test_relevancy_features_as_the_original():
             prepared.features[label][:, 0], expected[k], rtol=1e-5, atol=1e-6
         )
     np.testing.assert_allclose(prepared.xyz, frame.points()[keep], atol=1e-5)
+
+
+def test_ovssc_labels_are_the_argmax_where_a_logit_reaches_the_empty_cutoff(arkit_outputs):
+    """completion.npz from the raw logits, recomputed (models.md 4, visualize.py inference): each
+    kept, non-border grid point whose best class logit is >= -3.0 has the argmax class; no other
+    point is listed."""
+    ((logits, keep),) = RAW["ovssc_labels"]
+    grid = RAW["vool_points"][0][1]
+    best, top = logits.max(0), logits.argmax(0)
+    inner = np.zeros(keep.shape, bool)
+    inner[1:-1, 1:-1, 1:-1] = True
+    occupied = (best >= -3.0) & keep & inner
+    assert 0 < occupied.sum() < occupied.size
+    data = np.load(arkit_outputs / "completion.npz")
+    np.testing.assert_array_equal(data["xyz"], grid[np.flatnonzero(occupied)])
+    np.testing.assert_array_equal(data["label"], top[occupied])
+    np.testing.assert_allclose(data["probability"], 1 / (1 + np.exp(-best[occupied])), rtol=1e-6)
+
+
+def test_vool_keeps_every_point_within_the_margin_of_the_best(arkit_outputs):
+    """localization.npz lists exactly the grid points whose logit > max - 0.15, per description."""
+    data = np.load(arkit_outputs / "localization.npz")
+    assert len(RAW["vool_points"]) == len(data["descriptions"])
+    for k, (logits, grid) in enumerate(RAW["vool_points"]):
+        kept = logits > logits.max() - 0.15
+        mine = data["description_index"] == k
+        np.testing.assert_array_equal(data["xyz"][mine], grid[kept])
+        np.testing.assert_array_equal(data["logit"][mine], logits[kept])
+
+
+def test_ovssc_labels_by_hand():
+    """Two classes on a 3x3x3 grid whose centre is the only non-border voxel."""
+    logits = np.full((2, 3, 3, 3), -5.0)
+    logits[:, 1, 1, 1] = (-2.9, -3.5)  # one class at -2.9 >= -3.0: class 0
+    keep = np.ones((3, 3, 3), bool)
+    assert inference.ovssc_labels(logits.copy(), keep)[1, 1, 1] == 0
+    logits[:, 1, 1, 1] = (-3.2, -3.1)  # every logit below -3.0: empty
+    assert inference.ovssc_labels(logits.copy(), keep)[1, 1, 1] == -1
+    logits[:, 1, 1, 1] = (1.0, 2.0)
+    assert inference.ovssc_labels(logits.copy(), keep)[1, 1, 1] == 1
+    assert inference.ovssc_labels(logits.copy(), ~keep)[1, 1, 1] == -1  # masked out
+    labels = inference.ovssc_labels(np.full((2, 3, 3, 3), 4.0), keep)
+    assert (labels == -1).sum() == 26  # the border is cleared
+
+
+def test_vool_points_by_hand():
+    logits = np.array([1.0, 0.9, 0.86, 0.85, 0.84, -3.0], np.float32)
+    grid = np.arange(18, dtype=np.float32).reshape(6, 3)
+    xyz, kept, colors = inference.vool_points(logits, grid)
+    assert kept.tolist() == pytest.approx([1.0, 0.9, 0.86])  # > 1.0 - 0.15
+    np.testing.assert_array_equal(xyz, grid[:3])
+    assert colors.dtype == np.uint8 and colors.shape == (3, 3)

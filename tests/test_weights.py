@@ -157,21 +157,22 @@ def test_parity_crop_preprocessing_equals_pil_bicubic_exactly(tiny_models):
 
 
 def test_parity_accumulators_round_to_fp16_at_every_addition():
-    torch.manual_seed(0)
-    tiles = [(4, [(0, 0), (0, 2)])]
-    sums = [torch.rand(3, 1, 2, 2, 2) * 1e-2]  # 3 copies, 1 label, 2 regions, 2x2 grid
-    out = relevancy.paste_back(sums, tiles, (4, 6), copies=3, tiling="parity")
-    acc = torch.zeros(1, 4, 6, dtype=torch.float16)
-    counts = torch.full((4, 6), 1e-5)
-    for copy_maps in sums[0]:
-        up = torch.nn.functional.interpolate(copy_maps, size=(4, 4), mode="bilinear")
-        for (row, col), region in zip(tiles[0][1], up.unbind(1), strict=True):
-            acc[:, row : row + 4, col : col + 4] += region
-            counts[row : row + 4, col : col + 4] += 1
-    assert torch.equal(out, acc.float() / counts)
-    full = relevancy.paste_back([sums[0].sum(0)], tiles, (4, 6), copies=3, tiling="full")
-    assert not torch.equal(out, full)
-    torch.testing.assert_close(out, full, rtol=2e-3, atol=1e-6)
+    """Numbers whose fp16 sum depends on rounding at each addition: 1.0, then four copies of 2^-11.
+    fp16's spacing at 1.0 is 2^-10, so 1 + 2^-11 is a tie that rounds (to even) back to 1.0, four
+    times: the parity sum is 1.0. Added in fp32 (or small ones first) the sum is 1 + 2^-9 =
+    1.001953125, exact in fp16 too. The crop is 2x2 with a 2x2 tile, so the upsampling is exact."""
+    values = [1.0] + [2.0**-11] * 4  # the five copies, in the order they are added
+    sums = [torch.tensor(values).reshape(5, 1, 1, 1, 1).expand(5, 1, 1, 2, 2).contiguous()]
+    tiles = [(2, [(0, 0)])]
+    counts = np.float32(1e-5)
+    for _ in values:
+        counts = np.float32(counts + np.float32(1))
+    parity = relevancy.paste_back(sums, tiles, (2, 2), copies=5, tiling="parity")
+    assert torch.equal(parity, torch.full((1, 2, 2), float(np.float32(1.0) / counts)))
+    full = relevancy.paste_back(sums, tiles, (2, 2), copies=5, tiling="full")
+    torch.testing.assert_close(full, torch.full((1, 2, 2), 1.001953125 / float(counts)))
+    small_first = relevancy.paste_back([sums[0].flip(0)], tiles, (2, 2), copies=5, tiling="parity")
+    torch.testing.assert_close(small_first, full)  # the order of additions matters in fp16
 
 
 def test_bf16_autocast_on_cpu_is_close_to_fp32_and_fp32_unchanged(openai_source, tmp_path):
