@@ -380,6 +380,24 @@ def gather_frames(frame: pd.DataFrame, procs: Processes) -> pd.DataFrame:
     return pd.concat(frames)
 
 
+def match_gradient_layout(model: nn.Module) -> None:
+    """Give every gradient its parameter's strides, as DDP's buckets expect (DDP compares strides
+    exactly, then copies the gradient into its bucket each step and warns "Grad strides do not
+    match bucket view strides"). Only size-1 axes can differ: a 1x1x1 conv weight is stored
+    channels-last (unet3d) and its gradient comes plain or channels-last depending on the conv
+    algorithm. Their strides address no memory, so the fix is a view of the same memory (free)."""
+    for parameter in model.parameters():
+        if parameter.requires_grad and 1 in parameter.shape:
+            parameter.register_hook(functools.partial(_restride, stride=parameter.stride()))
+
+
+def _restride(grad: torch.Tensor, stride: tuple[int, ...]) -> torch.Tensor:
+    if grad.stride() == stride:
+        return grad
+    same = all(n == 1 or a == b for n, a, b in zip(grad.shape, grad.stride(), stride, strict=True))
+    return grad.as_strided(grad.shape, stride, grad.storage_offset()) if same else grad
+
+
 def accuracy(logits: torch.Tensor, label: torch.Tensor, ignore: torch.Tensor) -> torch.Tensor:
     keep = ~ignore
     return ((logits > 0) == label)[keep].float().mean()
@@ -810,6 +828,7 @@ def setup(
     # gradients kept as views of the all-reduce buckets (no copy of every gradient each step)
     unused = net.leaves_parameters_unused(model)
     if procs.ddp:
+        match_gradient_layout(model)
         model = nn.parallel.DistributedDataParallel(
             model,
             device_ids=[procs.device.index] if procs.device.type == "cuda" else None,

@@ -149,11 +149,6 @@ class ResidualUNet3D(nn.Module):
         for full_resolution_block in (self.encoders[0], self.decoders[-1]):
             full_resolution_block.basic_module.checkpoint_convs = activation_checkpointing
         self.to(memory_format=torch.channels_last_3d)  # conv weights too, else some convs fall back
-        # A 1x1x1 kernel has the same layout in both formats, but its channels-last strides on the
-        # size-1 axes differ from those of the gradient autograd gives it; DDP compares strides
-        # exactly, then copies that gradient into its bucket each step and warns. Keep it plain.
-        weight = self.final_conv.weight
-        weight.data = weight.data.clone(memory_format=torch.contiguous_format)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = x.contiguous(memory_format=torch.channels_last_3d)

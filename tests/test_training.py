@@ -158,6 +158,7 @@ def test_loss_falls_over_a_few_steps(data):
     batch = next(iter(torch.utils.data.DataLoader(datasets["train"], batch_size=1)))
     torch.manual_seed(0)
     model = training.net.build_network("ovssc", args.approach, args)
+    training.match_gradient_layout(model)  # what DDP gets
     optimizer, scheduler = training.make_optimizer(model, args, total=100)
     trainer = training.Trainer(
         tasks.OVSSC, args, processes.Processes(), model, optimizer, scheduler, None, {}
@@ -165,6 +166,11 @@ def test_loss_falls_over_a_few_steps(data):
     losses = [trainer.step(batch, [-1.0], train=True)[0]["loss"] for _ in range(6)]
     assert losses[-1] < losses[0] - 0.01, losses
     assert model.steps.item() == 6  # the steps buffer counts optimizer steps
+    # every parameter has a gradient (DDP: no unused-parameter search), laid out as the parameter
+    # (DDP's buckets copy, and warn about, a gradient whose strides differ from its parameter's)
+    assert not training.net.leaves_parameters_unused(model)
+    for name, p in model.named_parameters():
+        assert p.grad is not None and p.grad.stride() == p.stride(), name
 
 
 def weights(path: Path) -> dict:
@@ -199,6 +205,9 @@ def test_vool_trains_and_evaluates(data, tmp_path):
     folder = with_splits(data, 1, 1)
     model = training.train(tasks.VOOL, args_for("vool", folder, tmp_path / "vool", "--epochs", "1"))
     assert model.steps.item() == 1
+    # DDP's unused-parameter search is on for VOOL: a step leaves some parameters without a grad
+    assert any(p.grad is None for p in model.parameters())
+    assert training.net.leaves_parameters_unused(model)
     frame = training.pd.read_pickle(tmp_path / "vool" / "detailed_stats.pkl")
     assert set(frame["split"]) == {"train", "unseen_instances"}
     assert len(frame[frame["split"] == "unseen_instances"]["cutoff"].unique()) == 10
@@ -483,10 +492,12 @@ def test_resume_with_different_flags_lists_them(data, tmp_path, capsys):
 
 def test_a_second_run_into_a_log_that_holds_one_is_refused(data, tmp_path, capsys):
     """The same command again (or with another --lr) must not train over a run: one line naming
-    it and the ways on, nothing touched; --overwrite starts over (one TensorBoard file)."""
+    it and the ways on, nothing touched; --overwrite starts over (one TensorBoard file); --load of
+    the run's own checkpoint goes on from it."""
     log = tmp_path / "run"
     argv = ["--file_path", str(with_splits(data, 1, 0)), "--log", str(log), *TINY, "--epochs", "1"]
-    train_ovssc.main(argv)
+    train_ovssc.main([*argv, "--resume"])  # nothing to resume yet: the run starts
+    assert f"--resume: no {log / 'latest.pth'} yet, starting the run" in capsys.readouterr().out
     before = {p: p.read_bytes() for p in log.rglob("*") if p.is_file()}
     expected = (
         f"error: --log {log} holds a run ({log / 'latest.pth'}: epoch 1, step 1); continue it with "
@@ -506,15 +517,20 @@ def test_a_second_run_into_a_log_that_holds_one_is_refused(data, tmp_path, capsy
     assert training.options.load_args(log / "args.pkl").lr == 0.5
     with pytest.raises(SystemExit):  # a contradiction argparse refuses
         training.prepare_args("ovssc", [*argv, "--resume", "--overwrite"])
+    # --load of this run's own checkpoint (back to the end of epoch 0) goes on in it
+    train_ovssc.main([*argv, "--lr", "0.5", "--epochs", "2", "--load", str(log / "ckpt_0.pth")])
+    assert read_checkpoint(log / "latest.pth")["net"]["steps"].item() == 2
 
 
-def test_resume_into_an_empty_log_starts_and_load_of_the_same_run_goes_on(data, tmp_path, capsys):
-    log = tmp_path / "run"
-    argv = ["--file_path", str(with_splits(data, 1, 0)), "--log", str(log), *TINY, "--epochs", "2"]
-    train_ovssc.main([*argv, "--resume"])
-    assert f"--resume: no {log / 'latest.pth'} yet, starting the run" in capsys.readouterr().out
-    train_ovssc.main([*argv, "--epochs", "3", "--load", str(log / "ckpt_0.pth")])  # back to epoch 1
-    assert read_checkpoint(log / "latest.pth")["net"]["steps"].item() == 3
+def test_every_point_minus_one_trains_and_is_kept_in_args_pkl(data, tmp_path):
+    log = tmp_path / "all"
+    args = args_for("ovssc", with_splits(data, 1, 0), log, "--num_input_pts", "-1")
+    args.num_output_pts = training.options.POINT_COUNT("-1")
+    training.train(tasks.OVSSC, args, stop_after_steps=1)
+    stored = training.options.load_args(log / "args.pkl")
+    assert (stored.num_input_pts, stored.num_output_pts) == (-1, -1)
+    with pytest.raises(SystemExit):
+        args_for("ovssc", with_splits(data, 1, 0), log, "--num_output_pts", "0")
 
 
 def test_unwritable_log_directory(data, tmp_path, capsys):
