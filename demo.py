@@ -32,6 +32,7 @@ half-written. `--fresh` starts over.
 from __future__ import annotations
 
 import json
+import math
 import pickle
 import shutil
 import subprocess
@@ -309,6 +310,26 @@ def print_done(pipeline: Pipeline, summary: dict) -> None:
         console.print(verdict(task, summary[task]), soft_wrap=True)
 
 
+def check_flags(num_scenes, extra_train_seeds, train_minutes, relevancy_source, grid_size,
+                num_frames, frame_size) -> None:  # fmt: skip
+    """The demo's own flags, before any stage runs (a bad one would fail stages later, in a child
+    script's words)."""
+    for option, value in (("--num-scenes", num_scenes), ("--grid-size", grid_size),
+                          ("--num-frames", num_frames), ("--frame-size", frame_size)):  # fmt: skip
+        if value < 1:
+            raise InputError(f"{option} must be at least 1, got {value}")
+    if extra_train_seeds < 0:
+        raise InputError(f"--extra-train-seeds must be >= 0, got {extra_train_seeds}")
+    if not (math.isfinite(train_minutes) and train_minutes > 0):
+        raise InputError(
+            f"--train-minutes must be a finite number of minutes > 0, got {train_minutes:g}"
+        )
+    if relevancy_source not in ("auto", "clip", "oracle"):
+        raise InputError(
+            f"--relevancy-source must be auto, clip or oracle, got {relevancy_source!r}"
+        )
+
+
 @app.command()
 def main(
     out: Annotated[Path, typer.Option(help="where every output of the demo goes")] = Path(
@@ -347,8 +368,8 @@ def main(
     ] = 512,
     fresh: Annotated[bool, typer.Option(help="delete OUT first and start over")] = False,
 ) -> None:
-    if extra_train_seeds < 0:
-        raise InputError(f"--extra-train-seeds must be >= 0, got {extra_train_seeds}")
+    check_flags(num_scenes, extra_train_seeds, train_minutes, relevancy_source, grid_size,
+                num_frames, frame_size)  # fmt: skip
     if fresh and out.exists():
         shutil.rmtree(out)
     pipeline = Pipeline(out, device)
