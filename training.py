@@ -823,18 +823,7 @@ def setup(
     position = Position()
     if args.load:
         position = restore_state(args.load, model, optimizer, scheduler, scaler, procs.device)
-    # DDP: the unused-parameter search only for networks that leave some parameters without a
-    # gradient (it costs a traversal of the graph each step and warns when it finds none), and
-    # gradients kept as views of the all-reduce buckets (no copy of every gradient each step)
-    unused = net.leaves_parameters_unused(model)
-    if procs.ddp:
-        match_gradient_layout(model)
-        model = nn.parallel.DistributedDataParallel(
-            model,
-            device_ids=[procs.device.index] if procs.device.type == "cuda" else None,
-            find_unused_parameters=unused,
-            gradient_as_bucket_view=True,
-        )
+    model, zero_grads_in_place = distribute(model, procs)
 
     writers = {}
     if procs.main:
@@ -845,8 +834,30 @@ def setup(
         purge = int(checkpoint.unwrap(model).steps.item()) if args.load else None
         writers = {split: SummaryWriter(str(log_dir / split), purge_step=purge) for split in lists}
     trainer = Trainer(task, args, procs, model, optimizer, scheduler, scaler, writers)
-    trainer.zero_grads_in_place = procs.ddp and not unused
+    trainer.zero_grads_in_place = zero_grads_in_place
     return trainer, datasets, position
+
+
+def distribute(model: nn.Module, procs: Processes) -> tuple[nn.Module, bool]:
+    """The network wrapped in DDP under torchrun (else as it is), and whether the trainer should
+    zero gradients in place (Trainer.zero_grads_in_place).
+
+    The unused-parameter search only for networks that leave some parameters without a gradient
+    (it costs a traversal of the graph each step, and warns when it finds none); gradients laid
+    out as DDP's buckets (match_gradient_layout) and kept as views of them, zeroed in place, so no
+    gradient is copied into its bucket each step.
+    """
+    if not procs.ddp:
+        return model, False
+    unused = net.leaves_parameters_unused(model)
+    match_gradient_layout(model)
+    wrapped = nn.parallel.DistributedDataParallel(
+        model,
+        device_ids=[procs.device.index] if procs.device.type == "cuda" else None,
+        find_unused_parameters=unused,
+        gradient_as_bucket_view=True,
+    )
+    return wrapped, not unused
 
 
 def run_epochs(trainer: Trainer, datasets: dict, position: Position) -> Position:

@@ -82,7 +82,7 @@ def make_data(root: Path, num_scenes: int) -> None:
 def train(task: str, data: Path, log: Path, minutes: float, workers: int, model: str, extra: str):
     argv = ["--file_path", str(data), "--log", str(log), *RUN, *MODELS[model].split()]
     argv += extra.split()  # last: overrides the flags above
-    argv += ["--num_workers", str(workers)]
+    argv += ["--num_workers", str(workers), "--overwrite"]  # each measurement trains afresh
     args = training.prepare_args(task, argv)
     start = time.monotonic()
     model = training.train(TASKS[task], args, max_seconds=minutes * 60)
