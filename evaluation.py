@@ -250,6 +250,8 @@ class Provenance:
             else:
                 same = old == new
             if not same:
+                if name == "scored":  # "baseline X" / "checkpoint P" name themselves
+                    return f"{old} there, {new} here"
                 return f"{what} {old} there, {new} here"
         return None
 

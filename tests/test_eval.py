@@ -406,6 +406,12 @@ def test_baselines_of_both_tasks_do_not_share_a_default_file(data, ovssc_ckpt, t
         f"error: {stats} was made from other inputs (task ovssc there, vool here); --replace to "
         "start over, or --output / --suffix for another file"
     )
+    other = ["--task", "ovssc", *base, "--output", stats]
+    err = one_error_line([*other[:5], "lifted_relevancy", *other[6:]], capsys)
+    assert err.startswith(
+        f"error: {stats} was made from other inputs (baseline all_in_frustum there, baseline "
+        "lifted_relevancy here)"
+    )
 
 
 # -- -1: every point (data.md 3.2 step 4)
