@@ -11,6 +11,7 @@ We save the bare network's keys (no `module.`), which this loader and a DDP-wrap
 
 from __future__ import annotations
 
+import hashlib
 import re
 import warnings
 from collections.abc import Mapping
@@ -33,6 +34,8 @@ def unwrap(net: nn.Module) -> nn.Module:
 def read_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict:
     """Read a checkpoint file; any problem is an InputError naming the file."""
     path = Path(path)
+    if path.is_dir():
+        raise InputError(f"checkpoint {path} is a folder: give the .pth file in it")
     if not path.is_file():
         raise InputError(f"checkpoint {path} does not exist")
     try:
@@ -137,6 +140,17 @@ def check_state_dict(net: nn.Module, state_dict: Mapping[str, torch.Tensor], sou
             f"{source} holds a {describe_state_dict(state_dict)} state dict that does not fit "
             f"{type(net).__name__}: {problems}"
         )
+
+
+def weights_fingerprint(state_dict: Mapping[str, torch.Tensor]) -> str:
+    """16 hex digits of a SHA-256 over a (prefix-free) state dict's keys, dtypes, shapes and
+    values: the same weights give the same fingerprint whichever file or process saved them."""
+    digest = hashlib.sha256()
+    for key in sorted(state_dict):
+        tensor = state_dict[key].detach().cpu().contiguous()
+        digest.update(f"{key}|{tensor.dtype}|{tuple(tensor.shape)}|".encode())
+        digest.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()[:16]
 
 
 def load_network(

@@ -32,6 +32,7 @@ half-written. `--fresh` starts over.
 from __future__ import annotations
 
 import json
+import math
 import pickle
 import shutil
 import subprocess
@@ -219,7 +220,7 @@ def train(pipeline: Pipeline, train_minutes: float, tasks: tuple[str, ...] = TAS
             [f"train_{task}.py", "--file_path", str(pipeline.data), "--log", str(log),
              *SMALL_NETWORK, *TRAINING, *TASK_TRAINING[task], *precision,
              "--epochs", str(EPOCHS[task]), "--seed", str(pipeline.seed),
-             "--max_minutes", str(train_minutes),
+             "--max_minutes", str(train_minutes), "--resume",
              "--device", pipeline.device],
         )  # fmt: skip
 
@@ -369,6 +370,26 @@ def check_run(out: Path, run: dict) -> None:
         tmp.write_text(json.dumps(run, indent=2) + "\n")
 
 
+def check_flags(num_scenes, extra_train_seeds, train_minutes, relevancy_source, grid_size,
+                num_frames, frame_size) -> None:  # fmt: skip
+    """The demo's own flags, before any stage runs (a bad one would fail stages later, in a child
+    script's words)."""
+    for option, value in (("--num-scenes", num_scenes), ("--grid-size", grid_size),
+                          ("--num-frames", num_frames), ("--frame-size", frame_size)):  # fmt: skip
+        if value < 1:
+            raise InputError(f"{option} must be at least 1, got {value}")
+    if extra_train_seeds < 0:
+        raise InputError(f"--extra-train-seeds must be >= 0, got {extra_train_seeds}")
+    if not (math.isfinite(train_minutes) and train_minutes > 0):
+        raise InputError(
+            f"--train-minutes must be a finite number of minutes > 0, got {train_minutes:g}"
+        )
+    if relevancy_source not in ("auto", "clip", "oracle"):
+        raise InputError(
+            f"--relevancy-source must be auto, clip or oracle, got {relevancy_source!r}"
+        )
+
+
 @app.command()
 def main(
     out: Annotated[
@@ -428,8 +449,8 @@ def main(
         ),
     ] = "auto",
 ) -> None:
-    if extra_train_seeds < 0:
-        raise InputError(f"--extra-train-seeds must be >= 0, got {extra_train_seeds}")
+    check_flags(num_scenes, extra_train_seeds, train_minutes, relevancy_source, grid_size,
+                num_frames, frame_size)  # fmt: skip
     if precision not in PRECISIONS:
         raise InputError(f"--precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
     run = {"seed": seed, "scene_seed": scene_seed, "precision": precision,

@@ -7,8 +7,8 @@ train-eval.md 1.3, 1.4, 1.8, 2.5 and 6 item 11).
     python eval.py --task ovssc --file_path dataset/ --baseline lifted_relevancy --args logs/ovssc/args.pkl
 
 Where it writes: only the stats file, `--output PATH` or by default `<checkpoint stem>_eval_stats.pkl`
-beside the checkpoint (`..._eval_stats_<SUFFIX>.pkl` with --suffix; `<NAME>_eval_stats.pkl` beside
---args for --baseline NAME); at start it removes the temporary files killed writers left in that
+beside the checkpoint (`..._eval_stats_<SUFFIX>.pkl` with --suffix; `<NAME>_<TASK>_eval_stats.pkl`
+beside --args for --baseline NAME); at start it removes the temporary files killed writers left in that
 folder. What is scored and how, and the changes from the original, are evaluation.py's (its docstring).
 """
 
@@ -60,7 +60,7 @@ def parser() -> argparse.ArgumentParser:
         "--output",
         default=None,
         help="stats file (default: <checkpoint stem>_eval_stats.pkl beside --load; "
-        "<BASELINE>_eval_stats.pkl beside --args with --baseline)",
+        "<BASELINE>_<TASK>_eval_stats.pkl beside --args with --baseline)",
     )
     add("--suffix", default="", help="stats file <stem>_eval_stats_<SUFFIX>.pkl")
     add("--replace", action="store_true", help="evaluate every split again (default: resume)")
@@ -68,6 +68,7 @@ def parser() -> argparse.ArgumentParser:
         "--cutoffs",
         type=float,
         nargs=3,
+        action=options.CutoffRange,
         default=None,
         metavar=("START", "STOP", "STEP"),
         help="score cutoffs np.arange(START, STOP, STEP) (default: the original's -2.5 0 0.1; "

@@ -14,15 +14,20 @@ nothing instead of a checkpoint, with the data configuration of the run whose ar
 names, into the same columns (`epoch` 0) at the baseline's own cutoffs.
 
 Where eval writes: only the stats file, `--output PATH` or by default `<checkpoint stem>_eval_stats
-[_<suffix>].pkl` beside the checkpoint (`<NAME>_eval_stats[_<suffix>].pkl` beside --args for a
-baseline); at start eval.py removes the temporary files killed writers left in that folder.
+[_<suffix>].pkl` beside the checkpoint (`<NAME>_<task>_eval_stats[_<suffix>].pkl` beside --args for
+a baseline); at start eval.py removes the temporary files killed writers left in that folder.
+
+A stats file says what produced it: its frame's `attrs["semabs_eval"]` (`Provenance`: task,
+checkpoint or baseline, epoch, a fingerprint of the weights, cutoffs, data folder and data
+configuration). An interrupted evaluation resumes only into a file made from the same inputs; any
+difference is refused with one line naming it.
 
 Changes from the original, each fixing something that only hurt users (section 6 item 11):
 - nothing else is written (no TensorBoard dirs, no args.pkl in the training log);
 - `--suffix NAME` (-> `<stem>_eval_stats_NAME.pkl`) or `--output PATH`, so NYU stats do not overwrite
   THOR stats;
 - an interrupted run continues at the first split missing from the stats file (`--replace` redoes
-  all);
+  all), when the file records the same inputs;
 - under torchrun, scenes are sharded without padding (the original's DistributedSampler evaluated a
   few scenes twice); rows are gathered to rank 0 in single-process order (split -> scene -> cutoff
   -> row), so N processes write the frame one process writes. Each scene draws its input subsample
@@ -36,12 +41,13 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import hashlib
 import logging
 import os
 import signal
 import threading
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -102,6 +108,11 @@ def check_run_inputs(cli: argparse.Namespace) -> None:
         raise InputError("--load CKPT is needed: the checkpoint to evaluate (or --baseline NAME)")
     elif not Path(cli.load).exists():
         raise InputError(f"checkpoint {cli.load} does not exist")
+    elif Path(cli.load).is_dir():
+        raise InputError(
+            f"--load {cli.load} is a folder: give the checkpoint file in it (e.g. "
+            f"{Path(cli.load) / 'latest.pth'})"
+        )
     folder = Path(cli.file_path)
     if not folder.is_dir():
         problem = "is not a folder" if folder.exists() else "does not exist"
@@ -140,23 +151,22 @@ def training_args(cli: argparse.Namespace) -> tuple[argparse.Namespace, Path]:
 
 
 def cutoff_values(spec: list[float] | None, default: np.ndarray) -> np.ndarray:
-    """--cutoffs START STOP STEP as np.arange(START, STOP, STEP); `default` when not given."""
+    """--cutoffs START STOP STEP (checked when parsed: options.CutoffRange) as np.arange(START,
+    STOP, STEP); `default` when not given."""
     if spec is None:
         return default
-    start, stop, step = spec
-    values = np.arange(start, stop, step) if step > 0 else np.array([])
-    if not len(values):
-        raise InputError(
-            f"--cutoffs {start:g} {stop:g} {step:g} gives no cutoff (np.arange(START, STOP, STEP) "
-            "with STEP > 0 and START < STOP)"
-        )
-    return values
+    return np.arange(*spec)
 
 
 def eval_config(cli: argparse.Namespace) -> argparse.Namespace:
     """The training Namespace with this command's run flags and evaluation's overrides (1.3);
     `cutoffs` holds the cutoff values (the network's or the baseline's unless --cutoffs)."""
     check_run_inputs(cli)
+    output = stats_path(cli)
+    if output.is_dir():
+        raise InputError(
+            f"--output {output} is a folder: give the stats file, e.g. {output}/eval_stats.pkl"
+        )
     args, args_file = training_args(cli)
     for name in RUN_FLAGS + EVAL_FLAGS:
         setattr(args, name, getattr(cli, name))
@@ -193,15 +203,89 @@ def stats_path(args: argparse.Namespace) -> Path:
     if args.output:
         return Path(args.output)
     suffix = f"_{args.suffix}" if args.suffix else ""
-    if args.baseline is not None:
-        return Path(args.args_file).with_name(f"{args.baseline}_eval_stats{suffix}.pkl")
+    if args.baseline is not None:  # the task too: one run's args.pkl serves both tasks
+        return Path(args.args_file).with_name(f"{args.baseline}_{args.task}_eval_stats{suffix}.pkl")
     load = Path(args.load)
     return load.with_name(f"{load.stem}_eval_stats{suffix}.pkl")
 
 
-def read_finished(path: Path, epoch: int, cutoffs: np.ndarray) -> pd.DataFrame | None:
+PROVENANCE_KEY = "semabs_eval"  # the stats frame's attrs entry
+
+
+@dataclass(frozen=True)
+class Provenance:
+    """What produced a stats file, stored in its frame's attrs; a resume must match it."""
+
+    task: str
+    scored: str  # "checkpoint <path>" or "baseline <name>"
+    weights: str | None  # checkpoint.weights_fingerprint of the network; None for a baseline
+    epoch: int
+    cutoffs: tuple[float, ...]
+    file_path: str  # the data folder, absolute
+    data: str  # fingerprint of the data configuration (dataset.DatasetConfig)
+
+    # (field, what it is called in the refusal); `scored` is compared through `weights` for a
+    # checkpoint, so a copied or renamed file of the same weights resumes
+    COMPARED = (
+        ("task", "task"),
+        ("scored", "baseline"),
+        ("weights", "weights (fingerprint)"),
+        ("epoch", "epoch"),
+        ("cutoffs", "cutoffs"),
+        ("file_path", "data folder"),
+        ("data", "data configuration (fingerprint)"),
+    )
+
+    def difference(self, stored: dict) -> str | None:
+        """'<what>: <stored> (the file) vs <this run>' for the first field that differs."""
+        mine = asdict(self)
+        for name, what in self.COMPARED:
+            if name == "scored" and self.weights is not None and stored.get("weights") is not None:
+                continue
+            old, new = stored.get(name), mine[name]
+            if name == "cutoffs":
+                old = tuple(old) if old is not None else None
+                same = old is not None and len(old) == len(new) and np.allclose(old, new)
+                old, new = describe_cutoffs(old), describe_cutoffs(new)
+            else:
+                same = old == new
+            if not same:
+                if name == "scored":  # "baseline X" / "checkpoint P" name themselves
+                    return f"{old} there, {new} here"
+                return f"{what} {old} there, {new} here"
+        return None
+
+
+def describe_cutoffs(values) -> str:
+    if not values:
+        return "none"
+    return f"{len(values)} from {values[0]:g} to {values[-1]:g}"
+
+
+def data_fingerprint(args: argparse.Namespace) -> str:
+    config = dataset.DatasetConfig.from_args(args)
+    return hashlib.sha256(repr(config).encode()).hexdigest()[:16]
+
+
+def provenance(args: argparse.Namespace, scorer: Scorer) -> Provenance:
+    scored = (
+        f"baseline {args.baseline}" if args.baseline else f"checkpoint {Path(args.load).resolve()}"
+    )
+    return Provenance(
+        task=args.task,
+        scored=scored,
+        weights=scorer.weights,
+        epoch=scorer.epoch,
+        cutoffs=tuple(float(c) for c in args.cutoffs),
+        file_path=str(Path(args.file_path).resolve()),
+        data=data_fingerprint(args),
+    )
+
+
+def read_finished(path: Path, made_by: Provenance) -> pd.DataFrame | None:
     """The stats file's frame (splits it holds are finished), or None when there is none; it must
-    hold this epoch's rows at these cutoffs."""
+    have been made from the same inputs (files without a record: this epoch's rows at these
+    cutoffs)."""
     if not path.is_file():
         return None
     try:
@@ -212,6 +296,16 @@ def read_finished(path: Path, epoch: int, cutoffs: np.ndarray) -> pd.DataFrame |
         ) from None
     if not isinstance(frame, pd.DataFrame) or not {"split", "epoch"} <= set(frame.columns):
         raise InputError(f"{path} is not an eval stats frame; --replace to overwrite it")
+    stored = frame.attrs.get(PROVENANCE_KEY)
+    if isinstance(stored, dict):
+        difference = made_by.difference(stored)
+        if difference is not None:
+            raise InputError(
+                f"{path} was made from other inputs ({difference}); --replace to start over, or "
+                "--output / --suffix for another file"
+            )
+        return frame
+    epoch, cutoffs = made_by.epoch, np.asarray(made_by.cutoffs)
     epochs = sorted(set(frame["epoch"].tolist()))
     if epochs != [epoch]:
         raise InputError(
@@ -227,10 +321,12 @@ def read_finished(path: Path, epoch: int, cutoffs: np.ndarray) -> pd.DataFrame |
 
 
 def trained_network(args: argparse.Namespace, device: torch.device, **overrides) -> tuple:
-    """(network in eval mode with the checkpoint's weights, checkpoint's `epochs`)."""
+    """(network in eval mode with the checkpoint's weights, checkpoint's `epochs`, the weights'
+    fingerprint)."""
     model = training.network_on_device(args.task, args, device, **overrides)
     ckpt = checkpoint.load_network(model, args.load, map_location="cpu")
-    return model.eval(), int(ckpt.get("epochs", 0))
+    weights = checkpoint.weights_fingerprint(checkpoint.strip_ddp_prefix(ckpt["net"]))
+    return model.eval(), int(ckpt.get("epochs", 0)), weights
 
 
 @dataclass(frozen=True)
@@ -239,6 +335,7 @@ class Scorer:
 
     score: Callable[[dict], torch.Tensor]  # collated batch on the device -> float scores [B, R, N]
     epoch: int  # the stats frame's `epoch` column: the checkpoint's epochs, 0 for a baseline
+    weights: str | None = None  # the checkpoint's weights_fingerprint; None for a baseline
 
 
 def make_scorer(args: argparse.Namespace, device: torch.device, **network_overrides) -> Scorer:
@@ -247,9 +344,11 @@ def make_scorer(args: argparse.Namespace, device: torch.device, **network_overri
     if args.baseline is not None:
         baseline = baselines.BASELINES[args.baseline]
         return Scorer(lambda batch: baseline.score(batch, args.task, args.scene_bounds), 0)
-    model, epoch = trained_network(args, device, **network_overrides)
+    model, epoch, weights = trained_network(args, device, **network_overrides)
     task = tasks.TASKS[args.task]
-    return Scorer(lambda batch: task.forward(model, batch, args.chunk_points).float(), epoch)
+    return Scorer(
+        lambda batch: task.forward(model, batch, args.chunk_points).float(), epoch, weights
+    )
 
 
 # --------------------------------------------------------------------------------------------------
@@ -417,11 +516,12 @@ def evaluate(args: argparse.Namespace, procs: processes.Processes, **network_ove
         )
     scorer = make_scorer(args, procs.device, **network_overrides)
     path = stats_path(args)
+    made_by = provenance(args, scorer)
 
     finished, problem = None, None  # rank 0 reads the file; every rank learns the outcome
     if procs.main and not args.replace:
         try:
-            finished = read_finished(path, scorer.epoch, args.cutoffs)
+            finished = read_finished(path, made_by)
         except InputError as error:
             problem = str(error)
     done, problem = processes.broadcast(
@@ -442,6 +542,8 @@ def evaluate(args: argparse.Namespace, procs: processes.Processes, **network_ove
             frame = frame.assign(epoch=scorer.epoch, split=split)
             rows += len(frame)
             frames.append(frame)
-            training.atomic_pickle(pd.concat(frames), path)
+            stats = pd.concat(frames)
+            stats.attrs = {PROVENANCE_KEY: asdict(made_by)}
+            training.atomic_pickle(stats, path)
             log.info("dumped %s stats to %s", split, path)
     return Result(path, todo, [s for s in splits if s in done], scenes, rows)

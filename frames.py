@@ -183,6 +183,10 @@ def centering_transform(frame: Frame, scene_bounds) -> np.ndarray:
 def read_scene_pickle(path: str | Path) -> Frame:
     """Read and check a scene pickle (original or ours); one InputError line for each problem."""
     path = Path(path)
+    if path.is_dir():
+        raise InputError(
+            f"{path} is a folder: give a scene pickle (.pkl) or a dataset scene (.hdf5)"
+        )
     if not path.is_file():
         raise InputError(f"scene pickle not found: {path}")
     try:

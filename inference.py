@@ -44,7 +44,7 @@ import saliency
 import scene_file
 from frames import Frame, read_scene_pickle
 from processes import resolve_device
-from utils import InputError, atomic_path
+from utils import InputError, atomic_path, remove_stale_temp_files
 
 GRID_SIZE = 240  # query points per axis (original)
 CHUNK = 2**20  # query points per network call (original)
@@ -228,7 +228,10 @@ def grid_logits(
     """Logits (M,) float32 of every grid point, in chunks, with fresh input points per chunk."""
     out = np.empty(len(grid), np.float32)
     for start in range(0, len(grid), chunk):
-        index = rng.integers(0, num_points, num_input_pts)  # with replacement, as the original
+        if num_input_pts == -1:  # every point (data.md 3.2 step 4)
+            index = np.arange(num_points)
+        else:
+            index = rng.integers(0, num_points, num_input_pts)  # with replacement, as the original
         batch = {k: v.to(device) if torch.is_tensor(v) else v for k, v in make_batch(index).items()}
         queries = torch.from_numpy(grid[start : start + chunk]).to(device)[None, None]
         logits = net(**batch, output_xyz_pts=queries)  # [1, 1, m]
@@ -367,6 +370,11 @@ def write_npz(path: Path, **arrays) -> None:
 
 def load_trained(checkpoint_path: Path, task: str, device: torch.device):
     """(network, args, approach) from a checkpoint and the args.pkl beside it."""
+    if Path(checkpoint_path).is_dir():
+        raise InputError(
+            f"checkpoint {checkpoint_path} is a folder: give the .pth file in it (e.g. "
+            f"{Path(checkpoint_path) / 'latest.pth'}), with args.pkl beside it"
+        )
     args = options.load_args(Path(checkpoint_path).parent / options.ARGS_FILE)
     stored_task = getattr(args, "task", task)
     if stored_task != task:
@@ -448,9 +456,9 @@ def start_run(scene_path, checkpoint_path, task, dump_path, device, saliency_con
     if from_dataset:
         frame, prepared, truth = dataset_inputs(Path(scene_path), task, args, approach,
                                                 clip_options, device)  # fmt: skip
-        out_dir.mkdir(parents=True, exist_ok=True)
+        claim_folder(out_dir, task)
     else:
-        out_dir.mkdir(parents=True, exist_ok=True)
+        claim_folder(out_dir, task)
         labels = relevancy_labels(frame, approach)
         maps, text = scene_relevancy(
             frame, labels, approach, saliency_config, clip_options, device, seed, out_dir
@@ -461,6 +469,46 @@ def start_run(scene_path, checkpoint_path, task, dump_path, device, saliency_con
     return SceneRun(
         frame, device, network, args, approach, out_dir, prepared, grid, grid_size, rng, truth
     )
+
+
+# What an inference command and the visualize command after it write into a scene's folder, which
+# OVSSC and VOOL share: OVSSC <class>.obj and these names; VOOL <description>.ply with its .mp4 and
+# .png, scene_rgb.ply and these names. A rerun removes the earlier run's, so the folder holds only
+# its own outputs (and the other task's).
+OVSSC_OUTPUTS = {"completion.npz", "completion.mp4", "completion.png", "completion_vs_gt.png"}
+VOOL_OUTPUTS = {"localization.npz", "localization_vs_gt.png"}
+SHARED_OUTPUTS = {"relevancies.png"}  # written by both, this run's replaces the earlier
+
+
+def earlier_outputs(out_dir: Path, task: str) -> list[Path]:
+    """The files an earlier run of `task` left in out_dir."""
+    files = [path for path in out_dir.iterdir() if path.is_file()]
+    if task == "ovssc":
+        names, cloud = OVSSC_OUTPUTS | SHARED_OUTPUTS, ".obj"
+    else:
+        names, cloud = VOOL_OUTPUTS | SHARED_OUTPUTS, ".ply"
+    clouds = {path.stem for path in files if path.suffix == cloud}
+    return sorted(
+        path
+        for path in files
+        if path.suffix == cloud
+        or path.name in names
+        or (task == "vool" and path.suffix in (".mp4", ".png") and path.stem in clouds)
+    )
+
+
+def claim_folder(out_dir: Path, task: str) -> None:
+    """Make the scene's output folder; remove the temporary files of killed writers and what an
+    earlier run of the same command left there, in one line each."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for stale in remove_stale_temp_files(out_dir):
+        print(f"removed {stale.name}, left by an interrupted run", flush=True)
+    earlier = earlier_outputs(out_dir, task)
+    for path in earlier:
+        path.unlink()
+    if earlier:
+        shown = ", ".join(path.name for path in earlier[:4]) + (", ..." if len(earlier) > 4 else "")
+        print(f"removed an earlier {task} run's {len(earlier)} files from {out_dir} ({shown})")
 
 
 def pickle_frame(scene_path, task: str) -> Frame:

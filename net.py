@@ -215,6 +215,8 @@ class SemAbs3D(nn.Module):
     Patches (one relevancy map per class) never interact: each goes through the shared network alone.
     """
 
+    leaves_parameters_unused = False  # every parameter gets a gradient each step (DDP: see below)
+
     def __init__(
         self,
         voxel_shape: Sequence[int] = DEFAULT_VOXEL_SHAPE,
@@ -351,6 +353,11 @@ def batch_major(names: Sequence[Sequence[str]]) -> list[list[str]]:
 class VOOLNetwork(nn.Module):
     """What the VOOL networks share: a `steps` buffer, a SemAbs3D completion net, and a spatial
     sampler reading `sampler_volumes` stacked completion volumes at the query points."""
+
+    # Some parameters get no gradient: SemAbsVOOL and ClipSpatialVOOL never use the completion net's
+    # own decoder, SemanticAwareVOOL never uses the spatial sampler, and a relation absent from a
+    # batch leaves its embedding unused. DDP must look for them (find_unused_parameters).
+    leaves_parameters_unused = True
 
     def __init__(
         self,
@@ -544,6 +551,12 @@ def network_arguments(network_class: type[nn.Module]) -> set[str]:
         if "__init__" in vars(klass) and issubclass(klass, nn.Module) and klass is not nn.Module:
             names |= set(inspect.signature(klass.__init__).parameters)
     return names - _INTERNAL_ARGUMENTS
+
+
+def leaves_parameters_unused(network: nn.Module) -> bool:
+    """Whether a training step can leave some of the network's parameters without a gradient (the
+    networks say so; any other module is assumed to)."""
+    return bool(getattr(network, "leaves_parameters_unused", True))
 
 
 def build_network(

@@ -54,6 +54,7 @@ class Bounded:
     maximum: float | None = None
     above: bool = False
     meaning: str | None = None
+    also: tuple = ()  # values accepted beside the range (-1: every point)
 
     @property
     def requirement(self) -> str:
@@ -69,6 +70,8 @@ class Bounded:
     def accepts(self, value) -> bool:
         if not math.isfinite(value):
             return False
+        if value in self.also:
+            return True
         if self.minimum is not None and (
             value <= self.minimum if self.above else value < self.minimum
         ):
@@ -98,7 +101,9 @@ class Bounded:
         return argparse.ArgumentTypeError(f"must be {self.requirement}, got {shown}")
 
 
-COUNT = Bounded(int, 1)  # sizes, point counts, batch size, epochs
+COUNT = Bounded(int, 1)  # sizes, batch size, epochs
+# Point counts: -1 draws every point (data.md 3.2 step 4), as the original's sample size -1 did.
+POINT_COUNT = Bounded(int, 1, also=(-1,), meaning="an integer >= 1, or -1 (every point)")
 NONNEGATIVE_COUNT = Bounded(int, 0)
 SEED = Bounded(int, 0, 2**32 - 1)  # numpy's seeds
 EVERY = Bounded(int, 0, meaning="0 (never) or a positive epoch count")  # the original divided by it
@@ -124,6 +129,34 @@ class _SceneBounds(argparse.Action):
             parser.error(str(error))
 
 
+MAX_CUTOFFS = 1000  # np.arange(-1, 2, 1e-9) would be 3e9 cutoffs (22 GB of rows to allocate)
+
+
+def cutoff_range_problem(start: float, stop: float, step: float) -> str | None:
+    """What is wrong with np.arange(START, STOP, STEP) as score cutoffs, or None."""
+    if not all(math.isfinite(v) for v in (start, stop, step)):
+        return "START STOP STEP must be finite numbers"
+    if step <= 0:
+        return "STEP must be > 0"
+    if start >= stop:
+        return "START must be below STOP"
+    count = math.ceil((stop - start) / step)
+    if count > MAX_CUTOFFS:
+        return f"that is {count:,} cutoffs, at most {MAX_CUTOFFS} make sense"
+    return None
+
+
+class CutoffRange(argparse.Action):
+    """--cutoffs START STOP STEP, checked when parsed (`cutoff_range_problem`)."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        problem = cutoff_range_problem(*values)
+        if problem is not None:
+            shown = " ".join(f"{v:g}" for v in values)
+            parser.error(f"argument {option_string}: {problem}, got {shown}")
+        setattr(namespace, self.dest, list(values))
+
+
 def add_shared_flags(parser: argparse.ArgumentParser) -> None:
     """The original's `utils.config_parser` flags (train-eval.md 1.1), with the fix flags."""
     add = parser.add_argument
@@ -143,9 +176,9 @@ def add_shared_flags(parser: argparse.ArgumentParser) -> None:
         "--save_freq",
         type=EVERY,
         default=1,
-        help="save ckpt_<epoch>.pth every N epochs (0: only the last epoch's); each holds the "
-        "network and its LAMB state: ~425 MB for the default network, ~27 MB for demo.py's "
-        "small one (--voxel_shape 32 32 32 --unet_num_levels 4)",
+        help="save ckpt_<epoch>.pth at epochs 0, N, 2N, ... and after the last epoch (0: never, "
+        "latest.pth only); each holds the network and its LAMB state: ~425 MB for the default "
+        "network, ~27 MB for demo.py's small one (--voxel_shape 32 32 32 --unet_num_levels 4)",
     )
     add(
         "--eval_freq",
@@ -167,8 +200,18 @@ def add_shared_flags(parser: argparse.ArgumentParser) -> None:
     add("--weight_decay", type=NONNEGATIVE, default=1e-5)
     add("--grad_max_norm", type=POSITIVE, default=2.0)
     add("--xyz_pts_noise", type=NONNEGATIVE, default=0.0)
-    add("--num_input_pts", type=COUNT, default=80_000)
-    add("--num_output_pts", type=COUNT, default=400_000, help="query points per training scene")
+    add(
+        "--num_input_pts",
+        type=POINT_COUNT,
+        default=80_000,
+        help="input points per scene (-1: every in-bounds point)",
+    )
+    add(
+        "--num_output_pts",
+        type=POINT_COUNT,
+        default=400_000,
+        help="query points per training scene (-1: every in-bounds point)",
+    )
     add("--pointing_dim", type=COUNT, default=64)
     add("--unet_f_maps", type=COUNT, default=16)
     add("--unet_num_channels", type=COUNT, default=16)
@@ -263,6 +306,19 @@ def training_parser(task: str) -> argparse.ArgumentParser:
     add_shared_flags(parser)
     parser.add_argument("--log", required=True, help="output directory")
     parser.add_argument("--approach", choices=APPROACHES[task], default="semantic_abstraction")
+    start = parser.add_mutually_exclusive_group()
+    start.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue the run in --log from its latest.pth when there is one, else start it "
+        "(for torchrun --max-restarts and a scheduler's requeue)",
+    )
+    start.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="start over in a --log that holds a run, deleting its checkpoints, stats and "
+        "TensorBoard files",
+    )
     return parser
 
 
@@ -300,6 +356,9 @@ RUN_KEYS = {
     "eval_freq",
     "task",
     "clip_checkpoint",
+    "resume",
+    "overwrite",
+    "max_minutes",
 }
 
 

@@ -84,13 +84,33 @@ def setup_processes(device_flag: str) -> Processes:
     if device.type == "cuda":
         torch.cuda.set_device(device)
     if world_size > 1 and not dist.is_initialized():
-        dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
+        backend = "nccl" if device.type == "cuda" else "gloo"
+        dist.init_process_group(
+            backend, store=attempt_store(world_size), rank=rank, world_size=world_size
+        )
     logging.basicConfig(
         level=logging.INFO if rank == 0 else logging.ERROR,
         format="%(asctime)s %(message)s",
         datefmt="%H:%M:%S",
     )
     return Processes(rank, local_rank, world_size, device)
+
+
+def attempt_store(world_size: int) -> dist.Store | None:
+    """The store the process group meets in: under torchrun, a namespace of the agent's store for
+    this attempt of the group (None elsewhere: init_process_group's env:// as usual).
+
+    torchrun (torch 2.14) serves the same store to every attempt of a restarted group
+    (--max-restarts): without a namespace per attempt the restarted processes read the dead ones'
+    addresses from it, and gloo fails to connect ("Connection refused") or waits for them.
+    """
+    if os.environ.get("TORCHELASTIC_USE_AGENT_STORE") != "True":
+        return None
+    attempt = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")
+    store = dist.TCPStore(
+        os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]), world_size, is_master=False
+    )
+    return dist.PrefixStore(f"semabs/attempt_{attempt}", store)
 
 
 def teardown_processes() -> None:

@@ -13,7 +13,10 @@ write (ovssc-visualize, vool-visualize).
 
 from __future__ import annotations
 
+import functools
+import os
 import re
+import subprocess
 import textwrap
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -30,7 +33,7 @@ from tqdm import tqdm
 import geometry
 import inference
 import vocab
-from utils import InputError, atomic_path
+from utils import InputError, atomic_path, die_with_parent
 
 # The original's palette (sashamaps, 20 colours; white and black unused), index = file order % 20.
 PALETTE = np.array(
@@ -259,6 +262,52 @@ def paste_legend(frame: np.ndarray, legend_image: Image.Image | None) -> np.ndar
     return frame
 
 
+def _encoder_start(parent_pid: int) -> None:
+    """ffmpeg's preexec: its own process group (Ctrl-C is the parent's to handle), and ended by
+    the kernel when the parent dies, even by kill -9."""
+    os.setpgrp()
+    die_with_parent(parent_pid)
+
+
+class Mp4Encoder:
+    """ffmpeg turning raw RGB frames on its stdin into an H.264 (yuv420p, crf 25) mp4: the command of
+    imageio-ffmpeg's write_frames, started so that it ends with this process (write_frames's
+    ffmpeg went on writing its temporary file after its parent was killed)."""
+
+    def __init__(self, path: Path, size: int, fps: int):
+        command = [
+            imageio_ffmpeg.get_ffmpeg_exe(), "-y", "-f", "rawvideo", "-vcodec", "rawvideo",
+            "-s", f"{size}x{size}", "-pix_fmt", "rgb24", "-r", str(fps), "-i", "-", "-an",
+            "-vcodec", "libx264", "-pix_fmt", "yuv420p", "-crf", "25", "-v", "error",
+        ]  # fmt: skip
+        if size % 2:  # yuv420p needs even sides: scaled up by one pixel, as write_frames did
+            command += ["-vf", f"scale={size + 1}:{size + 1}"]
+        command += ["-f", "mp4", str(path)]  # the temporary name has no .mp4 to guess from
+        self.process = subprocess.Popen(
+            command,
+            stdin=subprocess.PIPE,
+            preexec_fn=functools.partial(_encoder_start, os.getpid()),
+        )
+
+    def send(self, frame: np.ndarray) -> None:
+        try:
+            self.process.stdin.write(np.ascontiguousarray(frame, dtype=np.uint8).tobytes())
+        except BrokenPipeError:
+            raise RuntimeError(f"ffmpeg stopped (exit {self.process.wait()})") from None
+
+    def close(self) -> None:
+        """Finish the file; an ffmpeg failure is an error."""
+        self.process.stdin.close()
+        code = self.process.wait()
+        if code != 0:
+            raise RuntimeError(f"ffmpeg failed (exit {code})")
+
+    def abort(self) -> None:
+        self.process.kill()
+        self.process.wait()
+        self.process.stdin.close()
+
+
 def render_turntable(
     shapes: list[Shape],
     path: str | Path,
@@ -273,17 +322,7 @@ def render_turntable(
     """Write an mp4 turntable (H.264, yuv420p) atomically; optionally the first frame as a PNG."""
     turntable = Turntable(shapes)
     with atomic_path(path) as tmp:
-        writer = imageio_ffmpeg.write_frames(
-            str(tmp),
-            (size, size),
-            fps=fps,
-            codec="libx264",
-            pix_fmt_out="yuv420p",
-            macro_block_size=2,
-            output_params=["-f", "mp4"],  # the temporary name has no .mp4 to guess from
-            ffmpeg_log_level="error",
-        )
-        writer.send(None)  # start ffmpeg
+        writer = Mp4Encoder(tmp, size, fps)
         try:
             # two frames in flight: one is ray-cast (open3d releases the GIL) while the other
             # is shaded in numpy
@@ -293,11 +332,13 @@ def render_turntable(
                     tqdm(views, total=num_frames, desc=desc, unit="frame", disable=not progress)
                 ):
                     frame = paste_legend(view, legend_image)
-                    writer.send(np.ascontiguousarray(frame))
+                    writer.send(frame)
                     if k == 0 and still_path is not None:
                         write_png(frame, still_path)
-        finally:
-            writer.close()
+        except BaseException:
+            writer.abort()
+            raise
+        writer.close()
 
 
 def write_png(image: np.ndarray, path: str | Path) -> None:

@@ -500,6 +500,8 @@ def main(
     """Print the OVSSC THOR, FULL VOOL THOR and OVSSC NYU tables (train-eval.md section 3)."""
     if format not in FORMATS:
         raise InputError(f"--format must be one of {', '.join(FORMATS)}, got {format!r}")
+    if json_path is not None and json_path.is_dir():
+        raise InputError(f"--json {json_path} is a folder: give the JSON file's name")
     overrides = {
         "ovssc": parse_overrides(ovssc or [], OVSSC_APPROACHES, "--ovssc"),
         "vool": parse_overrides(vool or [], VOOL_APPROACHES, "--vool"),

@@ -18,20 +18,31 @@ Checkpoints hold the released keys (`net`, `optimizer`, `epochs`), which the ori
 `scheduler`, `scaler`, `rng` and `position`: `--load <log>/latest.pth` then resumes exactly (same
 learning rate, same next batch). A released checkpoint (three keys) resumes as the original did:
 from its `epochs`, with the schedule restarted.
+
+A run is never lost or mixed up: a --log that holds a run is refused unless the command says what
+to do with it (`--resume` goes on from its latest.pth, `--load` starts from a checkpoint of that run,
+`--overwrite` deletes it first), so torchrun's restarts and a scheduler's requeue can rerun the same
+command with `--resume`. SIGTERM (a scheduler's notice before preemption, or torchrun shutting its
+group down) lets the step in flight finish; the ranks agree on it with the step's own all-reduce,
+rank 0 saves latest.pth at that position, and every process exits with 143 after one line.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import functools
 import logging
 import math
 import os
 import pickle
 import random
+import signal
+import sys
 import tempfile
+import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -48,7 +59,7 @@ import net
 import options
 import scene_file
 from lamb import Lamb
-from processes import Processes, seed_all, setup_processes, teardown_processes
+from processes import Processes, broadcast, seed_all, setup_processes, teardown_processes
 from schedules import SCHEDULES
 from tasks import Task
 from utils import InputError, atomic_path, remove_stale_temp_files, run_app
@@ -59,6 +70,7 @@ TRAIN_CUTOFFS = [-1.0]  # spec 1.6: the train split is scored at logit -1
 EVAL_CUTOFFS = np.arange(-2.7, 0, 0.3).tolist()  # 10 values, the last ~-1.8e-15 (kept as is)
 EVAL_SPLITS = ("unseen_instances",)  # the only non-train split visited during training
 TQDM_RATES = ("iou", "precision", "recall")
+EXIT_PREEMPTED = 143  # 128 + SIGTERM: what a scheduler sees from a job its SIGTERM ended
 
 
 # --------------------------------------------------------------------------------------------------
@@ -167,7 +179,10 @@ def epoch_order(size: int, train: bool, procs: Processes, seed: int, epoch: int)
 
 def seed_worker(worker_id: int) -> None:
     """worker_init_fn: torch seeds each worker with base_seed + id, the base drawn per epoch from the
-    loader's generator; numpy and python follow it, so no two workers share a stream."""
+    loader's generator; numpy and python follow it, so no two workers share a stream. SIGTERM ends a
+    worker as usual (the main process's handler, which only raises a flag, is not inherited).
+    """
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
     seed = torch.initial_seed() % 2**32
     np.random.seed(seed)
     random.seed(seed)
@@ -329,6 +344,7 @@ def atomic_pickle(obj, path: Path) -> None:
 
 
 def check_log_dir(log_dir: Path) -> None:
+    """Create --log (rank 0 only: no other rank writes anything) and check it can be written."""
     try:
         log_dir.mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryFile(dir=log_dir):
@@ -341,14 +357,19 @@ def check_log_dir(log_dir: Path) -> None:
 # one pass over a split
 
 
-def reduce_stats(stats: dict[str, float], procs: Processes) -> dict[str, float]:
-    """Rank mean of each scalar, all-reduced on the process group's device."""
+def reduce_stats(
+    stats: dict[str, float], procs: Processes, stop: bool = False
+) -> tuple[dict[str, float], bool]:
+    """Rank mean of each scalar, all-reduced on the process group's device; and whether any rank
+    asked to stop (SIGTERM), carried by the same all-reduce: every rank stops at the same step."""
     if not procs.ddp:
-        return stats
+        return stats, stop
     keys = sorted(stats)
-    values = torch.tensor([stats[k] for k in keys], dtype=torch.float64, device=procs.device)
+    values = [stats[k] for k in keys] + [float(stop)]
+    values = torch.tensor(values, dtype=torch.float64, device=procs.device)
     dist.all_reduce(values)
-    return dict(zip(keys, (values / procs.world_size).tolist()))
+    *means, stops = (values / procs.world_size).tolist()
+    return dict(zip(keys, means)), stops > 0
 
 
 def gather_frames(frame: pd.DataFrame, procs: Processes) -> pd.DataFrame:
@@ -357,6 +378,24 @@ def gather_frames(frame: pd.DataFrame, procs: Processes) -> pd.DataFrame:
     frames = [None] * procs.world_size
     dist.all_gather_object(frames, frame)
     return pd.concat(frames)
+
+
+def match_gradient_layout(model: nn.Module) -> None:
+    """Give every gradient its parameter's strides, as DDP's buckets expect (DDP compares strides
+    exactly, then copies the gradient into its bucket each step and warns "Grad strides do not
+    match bucket view strides"). Only size-1 axes can differ: a 1x1x1 conv weight is stored
+    channels-last (unet3d) and its gradient comes plain or channels-last depending on the conv
+    algorithm. Their strides address no memory, so the fix is a view of the same memory (free)."""
+    for parameter in model.parameters():
+        if parameter.requires_grad and 1 in parameter.shape:
+            parameter.register_hook(functools.partial(_restride, stride=parameter.stride()))
+
+
+def _restride(grad: torch.Tensor, stride: tuple[int, ...]) -> torch.Tensor:
+    if grad.stride() == stride:
+        return grad
+    same = all(n == 1 or a == b for n, a, b in zip(grad.shape, grad.stride(), stride, strict=True))
+    return grad.as_strided(grad.shape, stride, grad.storage_offset()) if same else grad
 
 
 def accuracy(logits: torch.Tensor, label: torch.Tensor, ignore: torch.Tensor) -> torch.Tensor:
@@ -396,6 +435,11 @@ class Trainer:
     writers: dict
     stop_after_steps: int | None = None  # tests: save latest.pth and stop after this many steps
     deadline: float | None = None  # benchmarks: the same once time.monotonic() passes this
+    # DDP: gradients stay views of DDP's buckets (zeroed in place, not dropped) unless some
+    # parameters go without a gradient, whose LAMB step must stay skipped as in one process
+    zero_grads_in_place: bool = False
+    signals: list = field(default_factory=list)  # SIGTERMs received (sigterm_flag)
+    terminated: bool = False  # the ranks agreed to stop on a SIGTERM
 
     @property
     def bare(self) -> nn.Module:
@@ -413,7 +457,7 @@ class Trainer:
             loss, label, ignore, padded = self.task.loss_fn(logits, batch, self.args)
         stats = {"loss": loss.item(), "accuracy": accuracy(logits.detach(), label, ignore).item()}
         if train:
-            self.optimizer.zero_grad(set_to_none=True)
+            self.optimizer.zero_grad(set_to_none=not self.zero_grads_in_place)
             if self.scaler is not None:
                 self.scaler.scale(loss).backward()
                 self.scaler.unscale_(self.optimizer)
@@ -472,7 +516,9 @@ class Trainer:
                     f"training stopped in epoch {position.epoch}, split {split}, batch {index}: "
                     f"{type(error).__name__}: {error}"
                 ) from error
-            stats = reduce_stats(stats, self.procs)  # every rank sees a nan loss of any rank
+            # every rank sees a nan loss and a SIGTERM of any rank
+            stats, terminated = reduce_stats(stats, self.procs, stop=bool(self.signals))
+            self.terminated = self.terminated or terminated
             if train:
                 self.check_finite(stats["loss"], position.epoch)
             frames.append(gather_frames(frame, self.procs))
@@ -488,6 +534,9 @@ class Trainer:
                 if self.stopped():
                     complete = index + 1 >= start + len(loader)
                     break
+            elif self.terminated:
+                complete = False
+                break
         if writer is not None and history:
             steps = int(self.bare.steps.item())
             for key in history[0]:
@@ -516,6 +565,8 @@ class Trainer:
         save_state(path, self.model, self.optimizer, self.scheduler, self.scaler, position)
 
     def stopped(self) -> bool:
+        if self.terminated:
+            return True
         if self.deadline is not None and time.monotonic() > self.deadline:
             return True
         return (
@@ -544,6 +595,119 @@ def check_resume_args(args: argparse.Namespace, log_dir: Path) -> None:
             f"flags differ from {stored_path}: {'; '.join(changed)} "
             "(resume with the stored flags, or train into a new --log)"
         )
+
+
+# --------------------------------------------------------------------------------------------------
+# one run per --log: refuse to mix runs, --resume, --overwrite
+
+LATEST = "latest.pth"
+STATS_FILE = "detailed_stats.pkl"
+
+
+def run_files(log_dir: Path) -> list[Path]:
+    """The files a run leaves in --log: latest.pth, args.pkl, detailed_stats.pkl, ckpt_<epoch>.pth
+    and the TensorBoard event files of its split folders."""
+    if not log_dir.is_dir():
+        return []
+    named = [log_dir / name for name in (LATEST, options.ARGS_FILE, STATS_FILE)]
+    return [
+        *(path for path in named if path.is_file()),
+        *sorted(log_dir.glob("ckpt_*.pth")),
+        *sorted(log_dir.glob("*/events.out.tfevents.*")),
+    ]
+
+
+def describe_latest(latest: Path) -> str:
+    """'<log>/latest.pth: epoch E, step S': the epoch a resume goes on in (the checkpoint's
+    `epochs`) and the optimizer steps taken; read through a memory map, not loaded."""
+    try:
+        ckpt = torch.load(latest, map_location="cpu", weights_only=True, mmap=True)
+        epoch, steps = int(ckpt["epochs"]), ckpt["net"].get("steps")
+    except Exception as error:  # torch raises many types for truncated or foreign files
+        return f"{latest}, not readable: {checkpoint.load_failure(error)}"
+    return f"{latest}: epoch {epoch}" + (f", step {int(steps.item())}" if steps is not None else "")
+
+
+def describe_run(log_dir: Path, files: list[Path]) -> str:
+    if log_dir / LATEST in files:
+        return describe_latest(log_dir / LATEST)
+    names = [path.relative_to(log_dir).as_posix() for path in files]
+    shown = ", ".join(names[:3]) + (", ..." if len(names) > 3 else "")
+    return f"no {LATEST}, but {shown}"
+
+
+def claim_log_dir(args: argparse.Namespace, log_dir: Path) -> str | None:
+    """Rank 0, before anything is written: create --log, remove the temporary files of killed
+    writers, and settle what happens to a run already there. -> the checkpoint to start from.
+
+    Without --load, --resume or --overwrite a run in --log is refused, as is --load of a checkpoint
+    from elsewhere (its latest.pth would be overwritten by another run). --resume goes on from
+    latest.pth when there is one (else the run starts: a restart before the first save);
+    --overwrite, and --resume without latest.pth, first delete the earlier run's files.
+    """
+    check_log_dir(log_dir)
+    for stale in remove_stale_temp_files(log_dir):
+        print(f"removed {stale}, left by an interrupted run", flush=True)
+    files = run_files(log_dir)
+    latest = log_dir / LATEST
+    if args.resume and latest in files:
+        print(f"--resume: continuing {describe_latest(latest)}", flush=True)
+        return str(latest)
+    load_here = args.load is not None and Path(args.load).resolve().parent == log_dir.resolve()
+    if not files:
+        if args.resume:
+            print(f"--resume: no {latest} yet, starting the run", flush=True)
+        return args.load
+    if args.overwrite or args.resume:
+        if load_here:
+            flag = "--overwrite" if args.overwrite else f"--resume (without {LATEST})"
+            raise InputError(
+                f"--load {args.load} lies in --log {log_dir}, whose run {flag} deletes: copy it "
+                "elsewhere first"
+            )
+        described = describe_run(log_dir, files)
+        for path in files:
+            path.unlink()
+        why = "--overwrite" if args.overwrite else f"--resume found no {LATEST}"
+        print(f"{why}: removed the earlier run's {len(files)} files from {log_dir} ({described})")
+        return args.load
+    if load_here:
+        return args.load
+    ways = "continue it with --resume, train into another --log, or start over with --overwrite"
+    if args.load is not None:
+        ways = f"--load {args.load} is not from this run: {ways}"
+    raise InputError(f"--log {log_dir} holds a run ({describe_run(log_dir, files)}); {ways}")
+
+
+# --------------------------------------------------------------------------------------------------
+# SIGTERM: save where the run stands and stop
+
+
+class Preempted(Exception):
+    """Training stopped on SIGTERM after saving latest.pth; the message is the line printed."""
+
+
+@contextlib.contextmanager
+def sigterm_flag():
+    """Within the block SIGTERM only appends to the yielded list, which the training loop reads
+    after each step; the previous handler comes back after it. Main thread only (signal.signal)."""
+    received: list[int] = []
+    if threading.current_thread() is not threading.main_thread():
+        yield received
+        return
+    previous = signal.signal(signal.SIGTERM, lambda signum, frame: received.append(signum))
+    try:
+        yield received
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def preempted_line(args: argparse.Namespace, position: Position, model: nn.Module) -> str:
+    latest = Path(args.log) / LATEST
+    return (
+        f"stopped by SIGTERM at epoch {position.epoch}, step {int(model.steps.item())}; saved "
+        f"{latest} (continue with the same command and --resume)"
+    )
 
 
 def text_encoder(args: argparse.Namespace, device: torch.device):
@@ -586,10 +750,18 @@ def train(
         trainer, datasets, position = setup(task, args, procs, network_overrides)
         trainer.stop_after_steps, trainer.deadline = stop_after_steps, deadline
         try:
-            position = run_epochs(trainer, datasets, position)
+            with sigterm_flag() as trainer.signals:
+                position = run_epochs(trainer, datasets, position)
         finally:
             for writer in trainer.writers.values():
                 writer.close()
+        if trainer.terminated:
+            if procs.ddp:  # no rank leaves (torchrun would stop the rest) before rank 0 saved
+                dist.barrier()
+            line = preempted_line(args, position, trainer.bare)
+            if procs.main:
+                print(line, file=sys.stderr, flush=True)
+            raise Preempted(line)
         if procs.main and deadline is not None and time.monotonic() > deadline:
             print(out_of_time_line(args, max_seconds, position, trainer.bare), flush=True)
         return trainer.bare
@@ -620,10 +792,15 @@ def setup(
             "--use_amp with --amp_dtype fp16 needs CUDA (its gradient scaler); on CPU use "
             "--amp_dtype bf16, or drop --use_amp"
         )
-    check_log_dir(log_dir)
+    problem = None
     if procs.main:
-        for stale in remove_stale_temp_files(log_dir):
-            print(f"removed {stale}, left by an interrupted run", flush=True)
+        try:
+            args.load = claim_log_dir(args, log_dir)
+        except InputError as error:
+            problem = str(error)
+    problem, args.load = broadcast((problem, args.load), procs)
+    if problem:
+        raise InputError(problem)
     check_resume_args(args, log_dir)
     lists = check_data(args.file_path, task.name, args.saliency_config)
     seed_all(args.seed + procs.rank)
@@ -646,36 +823,57 @@ def setup(
     position = Position()
     if args.load:
         position = restore_state(args.load, model, optimizer, scheduler, scaler, procs.device)
-    if procs.ddp:
-        model = nn.parallel.DistributedDataParallel(
-            model,
-            device_ids=[procs.device.index] if procs.device.type == "cuda" else None,
-            find_unused_parameters=True,
-        )
+    model, zero_grads_in_place = distribute(model, procs)
 
     writers = {}
     if procs.main:
         options.save_args(args, log_dir)
         from torch.utils.tensorboard import SummaryWriter
 
-        writers = {split: SummaryWriter(str(log_dir / split)) for split in lists}
+        # a resumed run's TensorBoard drops the steps an earlier attempt logged past its save
+        purge = int(checkpoint.unwrap(model).steps.item()) if args.load else None
+        writers = {split: SummaryWriter(str(log_dir / split), purge_step=purge) for split in lists}
     trainer = Trainer(task, args, procs, model, optimizer, scheduler, scaler, writers)
+    trainer.zero_grads_in_place = zero_grads_in_place
     return trainer, datasets, position
+
+
+def distribute(model: nn.Module, procs: Processes) -> tuple[nn.Module, bool]:
+    """The network wrapped in DDP under torchrun (else as it is), and whether the trainer should
+    zero gradients in place (Trainer.zero_grads_in_place).
+
+    The unused-parameter search only for networks that leave some parameters without a gradient
+    (it costs a traversal of the graph each step, and warns when it finds none); gradients laid
+    out as DDP's buckets (match_gradient_layout) and kept as views of them, zeroed in place, so no
+    gradient is copied into its bucket each step.
+    """
+    if not procs.ddp:
+        return model, False
+    unused = net.leaves_parameters_unused(model)
+    match_gradient_layout(model)
+    wrapped = nn.parallel.DistributedDataParallel(
+        model,
+        device_ids=[procs.device.index] if procs.device.type == "cuda" else None,
+        find_unused_parameters=unused,
+        gradient_as_bucket_view=True,
+    )
+    return wrapped, not unused
 
 
 def run_epochs(trainer: Trainer, datasets: dict, position: Position) -> Position:
     """The epoch loop of train-eval.md 1.6 from `position`; -> where the run stopped.
 
     Each epoch: train (latest.pth after it), ckpt_<epoch>.pth every --save_freq epochs and after
-    the last, the evaluation splits every --eval_freq epochs, and latest.pth past the epoch once it
-    was evaluated (without evaluation, training's latest.pth already holds this state). The rows of
+    the last (none with --save_freq 0), the evaluation splits every --eval_freq epochs, and
+    latest.pth past the epoch once it was evaluated (without evaluation, training's latest.pth
+    already holds this state). A SIGTERM returns after the step in flight. The rows of
     every split go to detailed_stats.pkl. The periodic checkpoint is written before evaluation
     (which leaves the weights as they are) and before latest.pth moves past the epoch: a run killed
     while writing it resumes inside the epoch and writes it again, where the original, writing it
     last, lost it."""
     args, procs = trainer.args, trainer.procs
     log_dir = Path(args.log)
-    stats = StatsFile(log_dir / "detailed_stats.pkl", resume=bool(args.load), main=procs.main)
+    stats = StatsFile(log_dir / STATS_FILE, resume=bool(args.load), main=procs.main)
     for epoch in range(position.epoch, args.epochs):
         if position.epoch != epoch:
             position = Position(epoch=epoch)
@@ -689,12 +887,15 @@ def run_epochs(trainer: Trainer, datasets: dict, position: Position) -> Position
                 return position
             epoch_frames.append(stats.add(frame, epoch, "train"))
         after = Position(epoch=epoch + 1)
-        if procs.main and (every(epoch, args.save_freq) or epoch == args.epochs - 1):
+        last = epoch == args.epochs - 1
+        if procs.main and args.save_freq > 0 and (every(epoch, args.save_freq) or last):
             trainer.save(log_dir / f"ckpt_{epoch}.pth", after)
             log.info("Saved checkpoint to %s", log_dir / f"ckpt_{epoch}.pth")
         evaluated = [s for s in EVAL_SPLITS if s in datasets and every(epoch, args.eval_freq)]
         for split in evaluated:
             frame, _ = trainer.run_split(split, datasets[split], position)
+            if trainer.terminated:  # latest.pth (after training) holds this state: redo the split
+                return position
             epoch_frames.append(stats.add(frame, epoch, split))
         if procs.main and epoch_frames:
             rows = metrics.epoch_summary(
@@ -733,6 +934,11 @@ def main(task: Task, argv: list[str] | None = None) -> None:
         args = prepare_args(task.name, argv)
         if args.max_minutes is not None and int(os.environ.get("WORLD_SIZE", 1)) > 1:
             raise InputError("--max_minutes works in one process only (each rank would stop alone)")
-        train(task, args, max_seconds=None if args.max_minutes is None else args.max_minutes * 60)
+        try:
+            train(
+                task, args, max_seconds=None if args.max_minutes is None else args.max_minutes * 60
+            )
+        except Preempted:
+            sys.exit(EXIT_PREEMPTED)  # its line is printed (rank 0)
 
     run_app(run)

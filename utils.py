@@ -135,6 +135,8 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     removes it once its writer is gone.
     """
     path = Path(path)
+    if path.is_dir():
+        raise InputError(f"{path} is a folder: give a file name to write")
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(
         prefix=f".{path.name}.{_temp_owner()}.", suffix=".tmp", dir=path.parent

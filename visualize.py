@@ -30,7 +30,7 @@ import geometry
 import inference
 import render
 from cli_options import CheckpointOpt, DeviceOpt, ModelOpt, PretrainedOpt
-from utils import InputError, run_app
+from utils import InputError, remove_stale_temp_files, run_app
 
 app = typer.Typer(add_completion=False, pretty_exceptions_enable=False, help=__doc__.split("\n")[0])
 
@@ -50,6 +50,12 @@ def at_least_one(**values: int) -> None:
         if value < 1:
             option = "--" + name.replace("_", "-") if " " not in name else "--" + name
             raise InputError(f"{option} must be at least 1, got {value}")
+
+
+def remove_stale(folder: Path) -> None:
+    """The temporary files a killed run left in folder, one line each (as training and eval)."""
+    for stale in remove_stale_temp_files(folder):
+        print(f"removed {stale.name}, left by an interrupted run")
 
 
 def inference_command(task: str, finish: Callable[[inference.SceneRun], None]):
@@ -122,6 +128,7 @@ def ovssc_visualize(
 ) -> None:
     """completion.mp4 (and completion.png) of every .obj under OUTPUT_PATH, one colour a class."""
     at_least_one(num_frames=num_frames, size=size)
+    remove_stale(output_path)
     video = render.completion_turntable(output_path, num_frames, size)
     print(f"wrote {video} and completion.png")
 
@@ -134,6 +141,7 @@ def vool_visualize(
 ) -> None:
     """<description>.mp4 (and .png) per description cloud, shown in the scene_rgb cloud."""
     at_least_one(num_frames=num_frames, size=size)
+    remove_stale(output_path)
     for video in render.localization_turntables(output_path, num_frames, size):
         print(f"wrote {video}")
 

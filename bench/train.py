@@ -41,7 +41,6 @@ PRESET = {"default": "full", "small": "small"}
 def worker(cli: argparse.Namespace) -> None:
     """One process of a case (under torchrun when --procs 2): time --steps steps, print JSON."""
     import numpy as np
-    import torch
 
     import dataset
     import net
@@ -61,9 +60,9 @@ def worker(cli: argparse.Namespace) -> None:
     )["train"]
     model = net.build_network(cli.task, args.approach, args)
     optimizer, scheduler = training.make_optimizer(model, args, total=1000)
-    if procs.ddp:
-        model = torch.nn.parallel.DistributedDataParallel(model, find_unused_parameters=True)
+    model, zero_grads_in_place = training.distribute(model, procs)  # DDP as training uses it
     trainer = training.Trainer(task, args, procs, model, optimizer, scheduler, None, {})
+    trainer.zero_grads_in_place = zero_grads_in_place
     model.train()
     loader = training.make_loader(data, True, args, procs, epoch=0)
     batches = iter(loader)

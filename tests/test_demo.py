@@ -11,6 +11,7 @@ from pathlib import Path
 import imageio.v3 as iio
 import numpy as np
 import pandas as pd
+import pytest
 import torch
 import trimesh
 from conftest import REPO
@@ -117,6 +118,16 @@ def test_demo_runs_every_stage_and_a_rerun_reuses_them(tmp_path):
                   "6/6 render OVSSC", "6/6 visualize VOOL"):  # fmt: skip
         assert f"✓ {stage}: already done" in again.stdout, stage
     assert again.stdout.splitlines()[-2:] == last
+
+
+@pytest.mark.parametrize("value", ["0", "-1", "nan"])
+def test_the_demos_own_flags_are_checked_before_any_stage(tmp_path, value):
+    result = CliRunner().invoke(demo.app, ["--out", str(tmp_path / "o"), "--train-minutes", value])
+    assert isinstance(result.exception, InputError)
+    assert str(result.exception) == (
+        f"--train-minutes must be a finite number of minutes > 0, got {value}"
+    )
+    assert not (tmp_path / "o").exists()  # no stage ran
 
 
 def test_verdict_names_the_best_baseline_and_the_margin():

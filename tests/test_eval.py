@@ -265,7 +265,7 @@ def test_baselines_write_a_network_frames_rows_beside_args(data, evaluated, ovss
         argv = ["--task", "ovssc", "--file_path", data, "--baseline", name, "--args", args_file]
         with contextlib.redirect_stdout(out):
             eval_script.main([*map(str, argv), "--device", "cpu", "--num_workers", "0"])
-        frame = pd.read_pickle(tmp_path / f"{name}_eval_stats.pkl")
+        frame = pd.read_pickle(tmp_path / f"{name}_ovssc_eval_stats.pkl")
         assert list(frame.columns) == list(network.columns)
         assert (frame["epoch"] == 0).all()
         cutoffs = baselines.BASELINES[name].cutoffs
@@ -334,13 +334,102 @@ def test_default_cutoffs_are_the_originals_and_a_wider_range_extends_the_frame(
     # resuming into a file of other cutoffs would mix them
     err = one_error_line(eval_argv(data, ckpt, "ovssc", "--output", wide_file), capsys)
     assert err == (
-        f"error: {wide_file} holds stats at other cutoffs than this run's 25; --replace to start "
-        "over, or --output / --suffix for another file"
+        f"error: {wide_file} was made from other inputs (cutoffs 105 from -2.5 to 7.9 there, 25 "
+        "from -2.5 to -0.1 here); --replace to start over, or --output / --suffix for another file"
     )
-    err = one_error_line(eval_argv(data, ckpt, "ovssc", "--cutoffs", "0", "-1", "0.1"), capsys)
+
+
+@pytest.mark.parametrize(
+    "values, problem",
+    [
+        (["nan", "1", "0.1"], "START STOP STEP must be finite numbers, got nan 1 0.1"),
+        (["-1", "inf", "0.1"], "START STOP STEP must be finite numbers, got -1 inf 0.1"),
+        (
+            ["-1", "2", "1e-9"],
+            "that is 3,000,000,000 cutoffs, at most 1000 make sense, got -1 2 1e-09",
+        ),
+        (["0", "-1", "0.1"], "START must be below STOP, got 0 -1 0.1"),
+        (["0", "1", "-0.1"], "STEP must be > 0, got 0 1 -0.1"),
+    ],
+)
+def test_cutoffs_are_checked_when_parsed(values, problem, capsys):
+    with pytest.raises(SystemExit):
+        eval_script.parser().parse_args(
+            ["--task", "ovssc", "--file_path", "x", "--cutoffs", *values]
+        )
+    last = capsys.readouterr().err.strip().splitlines()[-1]  # "<prog>: error: ..."
+    assert last.endswith(f": error: argument --cutoffs: {problem}"), last
+
+
+# -- a stats file says what made it; a resume from other inputs is refused
+
+
+def test_stats_file_records_its_inputs_and_refuses_a_resume_from_others(
+    data, evaluated, ovssc_ckpt, tmp_path, capsys
+):
+    ckpt, frame, _, _ = evaluated
+    made_by = frame.attrs[evaluation.PROVENANCE_KEY]
+    weights = checkpoint.weights_fingerprint(checkpoint.read_checkpoint(ckpt)["net"])
+    assert made_by["task"] == "ovssc" and made_by["scored"] == f"checkpoint {ckpt.resolve()}"
+    assert made_by["weights"] == weights and made_by["epoch"] == frame["epoch"].iloc[0]
+    assert made_by["file_path"] == str(data.resolve()) and len(made_by["cutoffs"]) == 25
+    # another checkpoint of the same epoch into the same --output: refused, naming the weights
+    other = tmp_path / "other.pth"
+    state = checkpoint.read_checkpoint(ckpt)
+    state["net"] = {k: v + 1 if v.is_floating_point() else v for k, v in state["net"].items()}
+    torch.save(state, other)
+    (tmp_path / "args.pkl").write_bytes((ckpt.parent / "args.pkl").read_bytes())
+    stats = ckpt.parent / "ovssc_eval_stats_nyu.pkl"
+    err = one_error_line(eval_argv(data, other, "ovssc", "--output", stats), capsys)
+    assert err.startswith(
+        f"error: {stats} was made from other inputs (weights (fingerprint) {weights} there, "
+    )
+    # the same weights under another name resume (nothing left to do)
+    same = tmp_path / "copy.pth"
+    same.write_bytes(ckpt.read_bytes())
+    assert "2 already done" in run_eval(eval_argv(data, same, "ovssc", "--output", stats), capsys)
+
+
+def test_baselines_of_both_tasks_do_not_share_a_default_file(data, ovssc_ckpt, tmp_path, capsys):
+    args_file = run_args(ovssc_ckpt, tmp_path)
+    base = ["--file_path", data, "--baseline", "all_in_frustum", "--args", args_file]
+    base += ["--device", "cpu", "--num_workers", "0"]
+    for task in ("ovssc", "vool"):
+        line = run_eval(["--task", task, *base], capsys)
+        assert "already done" not in line
+        frame = pd.read_pickle(tmp_path / f"all_in_frustum_{task}_eval_stats.pkl")
+        assert frame.attrs[evaluation.PROVENANCE_KEY]["task"] == task
+        assert frame.attrs[evaluation.PROVENANCE_KEY]["scored"] == "baseline all_in_frustum"
+    stats = tmp_path / "all_in_frustum_ovssc_eval_stats.pkl"
+    err = one_error_line(["--task", "vool", *base, "--output", stats], capsys)
     assert err == (
-        "error: --cutoffs 0 -1 0.1 gives no cutoff (np.arange(START, STOP, STEP) with STEP > 0 "
-        "and START < STOP)"
+        f"error: {stats} was made from other inputs (task ovssc there, vool here); --replace to "
+        "start over, or --output / --suffix for another file"
+    )
+    other = ["--task", "ovssc", *base, "--output", stats]
+    err = one_error_line([*other[:5], "lifted_relevancy", *other[6:]], capsys)
+    assert err.startswith(
+        f"error: {stats} was made from other inputs (baseline all_in_frustum there, baseline "
+        "lifted_relevancy here)"
+    )
+
+
+# -- -1: every point (data.md 3.2 step 4)
+
+
+def test_a_checkpoint_whose_args_pkl_holds_minus_one_evaluates(data, ovssc_ckpt, tmp_path, capsys):
+    run_args(ovssc_ckpt, tmp_path, num_input_pts=-1, num_output_pts=-1)
+    ckpt = tmp_path / "ovssc.pth"
+    ckpt.write_bytes(ovssc_ckpt.read_bytes())
+    line = run_eval(eval_argv(data, ckpt, "ovssc", "--output", tmp_path / "s.pkl"), capsys)
+    assert "2 splits" in line
+    assert len(pd.read_pickle(tmp_path / "s.pkl"))
+    with pytest.raises(SystemExit):
+        eval_script.parser().parse_args(
+            ["--task", "ovssc", "--file_path", "x", "--num_input_pts", "-2"]
+        )
+    assert "--num_input_pts: must be an integer >= 1, or -1 (every point), got -2" in (
+        capsys.readouterr().err
     )
 
 
@@ -351,6 +440,16 @@ def test_missing_checkpoint_and_folder_are_named(data, ovssc_ckpt, tmp_path, cap
     missing = tmp_path / "missing.pth"
     err = one_error_line(eval_argv(data, missing), capsys)
     assert err == f"error: checkpoint {missing} does not exist"
+    err = one_error_line(eval_argv(data, ovssc_ckpt.parent), capsys)
+    assert err == (
+        f"error: --load {ovssc_ckpt.parent} is a folder: give the checkpoint file in it (e.g. "
+        f"{ovssc_ckpt.parent / 'latest.pth'})"
+    )
+    err = one_error_line(eval_argv(data, ovssc_ckpt, "ovssc", "--output", tmp_path), capsys)
+    assert err == (
+        f"error: --output {tmp_path} is a folder: give the stats file, e.g. "
+        f"{tmp_path}/eval_stats.pkl"
+    )
     err = one_error_line(eval_argv(tmp_path / "nowhere", ovssc_ckpt), capsys)
     assert err == f"error: --file_path {tmp_path / 'nowhere'} does not exist"
     err = one_error_line(eval_argv(ovssc_ckpt, ovssc_ckpt), capsys)

@@ -334,6 +334,11 @@ def test_cli_help_and_errors(tmp_path):
     result = run_cli("--models-dir", str(tmp_path), "--tables", "nyu")
     assert result.returncode == 1
     assert result.stderr.splitlines()[-2].startswith("error: no stats file could be read for nyu")
+    result = run_cli("--models-dir", str(tmp_path), "--json", str(tmp_path))  # not its temp file
+    assert result.returncode == 1
+    assert result.stderr.splitlines()[0] == (
+        f"error: --json {tmp_path} is a folder: give the JSON file's name"
+    )
 
 
 # A baseline frame small enough to score by hand: at its one cutoff, Novel Room = rooms 26:

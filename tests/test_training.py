@@ -9,6 +9,7 @@ import pickle
 import re
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -157,6 +158,7 @@ def test_loss_falls_over_a_few_steps(data):
     batch = next(iter(torch.utils.data.DataLoader(datasets["train"], batch_size=1)))
     torch.manual_seed(0)
     model = training.net.build_network("ovssc", args.approach, args)
+    training.match_gradient_layout(model)  # what DDP gets
     optimizer, scheduler = training.make_optimizer(model, args, total=100)
     trainer = training.Trainer(
         tasks.OVSSC, args, processes.Processes(), model, optimizer, scheduler, None, {}
@@ -164,6 +166,11 @@ def test_loss_falls_over_a_few_steps(data):
     losses = [trainer.step(batch, [-1.0], train=True)[0]["loss"] for _ in range(6)]
     assert losses[-1] < losses[0] - 0.01, losses
     assert model.steps.item() == 6  # the steps buffer counts optimizer steps
+    # every parameter has a gradient (DDP: no unused-parameter search), laid out as the parameter
+    # (DDP's buckets copy, and warn about, a gradient whose strides differ from its parameter's)
+    assert not training.net.leaves_parameters_unused(model)
+    for name, p in model.named_parameters():
+        assert p.grad is not None and p.grad.stride() == p.stride(), name
 
 
 def weights(path: Path) -> dict:
@@ -198,19 +205,37 @@ def test_vool_trains_and_evaluates(data, tmp_path):
     folder = with_splits(data, 1, 1)
     model = training.train(tasks.VOOL, args_for("vool", folder, tmp_path / "vool", "--epochs", "1"))
     assert model.steps.item() == 1
+    # DDP's unused-parameter search is on for VOOL: a step leaves some parameters without a grad
+    assert any(p.grad is None for p in model.parameters())
+    assert training.net.leaves_parameters_unused(model)
     frame = training.pd.read_pickle(tmp_path / "vool" / "detailed_stats.pkl")
     assert set(frame["split"]) == {"train", "unseen_instances"}
     assert len(frame[frame["split"] == "unseen_instances"]["cutoff"].unique()) == 10
 
 
-def test_zero_frequencies_skip_evaluation_and_intermediate_checkpoints(data, tmp_path):
+def test_zero_frequencies_skip_evaluation_and_every_periodic_checkpoint(data, tmp_path):
     folder = with_splits(data, 1, 1)
     log = tmp_path / "log"
     extra = ("--epochs", "2", "--eval_freq", "0", "--save_freq", "0")
     training.train(tasks.OVSSC, args_for("ovssc", folder, log, *extra))
     frame = training.pd.read_pickle(log / "detailed_stats.pkl")
     assert set(frame["split"]) == {"train"} and set(frame["epoch"]) == {0, 1}
-    assert sorted(p.name for p in log.glob("ckpt_*.pth")) == ["ckpt_1.pth"]  # the last epoch's
+    assert not list(log.glob("ckpt_*.pth"))  # 0: never, not even the last epoch's
+    assert read_checkpoint(log / "latest.pth")["epochs"] == 2  # the end of the run is latest.pth
+    # one rule in the help, the README and the code
+    help_text = " ".join(training.options.training_parser("ovssc").format_help().split())
+    assert "(0: never, latest.pth only)" in help_text
+    readme = " ".join((REPO / "README.md").read_text().split())
+    assert "`--save_freq 0` writes none (only `latest.pth`)" in readme
+
+
+def test_save_freq_keeps_every_nth_epoch_and_the_last(data, tmp_path):
+    log = tmp_path / "log"
+    extra = ("--epochs", "4", "--eval_freq", "0", "--save_freq", "2")
+    training.train(tasks.OVSSC, args_for("ovssc", with_splits(data, 1, 0), log, *extra))
+    assert sorted(p.name for p in log.glob("ckpt_*.pth")) == [
+        "ckpt_0.pth", "ckpt_2.pth", "ckpt_3.pth"
+    ]  # fmt: skip
 
 
 def test_negative_frequency_is_refused(capsys):
@@ -246,35 +271,185 @@ def test_baseline_approaches_train(data, tmp_path, monkeypatch, tiny_models, tas
 # -- two processes under torchrun (gloo)
 
 DDP_SCRIPT = """
-import os, sys, torch
+import os, signal, sys, torch
 sys.path.insert(0, {repo!r})
 import tasks, training
+rank = os.environ["RANK"]
+open(os.path.join(os.environ["OUT"], f"rank{{rank}}.pid"), "w").write(str(os.getpid()))
+kill_at = int(os.environ.get("KILL_RANK1_AT_STEP", 0))
+if kill_at and rank == "1" and os.environ["TORCHELASTIC_RESTART_COUNT"] == "0":
+    step = training.Trainer.step
+
+    def dying_step(self, *args):  # a worker lost in the middle of an epoch
+        result = step(self, *args)
+        if self.bare.steps.item() >= kill_at:
+            os.kill(os.getpid(), signal.SIGKILL)
+        return result
+
+    training.Trainer.step = dying_step
 args = training.prepare_args("ovssc", sys.argv[1:])
-model = training.train(tasks.OVSSC, args)
-torch.save(model.state_dict(), os.path.join(args.log, f"rank{{os.environ['RANK']}}.pt"))
+try:
+    model = training.train(tasks.OVSSC, args)
+except training.Preempted:
+    sys.exit(training.EXIT_PREEMPTED)
+torch.save(model.state_dict(), os.path.join(os.environ["OUT"], f"rank{{rank}}.pt"))
 """
+DDP_EPOCHS = ("--epochs", "2")  # 4 train scenes: 2 steps per process per epoch; epoch 0 evaluated
+DDP_WARNINGS = ("find_unused_parameters=True was specified", "Grad strides do not match")
 
 
-def test_two_process_torchrun_gloo(data, tmp_path):
-    folder = with_splits(data, 4, 1)
+def torchrun(tmp_path: Path, folder: Path, log: Path | str, *options: str, extra=(), **env):
+    """Popen of `torchrun OPTIONS -- DDP_SCRIPT` (train_ovssc flags, the tiny network); the script
+    writes rank<R>.pid and, at the end, rank<R>.pt (its weights) into env OUT."""
     script = tmp_path / "ddp_train.py"
     script.write_text(DDP_SCRIPT.format(repo=str(REPO)))
-    log = tmp_path / "ddp"
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2"]
+    cmd = [sys.executable, "-m", "torch.distributed.run", *options]
     # "--" keeps torchrun's own parser off our flags (its --log-dir makes "--log" ambiguous)
-    cmd += ["--standalone", "--", str(script), "--file_path", str(folder), "--log", str(log)]
-    cmd += TINY + ["--epochs", "1"]
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    done = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=240)
-    assert done.returncode == 0, done.stderr[-3000:]
-    for name in ("args.pkl", "latest.pth", "ckpt_0.pth", "detailed_stats.pkl", "train"):
+    cmd += ["--", str(script), "--file_path", str(folder), "--log", str(log), *TINY, *extra]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "OUT": str(tmp_path), **env}
+    return subprocess.Popen(
+        cmd, cwd=env.get("CWD", REPO), env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        text=True, start_new_session=True,
+    )  # fmt: skip
+
+
+def finished(process, timeout=240) -> tuple[str, str]:
+    """(stdout, stderr) of a process started in its own session; on timeout the whole session
+    (torchrun and its workers) is killed."""
+    try:
+        out, err = process.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        out, err = process.communicate()
+        pytest.fail(f"timed out: {err[-3000:]}")
+    return out, err
+
+
+@pytest.fixture(scope="module")
+def ddp_run(data, tmp_path_factory):
+    """An uninterrupted two-process run: (log, stderr, folder of rank<R>.pt)."""
+    folder, out = with_splits(data, 4, 1), tmp_path_factory.mktemp("ddp")
+    log = out / "log"
+    process = torchrun(out, folder, log, "--standalone", "--nproc_per_node", "2", extra=DDP_EPOCHS)
+    _, err = finished(process)
+    assert process.returncode == 0, err[-3000:]
+    return log, err, out
+
+
+def test_two_process_torchrun_gloo(ddp_run):
+    log, err, out = ddp_run
+    for name in ("args.pkl", "latest.pth", "ckpt_0.pth", "ckpt_1.pth", "detailed_stats.pkl"):
         assert (log / name).exists(), name
-    ranks = [torch.load(log / f"rank{r}.pt") for r in (0, 1)]
-    assert ranks[0]["steps"].item() == 2  # 4 scenes over 2 processes, batch 1
+    ranks = [torch.load(out / f"rank{r}.pt") for r in (0, 1)]
+    assert ranks[0]["steps"].item() == 4  # 4 scenes over 2 processes, batch 1, 2 epochs
     for key in ranks[0]:
         assert torch.equal(ranks[0][key], ranks[1][key]), key
-    saved = weights(log / "ckpt_0.pth")
+    saved = weights(log / "ckpt_1.pth")
     assert all(torch.equal(saved[k], ranks[0][k]) for k in saved)
+    # find_unused_parameters only where needed, gradients laid out as DDP's buckets
+    assert not [w for w in DDP_WARNINGS if w in err], err[-3000:]
+
+
+def test_torchrun_restart_after_a_killed_worker_resumes_to_the_uninterrupted_weights(
+    data, tmp_path, ddp_run
+):
+    """Rank 1 is SIGKILLed after step 3 (epoch 1); torchrun --max-restarts 1 restarts the group
+    with the same command, which --resume continues from latest.pth (end of epoch 0)."""
+    straight, _, _ = ddp_run
+    log = tmp_path / "log"
+    options = ("--standalone", "--nproc_per_node", "2", "--max-restarts", "1")
+    process = torchrun(tmp_path, with_splits(data, 4, 1), log, *options,
+                       extra=(*DDP_EPOCHS, "--resume"), KILL_RANK1_AT_STEP="3")  # fmt: skip
+    out, err = finished(process)
+    assert process.returncode == 0, err[-3000:]
+    assert f"--resume: no {log / 'latest.pth'} yet, starting the run" in out
+    assert f"--resume: continuing {log / 'latest.pth'}: epoch 1, step 2" in out  # the restart
+    a, b = read_checkpoint(straight / "ckpt_1.pth"), read_checkpoint(log / "ckpt_1.pth")
+    assert b["net"]["steps"].item() == 4
+    for key in a["net"]:
+        assert torch.equal(a["net"][key], b["net"][key]), key
+    assert a["scheduler"]["_last_lr"] == b["scheduler"]["_last_lr"]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_two_nodes_on_localhost_only_rank_0_writes_and_sigterm_stops_both(data, tmp_path):
+    """Two torchrun commands (one process each) meeting at a c10d rendezvous, each in its own
+    folder with --log relative to it (two machines without a shared disk). SIGTERM to rank 1 alone:
+    both ranks stop at the same step, rank 0 saves it and says so in one line; rank 1 never
+    writes."""
+    folder, port = with_splits(data, 4, 0), free_port()
+    options = ("--nnodes", "2", "--nproc_per_node", "1", "--rdzv-backend", "c10d")
+    options += ("--rdzv-endpoint", f"127.0.0.1:{port}")
+    extra = ("--epochs", "500", "--eval_freq", "0", "--save_freq", "0")
+    nodes = {}
+    for node in (0, 1):
+        cwd = tmp_path / f"node{node}"
+        cwd.mkdir()
+        nodes[cwd] = torchrun(cwd, folder, "run", *options, extra=extra, CWD=str(cwd))
+    deadline = time.monotonic() + 120
+    while not any((cwd / "run" / "latest.pth").exists() for cwd in nodes):
+        if time.monotonic() > deadline or any(p.poll() is not None for p in nodes.values()):
+            for process in nodes.values():
+                os.killpg(process.pid, signal.SIGKILL)
+            pytest.fail("no latest.pth: " + "".join(finished(p)[1][-2000:] for p in nodes.values()))
+        time.sleep(0.01)
+    first, second = sorted(nodes, key=lambda cwd: not (cwd / "rank0.pid").exists())
+    os.kill(int((second / "rank1.pid").read_text()), signal.SIGTERM)
+    errors = {cwd: finished(process, timeout=120)[1] for cwd, process in nodes.items()}
+    assert all(process.returncode != 0 for process in nodes.values())
+    lines = [line for err in errors.values() for line in err.splitlines() if "by SIGTERM" in line]
+    assert len(lines) == 1 and lines[0] in errors[first], errors[first][-3000:]  # rank 0's
+    stopped = STOPPED.search(lines[0])
+    latest = read_checkpoint(first / "run" / "latest.pth")
+    assert latest["net"]["steps"].item() == int(stopped[2])
+    assert not (second / "run").exists()  # rank 1 wrote nothing (not even the folder)
+    for err in errors.values():  # each rank ended on the SIGTERM, with 143
+        assert re.search(r"exitcode\s*:\s*143", err), err[-3000:]
+
+
+# -- SIGTERM: the step in flight finishes, latest.pth holds it, one line, exit 143
+
+STOPPED = re.compile(
+    r"stopped by SIGTERM at epoch (\d+), step (\d+); saved (\S+) "
+    r"\(continue with the same command and --resume\)"
+)
+
+
+def test_sigterm_saves_the_step_in_flight_and_exits_143_with_one_line(
+    data, tmp_path, capsys, monkeypatch
+):
+    """A real SIGTERM to this process while step 3 (epoch 1, its first batch) is in flight: the
+    step finishes, latest.pth holds it, one line, exit 143. (Under torchrun, against real
+    processes: test_two_nodes_on_localhost_...)"""
+    original = training.Trainer.step
+
+    def step_with_sigterm(self, batch, cutoffs, train):
+        if train and self.bare.steps.item() == 2:
+            # the handler must be there: the default action would end pytest itself
+            assert signal.getsignal(signal.SIGTERM) not in (signal.SIG_DFL, None)
+            os.kill(os.getpid(), signal.SIGTERM)
+        return original(self, batch, cutoffs, train)
+
+    monkeypatch.setattr(training.Trainer, "step", step_with_sigterm)
+    log = tmp_path / "term"
+    argv = ["--file_path", str(with_splits(data, 2, 0)), "--log", str(log), *TINY]
+    with pytest.raises(SystemExit) as stopped:
+        train_ovssc.main([*argv, "--eval_freq", "0", "--save_freq", "0", "--epochs", "500"])
+    assert stopped.value.code == training.EXIT_PREEMPTED == 143
+    latest = log / "latest.pth"
+    assert capsys.readouterr().err.strip().splitlines()[-1] == (
+        f"stopped by SIGTERM at epoch 1, step 3; saved {latest} (continue with the same command "
+        "and --resume)"
+    )
+    saved = read_checkpoint(latest)
+    assert saved["net"]["steps"].item() == 3  # the step in flight, finished and saved
+    assert saved["position"] == {"epoch": 1, "batches": 1, "train_done": False}
+    assert signal.getsignal(signal.SIGTERM) == signal.SIG_DFL  # the handler is gone again
 
 
 # -- bad input: one line naming the problem
@@ -317,6 +492,49 @@ def test_resume_with_different_flags_lists_them(data, tmp_path, capsys):
     argv = ["--file_path", str(folder), "--log", str(log), *TINY, "--load", str(log / "latest.pth")]
     err = run_main(train_ovssc.main, [*argv, "--lr", "0.5", "--seed", "3"], capsys)
     assert "lr: 0.001 -> 0.5" in err and "seed: 0 -> 3" in err
+
+
+def test_a_second_run_into_a_log_that_holds_one_is_refused(data, tmp_path, capsys):
+    """The same command again (or with another --lr) must not train over a run: one line naming
+    it and the ways on, nothing touched; --overwrite starts over (one TensorBoard file); --load of
+    the run's own checkpoint goes on from it."""
+    log = tmp_path / "run"
+    argv = ["--file_path", str(with_splits(data, 1, 0)), "--log", str(log), *TINY, "--epochs", "1"]
+    train_ovssc.main([*argv, "--resume"])  # nothing to resume yet: the run starts
+    assert f"--resume: no {log / 'latest.pth'} yet, starting the run" in capsys.readouterr().out
+    before = {p: p.read_bytes() for p in log.rglob("*") if p.is_file()}
+    expected = (
+        f"error: --log {log} holds a run ({log / 'latest.pth'}: epoch 1, step 1); continue it with "
+        "--resume, train into another --log, or start over with --overwrite"
+    )
+    assert run_main(train_ovssc.main, argv, capsys) == expected
+    assert run_main(train_ovssc.main, [*argv, "--lr", "0.5"], capsys) == expected
+    other = tmp_path / "other.pth"
+    other.write_bytes((log / "latest.pth").read_bytes())
+    err = run_main(train_ovssc.main, [*argv, "--load", str(other)], capsys)
+    assert err.startswith(f"error: --log {log} holds a run") and f"--load {other} is not" in err
+    assert {p: p.read_bytes() for p in log.rglob("*") if p.is_file()} == before
+    train_ovssc.main([*argv, "--overwrite", "--lr", "0.5"])
+    line = next(x for x in capsys.readouterr().out.splitlines() if x.startswith("--overwrite"))
+    assert line.startswith(f"--overwrite: removed the earlier run's {len(before)} files from {log}")
+    assert len(list((log / "train").glob("events.out.tfevents.*"))) == 1
+    assert training.options.load_args(log / "args.pkl").lr == 0.5
+    with pytest.raises(SystemExit):  # a contradiction argparse refuses
+        training.prepare_args("ovssc", [*argv, "--resume", "--overwrite"])
+    # --load of this run's own checkpoint (back to the end of epoch 0) goes on in it
+    train_ovssc.main([*argv, "--lr", "0.5", "--epochs", "2", "--load", str(log / "ckpt_0.pth")])
+    assert read_checkpoint(log / "latest.pth")["net"]["steps"].item() == 2
+
+
+def test_every_point_minus_one_trains_and_is_kept_in_args_pkl(data, tmp_path):
+    log = tmp_path / "all"
+    args = args_for("ovssc", with_splits(data, 1, 0), log, "--num_input_pts", "-1")
+    args.num_output_pts = training.options.POINT_COUNT("-1")
+    training.train(tasks.OVSSC, args, stop_after_steps=1)
+    stored = training.options.load_args(log / "args.pkl")
+    assert (stored.num_input_pts, stored.num_output_pts) == (-1, -1)
+    with pytest.raises(SystemExit):
+        args_for("ovssc", with_splits(data, 1, 0), log, "--num_output_pts", "0")
 
 
 def test_unwritable_log_directory(data, tmp_path, capsys):

@@ -5,12 +5,17 @@ from __future__ import annotations
 
 import re
 import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
 
 import h5py
 import imageio.v2 as imageio
 import numpy as np
 import pytest
-from test_visualize import invoke, tiny_checkpoint
+import torch
+from test_visualize import REPO, invoke, tiny_checkpoint
 
 import dataset
 import generate_relevancy
@@ -20,6 +25,7 @@ import inference
 import options
 import render
 import scenes
+import utils
 from scene_file import SceneFile
 from utils import InputError
 
@@ -35,12 +41,105 @@ def scene_path(tmp_path_factory):
     return next(root.glob("*.hdf5"))
 
 
+# What an earlier run left in the scene's folder: OVSSC outputs (removed by a new OVSSC run), VOOL
+# ones and a user's file (kept), and a temporary file of a killed writer (removed)
+EARLIER_OVSSC = ("sofa.obj", "completion.mp4", "completion.png", "relevancies.png")
+KEPT = ("mug|on|table.ply", "mug|on|table.mp4", "localization.npz", "notes.txt")
+
+
+def dead_writers_temp(folder, name: str):
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    path = folder / f".{name}.{utils._temp_owner().rsplit('-', 1)[0]}-{dead.pid}.x1.tmp"
+    path.write_text("partial")
+    return path
+
+
 @pytest.fixture(scope="module")
 def ovssc_out(scene_path, tmp_path_factory):
+    """(folder, args, output) of ovssc-inference into a folder an earlier run wrote to."""
     root = tmp_path_factory.mktemp("ovssc_hdf5")
     ckpt = tiny_checkpoint(root / "ovssc", "ovssc")
-    invoke("ovssc-inference", scene_path, ckpt, "--dump-path", root, "--grid-size", GRID, *NO_CLIP)
-    return root / scene_path.stem, options.load_args(root / "ovssc" / "args.pkl")
+    out = root / scene_path.stem
+    out.mkdir()
+    for name in (*EARLIER_OVSSC, *KEPT):
+        (out / name).write_text("earlier run")
+    stale = dead_writers_temp(out, "box.obj")
+    result = invoke(
+        "ovssc-inference", scene_path, ckpt, "--dump-path", root, "--grid-size", GRID, *NO_CLIP
+    )
+    return out, options.load_args(root / "ovssc" / "args.pkl"), (result.output, stale)
+
+
+def test_a_rerun_leaves_only_its_own_outputs(ovssc_out):
+    out, _, (output, stale) = ovssc_out
+    lines = output.splitlines()
+    assert f"removed {stale.name}, left by an interrupted run" in lines and not stale.exists()
+    assert (
+        f"removed an earlier ovssc run's 4 files from {out} (completion.mp4, completion.png, "
+        "relevancies.png, sofa.obj)"
+    ) in lines
+    assert all((out / name).read_text() == "earlier run" for name in KEPT)  # VOOL's and the user's
+    assert not (out / "sofa.obj").exists() and not (out / "completion.mp4").exists()
+    written = {p.name for p in out.iterdir()} - set(KEPT)
+    assert "completion.npz" in written and "completion_vs_gt.png" in written
+    assert all(p.suffix in (".obj", ".npz", ".png") for p in map(out.joinpath, written))
+
+
+def test_a_killed_visualize_takes_its_encoder_along_and_the_next_run_cleans_up(tmp_path):
+    """kill -9 while the mp4 is being encoded: ffmpeg ends with it (before, it went on and
+    finished the temporary file); the next run removes the temporary files, one line each."""
+    import trimesh
+
+    trimesh.creation.box(extents=(0.5, 0.5, 0.5)).export(tmp_path / "box.obj")
+    command = [sys.executable, "visualize.py", "ovssc-visualize", str(tmp_path)]
+    process = subprocess.Popen(
+        [*command, "--num-frames", "100000", "--size", "64"], cwd=REPO,
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    deadline = time.monotonic() + 60
+    try:
+        while not [p for p in tmp_path.glob(".completion.mp4.*.tmp") if p.stat().st_size > 0]:
+            assert process.poll() is None and time.monotonic() < deadline, "no encoding caught"
+            time.sleep(0.005)
+        time.sleep(0.3)  # some frames in the encoder
+    finally:
+        process.kill()
+        process.wait()
+    temp = next(tmp_path.glob(".completion.mp4.*.tmp"))
+    encoders = [p for p in Path("/proc").glob("[0-9]*") if temp.name in read_cmdline(p)]
+    deadline = time.monotonic() + 5
+    while any(p.exists() for p in encoders) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert not any(p.exists() for p in encoders), "ffmpeg outlived visualize"
+    assert b"moov" not in temp.read_bytes()  # the encoder never finished the file
+    result = invoke("ovssc-visualize", tmp_path, "--num-frames", 2, "--size", 32)
+    assert f"removed {temp.name}, left by an interrupted run" in result.output.splitlines()
+    assert not list(tmp_path.glob(".*.tmp")) and (tmp_path / "completion.mp4").is_file()
+
+
+def read_cmdline(proc: Path) -> str:
+    try:
+        return (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+    except OSError:
+        return ""
+
+
+def test_grid_logits_with_every_input_point():
+    """num_input_pts -1 (every point, data.md 3.2 step 4): each chunk sees all input points."""
+    seen = []
+
+    def make_batch(index):
+        seen.append(index)
+        return {}
+
+    logits = inference.grid_logits(
+        lambda output_xyz_pts: output_xyz_pts[..., 0], make_batch,
+        np.arange(15, dtype=np.float32).reshape(5, 3), 7, -1, np.random.default_rng(0),
+        torch.device("cpu"), chunk=2,
+    )  # fmt: skip
+    assert len(seen) == 3 and all(np.array_equal(i, np.arange(7)) for i in seen)
+    np.testing.assert_array_equal(logits, [0, 3, 6, 9, 12])
 
 
 def truth_points(scene_path, bounds):
@@ -62,7 +161,7 @@ def nearest(points, queries):
 
 
 def test_ovssc_hdf5_ground_truth(scene_path, ovssc_out):
-    out, args = ovssc_out
+    out, args, _ = ovssc_out
     data = np.load(out / "completion.npz")
     classes = list(data["classes"])
     xyz, objid, names = truth_points(scene_path, args.scene_bounds)
@@ -206,6 +305,22 @@ def test_visualize_folder_without_triangles(tmp_path):
         InputError, match=f"^nothing to render in {re.escape(str(tmp_path))}: its 2 .obj"
     ):
         invoke("ovssc-visualize", tmp_path)
+
+
+def test_a_folder_as_the_scene_or_the_checkpoint_is_named(scene_path, tmp_path):
+    ckpt = tmp_path / "run"
+    ckpt.mkdir()
+    with pytest.raises(InputError) as error:
+        invoke("ovssc-inference", tmp_path, ckpt / "x.pth", *NO_CLIP)
+    assert str(error.value) == (
+        f"{tmp_path} is a folder: give a scene pickle (.pkl) or a dataset scene (.hdf5)"
+    )
+    with pytest.raises(InputError) as error:
+        invoke("ovssc-inference", scene_path, ckpt, *NO_CLIP)
+    assert str(error.value) == (
+        f"checkpoint {ckpt} is a folder: give the .pth file in it (e.g. {ckpt / 'latest.pth'}), "
+        "with args.pkl beside it"
+    )
 
 
 def test_text_file_named_png(tmp_path):
