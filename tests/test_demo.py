@@ -193,13 +193,13 @@ def test_seed_scene_seed_and_precision_reach_the_scripts_the_demo_runs(monkeypat
     assert result.exit_code == 0, result.output
     assert ran["1/6 scenes"][ran["1/6 scenes"].index("--start-seed") + 1] == "0"
     args = training.prepare_args("vool", ran["3/6 train VOOL"][1:])
-    assert args.seed == 0
+    assert args.seed == 0 and args.resume  # an interrupted training stage goes on
     assert args.use_amp == processes.bf16_is_fast(torch.device("cpu"))
     # the rest of what VOOL trains with is the demo's recipe, its own flags included
     recipe = [*demo.SMALL_NETWORK, *demo.TRAINING, *demo.TASK_TRAINING["vool"]]
     argv = ["--file_path", args.file_path, "--log", args.log, *recipe]
     expected = vars(training.prepare_args("vool", argv))
-    run_flags = {"log", "seed", "use_amp", "amp_dtype", "epochs", "max_minutes", "device"}
+    run_flags = {"log", "seed", "use_amp", "amp_dtype", "epochs", "max_minutes", "device", "resume"}
     assert {k: v for k, v in vars(args).items() if k not in run_flags} == {
         k: v for k, v in expected.items() if k not in run_flags
     }
