@@ -11,9 +11,9 @@ Stages, each one of the project's own scripts run as a user would run it:
                                                (--extra-train-seeds, --train-rooms-only)
   2. relevancy   generate_relevancy.py dataset  CLIP relevancy when CLIP weights are on this machine,
                                                 otherwise ground-truth-mask ("oracle") maps, said loudly
-  3. train       train_ovssc.py, train_vool.py  small networks with bench/learn.py's recipe
-                                               (5 / 10 epochs, balanced BCE, decoder-sampling fix;
-                                               bf16 autocast where the hardware runs it)
+  3. train       train_ovssc.py, train_vool.py  small networks, the recipe below (5 / 10 epochs,
+                                               balanced BCE, decoder-sampling fix, VOOL's Lovász
+                                               term; bf16 autocast where the hardware runs it)
   4. evaluate    eval.py                       the networks and, on the same splits, the baselines
                                                `lifted relevancy` (the visible relevancy, lifted to
                                                3D: no completion) and `all in frustum`
@@ -52,11 +52,12 @@ REPO = Path(__file__).resolve().parent
 app = typer.Typer(add_completion=False, help=__doc__)
 console = Console()
 
-# The training recipe of bench/learn.py, measured to learn within minutes on 2 CPU cores (its
-# docstring and docs/learning.md say why): the small network, 2 descriptions a VOOL
+# The training recipe, measured to learn within minutes on 2 CPU cores (docs/learning.md says why;
+# bench/learn.py runs it per seed): the small network, 2 descriptions a VOOL
 # scene (its step costs about OVSSC's), BCE balanced between positives and negatives (an object
 # holds only 5-15% of the query points) and the decoder-sampling fix (with the original's x<->z
-# swap a small model trained for minutes does not learn). Both flags are recorded in args.pkl.
+# swap a small model trained for minutes does not learn); VOOL adds the Lovász IoU term, chosen on
+# validation scenes (docs/learning.md). Every flag is recorded in args.pkl.
 SMALL_NETWORK = [
     "--voxel_shape", "32", "32", "32",
     "--unet_num_levels", "4",
