@@ -149,8 +149,14 @@ def test_fix_table_names_follow_one_scheme_and_the_readme_table_lists_them():
             "argument --voxel_shape: must be an integer >= 1, got 0",
         ),
         (["--batch_size", "0"], "argument --batch_size: must be an integer >= 1, got 0"),
-        (["--num_input_pts", "0"], "argument --num_input_pts: must be an integer >= 1, got 0"),
-        (["--num_output_pts", "-5"], "argument --num_output_pts: must be an integer >= 1, got -5"),
+        (
+            ["--num_input_pts", "0"],
+            "argument --num_input_pts: must be an integer >= 1, or -1 (every point), got 0",
+        ),
+        (
+            ["--num_output_pts", "-5"],
+            "argument --num_output_pts: must be an integer >= 1, or -1 (every point), got -5",
+        ),
         (["--epochs", "-1"], "argument --epochs: must be an integer >= 1, got -1"),
         (["--lr", "nan"], "argument --lr: must be a finite number > 0, got nan"),
         (["--lr", "0"], "argument --lr: must be a finite number > 0, got 0"),
@@ -202,7 +208,11 @@ def test_the_eval_parser_shares_the_rules(capsys):
     [
         ("lr", float("nan"), "lr must be a finite number > 0, got nan"),
         ("voxel_shape", [128, 0, 128], "voxel_shape must be an integer >= 1, got 0"),
-        ("num_input_pts", 2.5, "num_input_pts must be an integer >= 1, got 2.5"),
+        (
+            "num_input_pts",
+            2.5,
+            "num_input_pts must be an integer >= 1, or -1 (every point), got 2.5",
+        ),
         ("seed", "0", "seed must be an integer from 0 to 4294967295, got 0"),
         ("scene_bounds", [[-1, -1, 0], [1, 1, float("inf")]], "scene_bounds must be a finite"),
     ],

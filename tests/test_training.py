@@ -222,11 +222,11 @@ def test_zero_frequencies_skip_evaluation_and_every_periodic_checkpoint(data, tm
     assert set(frame["split"]) == {"train"} and set(frame["epoch"]) == {0, 1}
     assert not list(log.glob("ckpt_*.pth"))  # 0: never, not even the last epoch's
     assert read_checkpoint(log / "latest.pth")["epochs"] == 2  # the end of the run is latest.pth
-    # one rule in the help, the README and the code
+    # one rule in the help, the training docs and the code
     help_text = " ".join(training.options.training_parser("ovssc").format_help().split())
     assert "(0: never, latest.pth only)" in help_text
-    readme = " ".join((REPO / "README.md").read_text().split())
-    assert "`--save_freq 0` writes none (only `latest.pth`)" in readme
+    docs = " ".join((REPO / "docs" / "training.md").read_text().split())
+    assert "`--save_freq 0` writes none (only `latest.pth`)" in docs
 
 
 def test_save_freq_keeps_every_nth_epoch_and_the_last(data, tmp_path):
