@@ -371,8 +371,8 @@ def check_run(out: Path, run: dict) -> None:
         tmp.write_text(json.dumps(run, indent=2) + "\n")
 
 
-def check_flags(num_scenes, extra_train_seeds, train_minutes, relevancy_source, grid_size,
-                num_frames, frame_size) -> None:  # fmt: skip
+def check_flags(num_scenes, extra_train_seeds, train_minutes, relevancy_source, precision,
+                grid_size, num_frames, frame_size) -> None:  # fmt: skip
     """The demo's own flags, before any stage runs (a bad one would fail stages later, in a child
     script's words)."""
     for option, value in (("--num-scenes", num_scenes), ("--grid-size", grid_size),
@@ -385,6 +385,8 @@ def check_flags(num_scenes, extra_train_seeds, train_minutes, relevancy_source, 
         raise InputError(
             f"--train-minutes must be a finite number of minutes > 0, got {train_minutes:g}"
         )
+    if precision not in PRECISIONS:
+        raise InputError(f"--precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
     if relevancy_source not in ("auto", "clip", "oracle"):
         raise InputError(
             f"--relevancy-source must be auto, clip or oracle, got {relevancy_source!r}"
@@ -450,10 +452,8 @@ def main(
         ),
     ] = "auto",
 ) -> None:
-    check_flags(num_scenes, extra_train_seeds, train_minutes, relevancy_source, grid_size,
-                num_frames, frame_size)  # fmt: skip
-    if precision not in PRECISIONS:
-        raise InputError(f"--precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+    check_flags(num_scenes, extra_train_seeds, train_minutes, relevancy_source, precision,
+                grid_size, num_frames, frame_size)  # fmt: skip
     run = {"seed": seed, "scene_seed": scene_seed, "precision": precision,
            "num_scenes": num_scenes, "extra_train_seeds": extra_train_seeds}  # fmt: skip
     out = out or default_out(seed, scene_seed, precision)
