@@ -68,6 +68,7 @@ class DatasetConfig:
     balance_spatial_relations: bool = True
     balance_spatial_sampling: bool = True
     always_replace_subsample_pts: bool = False
+    iou_loss_sampling_weights: bool = False  # balanced rows also give output_weight_pts (new)
     domain_randomization: bool = False
     dr_pos: float = 0.1
     dr_orn: float = 0.3
@@ -258,6 +259,7 @@ class SceneDataset(torch.utils.data.Dataset):
         transform = self.dr_transform()
         input_xyz, inputs_out = self.subsample_inputs(input_xyz, input_arrays, transform)
         tsdf = self.tsdf(view.depth, view.cam_intr, view.cam_pose, transform)
+        full_labels = output_labels
         output_xyz, output_labels, out_of_bounds, per_row = self.sample_outputs(
             view.full_xyz, output_labels, carried, transform
         )
@@ -273,7 +275,19 @@ class SceneDataset(torch.utils.data.Dataset):
             full_objid_pts=view.full_objid,
             tsdf_vol=tsdf,
         )
+        if per_row and self.config.iou_loss_sampling_weights:
+            inside = self.in_bounds(view.full_xyz, transform)
+            points["output_weight_pts"] = inverse_sampling_rates(
+                full_labels[:, inside], output_labels
+            )
         return points, inputs_out, per_row
+
+    def in_bounds(self, xyz: np.ndarray, transform: np.ndarray | None) -> np.ndarray:
+        """bool (N,): the points inside the scene bounds after the transform, as the output sampling
+        keeps them (without the transform where it leaves none inside, as that sampling retries)."""
+        moved = xyz if transform is None else geometry.transform_points(xyz, transform)
+        inside = geometry.in_bounds(moved, self.bounds)
+        return inside if inside.any() or transform is None else self.in_bounds(xyz, None)
 
     def vis_keys(self, view: View, keep: np.ndarray | None = None) -> dict:
         """The evaluation-only keys (return_vis), ground-truth points optionally filtered."""
@@ -365,6 +379,23 @@ class SceneDataset(torch.utils.data.Dataset):
         return ~geometry.in_frustum(flat, cam_intr, cam_pose, image_shape).reshape(
             output_xyz.shape[:-1]
         )
+
+
+def inverse_sampling_rates(full_labels: np.ndarray, sampled_labels: np.ndarray) -> np.ndarray:
+    """Per sampled point (R, n): how many of the row's points of its class it stands for, the
+    class's count among the row's points (full_labels (R, N), the in-bounds points the sample was
+    drawn from) over its count in the sample (--iou_loss_sampling_weights).
+
+    Balanced sampling draws about every positive and a few of the negatives, so a false positive in
+    the sample stands for several of the scene's.
+    """
+    full_positives = (full_labels > 0.5).sum(-1, keepdims=True)
+    sampled = sampled_labels > 0.5
+    positives = sampled.sum(-1, keepdims=True)
+    negatives = sampled.shape[-1] - positives
+    rate_positive = full_positives / np.maximum(positives, 1)
+    rate_negative = (full_labels.shape[-1] - full_positives) / np.maximum(negatives, 1)
+    return np.where(sampled, rate_positive, rate_negative).astype(np.float32)
 
 
 NUMPY_KEYS = {

@@ -8,7 +8,7 @@ hurt users:
 - `--device auto` (the default) picks CUDA when present, where the original hard-coded "cuda";
 - `--gpus` is still accepted, but whether DDP runs is decided by the world size torchrun gives.
 New: the `--fix_*` flags of fixes.py, `--activation_checkpointing`, `--amp_dtype`, `--clip_checkpoint`,
-`--iou_loss`, `--iou_loss_weight`.
+`--iou_loss`, `--iou_loss_weight`, `--iou_loss_sampling_weights`.
 
 `args.pkl` (the pickled training Namespace beside a checkpoint) is read back by `load_args`, which
 fills flags that an older file lacks with their defaults, so released and our own files read alike.
@@ -233,6 +233,13 @@ def add_shared_flags(parser: argparse.ArgumentParser) -> None:
         "soft Jaccard loss, over the points the metrics score",
     )
     add("--iou_loss_weight", type=NONNEGATIVE, default=1.0, help="weight of --iou_loss")
+    _add_bool(
+        parser,
+        "iou_loss_sampling_weights",
+        False,
+        "weigh each point of --iou_loss by the inverse of its class's sampling rate in its row, so "
+        "that the term scores the IoU of all the scene's points, not of the balanced sample",
+    )
     _add_bool(
         parser, "balance_spatial_relations", True, "VOOL: descriptions uniform over relations"
     )

@@ -38,52 +38,78 @@ def bce_weight(label: torch.Tensor, balance: bool) -> torch.Tensor | None:
     return weight * weight.numel() / weight.sum()
 
 
-def lovasz_hinge(logits: torch.Tensor, label: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
+def lovasz_hinge(
+    logits: torch.Tensor,
+    label: torch.Tensor,
+    keep: torch.Tensor,
+    weight: torch.Tensor | None = None,
+) -> torch.Tensor:
     """Lovász hinge per row (Berman et al., CVPR 2018): a convex surrogate of 1 - IoU of the row's
     prediction `logits > 0`, over the points `keep` holds; logits, label, keep [R, N] -> [R].
 
     Hinge errors 1 - logit * (2 label - 1) sorted in decreasing order, dotted with the increments of
     the Jaccard loss along that order. Points left out sort last with an error of -inf: they add
-    nothing, and the Jaccard increments before them count only kept points.
+    nothing, and the Jaccard increments before them count only kept points. `weight` [R, N]: each
+    point counts as that many points in the IoU (all 1 by default).
     """
     label, keep = label.float(), keep.bool()
+    weight = keep.float() if weight is None else weight.float() * keep
     errors = 1 - logits.float() * (2 * label - 1)
     errors = errors.masked_fill(~keep, float("-inf"))
     errors, order = errors.sort(dim=-1, descending=True)
-    sorted_label = label.gather(-1, order) * keep.gather(-1, order)  # a left-out point: 0
-    positives = sorted_label.sum(-1, keepdim=True)
-    intersection = positives - sorted_label.cumsum(-1)
-    union = positives + (1 - sorted_label).cumsum(-1)
-    jaccard = 1 - intersection / union
+    sorted_weight = weight.gather(-1, order)  # a left-out point: 0
+    sorted_positive = label.gather(-1, order) * sorted_weight
+    positives = sorted_positive.sum(-1, keepdim=True)
+    intersection = positives - sorted_positive.cumsum(-1)
+    union = positives + (sorted_weight - sorted_positive).cumsum(-1)
+    jaccard = 1 - intersection / union.clamp_min(1e-12)
     increments = torch.cat([jaccard[:, :1], jaccard[:, 1:] - jaccard[:, :-1]], dim=-1)
     return (F.relu(errors) * increments).sum(-1)
 
 
-def soft_jaccard(logits: torch.Tensor, label: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
-    """1 - soft IoU per row: sum(p y) / sum(p + y - p y) with p = sigmoid(logits), over the points
-    `keep` holds; logits, label, keep [R, N] -> [R] (a row with no positive scores 1, with no
-    gradient)."""
-    p, label, keep = torch.sigmoid(logits.float()), label.float(), keep.float()
-    intersection = (p * label * keep).sum(-1)
-    union = ((p + label - p * label) * keep).sum(-1)
+def soft_jaccard(
+    logits: torch.Tensor,
+    label: torch.Tensor,
+    keep: torch.Tensor,
+    weight: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """1 - soft IoU per row: sum(w p y) / sum(w (p + y - p y)) with p = sigmoid(logits), over the
+    points `keep` holds; logits, label, keep, optional weight [R, N] -> [R] (a row with no positive
+    scores 1, with no gradient)."""
+    p, label = torch.sigmoid(logits.float()), label.float()
+    weight = keep.float() if weight is None else weight.float() * keep
+    intersection = (weight * p * label).sum(-1)
+    union = (weight * (p + label - p * label)).sum(-1)
     return 1 - intersection / union.clamp_min(1e-6)
 
 
 IOU_LOSSES = {"lovasz": lovasz_hinge, "soft_jaccard": soft_jaccard}
 
 
+def flat_rows(x: torch.Tensor) -> torch.Tensor:
+    """[B, R, N] -> [B*R, N]."""
+    return x.reshape(-1, x.shape[-1])
+
+
 def with_iou_term(
-    bce: torch.Tensor, logits: torch.Tensor, label: torch.Tensor, ignore: torch.Tensor, args
+    bce: torch.Tensor,
+    logits: torch.Tensor,
+    label: torch.Tensor,
+    ignore: torch.Tensor,
+    args,
+    weight: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """bce + iou_loss_weight x the mean over rows of --iou_loss (not in the original; "none", the
-    default, returns bce as it is). Rows with no kept point (padding) are left out of the mean."""
+    default, returns bce as it is). Rows with no kept point (padding) are left out of the mean.
+    weight [B, R, N]: the points' counts in the IoU (the batch's output_weight_pts, given with
+    --iou_loss_sampling_weights)."""
     if args.iou_loss == "none":
         return bce
-    keep = ~ignore.reshape(-1, ignore.shape[-1])
+    keep = ~flat_rows(ignore)
     rows = keep.any(-1)
     per_row_loss = IOU_LOSSES[args.iou_loss](
-        logits.reshape(-1, logits.shape[-1])[rows], label.reshape(-1, label.shape[-1])[rows],
-        keep[rows],
+        flat_rows(logits)[rows], flat_rows(label)[rows], keep[rows],
+        None if weight is None else flat_rows(weight)[rows],
     )  # fmt: skip
     return bce + args.iou_loss_weight * per_row_loss.mean()
 
@@ -172,7 +198,8 @@ def ovssc_loss(logits: torch.Tensor, batch: dict, args: argparse.Namespace):
         label[keep].float(),
         weight=None if weight is None else weight[keep],
     )
-    return with_iou_term(value, logits, label, ignore, args), label, ignore, padded
+    iou_weight = batch.get("output_weight_pts")
+    return with_iou_term(value, logits, label, ignore, args, iou_weight), label, ignore, padded
 
 
 def ovssc_row_columns(batch: dict) -> dict:
@@ -214,7 +241,8 @@ def vool_loss(logits: torch.Tensor, batch: dict, args: argparse.Namespace):
     ignore = padded[..., None] | per_row(batch["out_of_bounds_pts"], label.shape)
     weight = bce_weight(label, args.balance_positive_negative)
     value = F.binary_cross_entropy_with_logits(logits.float(), label.float(), weight=weight)
-    return with_iou_term(value, logits, label, ignore, args), label, ignore, padded
+    iou_weight = batch.get("output_weight_pts")
+    return with_iou_term(value, logits, label, ignore, args, iou_weight), label, ignore, padded
 
 
 def vool_row_columns(batch: dict) -> dict:

@@ -520,3 +520,34 @@ def test_domain_randomisation_moves_training_points(generated_root):
         np.sort(plain["input_xyz_pts"].numpy(), 0)[:100],
         np.sort(moved["input_xyz_pts"].numpy(), 0)[:100],
     )
+
+
+@pytest.mark.parametrize("flag", [False, True])
+def test_sampling_weights_count_every_in_bounds_point(generated_root, flag):
+    """--iou_loss_sampling_weights: each row's weights add up to the in-bounds ground-truth points,
+    its positives' to the target's in-bounds points; without the flag there are none."""
+    np.random.seed(0)
+    low, high = np.asarray(ds.DatasetConfig().scene_bounds)
+    bounds = (tuple(low), tuple(high - 0.3 * (high - low)))  # leaves some points outside
+    cfg = ds.DatasetConfig(
+        num_input_pts=500, num_output_pts=300, iou_loss_sampling_weights=flag, scene_bounds=bounds
+    )
+    train = ds.make_datasets(generated_root, "vool", cfg)["train"]
+    sample = train[0]
+    if not flag:
+        assert "output_weight_pts" not in sample
+        return
+    with SceneFile(train.scene_paths[0]) as scene:
+        xyz, objid = scene.ground_truth()
+    inside = geometry.in_bounds(xyz, train.bounds)
+    assert 0 < inside.sum() < len(inside)
+    object_sizes = {int((inside & (objid == i)).sum()) for i in np.unique(objid)}
+    weights, labels = sample["output_weight_pts"], sample["output_label_pts"] > 0.5
+    assert weights.shape == labels.shape == (4, 300)
+    rows = [(w, y) for w, y in zip(weights, labels) if 0 < y.sum() < 300]
+    assert rows
+    for row_weights, row_labels in rows:
+        assert row_weights.sum().item() == pytest.approx(inside.sum(), rel=1e-5)
+        target_inside = round(row_weights[row_labels].sum().item())
+        assert target_inside in object_sizes  # the target's in-bounds points
+        assert row_weights[~row_labels].min() > 1  # negatives are drawn sparsely

@@ -1,14 +1,16 @@
-"""The optional IoU term of the training loss (--iou_loss, --iou_loss_weight): each value worked out
-by hand on a tiny batch."""
+"""The optional IoU term of the training loss (--iou_loss, --iou_loss_weight,
+--iou_loss_sampling_weights): each value worked out by hand on a tiny batch."""
 
 from __future__ import annotations
 
 import argparse
 import math
 
+import numpy as np
 import pytest
 import torch
 
+import dataset
 import options
 import tasks
 from vocab import PAD
@@ -49,6 +51,45 @@ def test_soft_jaccard_by_hand():
     assert tasks.soft_jaccard(logits, label, keep).item() == pytest.approx(1 - 0.5 / 1.75)
     # the negative left out: 1 - 0.5 / 1 = 0.5
     assert tasks.soft_jaccard(logits, label, row([1, 0], torch.bool)).item() == pytest.approx(0.5)
+
+
+def test_weighted_lovasz_hinge_by_hand():
+    # as in test_lovasz_hinge_by_hand, but the false positive (logit 0.5) counts as 4 points: after
+    # it, intersection 1 and union 1 + 4, Jaccard loss 1 - 1/5 -> loss = 1.5 * 4/5 = 1.2
+    logits, label = row([2.0, -1.0, 0.5]), row([1, 0, 0], torch.bool)
+    keep = torch.ones_like(label)
+    weighted = tasks.lovasz_hinge(logits, label, keep, row([1.0, 1.0, 4.0]))
+    assert weighted.item() == pytest.approx(1.2)
+    # the same weight everywhere is the same IoU
+    assert tasks.lovasz_hinge(logits, label, keep, row([3.0, 3.0, 3.0])).item() == pytest.approx(
+        0.75
+    )
+
+
+def test_weighted_soft_jaccard_by_hand():
+    # the negative (p = 0.75) counts twice: union 1 + 2 * 0.75 -> 1 - 0.5 / 2.5
+    logits, label = row([0.0, math.log(3.0)]), row([1, 0], torch.bool)
+    keep = torch.ones_like(label)
+    loss = tasks.soft_jaccard(logits, label, keep, row([1.0, 2.0]))
+    assert loss.item() == pytest.approx(1 - 0.5 / 2.5)
+
+
+def test_inverse_sampling_rates_by_hand():
+    full = np.array([[1, 1, 0, 0, 0, 0, 0, 0], [1, 1, 1, 1, 0, 0, 0, 0]], np.float32)
+    sampled = np.array([[1, 1, 0, 0], [1, 1, 0, 0]], np.float32)
+    # row 0: both positives drawn (2/2 = 1), 2 of 6 negatives (3 each); row 1: 2 of 4 and 2 of 4
+    expected = [[1, 1, 3, 3], [2, 2, 2, 2]]
+    assert dataset.inverse_sampling_rates(full, sampled).tolist() == expected
+
+
+def test_loss_reads_the_sampling_weights_of_the_batch():
+    logits = torch.tensor([[[2.0, -1.0, 0.5], [1.0, -2.0, 0.0]]])
+    batch = vool_batch()
+    batch["out_of_bounds_pts"] = torch.zeros(1, 3, dtype=torch.bool)
+    args = loss_args(iou_loss="lovasz", iou_loss_weight=1.0)
+    plain = tasks.vool_loss(logits, batch, args)[0].item()  # BCE + 0.75
+    batch["output_weight_pts"] = torch.tensor([[[1.0, 1.0, 4.0], [5.0, 5.0, 5.0]]])
+    assert tasks.vool_loss(logits, batch, args)[0].item() == pytest.approx(plain - 0.75 + 1.2)
 
 
 def bce(x: float, y: int) -> float:
