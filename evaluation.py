@@ -43,7 +43,6 @@ import argparse
 import contextlib
 import hashlib
 import logging
-import os
 import signal
 import threading
 from collections.abc import Callable
@@ -65,7 +64,7 @@ import processes
 import scene_file
 import tasks
 import training
-from utils import InputError
+from utils import InputError, available_cores
 from vocab import APPROACHES
 
 log = logging.getLogger("semabs.eval")
@@ -185,10 +184,7 @@ def eval_config(cli: argparse.Namespace) -> argparse.Namespace:
 def capped_num_workers(default: int) -> tuple[int, str | None]:
     """The default DataLoader workers capped to the cores this process may use, and a note saying
     so when the cap applies (None otherwise)."""
-    if hasattr(os, "sched_getaffinity"):
-        cores = len(os.sched_getaffinity(0))
-    else:
-        cores = os.cpu_count() or 1
+    cores = available_cores()
     if default <= cores:
         return default, None
     return cores, (

@@ -43,6 +43,13 @@ ORDINARY_ERRNOS = {
 }
 
 
+def available_cores() -> int:
+    """The CPU cores this process may run on."""
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
+
+
 def os_error_line(error: OSError) -> str | None:
     """`<path>: <problem>` for the OSErrors a user causes (existing file, permissions, missing
     parent, disk full); None for anything else, which stays a traceback."""

@@ -34,8 +34,7 @@ def run_seed(out: Path, data: Path, seed: int, cli: argparse.Namespace) -> dict:
     demo.check_run(folder, run)
     pipeline = demo.Pipeline(folder, cli.device, seed, cli.precision, data=data)
     tasks = tuple(cli.tasks)
-    demo.train(pipeline, train_minutes=30.0, tasks=tasks)
-    demo.evaluate(pipeline, tasks)
+    demo.train_and_evaluate(pipeline, train_minutes=30.0, tasks=tasks)
     return demo.summarize(pipeline, "oracle", tasks)
 
 

@@ -6,6 +6,7 @@ import pickle
 import re
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import imageio.v3 as iio
@@ -68,6 +69,10 @@ def test_demo_runs_every_stage_and_a_rerun_reuses_them(tmp_path):
                 "unseen_instances_synonyms",
             }, approach
         assert pd.read_pickle(pipeline.eval_stats(task))["cutoff"].nunique() == cutoffs
+    # stages 3 and 4 run as two lanes side by side, each stage's output in its own log
+    for name in ("train_ovssc", "train_vool", "eval_vool", "eval_ovssc_lifted_relevancy"):
+        assert f"(output: {out / 'logs' / name}.log)" in result.stdout, name
+    assert "EPOCH 0" in (out / "logs" / "train_vool.log").read_text()
     assert "OVSSC THOR" in result.stdout and "FULL VOOL THOR" in result.stdout
     assert "Baseline: lifted relevancy" in result.stdout
     summary = json.loads((out / "summary.json").read_text())
@@ -155,11 +160,51 @@ def test_verdict_names_the_best_baseline_and_the_margin():
     )
 
 
+def recorded_lanes(monkeypatch, tmp_path, cores, fail=None):
+    """train_and_evaluate with every stage recorded instead of run: -> ({title: (log, threads)},
+    the error it raised). The two training stages wait for each other, as long ones overlap; the
+    stage titled `fail` fails."""
+    ran, lock, trainings = {}, threading.Lock(), threading.Barrier(2, timeout=10)
+
+    def record(self, title, done, argv, log=None, threads=None):
+        with lock:
+            ran[title] = (log, threads)
+        if title.startswith("3/6 train"):
+            trainings.wait()
+        if title == fail:
+            raise InputError(f"demo stage '{title}' failed")
+
+    monkeypatch.setattr(demo.Pipeline, "run", record)
+    monkeypatch.setattr(demo, "available_cores", lambda: cores)
+    try:
+        demo.train_and_evaluate(demo.Pipeline(tmp_path, "cpu"), 1.0)
+    except InputError as error:
+        return ran, error
+    return ran, None
+
+
+def test_the_two_lanes_share_the_cores_and_write_their_own_logs(monkeypatch, tmp_path):
+    ran, error = recorded_lanes(monkeypatch, tmp_path, cores=4)
+    assert error is None
+    assert ran["3/6 train OVSSC"] == (tmp_path / "logs" / "train_ovssc.log", 2)
+    assert ran["3/6 train VOOL"] == (tmp_path / "logs" / "train_vool.log", 2)
+    assert len(ran) == 8 and len({log for log, _ in ran.values()}) == 8  # a log per stage
+    # an evaluation gets 2 cores, or 4 once the other lane has finished
+    assert {threads for _, threads in ran.values()} <= {2, 4}
+
+
+def test_a_failed_lane_stops_the_demo_after_the_other_lane(monkeypatch, tmp_path):
+    ran, error = recorded_lanes(monkeypatch, tmp_path, cores=2, fail="3/6 train OVSSC")
+    assert "demo stage '3/6 train OVSSC' failed" in str(error)
+    assert "4/6 evaluate OVSSC" not in ran  # its lane stopped there ...
+    assert "4/6 evaluate VOOL baseline all_in_frustum" in ran  # ... the other went to its end
+
+
 def recorded_commands(monkeypatch, tmp_path, *flags):
     """demo.py's command with every stage recorded instead of run: -> ({title: argv}, out)."""
     ran = {}
     monkeypatch.setattr(
-        demo.Pipeline, "run", lambda self, title, done, argv: ran.update({title: argv})
+        demo.Pipeline, "run", lambda self, title, done, argv, *log: ran.update({title: argv})
     )
     monkeypatch.setattr(demo, "summarize", lambda pipeline, source: {})
     monkeypatch.setattr(demo, "visualize", lambda *args: None)
