@@ -24,9 +24,10 @@ Stages, each one of the project's own scripts run as a user would run it:
                                                prediction-vs-ground-truth PNGs, turntable mp4s
 The last lines say, per task, whether the network beats every baseline on Novel Room.
 
-A stage whose outputs exist is skipped (summarize, which is cheap, always runs), so an interrupted
-demo continues where it stopped; every script writes its files atomically, so nothing is left
-half-written. `--fresh` starts over.
+A stage whose outputs exist is skipped (summarize, which is cheap, always runs; training always runs
+with --resume, which goes on where it stopped or returns at once), so an interrupted demo continues
+where it stopped; every script writes its files atomically, so nothing is left half-written.
+`--fresh` starts over.
 """
 
 from __future__ import annotations
@@ -273,11 +274,13 @@ def train(
     logs: Path | None = None,
     threads: int | None = None,
 ) -> None:
-    """Stage 3 for one task; `logs` and `threads` as in train_and_evaluate."""
+    """Stage 3 for one task; `logs` and `threads` as in train_and_evaluate. It always runs: with
+    --resume a finished run returns at once and a stopped one (--train-minutes, SIGTERM, a kill)
+    goes on."""
     log = pipeline.log(task)
     pipeline.run(
         f"3/6 train {task.upper()}",
-        [log / "latest.pth", log / "args.pkl"],
+        [],
         [f"train_{task}.py", "--file_path", str(pipeline.data), "--log", str(log),
          *SMALL_NETWORK, *TRAINING, *TASK_TRAINING[task],
          *precision_flags(pipeline.device, pipeline.precision),
@@ -291,14 +294,16 @@ def train(
 def evaluate(
     pipeline: Pipeline, task: str, logs: Path | None = None, threads: int | None = None
 ) -> None:
-    """Stage 4 for one task: the network, then the baselines on the same splits (eval.py reads them
-    from args.pkl)."""
+    """Stage 4 for one task: the network (again when its stats are older than its weights: the
+    training went on), then the baselines on the same splits (eval.py reads them from args.pkl)."""
+    stats, weights = pipeline.eval_stats(task), pipeline.checkpoints[task]
+    stale = older_than(stats, weights)
     pipeline.run(
         f"4/6 evaluate {task.upper()}",
-        [pipeline.eval_stats(task)],
+        [] if stale else [stats],
         ["eval.py", "--task", task, "--file_path", str(pipeline.data),
-         "--load", str(pipeline.checkpoints[task]), "--device", pipeline.device,
-         "--num_workers", "0", "--cutoffs", *NETWORK_CUTOFFS],
+         "--load", str(weights), "--device", pipeline.device,
+         "--num_workers", "0", "--cutoffs", *NETWORK_CUTOFFS, *(["--replace"] if stale else [])],
         stage_log(logs, f"eval_{task}"), threads,
     )  # fmt: skip
     for baseline in BASELINES:
@@ -311,6 +316,11 @@ def evaluate(
              "--num_workers", "0"],
             stage_log(logs, f"eval_{task}_{baseline}"), threads,
         )  # fmt: skip
+
+
+def older_than(output: Path, source: Path) -> bool:
+    """Whether `output` exists but was written before `source` (made from an earlier version)."""
+    return output.exists() and output.stat().st_mtime < source.stat().st_mtime
 
 
 def train_and_evaluate(
@@ -391,16 +401,18 @@ def visualize(pipeline: Pipeline, grid_size: int, num_frames: int, frame_size: i
     scene_dir = pipeline.vis / scene.stem
     npz = {"ovssc": "completion.npz", "vool": "localization.npz"}
     for task in TASKS:
+        dump = scene_dir / npz[task]
         pipeline.run(
             f"6/6 visualize {task.upper()}",
-            [scene_dir / npz[task]],
+            [] if older_than(dump, pipeline.checkpoints[task]) else [dump],
             ["visualize.py", f"{task}-inference", str(scene), str(pipeline.checkpoints[task]),
              "--dump-path", str(pipeline.vis), "--grid-size", str(grid_size),
              "--device", pipeline.device],
         )  # fmt: skip
+    video = scene_dir / "completion.mp4"
     pipeline.run(
         "6/6 render OVSSC",
-        [scene_dir / "completion.mp4"],
+        [] if older_than(video, scene_dir / npz["ovssc"]) else [video],
         ["visualize.py", "ovssc-visualize", str(scene_dir),
          "--num-frames", str(num_frames), "--size", str(frame_size)],
     )  # fmt: skip

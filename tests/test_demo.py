@@ -116,9 +116,13 @@ def test_demo_runs_every_stage_and_a_rerun_reuses_them(tmp_path):
     assert {ply.stem for ply in folder.glob("*.ply")} == {"scene_rgb", *localization["file_stems"]}
     assert (folder / "scene_rgb.ply").is_file()
 
+    weights = {task: pipeline.checkpoints[task].read_bytes() for task in ("ovssc", "vool")}
     again = run_demo(out)
     assert again.returncode == 0, again.stderr[-3000:]
-    for stage in ("1/6 scenes", "3/6 train OVSSC", "3/6 train VOOL", "4/6 evaluate OVSSC",
+    for task in ("ovssc", "vool"):  # training goes on with --resume: here, nothing left to do
+        assert "--resume: continuing" in (out / "logs" / f"train_{task}.log").read_text()
+        assert pipeline.checkpoints[task].read_bytes() == weights[task], task
+    for stage in ("1/6 scenes", "4/6 evaluate OVSSC",
                   "4/6 evaluate VOOL baseline lifted_relevancy", "6/6 visualize OVSSC",
                   "6/6 render OVSSC", "6/6 visualize VOOL"):  # fmt: skip
         assert f"✓ {stage}: already done" in again.stdout, stage
@@ -263,3 +267,24 @@ def test_a_folder_of_another_demo_run_is_refused_in_one_line(monkeypatch, tmp_pa
         monkeypatch, tmp_path, "--out", str(out), "--seed", "2", "--fresh"
     )
     assert result.exit_code == 0 and json.loads((out / demo.RUN_FILE).read_text())["seed"] == 2
+
+
+def test_eval_stats_older_than_the_weights_are_made_again(monkeypatch, tmp_path):
+    """Training goes on with --resume, so stats of earlier weights are stale: eval.py --replace."""
+    ran = {}
+    monkeypatch.setattr(
+        demo.Pipeline, "run", lambda self, title, done, argv, *log: ran.update({title: (done, argv)})
+    )
+    pipeline = demo.Pipeline(tmp_path, "cpu")
+    stats, weights = pipeline.eval_stats("vool"), pipeline.checkpoints["vool"]
+    weights.parent.mkdir(parents=True)
+    stats.write_bytes(b"stats")
+    weights.write_bytes(b"weights")
+    os.utime(stats, (1_000_000, 1_000_000))  # written long before the weights
+    demo.evaluate(pipeline, "vool")
+    done, argv = ran["4/6 evaluate VOOL"]
+    assert done == [] and argv[-1] == "--replace"
+    os.utime(stats)  # now newer than the weights: done
+    demo.evaluate(pipeline, "vool")
+    done, argv = ran["4/6 evaluate VOOL"]
+    assert done == [stats] and "--replace" not in argv
