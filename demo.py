@@ -534,7 +534,7 @@ def main(
     train_minutes: Annotated[
         float,
         typer.Option(help="cap on the training time per task, in minutes (the epochs decide)"),
-    ] = 12.0,
+    ] = 20.0,
     device: Annotated[str, typer.Option(help="auto, cpu, cuda")] = "auto",
     relevancy_source: Annotated[
         str,
