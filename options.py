@@ -8,7 +8,7 @@ hurt users:
 - `--device auto` (the default) picks CUDA when present, where the original hard-coded "cuda";
 - `--gpus` is still accepted, but whether DDP runs is decided by the world size torchrun gives.
 New: the `--fix_*` flags of fixes.py, `--activation_checkpointing`, `--amp_dtype`, `--clip_checkpoint`,
-`--iou_loss`, `--iou_loss_weight`, `--iou_loss_sampling_weights`.
+`--iou_loss`, `--iou_loss_weight`, `--iou_loss_sampling_weights`, `--bce_positive_weight`.
 
 `args.pkl` (the pickled training Namespace beside a checkpoint) is read back by `load_args`, which
 fills flags that an older file lacks with their defaults, so released and our own files read alike.
@@ -225,6 +225,13 @@ def add_shared_flags(parser: argparse.ArgumentParser) -> None:
     _add_bool(parser, "subtract_mean_relevancy", True, "subtract the per-scene mean relevancy map")
     _add_bool(parser, "offset_patch_mask", False, "patch masks in {-1, 1} instead of {0, 1}")
     _add_bool(parser, "balance_positive_negative", False, "per-row BCE reweighting")
+    add(
+        "--bce_positive_weight",
+        type=POSITIVE,
+        default=None,
+        help="weigh every positive this much against a negative in the BCE, the same in every row "
+        "(not in the original; replaces --balance_positive_negative)",
+    )
     add(
         "--iou_loss",
         choices=("none", "lovasz", "soft_jaccard"),

@@ -27,14 +27,20 @@ CHUNK_POINTS = 500_000  # above this many query points the net runs one row at a
 # what both tasks share
 
 
-def bce_weight(label: torch.Tensor, balance: bool) -> torch.Tensor | None:
+def bce_weight(
+    label: torch.Tensor, balance: bool, positive_weight: float | None = None
+) -> torch.Tensor | None:
     """get_bce_weight (spec 1.8): None (all ones), or per-row positive/negative balancing rescaled to
-    keep the total weight."""
-    if not balance:
-        return None
+    keep the total weight; or (--bce_positive_weight, not in the original) every positive weighted
+    `positive_weight` against 1 for a negative, the same in every row, rescaled alike."""
     label = label.float()
-    frac_pos = label.mean(-1, keepdim=True)
-    weight = label / (frac_pos + 1e-10) + (1 - label) / (1 - frac_pos + 1e-10)
+    if positive_weight is not None:
+        weight = 1 + (positive_weight - 1) * label
+    elif balance:
+        frac_pos = label.mean(-1, keepdim=True)
+        weight = label / (frac_pos + 1e-10) + (1 - label) / (1 - frac_pos + 1e-10)
+    else:
+        return None
     return weight * weight.numel() / weight.sum()
 
 
@@ -192,7 +198,7 @@ def ovssc_loss(logits: torch.Tensor, batch: dict, args: argparse.Namespace):
         | per_row(batch["out_of_frustum_pts_mask"], label.shape)
     )
     keep = ~ignore
-    weight = bce_weight(label, args.balance_positive_negative)
+    weight = bce_weight(label, args.balance_positive_negative, args.bce_positive_weight)
     value = F.binary_cross_entropy_with_logits(
         logits[keep].float(),
         label[keep].float(),
@@ -239,7 +245,7 @@ def vool_loss(logits: torch.Tensor, batch: dict, args: argparse.Namespace):
     label = batch["output_label_pts"] > 0.5  # [B, D, N]
     padded = vool_padded_rows(batch).to(logits.device)  # [B, D]
     ignore = padded[..., None] | per_row(batch["out_of_bounds_pts"], label.shape)
-    weight = bce_weight(label, args.balance_positive_negative)
+    weight = bce_weight(label, args.balance_positive_negative, args.bce_positive_weight)
     value = F.binary_cross_entropy_with_logits(logits.float(), label.float(), weight=weight)
     iou_weight = batch.get("output_weight_pts")
     return with_iou_term(value, logits, label, ignore, args, iou_weight), label, ignore, padded

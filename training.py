@@ -581,6 +581,11 @@ class Trainer:
 
 def prepare_args(task: str, argv: list[str] | None) -> argparse.Namespace:
     args = options.finalize(options.training_parser(task).parse_args(argv))
+    if args.bce_positive_weight is not None and args.balance_positive_negative:
+        raise InputError(
+            "--bce_positive_weight and --balance_positive_negative both weigh the BCE's "
+            "positives: give one"
+        )
     return args
 
 

@@ -10,10 +10,13 @@ loss is the mean of weight * bce over the entries it covers.
 
 import math
 
+import pytest
 import torch
 
 import options
 import tasks
+import training
+from utils import InputError
 from vocab import PAD
 
 LOGITS = [[2.0, -1.0, 0.5, 3.0], [0.25, -0.5, 1.0, -2.0]]
@@ -99,3 +102,19 @@ def test_uniform_sampling_masks_of_other_shapes_mean_the_same():
     b["out_of_bounds_pts"] = torch.tensor([OUT_OF_BOUNDS])
     _, _, ignore, _ = tasks.vool_loss(torch.tensor([LOGITS]), b, args)
     assert ignore.tolist() == [[[False, False, False, True], [True] * 4]]
+
+
+def test_bce_positive_weight_is_the_same_in_every_row():
+    # rows with 1 and 3 positives of 4: a positive weighs 3 against 1 in both, then the whole
+    # batch is rescaled to keep its total weight (8 entries, raw total 3+3+3+1 + 3+1+1+1 = 16)
+    label = torch.tensor([[1, 1, 1, 0], [1, 0, 0, 0]], dtype=torch.bool)
+    weight = tasks.bce_weight(label, balance=False, positive_weight=3.0)
+    expected = torch.tensor([[3.0, 3, 3, 1], [3, 1, 1, 1]]) * 8 / 16
+    assert torch.allclose(weight, expected)
+
+
+def test_bce_positive_weight_and_balancing_are_refused_together():
+    argv = ["--file_path", "x", "--log", "y", "--balance_positive_negative"]
+    argv += ["--bce_positive_weight", "5"]
+    with pytest.raises(InputError, match="give one"):
+        training.prepare_args("vool", argv)
