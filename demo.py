@@ -17,6 +17,8 @@ Stages, each one of the project's own scripts run as a user would run it:
   4. evaluate    eval.py                       the networks and, on the same splits, the baselines
                                                `lifted relevancy` (the visible relevancy, lifted to
                                                3D: no completion) and `all in frustum`
+                 (stages 3 and 4 run as two lanes side by side, OVSSC's and VOOL's, sharing the
+                 cores; their output goes to OUT/logs/)
   5. summarize   summarize.py                  the paper's tables with the baselines as rows, and
                                                OUT/summary.json (the tables' figures)
   6. visualize   visualize.py                  a novel-room scene from its HDF5 file with the
@@ -152,12 +154,15 @@ class Pipeline:
         if done and all(path.exists() for path in done):
             console.print(f"[dim]✓ {title}: already done ({done[0]})[/]")
             return
+        # one line whatever its length, so that it can be copied and run
+        command_line = "[dim]$ python " + " ".join(arguments) + "[/]"
         if log is None:
             console.rule(f"[bold]{title}")
-        else:
-            console.print(f"[bold]▶ {title}[/] [dim](output: {log})[/]")
-        # one line whatever its length, so that it can be copied and run
-        console.print("[dim]$ python " + " ".join(arguments) + "[/]", soft_wrap=True)
+            console.print(command_line, soft_wrap=True)
+        else:  # one print, so that a lane's two lines stay together
+            console.print(
+                f"[bold]▶ {title}[/] [dim](output: {log})[/]\n{command_line}", soft_wrap=True
+            )
         env = dict(os.environ)
         if threads is not None:
             env["OMP_NUM_THREADS"] = env["MKL_NUM_THREADS"] = str(threads)
