@@ -1,7 +1,7 @@
 """Is the main job's verdict one lucky draw? The demo's training, evaluation and tables for several
 training seeds on one set of scenes, each seed's figure and the spread, for ours and the baselines.
 
-    python bench/learn.py --seeds 0 1 2                      # about 12 minutes a seed on 2 cores
+    python bench/learn.py --seeds 0 1 2                      # about 13 minutes a seed on 2 cores
     python bench/learn.py --seeds 0 1 2 --precision fp32     # as a CPU without bf16 trains
     python bench/learn.py --seeds 0 1 2 --scene-seed 1       # another set of scenes
 
