@@ -10,6 +10,7 @@ are vocab.APPROACHES and net.NETWORKS; training.py and eval.py take a task from 
 from __future__ import annotations
 
 import argparse
+import functools
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -49,18 +50,19 @@ def lovasz_hinge(
     label: torch.Tensor,
     keep: torch.Tensor,
     weight: torch.Tensor | None = None,
+    margin: float = 1.0,
 ) -> torch.Tensor:
     """Lovász hinge per row (Berman et al., CVPR 2018): a convex surrogate of 1 - IoU of the row's
     prediction `logits > 0`, over the points `keep` holds; logits, label, keep [R, N] -> [R].
 
-    Hinge errors 1 - logit * (2 label - 1) sorted in decreasing order, dotted with the increments of
+    Hinge errors margin - logit * (2 label - 1) (the paper's margin is 1) sorted in decreasing order, dotted with the increments of
     the Jaccard loss along that order. Points left out sort last with an error of -inf: they add
     nothing, and the Jaccard increments before them count only kept points. `weight` [R, N]: each
     point counts as that many points in the IoU (all 1 by default).
     """
     label, keep = label.float(), keep.bool()
     weight = keep.float() if weight is None else weight.float() * keep
-    errors = 1 - logits.float() * (2 * label - 1)
+    errors = margin - logits.float() * (2 * label - 1)
     errors = errors.masked_fill(~keep, float("-inf"))
     errors, order = errors.sort(dim=-1, descending=True)
     sorted_weight = weight.gather(-1, order)  # a left-out point: 0
@@ -113,7 +115,10 @@ def with_iou_term(
         return bce
     keep = ~flat_rows(ignore)
     rows = keep.any(-1)
-    per_row_loss = IOU_LOSSES[args.iou_loss](
+    iou_loss = IOU_LOSSES[args.iou_loss]
+    if args.iou_loss == "lovasz":
+        iou_loss = functools.partial(iou_loss, margin=args.lovasz_margin)
+    per_row_loss = iou_loss(
         flat_rows(logits)[rows], flat_rows(label)[rows], keep[rows],
         None if weight is None else flat_rows(weight)[rows],
     )  # fmt: skip

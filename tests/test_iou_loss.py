@@ -1,4 +1,4 @@
-"""The optional IoU term of the training loss (--iou_loss, --iou_loss_weight,
+"""The optional IoU term of the training loss (--iou_loss, --iou_loss_weight, --lovasz_margin,
 --iou_loss_sampling_weights): each value worked out by hand on a tiny batch."""
 
 from __future__ import annotations
@@ -33,6 +33,19 @@ def test_lovasz_hinge_by_hand():
     # the point left out (the false positive) adds nothing: the two kept points are right
     keep = row([1, 1, 0], torch.bool)
     assert tasks.lovasz_hinge(logits, label, keep).item() == 0
+
+
+def test_lovasz_hinge_margin_by_hand():
+    # margin 3: errors 3 - x (2y - 1) = 1 (positive), 2, 3.5; sorted 3.5 (neg), 2 (neg), 1 (pos),
+    # the same order and increments 1/2, 1/6, 1/3 as above: 3.5/2 + 2/6 + 1/3 = 29/12
+    logits, label = row([2.0, -1.0, 0.5]), row([1, 0, 0], torch.bool)
+    keep = torch.ones_like(label)
+    assert tasks.lovasz_hinge(logits, label, keep, margin=3.0).item() == pytest.approx(29 / 12)
+    # the row predicted right with margin 1 is inside a margin of 4
+    right = tasks.lovasz_hinge(
+        row([3.0, -3.0]), row([1, 0], torch.bool), row([1, 1], torch.bool), margin=4.0
+    )
+    assert right.item() == pytest.approx(1.0)  # errors 1, 1: increments 1/2, 1/2
 
 
 def test_lovasz_hinge_grows_with_a_missed_positive():
@@ -126,6 +139,10 @@ def test_vool_loss_adds_the_weighted_lovasz_term_of_its_real_rows():
     batch = vool_batch()
     batch["out_of_bounds_pts"] = torch.zeros(1, 3, dtype=torch.bool)
     expected = plain + 0.5 * 0.75
+    assert tasks.vool_loss(logits, batch, args)[0].item() == pytest.approx(expected, rel=1e-6)
+    # --lovasz_margin 3 reaches the term: 29/12, as in test_lovasz_hinge_margin_by_hand
+    args = loss_args(iou_loss="lovasz", iou_loss_weight=0.5, lovasz_margin=3.0)
+    expected = plain + 0.5 * 29 / 12
     assert tasks.vool_loss(logits, batch, args)[0].item() == pytest.approx(expected, rel=1e-6)
 
 
