@@ -43,6 +43,7 @@ from utils import InputError
 from vocab import NETWORK_INPUTS, PAD, POINTING_METHODS, RELATIONS
 
 SPATIAL_RELATIONS = (*RELATIONS, PAD)  # one learned embedding each (models.md 2.3)
+OFFSET_ORDER = tuple(sorted(SPATIAL_RELATIONS))  # the relations of SemAbsVOOL.relation_offsets
 
 
 def sample_trilinear(volume: torch.Tensor, grid: torch.Tensor) -> torch.Tensor:
@@ -387,14 +388,28 @@ class VOOLNetwork(nn.Module):
 
 class SemAbsVOOL(VOOLNetwork):
     """VOOL network: target and reference relevancy volumes from one shared completion net, a spatial
-    decoder on both, and cosine pointing against a learned embedding of the spatial relation."""
+    decoder on both, and cosine pointing against a learned embedding of the spatial relation.
 
-    def __init__(self, pointing_method: str = "cosine_sim", pointing_dim: int = 64, **kwargs):
+    `relation_offsets` (not in the original): a buffer of one logit offset per relation, added to
+    that relation's logits; zero until calibrate.py sets it from training scenes.
+    """
+
+    def __init__(
+        self,
+        pointing_method: str = "cosine_sim",
+        pointing_dim: int = 64,
+        relation_offsets: bool = False,
+        **kwargs,
+    ):
         super().__init__(sampler_volumes=2, sampler_output_dim=pointing_dim, **kwargs)
         self.pointer = PointingAttention(pointing_dim, pointing_method)
         self.relation_embeddings = nn.ParameterDict(
             {name: nn.Parameter(torch.randn(pointing_dim)) for name in sorted(SPATIAL_RELATIONS)}
         )
+        if relation_offsets:
+            self.register_buffer("relation_offsets", torch.zeros(len(OFFSET_ORDER)))
+        else:
+            self.relation_offsets = None
 
     def embed_relations(self, spatial_relation_name: Sequence[Sequence[str]]) -> torch.Tensor:
         """Relation names laid out [D][B] -> embeddings [B,D,pointing_dim]."""
@@ -406,6 +421,15 @@ class SemAbsVOOL(VOOLNetwork):
         return torch.stack(
             [torch.stack([self.relation_embeddings[name] for name in row]) for row in rows]
         )
+
+    def offset_relations(self, logits: torch.Tensor, spatial_relation_name) -> torch.Tensor:
+        """logits [B,D,M] + each row's relation offset (`relation_offsets`, in sorted name order)."""
+        if self.relation_offsets is None:
+            return logits
+        rows = batch_major(spatial_relation_name)
+        index = [[OFFSET_ORDER.index(name) for name in row] for row in rows]
+        offsets = self.relation_offsets[torch.tensor(index, device=logits.device)]  # [B,D]
+        return logits + offsets[..., None].to(logits)
 
     def point(self, point_features: torch.Tensor, query: torch.Tensor) -> torch.Tensor:
         """point_features [B*D,M,E], query [B,D,E] -> logits [B,D,M]."""
@@ -437,9 +461,10 @@ class SemAbsVOOL(VOOLNetwork):
             self.completion_net.virtual_grid,
             output_xyz_pts.reshape(batch * num_descs, num_queries, 3),
         )  # [B*D,M,E]
-        return self.point(
+        logits = self.point(
             point_features, self.embed_relations(spatial_relation_name).to(point_features)
-        )
+        )  # [B,D,M]
+        return self.offset_relations(logits, spatial_relation_name)
 
 
 TextEncoder = Callable[[list[str]], torch.Tensor]  # names -> [len(names), 512] CLIP text features

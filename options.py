@@ -213,6 +213,13 @@ def add_shared_flags(parser: argparse.ArgumentParser) -> None:
         help="query points per training scene (-1: every in-bounds point)",
     )
     add("--pointing_dim", type=COUNT, default=64)
+    _add_bool(
+        parser,
+        "relation_offsets",
+        False,
+        "VOOL, semantic_abstraction (not in the original): one logit offset per spatial relation, "
+        "zero until calibrate.py sets it from training scenes",
+    )
     add("--unet_f_maps", type=COUNT, default=16)
     add("--unet_num_channels", type=COUNT, default=16)
     add("--unet_num_groups", type=COUNT, default=8)
@@ -240,6 +247,13 @@ def add_shared_flags(parser: argparse.ArgumentParser) -> None:
         "soft Jaccard loss, over the points the metrics score",
     )
     add("--iou_loss_weight", type=NONNEGATIVE, default=1.0, help="weight of --iou_loss")
+    add(
+        "--lovasz_margin",
+        type=POSITIVE,
+        default=1.0,
+        help="--iou_loss lovasz: the hinge's margin in logits (Berman et al.: 1); the cosine "
+        "pointing's logits are cos / 0.07, so margin 1 is satisfied at a cosine of 0.07",
+    )
     _add_bool(
         parser,
         "iou_loss_sampling_weights",

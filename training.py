@@ -586,6 +586,11 @@ def prepare_args(task: str, argv: list[str] | None) -> argparse.Namespace:
             "--bce_positive_weight and --balance_positive_negative both weigh the BCE's "
             "positives: give one"
         )
+    if args.relation_offsets and (task, args.approach) != ("vool", "semantic_abstraction"):
+        raise InputError(
+            f"--relation_offsets is an option of VOOL's semantic_abstraction network, not of "
+            f"{task}'s {args.approach}"
+        )
     return args
 
 

@@ -202,7 +202,12 @@ def test_the_two_lanes_share_the_cores_and_write_their_own_logs(monkeypatch, tmp
     assert error is None
     assert ran["3/6 train OVSSC"] == (tmp_path / "logs" / "train_ovssc.log", 2)
     assert ran["3/6 train VOOL"] == (tmp_path / "logs" / "train_vool.log", 2)
-    assert len(ran) == 8 and len({log for log, _ in ran.values()}) == 8  # a log per stage
+    assert len(ran) == 9 and len({log for log, _ in ran.values()}) == 9  # a log per stage
+    # VOOL's lane calibrates its network between training and evaluation; OVSSC's does not
+    vool = [title for title in ran if title.endswith("VOOL")]
+    assert vool == ["3/6 train VOOL", "3/6 calibrate VOOL", "4/6 evaluate VOOL"]
+    assert ran["3/6 calibrate VOOL"][0] == tmp_path / "logs" / "calibrate_vool.log"
+    assert not any("calibrate OVSSC" in title for title in ran)
     # an evaluation gets 2 cores, or 4 once the other lane has finished
     assert {threads for _, threads in ran.values()} <= {2, 4}
 

@@ -206,6 +206,25 @@ def test_vool_single_unet_batch_equals_two_completion_passes():
     torch.testing.assert_close(logits, expected, rtol=1e-4, atol=1e-4)
 
 
+def test_vool_relation_offsets_shift_each_row_by_its_relation():
+    """relation_offsets adds its buffer's entry of each row's relation (sorted names) to that row's
+    logits; the rest is the same network (same weights)."""
+    batch = random_batch("SemAbsVOOL", batch=2, rows=3)
+    plain = small_network("SemAbsVOOL").eval()
+    offset = small_network("SemAbsVOOL", relation_offsets=True).eval()
+    assert set(offset.state_dict()) - set(plain.state_dict()) == {"relation_offsets"}
+    assert not any("relation_offsets" in name for name, _ in offset.named_parameters())
+    offset.load_state_dict({**plain.state_dict(), "relation_offsets": torch.arange(7) * 0.5})
+    with torch.no_grad():
+        shift = offset(**batch) - plain(**batch)  # [B,D,M]
+    relations = batch["spatial_relation_name"]  # [D][B]
+    order = sorted(RELATIONS)
+    expected = torch.tensor(
+        [[0.5 * order.index(relations[d][b]) for d in range(3)] for b in range(2)]
+    )
+    torch.testing.assert_close(shift, expected[..., None].expand_as(shift), rtol=0, atol=1e-5)
+
+
 def test_vool_unknown_relation_is_a_clear_error():
     network = small_network("SemAbsVOOL")
     batch = random_batch("SemAbsVOOL", batch=1, rows=1)

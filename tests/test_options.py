@@ -8,6 +8,7 @@ import pytest
 import fixes
 import net
 import options
+import training
 from utils import InputError
 
 
@@ -225,3 +226,21 @@ def test_load_args_holds_stored_values_to_the_same_rules(tmp_path, name, value, 
     with pytest.raises(InputError) as error:
         options.load_args(tmp_path / "args.pkl")
     assert str(error.value).startswith(f"{tmp_path / 'args.pkl'}: {line}")
+
+
+@pytest.mark.parametrize(
+    "task, approach, refused",
+    [
+        ("vool", "semantic_abstraction", False),
+        ("vool", "clip_spatial", True),
+        ("vool", "semantic_aware", True),
+        ("ovssc", "semantic_abstraction", True),
+    ],
+)
+def test_relation_offsets_are_only_for_semantic_abstraction_vool(task, approach, refused):
+    argv = ["--file_path", "x", "--log", "y", "--approach", approach, "--relation_offsets"]
+    if refused:
+        with pytest.raises(InputError, match="--relation_offsets is an option of VOOL's"):
+            training.prepare_args(task, argv)
+    else:
+        assert training.prepare_args(task, argv).relation_offsets is True
