@@ -1,4 +1,5 @@
-"""calibrate.py: per-relation logit offsets from training scenes, by hand and end to end."""
+"""calibrate.py and calibration.py: per-relation logit offsets from training scenes, by hand and end
+to end."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import pytest
 from test_eval import TINY
 
 import calibrate
+import calibration
 import checkpoint
 import evaluation
 import generate_relevancy
@@ -37,7 +39,7 @@ def test_relation_shifts_by_hand():
             for c, value in enumerate(curve)
         ]
     )
-    shifts = calibrate.relation_shifts(rows)
+    shifts = calibration.relation_shifts(rows)
     assert shifts.to_dict() == {"behind": -1.0, "in": 1.0, "on": 0.0}
 
 
@@ -65,11 +67,11 @@ def training_rows(ckpt, data) -> pd.DataFrame:
     """The training scenes' rows as calibrate.py scores them, with the checkpoint as it is now."""
     argv = ["--file_path", str(data), "--load", str(ckpt), "--device", "cpu", "--every", "1"]
     cli = calibrate.parser().parse_args(argv)
-    args = calibrate.eval_args(cli)
+    args = calibration.eval_args(cli)
     procs = processes.setup_processes("cpu")
     scorer = evaluation.make_scorer(args, procs.device)
     return evaluation.evaluate_split(
-        scorer, calibrate.training_scenes(args, 1), "train", args, procs
+        scorer, calibration.training_scenes(args, 1), "train", args, procs
     )
 
 
@@ -81,8 +83,8 @@ def test_calibration_shifts_each_relations_curve_by_its_offset_once(data, tmp_pa
     assert "calibrated on 2 training scenes" in capsys.readouterr().out
     stored = checkpoint.read_checkpoint(ckpt)
     offsets = stored["net"]["relation_offsets"]
-    record = stored[calibrate.CALIBRATION_KEY]["offsets"]
-    expected = calibrate.relation_shifts(before)
+    record = stored[calibration.CALIBRATION_KEY]["offsets"]
+    expected = calibration.relation_shifts(before)
     assert record == pytest.approx(expected.to_dict())
     for name, value in record.items():
         assert offsets[net.OFFSET_ORDER.index(name)].item() == pytest.approx(value)
