@@ -79,6 +79,9 @@ def calibrate(cli: argparse.Namespace) -> str:
         return f"{cli.load} is already calibrated: {describe(stored[CALIBRATION_KEY])}"
     args = eval_args(cli)
     procs = processes.setup_processes(args.device)
+    if procs.ddp:
+        processes.teardown_processes()
+        raise InputError("calibrate.py runs in one process: start it with python, not torchrun")
     try:
         scorer = evaluation.make_scorer(args, procs.device)
         scenes = training_scenes(args, cli.every)

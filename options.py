@@ -8,7 +8,8 @@ hurt users:
 - `--device auto` (the default) picks CUDA when present, where the original hard-coded "cuda";
 - `--gpus` is still accepted, but whether DDP runs is decided by the world size torchrun gives.
 New: the `--fix_*` flags of fixes.py, `--activation_checkpointing`, `--amp_dtype`, `--clip_checkpoint`,
-`--iou_loss`, `--iou_loss_weight`, `--iou_loss_sampling_weights`, `--bce_positive_weight`.
+`--iou_loss`, `--iou_loss_weight`, `--iou_loss_sampling_weights`, `--bce_positive_weight`,
+`--lovasz_margin`, `--relation_offsets`.
 
 `args.pkl` (the pickled training Namespace beside a checkpoint) is read back by `load_args`, which
 fills flags that an older file lacks with their defaults, so released and our own files read alike.

@@ -18,9 +18,12 @@ import trimesh
 from conftest import REPO
 from typer.testing import CliRunner
 
+import calibration
+import checkpoint
 import demo
 import processes
 import training
+import vocab
 from utils import InputError
 
 APPROACHES = {"ours", "baseline: lifted relevancy", "baseline: all in frustum"}
@@ -70,8 +73,12 @@ def test_demo_runs_every_stage_and_a_rerun_reuses_them(tmp_path):
             }, approach
         assert pd.read_pickle(pipeline.eval_stats(task))["cutoff"].nunique() == cutoffs
     # stages 3 and 4 run as two lanes side by side, each stage's output in its own log
-    for name in ("train_ovssc", "train_vool", "eval_vool", "eval_ovssc_lifted_relevancy"):
+    for name in ("train_ovssc", "train_vool", "calibrate_vool", "eval_vool"):
         assert f"(output: {out / 'logs' / name}.log)" in result.stdout, name
+    assert f"(output: {out / 'logs' / 'eval_ovssc_lifted_relevancy'}.log)" in result.stdout
+    # VOOL's network is evaluated with calibrated relation offsets
+    calibrated = checkpoint.read_checkpoint(pipeline.checkpoints["vool"])
+    assert set(calibrated[calibration.CALIBRATION_KEY]["offsets"]) <= set(vocab.RELATIONS)
     assert "EPOCH 0" in (out / "logs" / "train_vool.log").read_text()
     assert "OVSSC THOR" in result.stdout and "FULL VOOL THOR" in result.stdout
     assert "Baseline: lifted relevancy" in result.stdout
@@ -131,6 +138,8 @@ def test_demo_runs_every_stage_and_a_rerun_reuses_them(tmp_path):
         ]
         assert line.endswith(" --replace"), line
         assert not demo.older_than(pipeline.eval_stats(task), pipeline.checkpoints[task])
+    # the training that went on wrote new weights, which were calibrated again
+    assert calibration.CALIBRATION_KEY in checkpoint.read_checkpoint(pipeline.checkpoints["vool"])
     for stage in ("1/6 scenes", "4/6 evaluate OVSSC baseline lifted_relevancy",
                   "4/6 evaluate VOOL baseline all_in_frustum"):  # fmt: skip
         assert f"✓ {stage}: already done" in again.stdout, stage
