@@ -426,8 +426,8 @@ class SemAbsVOOL(VOOLNetwork):
         """logits [B,D,M] + each row's relation offset (`relation_offsets`, in sorted name order)."""
         if self.relation_offsets is None:
             return logits
-        rows = batch_major(spatial_relation_name)
-        index = [[OFFSET_ORDER.index(name) for name in row] for row in rows]
+        position = {name: k for k, name in enumerate(OFFSET_ORDER)}
+        index = [[position[name] for name in row] for row in batch_major(spatial_relation_name)]
         offsets = self.relation_offsets[torch.tensor(index, device=logits.device)]  # [B,D]
         return logits + offsets[..., None].to(logits)
 

@@ -55,8 +55,8 @@ def lovasz_hinge(
     """Lovász hinge per row (Berman et al., CVPR 2018): a convex surrogate of 1 - IoU of the row's
     prediction `logits > 0`, over the points `keep` holds; logits, label, keep [R, N] -> [R].
 
-    Hinge errors margin - logit * (2 label - 1) (the paper's margin is 1) sorted in decreasing order, dotted with the increments of
-    the Jaccard loss along that order. Points left out sort last with an error of -inf: they add
+    Hinge errors margin - logit * (2 label - 1) (the paper's margin is 1), sorted in decreasing
+    order, dotted with the increments of the Jaccard loss along that order. Points left out sort last with an error of -inf: they add
     nothing, and the Jaccard increments before them count only kept points. `weight` [R, N]: each
     point counts as that many points in the IoU (all 1 by default).
     """
