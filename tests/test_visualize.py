@@ -1,13 +1,13 @@
 """visualize.py end to end on small random networks and random-weight CLIP, and checks of the files.
 
-The ARKit pickle is read from ../shared (beside the clone); set SEMABS_ARKIT_PICKLE to point
-elsewhere. Sizes are small (24^3 query grid, 8 frames of 96 px) so that the module runs in about a
-minute on two cores; the same code runs the original's 240^3 / 220 frames / 1024 px defaults.
+The real captured scene is the bundled scene_files/arkit_vn_poster.pkl, the original project's
+sample frame (scene_files/README.md). Sizes are small (24^3 query grid, 8 frames of 96 px) so that
+the module runs in about a minute on two cores; the same code runs the original's 240^3 / 220
+frames / 1024 px defaults.
 """
 
 from __future__ import annotations
 
-import os
 import pickle
 from pathlib import Path
 
@@ -27,7 +27,7 @@ import options
 import visualize
 
 REPO = Path(__file__).resolve().parents[1]
-ARKIT = Path(os.environ.get("SEMABS_ARKIT_PICKLE", REPO / "../shared/scenes/arkit_vn_poster.pkl"))
+ARKIT = REPO / "scene_files" / "arkit_vn_poster.pkl"
 GRID = 24
 FRAMES, SIZE = 8, 96
 CLIP = ["--model", TINY_224, "--pretrained", "none", "--device", "cpu"]
@@ -68,8 +68,6 @@ def check_video(path: Path, frames_expected: int, size: int) -> None:
 
 @pytest.fixture(scope="module")
 def arkit_outputs(tmp_path_factory, tiny_models):
-    if not ARKIT.is_file():
-        pytest.skip(f"ARKit scene pickle not found at {ARKIT} (../shared beside the clone)")
     root = tmp_path_factory.mktemp("vis")
     ovssc = tiny_checkpoint(root / "ovssc", "ovssc")
     vool = tiny_checkpoint(root / "vool", "vool")
