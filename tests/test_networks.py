@@ -51,7 +51,7 @@ def test_forward_shape_at_32_cubed(name):
     assert network.steps.shape == (1,)
 
 
-# Parameters that the original's forward never uses (models.md 2.7, "unused params").
+# Parameters that the original's forward never uses (docs/method.md#the-baselines-of-the-paper).
 UNUSED = {
     "SemAbs3D": set(),
     "SemanticAwareOVSSC": set(),

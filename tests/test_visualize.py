@@ -138,7 +138,9 @@ def test_vool_files(arkit_outputs):
     frame = frames.read_scene_pickle(ARKIT)
     inside = geometry.in_bounds(frame.points(), geometry.THOR_SCENE_BOUNDS).sum()
     scene = trimesh.load(out / "scene_rgb.ply")
-    assert len(scene.vertices) == min(inside, inference.SCENE_CLOUD_POINTS)  # 42,225 (data.md 5)
+    assert len(scene.vertices) == min(
+        inside, inference.SCENE_CLOUD_POINTS
+    )  # 42,225 (scene_files/README.md: 86%)
 
 
 def test_generated_pickle_and_wrong_task(tmp_path, tiny_models):
@@ -208,7 +210,8 @@ def test_volume_mesh_is_metric():
 
 
 def test_relevancy_features_as_the_original():
-    """x50 and the per-pixel mean over labels subtracted, at in-bounds pixels with depth (4.3)."""
+    """x50 and the per-pixel mean over labels subtracted, at in-bounds pixels with depth
+    (docs/method.md#visualization)."""
     frame = frames.read_scene_pickle(REPO / "scene_files" / "procedural_00002.pkl")
     labels = ["a", "b", "c"]
     maps = np.random.default_rng(0).random((3, *frame.shape)).astype(np.float32) * 0.02
@@ -224,7 +227,7 @@ def test_relevancy_features_as_the_original():
 
 
 def test_ovssc_labels_are_the_argmax_where_a_logit_reaches_the_empty_cutoff(arkit_outputs):
-    """completion.npz from the raw logits, recomputed (models.md 4, visualize.py inference): each
+    """completion.npz from the raw logits, recomputed (docs/method.md#visualization): each
     kept, non-border grid point whose best class logit is >= -3.0 has the argmax class; no other
     point is listed."""
     ((logits, keep),) = RAW["ovssc_labels"]
