@@ -1,4 +1,4 @@
-"""Checkpoints in the released format (spec: models.md section 5, train-eval.md 1.6).
+"""Checkpoints in the released format (docs/networks.md#checkpoints).
 
 A checkpoint is a dict {"net": network state dict, "optimizer": Lamb state dict, "epochs": last finished
 epoch + 1}. The released `ovssc.pth` and `vool.pth` were saved from DDP, so their keys start with

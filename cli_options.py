@@ -1,6 +1,6 @@
 """Options shared by the typer scripts (generate_relevancy, visualize), declared once with
-`Annotated` so that one concept has one spelling and one help text everywhere (style.md, "The
-layers"). SaliencyConfigOpt takes one relevancy config, SaliencyConfigsOpt several (repeatable)."""
+`Annotated` so that one concept has one spelling and one help text everywhere (docs/layout.md).
+SaliencyConfigOpt takes one relevancy config, SaliencyConfigsOpt several (repeatable)."""
 
 from __future__ import annotations
 

@@ -1,7 +1,7 @@
 """CLIP weights for relevancy: read a local weights file in any of its forms, infer the
 architecture from its shapes, build the open_clip model, or find cached pretrained weights; the
 counterpart of openai/CLIP's `load` (load_model) and `build_model` (build_model).
-Spec: ../shared/spec/relevancy.md sections 1.1-1.3.
+What the weights are used for: docs/method.md#weights-preprocessing-and-precision.
 
 A local weights file comes in one of these forms, all read into one state dict with OpenAI's key
 names (open_clip's ViTs use the same names):
@@ -13,7 +13,7 @@ names (open_clip's ViTs use the same names):
 * an open_clip state dict (.pt, .bin or .safetensors).
 As CLIP's `build_model`, the architecture is read from the tensor shapes. OpenAI weights (the
 archive, the integer entries, or fp16 tensors as OpenAI stores them) get QuickGELU and their
-linear weights rounded through fp16 as the original's loader does (spec 1.3); other weights get
+linear weights rounded through fp16 as the original's loader does; other weights get
 the activation their --model name says (plain GELU unless the name ends in -quickgelu).
 """
 
@@ -76,7 +76,8 @@ class Architecture:
 
 
 def infer_architecture(state_dict) -> Architecture:
-    """Architecture of an OpenAI-layout CLIP ViT state dict, from its shapes (spec 1.2)."""
+    """Architecture of an OpenAI-layout CLIP ViT state dict, from its shapes (as CLIP's
+    build_model reads them)."""
     patch = state_dict["visual.conv1.weight"].shape[-1]
     grid = round((state_dict["visual.positional_embedding"].shape[0] - 1) ** 0.5)
 
@@ -253,7 +254,7 @@ def model_from_weights(
     if mismatch:
         raise InputError(f"checkpoint {path} does not fit {name}: {mismatch}")
     if openai:
-        # the original loader converts to fp16 before loading, then back to fp32 on CPU (spec 1.3)
+        # the original loader converts to fp16 before loading, then back to fp32 on CPU
         open_clip.model.convert_weights_to_lp(model, dtype=torch.float16)
     model.load_state_dict(state)
     return model.float(), name

@@ -1,16 +1,19 @@
 """The OVSSC and VOOL datasets (SceneCompletionDataset, ObjectLocalizationDataset), their settings
 (DatasetConfig, per approach and per split) and `make_datasets`.
 
-Spec: data.md section 3 (dataset classes, splits, domain randomisation), Appendix A (synonyms);
-models.md section 3 (what the networks receive). Scene files (data.md section 1, released or from
-`generate_scenes.py`) are read through scene_file.SceneFile, the only module that names HDF5 keys;
-the inputs are prepared by inputs.py; geometry goes through geometry.py (OpenCV camera, stored pose).
+What a sample holds: docs/data.md#what-a-sample-holds; its inputs:
+docs/method.md#from-stored-maps-to-point-features; sampling and domain randomisation:
+docs/method.md#sampling-domain-randomisation-and-the-frustum-mask; synonyms:
+docs/data.md#synonyms-and-novel-classes. Scene files (docs/data.md#the-scene-file-layout, released
+or from `generate_scenes.py`) are read through scene_file.SceneFile, the only module that names HDF5
+keys; the inputs are prepared by inputs.py; geometry goes through geometry.py (OpenCV camera, stored
+pose).
 
 Quirks kept for fidelity, each with the flag that fixes it (DatasetConfig):
-- the mean-row trap (data.md 1.5): the "mean" map subtracted is row L of the global `saliencies`
-  dataset, i.e. the rgb|ours mean, for every block; `fix_mean_relevancy=True` uses the block's own
-  mean;
-- VOOL patch masks compare the x50-scaled relevancy with the cutoff (bug B5, models.md 3);
+- the mean-row trap (docs/data.md#the-mean-row-trap): the "mean" map subtracted is row L of the
+  global `saliencies` dataset, i.e. the rgb|ours mean, for every block; `fix_mean_relevancy=True`
+  uses the block's own mean;
+- VOOL patch masks compare the x50-scaled relevancy with the cutoff (bug B5);
   `fix_vool_patch_mask_scale=True` compares the unscaled map, as OVSSC does;
 - OVSSC domain randomisation ignores dr_pos / dr_orn / dr_scale and uses 0.05 / 0.3 / 0.1;
   `fix_ovssc_dr_args=True` uses the configured values;
@@ -40,7 +43,7 @@ from scene_file import (
 from utils import InputError
 from vocab import APPROACHES, NETWORK_INPUTS, SYNONYMS
 
-# OVSSC maps synonyms back to class names; "computer" keeps the later key, "laptop" (data.md App. A)
+# OVSSC maps synonyms back to class names; "computer" keeps the later key, "laptop"
 INVERSE_SYNONYMS = {synonym: name for name, synonym in SYNONYMS.items()}
 NOT_CLASSES = {"empty", "out of bounds", "unlabelled"}
 SPLITS = ("train", "unseen_instances", "unseen_instances_dr", "unseen_instances_synonyms")
@@ -52,7 +55,7 @@ SPLITS = ("train", "unseen_instances", "unseen_instances_dr", "unseen_instances_
 
 @dataclass
 class DatasetConfig:
-    """Dataset settings (data.md 3.1), defaults as in the original; per-split: `split_config`."""
+    """Dataset settings, defaults as in the original; per-split: `split_config`."""
 
     scene_bounds: tuple = tuple(map(tuple, geometry.THOR_SCENE_BOUNDS))
     num_input_pts: int = 80_000
@@ -120,7 +123,7 @@ class DatasetConfig:
 
 
 def approach_config(config: DatasetConfig, approach: str) -> DatasetConfig:
-    """The inputs an approach reads (data.md 3.6): semantic_aware forces network_inputs = ("rgb",).
+    """The inputs an approach reads: semantic_aware forces network_inputs = ("rgb",).
 
     semantic_abstraction and clip_spatial keep the configured inputs; which relevancy they read
     (target and reference, or the sentence) is chosen by the network from the same VOOL sample.
@@ -132,7 +135,8 @@ def approach_config(config: DatasetConfig, approach: str) -> DatasetConfig:
 
 
 def split_config(config: DatasetConfig, split: str) -> DatasetConfig:
-    """Per-split settings of `utils.setup_experiment` (data.md 3.1)."""
+    """Per-split settings of the original's `utils.setup_experiment`
+    (docs/data.md#what-a-sample-holds)."""
     return replace(
         config,
         domain_randomized_rgb=split == "unseen_instances_dr",
@@ -143,8 +147,8 @@ def split_config(config: DatasetConfig, split: str) -> DatasetConfig:
 
 
 def random_transform(pos: float, orn: float, scale: float, scene_dims: np.ndarray) -> np.ndarray:
-    """4x4 M = T R S (data.md 3.3), drawn with the torch RNG: per-axis scale, static-xyz Euler,
-    translation.
+    """4x4 M = T R S, drawn with the torch RNG: per-axis scale, static-xyz Euler, translation
+    (docs/method.md#sampling-domain-randomisation-and-the-frustum-mask).
     """
     translation = torch.randn(3).numpy() * scene_dims * pos
     a, b, c = ((torch.rand(3) - 0.5) * orn).numpy().astype(np.float64)
@@ -164,7 +168,7 @@ def random_transform(pos: float, orn: float, scale: float, scene_dims: np.ndarra
 
 @dataclass
 class View:
-    """What both tasks read from one scene file (data.md 3.4 steps 1-2, 3.5 steps 1-2)."""
+    """What both tasks read from one scene file."""
 
     scene_id: str
     depth: np.ndarray  # (H, W) metres
@@ -185,7 +189,7 @@ class SceneDataset(torch.utils.data.Dataset):
     """
 
     float32 = False  # OVSSC returns every tensor as float32
-    dr_constants: tuple[float, float, float] | None = None  # OVSSC's hard-coded dr_* (data.md 3.3)
+    dr_constants: tuple[float, float, float] | None = None  # OVSSC's hard-coded dr_*
 
     def __init__(self, scene_paths: list[str | Path], config: DatasetConfig | None = None):
         self.scene_paths = sorted(Path(p) for p in scene_paths)
@@ -230,7 +234,7 @@ class SceneDataset(torch.utils.data.Dataset):
         )
 
     def dr_transform(self) -> np.ndarray | None:
-        """The domain-randomisation transform, drawn in training only (data.md 3.3).
+        """The domain-randomisation transform, drawn in training only.
 
         Quirk kept: OVSSC uses its hard-coded constants unless fix_ovssc_dr_args.
         """
@@ -250,8 +254,8 @@ class SceneDataset(torch.utils.data.Dataset):
         output_labels: np.ndarray,
         carried: np.ndarray,
     ) -> tuple[dict, dict[str, np.ndarray], bool]:
-        """Transform, input subsample, TSDF, output sampling, noise and frustum mask (data.md 3.4
-        steps 7-11, 3.5 steps 6-9), in the original's order.
+        """Transform, input subsample, TSDF, output sampling, noise and frustum mask, in the
+        original's order (docs/method.md#sampling-domain-randomisation-and-the-frustum-mask).
 
         Returns the sample's point keys, the subsampled input arrays, and whether the output rows
         were drawn one by one (balanced) or together (uniform).
@@ -328,9 +332,9 @@ class SceneDataset(torch.utils.data.Dataset):
     def sample_outputs(self, xyz, labels, carried, transform):
         """Output points per row (R, n, 3), labels (R, n), a carried per-point array, and the branch.
 
-        Balanced (data.md 3.4 step 9): each row is drawn on its own with positives and negatives given
-        equal mass, and `carried` comes out (R, n). Uniform: one draw shared by all rows, `carried`
-        (n,). In evaluation mode n is every in-bounds point.
+        Balanced: each row is drawn on its own with positives and negatives given equal mass, and
+        `carried` comes out (R, n). Uniform: one draw shared by all rows, `carried` (n,). In
+        evaluation mode n is every in-bounds point.
         """
         size = -1 if self.config.return_vis else self.config.num_output_pts
         if self.config.balance_spatial_sampling and len(labels) > 0:
@@ -373,7 +377,7 @@ class SceneDataset(torch.utils.data.Dataset):
     def frustum_mask(self, output_xyz, cam_intr, cam_pose, image_shape) -> np.ndarray:
         """Out-of-frustum mask per output point (any leading shape), with the file's pose.
 
-        Quirk kept: on domain-randomised points the untransformed pose is used (data.md 3.3).
+        Quirk kept: on domain-randomised points the untransformed pose is used.
         """
         flat = output_xyz.reshape(-1, 3)
         return ~geometry.in_frustum(flat, cam_intr, cam_pose, image_shape).reshape(
@@ -419,8 +423,8 @@ def as_tensors(sample: dict, float32: bool = False) -> dict:
 
 
 class ObjectLocalizationDataset(SceneDataset):
-    """VOOL samples (data.md 3.4): per description, target / reference / sentence relevancy and
-    labels.
+    """VOOL samples (docs/data.md#what-a-sample-holds): per description, target / reference /
+    sentence relevancy and labels.
     """
 
     def descriptions(self, scene: SceneFile) -> dict[str, list]:
@@ -454,12 +458,12 @@ class ObjectLocalizationDataset(SceneDataset):
             ],
             spatial_relation_name=[descs["spatial_relation_name"][i] for i in rows],
             target_obj_id=[descs["target_obj_id"][i] for i in rows],
-            # the sentence lookup uses the original, non-synonym sentence (verified, data.md 3.4)
+            # the sentence lookup uses the original, non-synonym sentence (as the released loader)
             sentence=[sentences[i] for i in rows],
         )
 
     def relevancy(self, scene: SceneFile, view: View, names: list[str]) -> np.ndarray:
-        """(D, H*W, 1) relevancy (or patch masks) of the named labels (data.md 3.4 step 4)."""
+        """(D, H*W, 1) relevancy (or patch masks) of the named labels."""
         cfg = self.config
         indices = [scene.label_index(view.labels, name, view.block) for name in names]
         return inputs.vool_relevancy(
@@ -509,15 +513,15 @@ class ObjectLocalizationDataset(SceneDataset):
 
 
 class SceneCompletionDataset(SceneDataset):
-    """OVSSC samples (data.md 3.5): per class ("patch"), its relevancy (or rgb) and occupancy
-    labels.
+    """OVSSC samples (docs/data.md#what-a-sample-holds): per class ("patch"), its relevancy (or
+    rgb) and occupancy labels.
     """
 
     float32 = True
     dr_constants = (0.05, 0.3, 0.1)
 
     def patches(self, scene: SceneFile, view: View, seg: np.ndarray) -> list[int]:
-        """Saliency indices of the classes to complete, in sorted label order (data.md 3.5 step 3)."""
+        """Saliency indices of the classes to complete, in sorted label order."""
         seg_ids = set(np.unique(seg).astype(int).tolist()) - {-1}
         in_frustum = geometry.in_frustum(
             view.full_xyz, view.cam_intr, view.cam_pose, view.depth.shape
@@ -623,8 +627,8 @@ def make_datasets(
     config: DatasetConfig | None = None,
     splits: tuple[str, ...] = SPLITS,
 ) -> dict[str, SceneDataset]:
-    """One dataset per requested split with a non-empty list, with the per-split settings (data.md
-    3.1).
+    """One dataset per requested split with a non-empty list, with the per-split settings
+    (docs/data.md#what-a-sample-holds).
     """
     config = config or DatasetConfig()
     lists = load_split_lists(file_path, task)

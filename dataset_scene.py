@@ -1,6 +1,6 @@
-"""A scene file of a dataset folder (data.md 1, the original HDF5 layout) as visualize's input: the
-frame, the network inputs read exactly as the datasets read them for a checkpoint's args.pkl, and
-the ground truth beside which the prediction is drawn.
+"""A scene file of a dataset folder (the original HDF5 layout, docs/data.md#the-scene-file-layout)
+as visualize's input: the frame, the network inputs read exactly as the datasets read them for a
+checkpoint's args.pkl, and the ground truth beside which the prediction is drawn.
 
 The relevancy is the one STORED in the file (CLIP, the oracle or the released maps, whatever made
 it), under the block of args.pkl's `saliency_config`, so no CLIP weights are needed. Inputs come
@@ -33,7 +33,7 @@ from scene_file import SceneFile, relevancy_rgb_key, relevancy_sentence
 from utils import InputError
 
 SUFFIXES = (".hdf5", ".h5")
-EVAL_SPLIT = "unseen_instances"  # the per-split settings of a plain test split (data.md 3.1)
+EVAL_SPLIT = "unseen_instances"  # the per-split settings of a plain test split
 
 
 def is_scene_file(path: str | Path) -> bool:

@@ -1,5 +1,5 @@
-"""Evaluate a trained OVSSC or VOOL checkpoint, or a baseline, on every non-train split (spec:
-train-eval.md 1.3, 1.4, 1.8, 2.5 and 6 item 11).
+"""Evaluate a trained OVSSC or VOOL checkpoint, or a baseline, on every non-train split
+(docs/evaluation.md; the protocol: docs/method.md#the-one-cutoff-protocol).
 
     python eval.py --task ovssc --file_path dataset/ --load models/ours/ovssc/ovssc.pth
     torchrun --nproc_per_node 4 eval.py --task vool --file_path dataset/ --load models/ours/vool/vool.pth

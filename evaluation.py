@@ -1,13 +1,13 @@
 """Scoring a trained OVSSC or VOOL checkpoint, or a baseline, on every non-train split: what eval.py
-runs (spec: train-eval.md 1.3, 1.4, 1.8, 2.5 and 6 item 11).
+runs (docs/evaluation.md; the protocol: docs/method.md#the-one-cutoff-protocol).
 
 The network's configuration (`eval_config`) is the training run's `args.pkl` beside the checkpoint
 (or `--args`): every flag except the run's own (device, file_path, load, gpus, task, num_workers)
 comes from it, then evaluation's overrides (no domain randomization, batch 1, no balanced
 sampling, all GT points, all classes/descriptions, 32^3 and 64^3 voxel columns). Each split of the
 split pickle except `train` is scored at the 25 logit cutoffs `np.arange(-2.5, 0.0, 0.1)` (or
-`--cutoffs START STOP STEP`); the rows (section 2.5 columns, plus `epoch` = the checkpoint's `epochs`
-and `split`) go to the stats file (`stats_path`), rewritten atomically after every split.
+`--cutoffs START STOP STEP`); the rows (docs/method.md#rows-and-metrics: `epoch` is the
+checkpoint's `epochs`) go to the stats file (`stats_path`), rewritten atomically after every split.
 
 `--baseline NAME` (baselines.py: all_in_frustum, lifted_relevancy) scores a baseline that learns
 nothing instead of a checkpoint, with the data configuration of the run whose args.pkl `--args`
@@ -22,7 +22,7 @@ checkpoint or baseline, epoch, a fingerprint of the weights, cutoffs, data folde
 configuration). An interrupted evaluation resumes only into a file made from the same inputs; any
 difference is refused with one line naming it.
 
-Changes from the original, each fixing something that only hurt users (section 6 item 11):
+Changes from the original, each fixing something that only hurt users (docs/differences.md):
 - nothing else is written (no TensorBoard dirs, no args.pkl in the training log);
 - `--suffix NAME` (-> `<stem>_eval_stats_NAME.pkl`) or `--output PATH`, so NYU stats do not overwrite
   THOR stats;
@@ -33,7 +33,7 @@ Changes from the original, each fixing something that only hurt users (section 6
   -> row), so N processes write the frame one process writes. Each scene draws its input subsample
   under a seed of (--seed, scene index), whichever process reads it;
 - the per-row chunked forward slices every key with a row axis, so semantic-aware VOOL evaluates
-  (section 1.8; tasks.VOOL_ROW_KEYS);
+  (tasks.VOOL_ROW_KEYS);
 - DataLoader workers ignore Ctrl-C; the main process shuts them down on any exit (`scene_batches`).
 """
 
@@ -72,7 +72,7 @@ log = logging.getLogger("semabs.eval")
 CUTOFFS = np.arange(-2.5, 0.0, 0.1)  # 25 logit cutoffs -2.5 ... -0.1, arange rounding kept
 VOXEL_SIZES = (32, 64)  # detailed analysis: voxel32x32x32_* and voxel64x64x64_* columns
 PROGRESS_COLUMN = "voxel32x32x32_iou"
-# eval.py's own flags; everything else comes from the training run's args.pkl (section 1.3).
+# eval.py's own flags; everything else comes from the training run's args.pkl.
 # num_workers is also the run's (the original forced 8, our default).
 RUN_FLAGS = ("device", "file_path", "load", "gpus", "num_workers")
 EVAL_FLAGS = (
@@ -158,7 +158,7 @@ def cutoff_values(spec: list[float] | None, default: np.ndarray) -> np.ndarray:
 
 
 def eval_config(cli: argparse.Namespace) -> argparse.Namespace:
-    """The training Namespace with this command's run flags and evaluation's overrides (1.3);
+    """The training Namespace with this command's run flags and evaluation's overrides;
     `cutoffs` holds the cutoff values (the network's or the baseline's unless --cutoffs)."""
     check_run_inputs(cli)
     output = stats_path(cli)

@@ -1,5 +1,6 @@
-"""Pictures of relevancy maps: the original's colour scheme (relevancy.md 5.1, train-eval.md 4.3)
-and the per-label figure of `generate_relevancy.py image`, visualize and the web page."""
+"""Pictures of relevancy maps: the original's colour scheme
+(docs/relevancy.md#the-image-command-and-its-figure) and the per-label figure of
+`generate_relevancy.py image`, visualize and the web page."""
 
 from __future__ import annotations
 
@@ -31,9 +32,9 @@ def jet(values: np.ndarray) -> np.ndarray:
 
 
 def overlay(image: np.ndarray, relevance: np.ndarray, vmin: float, vmax: float) -> np.ndarray:
-    """The original's colour scheme (spec 5.1, train-eval.md 4.3): g = clip((rel - vmin) / (vmax -
-    vmin), 0, 1) drawn as jet(g) with alpha 0.7 (1 - g) over the photo, so relevant pixels stay
-    clear and the rest is tinted blue. (H, W, 3) uint8."""
+    """The original's colour scheme (docs/relevancy.md#the-image-command-and-its-figure):
+    g = clip((rel - vmin) / (vmax - vmin), 0, 1) drawn as jet(g) with alpha 0.7 (1 - g) over the
+    photo, so relevant pixels stay clear and the rest is tinted blue. (H, W, 3) uint8."""
     g = np.clip((relevance - vmin) / max(vmax - vmin, 1e-12), 0, 1)[..., None]
     alpha = 0.7 * (1 - g)
     photo = image[..., :3].astype(np.float32) / 255
@@ -100,9 +101,10 @@ def relevancy_figure(
 def shown_maps(
     maps: torch.Tensor, vmin: float, vmax: float
 ) -> tuple[np.ndarray, float, float, str | None]:
-    """(maps to draw, vmin, vmax, note): the mean over labels subtracted (spec 3.6), as the
-    original's figure. With a single label that would leave zeros, so its raw map is drawn from
-    its own minimum to maximum instead, and the note says so."""
+    """(maps to draw, vmin, vmax, note): the mean over labels subtracted
+    (docs/method.md#subtracting-the-mean-over-labels), as the original's figure. With a single
+    label that would leave zeros, so its raw map is drawn from its own minimum to maximum instead,
+    and the note says so."""
     if len(maps) == 1:
         raw = maps.numpy()
         note = (

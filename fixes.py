@@ -19,7 +19,7 @@ from dataclasses import dataclass
 @dataclass(frozen=True)
 class Fix:
     name: str  # keyword argument and flag name
-    spec: str  # where the quirk is described in ../shared/spec
+    where: str  # the docs section that describes the quirk, "<page>.md#<anchor>" inside docs/
     used_by: str  # "network", "dataset", "relevancy", "training" or "evaluation"
     original: str  # what the original does (the default)
     fixed: str  # what the fix does instead
@@ -28,14 +28,14 @@ class Fix:
 FIXES = (
     Fix(
         "fix_scatter_reduce",
-        "models.md 7 (B1), train-eval.md 6.17",
+        "method.md#the-voxel-grid",
         "network",
         "input point features are mean-scattered into voxels although reduce_method says max",
         "scatter with reduce_method (max by default)",
     ),
     Fix(
         "fix_decoder_sampling",
-        "models.md 7 (B2), train-eval.md 6.17",
+        "method.md#implicit-decoder",
         "network",
         "decoder normalises grid indices by G (not G-1) and swaps x and z for grid_sample",
         "reads in (z,y,x) order, each query from the voxel it lies in (half a voxel below its "
@@ -43,42 +43,42 @@ FIXES = (
     ),
     Fix(
         "fix_mean_relevancy",
-        "data.md 1.5 (mean-row trap)",
+        "data.md#the-mean-row-trap",
         "dataset",
         "the mean map subtracted is always the rgb|ours block's, whatever block is read",
         "subtracts the mean map of the block that is read",
     ),
     Fix(
         "fix_vool_patch_mask_scale",
-        "models.md 3 (B5)",
+        "method.md#from-stored-maps-to-point-features",
         "dataset",
         "VOOL patch masks compare the x50-scaled relevancy with patch_mask_cutoff",
         "compares the unscaled relevancy, as OVSSC does",
     ),
     Fix(
         "fix_ovssc_dr_args",
-        "train-eval.md 1.1 (dr_pos / dr_orn / dr_scale)",
+        "method.md#sampling-domain-randomisation-and-the-frustum-mask",
         "dataset",
         "OVSSC domain randomisation ignores --dr_* and uses 0.05 / 0.3 / 0.1",
         "OVSSC uses --dr_pos, --dr_orn, --dr_scale",
     ),
     Fix(
         "fix_crop_tiling",
-        "relevancy.md 3.3",
+        "method.md#crops-scales-copies-and-flips",
         "relevancy",
         "crop offsets compare the column with the height, so some pixels get no crop at some scales",
         "every pixel is covered at every scale",
     ),
     Fix(
         "fix_lr_schedule_world_size",
-        "train-eval.md 1.5, 6.2",
+        "method.md#lamb-and-the-learning-rate-schedule",
         "training",
         "the schedule's total steps ignore the world size, so N processes use 1/N of the cosine",
         "total steps = epochs x batches per process",
     ),
     Fix(
         "fix_rate_argmin",
-        "train-eval.md 6.6",
+        "method.md#the-epoch-loop",
         "training",
         "the epoch summary picks the argmax cutoff for false-positive/negative rates too",
         "picks the argmin cutoff for the two rates",
@@ -91,10 +91,18 @@ def names(used_by: str) -> tuple[str, ...]:
     return tuple(fix.name for fix in FIXES if fix.used_by == used_by)
 
 
+def section_link(where: str) -> str:
+    """Link to a docs section from a page of docs/: "[method.md: the voxel grid](...)"."""
+    page, anchor = where.split("#")
+    return f"[{page}: {anchor.replace('-', ' ')}]({where})"
+
+
 def markdown_table() -> str:
     """The fidelity table of docs/differences.md."""
-    rows = ["| flag | spec | original (default) | with the flag |", "|---|---|---|---|"]
-    rows += [f"| `--{f.name}` | {f.spec} | {f.original} | {f.fixed} |" for f in FIXES]
+    rows = ["| flag | described in | original (default) | with the flag |", "|---|---|---|---|"]
+    rows += [
+        f"| `--{f.name}` | {section_link(f.where)} | {f.original} | {f.fixed} |" for f in FIXES
+    ]
     return "\n".join(rows)
 
 

@@ -1,7 +1,7 @@
-"""One RGB-D frame as visualize.py reads it: the scene pickle (spec data.md section 5), its checks,
-and building one from your own colour and depth images.
+"""One RGB-D frame as visualize.py reads it: the scene pickle (docs/data.md#the-scene-pickle), its
+checks, and building one from your own colour and depth images.
 
-Conventions (those of geometry.py, data.md 1.7):
+Conventions (those of geometry.py, docs/method.md#camera-conventions):
 - camera axes are OpenCV's: x along image columns (right), y along rows (down), z forward;
 - depth is metric depth along the optical axis (camera z), in metres; 0 or NaN means "no reading";
 - `cam_intr` is 3x3 (fx, fy, cx, cy used), `cam_extr` the 4x4 camera-to-world pose;
@@ -229,7 +229,8 @@ def check_description(entry, source: str) -> tuple[str, str, str]:
 
 
 def write_scene_pickle(frame: Frame, path: str | Path) -> None:
-    """The scene pickle of data.md 5 (not scene_file.write_scene, which writes a dataset HDF5)."""
+    """The scene pickle of docs/data.md#the-scene-pickle (not scene_file.write_scene, which writes a
+    dataset HDF5)."""
     with atomic_path(path) as tmp, open(tmp, "wb") as handle:
         pickle.dump(frame.to_dict(), handle, protocol=4)
 

@@ -1,8 +1,8 @@
 """Relevancy maps from the command line: `image` (one picture, a per-label figure) and
 `dataset` (every scene .hdf5 under a folder, stored in the original layout).
 
-Spec: ../shared/spec/relevancy.md section 5 (CLI), ../shared/spec/data.md sections 1.5 (layout)
-and 2.8 (label set, prompts, configs).
+The commands: docs/relevancy.md (the image command and its figure, the dataset command: label set,
+prompts, configs); the stored layout: docs/data.md#the-scene-file-layout.
 
     python generate_relevancy.py image [FILE] --labels vase --labels "red ball" --pretrained openai
     python generate_relevancy.py dataset dataset/ [--source clip|oracle] [--replace]
@@ -176,7 +176,11 @@ def dataset(
     ] = "clip",
     configs: SaliencyConfigsOpt = None,
     prompts: Annotated[
-        list[str] | None, typer.Option("--prompts", help="default: by path (spec 4)")
+        list[str] | None,
+        typer.Option(
+            "--prompts",
+            help="default: the game-engine prompt; the home-photo one for matterport, nyu paths",
+        ),
     ] = None,
     replace: Annotated[
         bool, typer.Option(help="regenerate scenes that already have relevancies")
@@ -196,7 +200,8 @@ def dataset(
         bool, typer.Option(help="stop at the first unreadable scene instead of listing them all")
     ] = False,
 ) -> None:
-    """Relevancies of every scene under FILE_PATH, stored in the original layout (data.md 1.5)."""
+    """Relevancies of every scene under FILE_PATH, stored in the original layout
+    (docs/data.md#the-scene-file-layout)."""
     tiling = crop_tiling(tiling, fix_crop_tiling)
     configs = relevancy_dataset.check_request(source, configs, tiling)
     start = time.perf_counter()

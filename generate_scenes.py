@@ -1,5 +1,5 @@
-"""Generate procedural scenes in the THOR HDF5 format (spec data.md sections 1-2), with no game
-engine.
+"""Generate procedural scenes in the THOR HDF5 format (docs/data.md#the-scene-file-layout), with
+no game engine (docs/data.md#how-a-view-is-made).
 
     python generate_scenes.py dataset dataset/ --num-scenes 1000 --num-processes 2
     python generate_scenes.py dataset demo_data/ --num-scenes 20 --preset small --vis-seed 3
@@ -32,7 +32,7 @@ from utils import InputError, atomic_path, die_with_parent, remove_stale_temp_fi
 app = typer.Typer(add_completion=False, help=__doc__)
 
 SEED_LIMIT = 2**32  # numpy's RandomState takes 0 <= seed < 2**32
-# what a scene file must hold to count as "already there" (data.md 1.2-1.4)
+# what a scene file must hold to count as "already there"
 SCENE_KEYS = (
     *scene_file.TOP_LEVEL_DTYPES,
     scene_file.SALIENCIES,
@@ -246,7 +246,7 @@ def dataset(
 @app.command("pickle")
 def pickle_command(
     out_path: Annotated[
-        Path, typer.Argument(help="output .pkl (visualize.py scene format, data.md section 5)")
+        Path, typer.Argument(help="output .pkl (visualize.py's scene pickle format)")
     ],
     seed: Annotated[int, typer.Option(help="scene seed")] = 0,
     preset: PresetOpt = "small",

@@ -1,6 +1,6 @@
 """Camera and grid geometry shared by the dataset, the scene generator, relevancy and visualisation.
 
-Conventions (spec data.md section 1.7), stated once here and used everywhere through these
+Conventions (docs/method.md#camera-conventions), stated once here and used everywhere through these
 functions:
 
 - Pinhole camera in the **OpenCV** convention: camera x runs along image columns (u, right), y along
@@ -83,8 +83,9 @@ def in_bounds(xyz: np.ndarray, scene_bounds: np.ndarray) -> np.ndarray:
 
 
 def continuous_grid_index(xyz, lower, upper, max_index):
-    """The grid index convention (models.md 1.1), stated once for every grid of G points spanning
-    [lower, upper]: u = (p - lower) * (G - 1) / (upper - lower), clamped to [0, G - 1].
+    """The grid index convention (docs/method.md#the-voxel-grid), stated once for every grid of G
+    points spanning [lower, upper]: u = (p - lower) * (G - 1) / (upper - lower), clamped to
+    [0, G - 1].
 
     The voxel index is trunc(u): voxel i covers [i, i+1) in index space, so the pitch is
     extent / (G - 1) (a 64-cell grid has pitch 2/63, not the TSDF's 2/64). xyz [..., 3]; lower,
@@ -116,7 +117,7 @@ def tsdf_voxel_corners(scene_bounds: np.ndarray, tsdf_shape) -> tuple[np.ndarray
     """World xyz of every TSDF voxel's lower corner, C order over (x, y, z): (X*Y*Z, 3), and voxel
     size.
 
-    The voxel size is min((ub - lb) / shape), as in the original's TSDF (data.md 1.7).
+    The voxel size is min((ub - lb) / shape), as in the original's TSDF.
     """
     scene_bounds = np.asarray(scene_bounds, dtype=np.float64)
     shape = np.asarray(tsdf_shape)
@@ -133,8 +134,8 @@ def integrate_tsdf(
     tsdf_shape=(64, 64, 64),
     trunc_voxels: float = 5.0,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """One-frame TSDF of the original (data.md 1.7): returns (values (X,Y,Z) float32, corners
-    (X*Y*Z,3)).
+    """One-frame TSDF of the original (docs/method.md#the-tsdf): returns (values (X,Y,Z) float32,
+    corners (X*Y*Z,3)).
 
     Unobserved voxels start at -1 ("assume occupied", unlike Zeng's +1). A voxel is updated where
     its corner projects (rounded to the nearest pixel) inside the image, in front of the camera,

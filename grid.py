@@ -1,6 +1,7 @@
 """The network's voxel grid: `VirtualGrid` maps metric points to voxels and scatters point features
-into a feature volume (spec: models.md 1.1). Its index convention is geometry.continuous_grid_index,
-which the numpy side (geometry.grid_index) shares; net.py and metrics.py both index through it.
+into a feature volume (docs/method.md#the-voxel-grid). Its index convention is
+geometry.continuous_grid_index, which the numpy side (geometry.grid_index) shares; net.py and
+metrics.py both index through it.
 """
 
 from __future__ import annotations
@@ -19,10 +20,11 @@ from utils import InputError
 
 
 class VirtualGrid:
-    """A regular grid of G = grid_shape points spanning scene_bounds (spec: models.md 1.1), indexed
-    by geometry's convention: continuous index u = (p - lower) * (G - 1) / (upper - lower), clamped
-    to [0, G-1], voxel index trunc(u), flat index x slowest. Holds no device: it follows its inputs
-    (fix B9: the original's grid kept the device it was built on).
+    """A regular grid of G = grid_shape points spanning scene_bounds
+    (docs/method.md#the-voxel-grid), indexed by geometry's convention: continuous index
+    u = (p - lower) * (G - 1) / (upper - lower), clamped to [0, G-1], voxel index trunc(u), flat
+    index x slowest. Holds no device: it follows its inputs (fix B9: the original's grid kept the
+    device it was built on).
     """
 
     def __init__(self, scene_bounds=DEFAULT_SCENE_BOUNDS, grid_shape=DEFAULT_VOXEL_SHAPE):

@@ -1,11 +1,11 @@
 """OVSSC and VOOL inference on one RGB-D frame over a dense query grid, and the files it writes;
 `start_run`, `run_ovssc` and `run_vool` are visualize.py's two inference commands end to end.
 
-Spec: train-eval.md 4.3-4.5. The original's numbers are kept: a 240^3 query grid spanning the scene
-bounds inclusively, chunks of 2^20 query points with a fresh draw of `num_input_pts` input points
-(with replacement) for every chunk, "empty" where every class logit is below -3.0, OVSSC volumes
-masked to the camera frustum and to TSDF <= 0 (observed free space removed), VOOL points within
-0.15 of the best logit coloured by jet of exp(logit).
+The original's inference (docs/method.md#visualization); its numbers are kept: a 240^3 query grid
+spanning the scene bounds inclusively, chunks of 2^20 query points with a fresh draw of
+`num_input_pts` input points (with replacement) for every chunk, "empty" where every class logit is
+below -3.0, OVSSC volumes masked to the camera frustum and to TSDF <= 0 (observed free space
+removed), VOOL points within 0.15 of the best logit coloured by jet of exp(logit).
 
 Differences from the original, each a bug that only hurt users:
 - the network is the one `args.pkl` names (the original always built SemAbs3D / SemAbsVOOL);
@@ -56,12 +56,13 @@ TSDF_TRUNC_VOXELS = 5.0
 
 def description_name(target: str, relation: str, reference: str) -> str:
     """The display text and file stem of a description in visualize's outputs: "the {T} {R} the
-    {Ref}" (train-eval.md 4.1, data.md 5).
+    {Ref}".
 
     The original uses two formats: its visualize.py names the outputs this way, while its data
-    generator stores the relevancy of the sentence "{T} {R} a {Ref}" (data.md 1.4), which is
-    `scene_file.relevancy_sentence`. The name here is only for people and file names; anything a network
-    reads (clip_spatial's sentence relevancy) uses `scene_file.relevancy_sentence`.
+    generator stores the relevancy of the sentence "{T} {R} a {Ref}"
+    (docs/data.md#the-scene-file-layout), which is `scene_file.relevancy_sentence`. The name here
+    is only for people and file names; anything a network reads (clip_spatial's sentence
+    relevancy) uses `scene_file.relevancy_sentence`.
     """
     return f"the {target} {relation} the {reference}"
 
@@ -110,8 +111,8 @@ def relevancy_labels(frame: Frame, approach: str) -> list[str]:
     set-union, sorted here for repeatability), plus whole sentences for clip_spatial.
 
     clip_spatial networks were trained on the relevancy of the stored sentence "{T} {R} a {Ref}"
-    (`scene_file.relevancy_sentence`, data.md 1.4), so that is the label here, not `description_name`
-    (the original's visualize.py never ran clip_spatial)."""
+    (`scene_file.relevancy_sentence`), so that is the label here, not `description_name` (the
+    original's visualize.py never ran clip_spatial)."""
     labels = set(frame.classes)
     for target, relation, reference in frame.descriptions:
         labels |= {target, reference}
@@ -128,7 +129,8 @@ def prepare_inputs(
     args: argparse.Namespace,
     task: str,
 ) -> SceneInputs:
-    """Back-project, keep in-bounds pixels with depth, attach features (train-eval.md 4.3).
+    """Back-project, keep in-bounds pixels with depth, attach features
+    (docs/method.md#visualization).
 
     `maps` are the raw relevancy maps (L, H, W) of `labels` on this image (or None when the
     approach reads RGB only). As the original's visualize.py: x50 and, with
@@ -228,7 +230,7 @@ def grid_logits(
     """Logits (M,) float32 of every grid point, in chunks, with fresh input points per chunk."""
     out = np.empty(len(grid), np.float32)
     for start in range(0, len(grid), chunk):
-        if num_input_pts == -1:  # every point (data.md 3.2 step 4)
+        if num_input_pts == -1:  # every point
             index = np.arange(num_points)
         else:
             index = rng.integers(0, num_points, num_input_pts)  # with replacement, as the original

@@ -1,12 +1,12 @@
 """Stored arrays to network inputs: plain functions, arrays in and arrays out.
 
-Spec: models.md section 3 (what the networks receive) and data.md sections 3.2, 3.4 and 3.5 (the two
-datasets' samples). The datasets call these functions, and so do the scripts that prepare a single
-scene pickle or an RGB-D frame without a Dataset (visualize.py, the web page), so every input is made
-one way. Nothing here reads a file: scene_file.py does that.
+What the networks receive: docs/method.md#from-stored-maps-to-point-features; the two datasets'
+samples: docs/data.md#what-a-sample-holds. The datasets call these functions, and so do the scripts
+that prepare a single scene pickle or an RGB-D frame without a Dataset (visualize.py, the web page),
+so every input is made one way. Nothing here reads a file: scene_file.py does that.
 
 Quirk kept for fidelity, with the flag that fixes it: VOOL patch masks compare the x50-scaled
-relevancy with the cutoff (bug B5, models.md 3); `fix_scale=True` in `vool_relevancy` (the dataset's
+relevancy with the cutoff (bug B5); `fix_scale=True` in `vool_relevancy` (the dataset's
 `fix_vool_patch_mask_scale`) compares the unscaled map, as OVSSC does. The mean-row trap (which mean
 map is subtracted) is a matter of reading and lives in scene_file.py.
 """
@@ -21,9 +21,9 @@ import geometry
 from utils import InputError
 from vocab import PAD
 
-RELEVANCY_SCALE = 50.0  # stored relevancy is about +-0.02; the networks see it x50 (models.md 3)
+RELEVANCY_SCALE = 50.0  # stored relevancy is about +-0.02; the networks see it x50
 PADDED_TARGET_ID = -2  # object id of a padded description: no point matches, the label is all 0
-CLIP_TEXT_DIM = 512  # width of a CLIP ViT-B/32 text feature (data.md 1.5)
+CLIP_TEXT_DIM = 512  # width of a CLIP ViT-B/32 text feature
 
 
 # --------------------------------------------------------------------------------------------------
@@ -31,7 +31,7 @@ CLIP_TEXT_DIM = 512  # width of a CLIP ViT-B/32 text feature (data.md 1.5)
 
 
 def upsample(maps: np.ndarray, image_shape: tuple[int, int]) -> np.ndarray:
-    """(P, h, w) stored maps -> (P, H, W), bilinear, align_corners False (data.md 3.4 step 4.4)."""
+    """(P, h, w) stored maps -> (P, H, W), bilinear, align_corners False."""
     if len(maps) == 0:
         return np.zeros((0, *image_shape), np.float32)
     tensor = torch.from_numpy(np.ascontiguousarray(maps, np.float32))[None]
@@ -41,25 +41,25 @@ def upsample(maps: np.ndarray, image_shape: tuple[int, int]) -> np.ndarray:
 
 
 def subtract_mean(maps: np.ndarray, mean_map: np.ndarray | None) -> np.ndarray:
-    """(P, h, w) - (h, w): the scene's "mean" map over its labels (subtract_mean_relevancy, models.md
-    3); None leaves the maps as they are. Which row is the mean is scene_file's business (data.md
-    1.5).
+    """(P, h, w) - (h, w): the scene's "mean" map over its labels (subtract_mean_relevancy); None
+    leaves the maps as they are. Which row is the mean is scene_file's business
+    (docs/data.md#the-mean-row-trap).
     """
     return maps if mean_map is None else maps - mean_map
 
 
 def apply_vmin(maps: np.ndarray, vmin: float | None) -> np.ndarray:
-    """`saliency_vmin` (data.md 3.5 step 4): max(maps - vmin, 0), or the maps unchanged when None."""
+    """`saliency_vmin`: max(maps - vmin, 0), or the maps unchanged when None."""
     return maps if vmin is None else np.maximum(maps - vmin, 0)
 
 
 def scale(maps: np.ndarray) -> np.ndarray:
-    """x50, the scale of every relevancy feature the networks read (models.md 3)."""
+    """x50, the scale of every relevancy feature the networks read."""
     return maps * RELEVANCY_SCALE
 
 
 def patch_mask(maps: np.ndarray, cutoff: float, offset: bool = False) -> np.ndarray:
-    """(maps > cutoff) as float32 {0, 1}, or {-1, 1} with `offset` (offset_patch_mask, data.md 3.5)."""
+    """(maps > cutoff) as float32 {0, 1}, or {-1, 1} with `offset` (offset_patch_mask)."""
     mask = (maps > cutoff).astype(np.float32)
     return mask * 2 - 1 if offset else mask
 
@@ -78,7 +78,7 @@ def vool_relevancy(
     cutoff: float = 0.004,
     fix_scale: bool = False,
 ) -> np.ndarray:
-    """VOOL relevancy per pixel, (D, H*W, 1) float32 (data.md 3.4 step 4, models.md 3).
+    """VOOL relevancy per pixel, (D, H*W, 1) float32.
 
     Exact order: subtract the mean map, optional vmin, bilinear upsample, flatten, x50. With
     `patch_masks` the result is instead the mask (map > cutoff) in {0, 1}; bug B5 kept: the x50 map
@@ -98,7 +98,7 @@ def ovssc_relevancy_features(
     cutoff: float = 0.004,
     offset: bool = False,
 ) -> np.ndarray:
-    """OVSSC relevancy features per pixel, (P, H*W, F) float32 (data.md 3.5 step 4, models.md 3).
+    """OVSSC relevancy features per pixel, (P, H*W, F) float32.
 
     `maps` are already mean-subtracted and upsampled to the image, (P, H, W). F holds, in this
     order, the patch mask of the unscaled map (with "patch_masks") and (map - vmin)+ x 50 (with
@@ -116,7 +116,7 @@ def ovssc_relevancy_features(
 
 
 def rgb_points(rgb: np.ndarray) -> np.ndarray:
-    """(H, W, 3) colours in 0..255 -> (H*W, 3) float32 in [0, 1] (models.md 3, "rgb")."""
+    """(H, W, 3) colours in 0..255 -> (H*W, 3) float32 in [0, 1] ("rgb")."""
     return (np.asarray(rgb).reshape(-1, 3) / 255.0).astype(np.float32)
 
 
@@ -132,22 +132,22 @@ def pad_rows(array: np.ndarray, count: int) -> np.ndarray:
 def vool_relevancy_labels(
     target_names: list[str], reference_names: list[str], sentences: list[str]
 ) -> dict[str, list[str]]:
-    """The relevancy maps each VOOL description reads (data.md 3.4 step 3, models.md 2.3, 2.5):
+    """The relevancy maps each VOOL description reads (docs/data.md#what-a-sample-holds):
     its target's, its reference's and its whole sentence's, keyed as the sample's
     `input_<key>_saliency_pts`. In the synonyms split the names are already renamed while the
-    sentence stays the original one (verified, data.md 3.4).
+    sentence stays the original one (as in the released loader).
     """
     return dict(target=list(target_names), reference=list(reference_names), description=sentences)
 
 
 def pad_descriptions(names: list[str], count: int) -> list[str]:
-    """Names or relations of padded descriptions: "[pad]" (data.md 3.4 step 3)."""
+    """Names or relations of padded descriptions: "[pad]"."""
     return list(names) + [PAD] * count
 
 
 def target_labels(objid: np.ndarray, target_ids: list[int], count: int = 0) -> np.ndarray:
-    """(D + count, N) float32: 1 where a ground-truth point has the description's target id (data.md
-    3.4 step 6); `count` padded rows match nothing.
+    """(D + count, N) float32: 1 where a ground-truth point has the description's target id; `count`
+    padded rows match nothing.
     """
     ids = np.array(list(target_ids) + [PADDED_TARGET_ID] * count)
     return (np.asarray(objid)[None] == ids[:, None]).astype(np.float32)
@@ -160,9 +160,9 @@ def target_labels(objid: np.ndarray, target_ids: list[int], count: int = 0) -> n
 def input_points(
     depth: np.ndarray, cam_intr: np.ndarray, cam_pose: np.ndarray
 ) -> tuple[np.ndarray, np.ndarray]:
-    """World xyz of every pixel (H*W, 3), row-major, and (H*W,) bool: depth > 0 (models.md 3).
+    """World xyz of every pixel (H*W, 3), row-major, and (H*W,) bool: depth > 0.
 
-    VOOL keeps zero-depth pixels, OVSSC drops them (data.md 3.4 step 1, 3.5 step 7).
+    VOOL keeps zero-depth pixels, OVSSC drops them.
     """
     return geometry.backproject(depth, cam_intr, cam_pose), np.asarray(depth).reshape(-1) > 0
 
@@ -176,7 +176,7 @@ def filter_subsample(
     probabilities: np.ndarray | None = None,
     always_replace: bool = False,
 ) -> tuple[np.ndarray, dict[str, np.ndarray]]:
-    """`transform_filter_subsample` (data.md 3.2): transform, keep in-bounds points, draw
+    """The original's `transform_filter_subsample`: transform, keep in-bounds points, draw
     `sample_size`.
 
     Each array is indexed along its first axis whose length is the point count (axis 0, then axis
@@ -205,8 +205,8 @@ def filter_subsample(
 
 
 def balanced_probabilities(labels: np.ndarray) -> np.ndarray | None:
-    """Per point: n/n_pos for positives, n/n_neg for negatives; None if one class is absent (data.md
-    3.4 step 9)."""
+    """Per point: n/n_pos for positives, n/n_neg for negatives; None if one class is absent
+    (docs/method.md#sampling-domain-randomisation-and-the-frustum-mask)."""
     n_pos = labels.sum()
     if n_pos == 0 or n_pos == len(labels):
         return None

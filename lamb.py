@@ -1,4 +1,5 @@
-"""LAMB optimizer as Semantic Abstraction trains with it (spec: train-eval.md section 5).
+"""LAMB optimizer as Semantic Abstraction trains with it
+(docs/method.md#lamb-and-the-learning-rate-schedule).
 
 The pytorch-lamb variant (You et al. 2019, "Large Batch Optimization for Deep Learning"): Adam moments
 without bias correction, weight decay added to the update direction, and a per-tensor trust ratio

@@ -1,13 +1,13 @@
-"""Per-row binary metrics of Semantic Abstraction (spec: train-eval.md sections 1.6, 1.8 and 2).
+"""Per-row binary metrics of Semantic Abstraction (docs/method.md#rows-and-metrics).
 
-A row is one (scene, class) for OVSSC or one (scene, description) for VOOL, at one logit cutoff
-(section 2.1). Every metric is binary and computed over the row's non-ignored entries (section 2.3):
+A row is one (scene, class) for OVSSC or one (scene, description) for VOOL, at one logit cutoff.
+Every metric is binary and computed over the row's non-ignored entries:
 
     iou = TP / |pred or label|      precision = TP / |pred|      recall = TP / |label|
     false_negative = |label and not pred| / M      false_positive = |pred and not label| / M
 
 with M the number of non-ignored entries; 0/0 gives NaN. The same metrics are taken on raw points
-(`point_`) and on voxel grids over `scene_bounds` (`voxel{g}x{g}x{g}_`, section 2.4), where a voxel is
+(`point_`) and on voxel grids over `scene_bounds` (`voxel{g}x{g}x{g}_`), where a voxel is
 predicted / labelled when any of its points is, and ignored when any of its points is ignored or it
 holds no point at all. Voxels are indexed exactly as `grid.VirtualGrid` (truncation of
 (p - lower) * (g - 1) / (upper - lower), clamped to [0, g-1]).
@@ -30,9 +30,9 @@ import torch
 
 from grid import VirtualGrid
 
-# column order of section 2.5
+# column order of the stats frames (docs/method.md#rows-and-metrics)
 METRIC_NAMES = ("precision", "recall", "false_negative", "false_positive", "iou")
-# substrings that pick the epoch-summary columns (section 1.6 step 3)
+# substrings that pick the epoch-summary columns (docs/method.md#the-epoch-loop)
 SUMMARY_KEYS = ("iou", "precision", "recall", "false_negative", "false_positive")
 RATE_METRICS = ("false_negative", "false_positive")
 # bool entries handled per chunk of rows in detailed_stats (bounds the int64 histogram index memory)
@@ -67,7 +67,7 @@ def binary_metrics(
 
 
 def _voxel_index(xyz: torch.Tensor, scene_bounds, grid_size: int) -> torch.Tensor:
-    """xyz [B, N, 3] -> int64 [B, N] flat voxel index, grid.VirtualGrid's indexing (section 2.4)."""
+    """xyz [B, N, 3] -> int64 [B, N] flat voxel index, grid.VirtualGrid's indexing."""
     bounds = torch.as_tensor(scene_bounds, dtype=torch.float32).cpu()
     return VirtualGrid(bounds, (grid_size,) * 3).flat_index(xyz)
 
@@ -180,13 +180,13 @@ def detailed_stats(
     voxel_sizes: Sequence[int] = (32,),
     padded: torch.Tensor | None = None,
 ) -> pd.DataFrame:
-    """Sections 1.8 and 2.5: per-row stats of a batch at every cutoff, as the original's frame.
+    """Per-row stats of a batch at every cutoff, as the original's frame.
 
     logits float [B, P, N]; label, ignore bool [B, P, N]; xyz [B, N, 3]; cutoffs: floats, prediction
     is `logit > cutoff` (compared in the logits' dtype, as torch does); row_columns: column name ->
     nested [B][P] strings (scene_id, label for OVSSC; scene_id, target_obj_name, reference_obj_name,
     spatial_relation_name for VOOL); voxel_sizes: 32 in training, (32, 64) in eval.py; padded bool
-    [B, P]: rows whose metric columns are NaN (section 2.3, last line).
+    [B, P]: rows whose metric columns are NaN (padding).
 
     Columns: row_columns in order, point_<METRIC_NAMES>, voxel{g}x{g}x{g}_<METRIC_NAMES> per size,
     cutoff. Rows: scene -> cutoff (given order) -> row; the index restarts at 0 per (scene, cutoff).
@@ -273,18 +273,19 @@ def row_stats(
 
 
 def summary_columns(columns) -> list[str]:
-    """Columns the epoch summary reports (section 1.6 step 3), in frame order."""
+    """Columns the epoch summary reports, in frame order."""
     return [c for c in columns if any(key in c for key in SUMMARY_KEYS)]
 
 
 def epoch_summary(
     frame: pd.DataFrame, fix_rate_argmin: bool = False
 ) -> list[tuple[str, str, float, float]]:
-    """Section 1.6 step 3: (split, column, 100 * mean at the best cutoff, best cutoff) rows.
+    """The epoch summary (docs/method.md#the-epoch-loop): (split, column, 100 * mean at the best
+    cutoff, best cutoff) rows.
 
     The best cutoff is the argmax over cutoffs of the column's mean (NaN skipped), even for the
-    false_negative / false_positive rates (quirk 6 of section 6; fix_rate_argmin=True takes their
-    argmin). Splits in order of appearance; an all-NaN column gives (nan, nan).
+    false_negative / false_positive rates (a quirk kept; fix_rate_argmin=True takes their argmin).
+    Splits in order of appearance; an all-NaN column gives (nan, nan).
     """
     for needed in ("split", "cutoff"):
         if needed not in frame.columns:
@@ -305,7 +306,8 @@ def epoch_summary(
 
 
 def format_epoch_summary(rows: Sequence[tuple[str, str, float, float]]) -> str:
-    """Console lines of section 1.6: `    COLUMN_UPPER<30>:` + score (6.2f) + cutoff (>10, 2 dp).
+    """Console lines of the epoch summary: `    COLUMN_UPPER<30>:` + score (6.2f) + cutoff (>10,
+    2 dp).
 
     Each split's lines follow a `split` header line.
     """

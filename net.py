@@ -1,4 +1,4 @@
-"""The 3D networks of Semantic Abstraction and its baselines (spec: models.md sections 1 and 2).
+"""The 3D networks of Semantic Abstraction and its baselines (docs/method.md#the-networks).
 
 OVSSC (open-vocabulary semantic scene completion):
     SemAbs3D            "ours" and "SemAbs + Chefer et al": one relevancy map per class -> occupancy logits
@@ -42,7 +42,7 @@ from unet3d import ResidualUNet3D, maybe_checkpoint
 from utils import InputError
 from vocab import NETWORK_INPUTS, PAD, POINTING_METHODS, RELATIONS
 
-SPATIAL_RELATIONS = (*RELATIONS, PAD)  # one learned embedding each (models.md 2.3)
+SPATIAL_RELATIONS = (*RELATIONS, PAD)  # a learned embedding each: docs/method.md#vool-semabsvool
 OFFSET_ORDER = tuple(sorted(SPATIAL_RELATIONS))  # the relations of SemAbsVOOL.relation_offsets
 
 
@@ -124,7 +124,7 @@ def point_mlp(in_dim: int, hidden_dim: int, out_dim: int) -> nn.Sequential:
 
 
 class ImplicitVolumetricDecoder(nn.Module):
-    """Trilinear feature lookup at query points, then an MLP (spec: models.md 1.4).
+    """Trilinear feature lookup at query points, then an MLP (docs/method.md#implicit-decoder).
 
     features [B',C,X,Y,Z], queries [B',M,3] metres -> [B',M,output_dim].
     """
@@ -171,7 +171,8 @@ class ImplicitVolumetricDecoder(nn.Module):
 
 
 class PointingAttention(nn.Module):
-    """Logits between keys [..., K, D] and queries [..., Q, D] -> [..., K, Q] (spec: models.md 1.5)."""
+    """Logits between keys [..., K, D] and queries [..., Q, D] -> [..., K, Q]
+    (docs/method.md#pointing)."""
 
     TEMPERATURE = 0.07  # fixed, not learned
 

@@ -1,6 +1,6 @@
 """The command-line flags of training, evaluation and visualization, declared once.
 
-Spec: train-eval.md 1.1 (the shared parser) and 1.2 (per-script flags). Names and defaults are the
+The original's shared parser and per-script flags (docs/training.md). Names and defaults are the
 original's, so its commands and its `args.pkl` files work unchanged. Changes, each a bug that only
 hurt users:
 - every flag that defaults to True can be switched off (`--no_domain_randomization`, ...);
@@ -103,7 +103,7 @@ class Bounded:
 
 
 COUNT = Bounded(int, 1)  # sizes, batch size, epochs
-# Point counts: -1 draws every point (data.md 3.2 step 4), as the original's sample size -1 did.
+# Point counts: -1 draws every point, as the original's sample size -1 did.
 POINT_COUNT = Bounded(int, 1, also=(-1,), meaning="an integer >= 1, or -1 (every point)")
 NONNEGATIVE_COUNT = Bounded(int, 0)
 SEED = Bounded(int, 0, 2**32 - 1)  # numpy's seeds
@@ -159,7 +159,7 @@ class CutoffRange(argparse.Action):
 
 
 def add_shared_flags(parser: argparse.ArgumentParser) -> None:
-    """The original's `utils.config_parser` flags (train-eval.md 1.1), with the fix flags."""
+    """The original's `utils.config_parser` flags (docs/training.md), with the fix flags."""
     add = parser.add_argument
     add("--file_path", required=True, help="dataset root holding ssc_split.pkl / vool_split.pkl")
     add(
@@ -326,11 +326,11 @@ def add_shared_flags(parser: argparse.ArgumentParser) -> None:
     )
     for fix in fixes.FIXES:
         if fix.used_by != "relevancy":
-            _add_bool(parser, fix.name, False, f"{fix.fixed} [{fix.spec}]")
+            _add_bool(parser, fix.name, False, f"{fix.fixed} [docs/{fix.where}]")
 
 
 def training_parser(task: str) -> argparse.ArgumentParser:
-    """train_ovssc.py / train_vool.py: shared flags + --log and --approach (train-eval.md 1.2)."""
+    """train_ovssc.py / train_vool.py: shared flags + --log and --approach."""
     parser = argparse.ArgumentParser(description=f"Train the {task.upper()} network.")
     add_shared_flags(parser)
     parser.add_argument("--log", required=True, help="output directory")

@@ -1,11 +1,12 @@
-"""Multi-scale CLIP relevancy maps on open_clip vision transformers: the algorithm of spec 2-4.
+"""Multi-scale CLIP relevancy maps on open_clip vision transformers: the algorithm of
+docs/method.md#multi-scale-relevancy.
 
 Defines the per-crop Chefer-style relevancy of the last visual block, the extractor that cuts an
 image into crops (saliency.py: configs and tiling), runs them in batches with flip averaging and
 pastes the maps back, and the text features used as targets. The CLIP weights come from
-clip_weights.py. Spec: ../shared/spec/relevancy.md (sections 1.3-4; "spec N" below).
+clip_weights.py.
 
-Per crop c and label p the map is (spec 2):
+Per crop c and label p the map is (docs/method.md#one-crop-a-chefer-style-map):
 
     rel[p, c] = mean_heads( max(0, dS_p/dA * A) )[CLS row, patch columns] -> (grid, grid)
 
@@ -16,15 +17,17 @@ all labels' gradients come from one batched vector-Jacobian product
 (`torch.autograd.grad(..., is_grads_batched=True)`).
 
 Quirks kept for parity (default `tiling="parity"`), fixed by `tiling="full"` (`--tiling full`):
-* a column offset is skipped when it is >= the image height (spec 3.3): landscape images lose
-  columns;
+* a column offset is skipped when it is >= the image height: landscape images lose columns
+  (docs/method.md#crops-scales-copies-and-flips);
 * no edge crop: pixels beyond the last full stride are not covered at that scale;
 * a tile larger than the image gives no crop (portrait images with img_dim = height);
-* every pixel is divided by the number of scales, covered or not (spec 3.5);
-* per-scale accumulators are rounded to fp16 at every addition (spec 1.3).
-Crops are resized with PIL's bicubic one by one by default (`resize="pil"`, `--resize pil`, spec
-1.4), as the original; `resize="torch"` (the `fast` config's, or `--resize torch`) resizes a batch
-with torch's antialiased uint8 bicubic instead (same filter family, small rounding differences).
+* every pixel is divided by the number of scales, covered or not, and the per-scale
+  accumulators are rounded to fp16 at every addition
+  (docs/method.md#paste-back-and-the-mean-over-scales).
+Crops are resized with PIL's bicubic one by one by default (`resize="pil"`, `--resize pil`,
+docs/method.md#weights-preprocessing-and-precision), as the original; `resize="torch"` (the `fast`
+config's, or `--resize torch`) resizes a batch with torch's antialiased uint8 bicubic instead (same
+filter family, small rounding differences).
 Known differences from the original that are not flags: the colour jitter is torchvision's on
 tensors, seeded (the original never seeded it); labels are not re-run in chunks of 32 (all labels
 share one image forward).
@@ -52,13 +55,13 @@ from utils import InputError
 
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
-LOGIT_SCALE = 100.0  # fixed factor of the original, not logit_scale.exp() (spec 2)
+LOGIT_SCALE = 100.0  # fixed factor of the original, not logit_scale.exp()
 HOME_PROMPT = "a photograph of a {} in a home."
 THOR_PROMPT = "a render of a {} in a game engine."
 PRECISIONS = {"fp32": None, "fp16": torch.float16, "bf16": torch.bfloat16}
 
-# The 80 ImageNet prompt templates of CLIP (spec 4), used when a config sets
-# imagenet_prompt_ensemble.
+# The 80 ImageNet prompt templates of CLIP, used when a config sets imagenet_prompt_ensemble
+# (docs/method.md#prompts-and-text-features).
 IMAGENET_TEMPLATES = (
     "a bad photo of a {}.",
     "a photo of many {}.",
@@ -151,9 +154,9 @@ class RelevancyExtractor:
     """Relevancy maps of an open_clip ViT (token pooling, nn.MultiheadAttention blocks).
 
     `precision` "fp16" / "bf16" runs the image side under torch.autocast (the original ran the
-    whole model in fp16 on CUDA, spec 1.3); "fp32" is exact. `batch_size` counts crop forwards
-    (flipped copies included); None picks one from free GPU memory on CUDA (32 on CPU), and a CUDA
-    out-of-memory error halves it and retries.
+    whole model in fp16 on CUDA: docs/method.md#weights-preprocessing-and-precision); "fp32" is
+    exact. `batch_size` counts crop forwards (flipped copies included); None picks one from free GPU
+    memory on CUDA (32 on CPU), and a CUDA out-of-memory error halves it and retries.
     """
 
     def __init__(
@@ -214,7 +217,7 @@ class RelevancyExtractor:
             return contextlib.nullcontext()
         return torch.autocast(self.device.type, dtype=self.autocast_dtype)
 
-    # ---- text side (spec 4)
+    # ---- text side (docs/method.md#prompts-and-text-features)
 
     @torch.no_grad()
     def text_features(self, labels: Sequence[str], prompts: Sequence[str]) -> torch.Tensor:
@@ -238,7 +241,7 @@ class RelevancyExtractor:
             [torch.stack([self._text_cache[(lab, p)] for p in prompts]).mean(0) for lab in labels]
         )
 
-    # ---- per crop (spec 2)
+    # ---- per crop (docs/method.md#one-crop-a-chefer-style-map)
 
     def _last_block_inputs(self, crops: torch.Tensor) -> torch.Tensor:
         visual = self.model.visual
@@ -289,10 +292,11 @@ class RelevancyExtractor:
         maps = relevancy_from_attention(attention.detach(), grads, self.grid, positive_only)
         return maps.float()
 
-    # ---- crops (spec 1.4, 3.2, 3.3)
+    # ---- crops (docs/method.md#crops-scales-copies-and-flips)
 
     def preprocess(self, crops: torch.Tensor, resize: str = "pil") -> torch.Tensor:
-        """uint8 crops (B, 3, s, s) -> normalised float (B, 3, S, S) (spec 1.4).
+        """uint8 crops (B, 3, s, s) -> normalised float (B, 3, S, S)
+        (docs/method.md#weights-preprocessing-and-precision).
 
         resize "pil" (parity): each crop through PIL's bicubic `Image.resize`, antialiased when
         shrinking, exactly as the original's torchvision Resize on a PIL image; CPU, in threads.
@@ -326,7 +330,8 @@ class RelevancyExtractor:
 
     @staticmethod
     def image_copies(image: np.ndarray, augmentations: int, seed: int | None) -> list[torch.Tensor]:
-        """[original, jittered copies] as (3, H, W) uint8 tensors (spec 3.2)."""
+        """[original, jittered copies] as (3, H, W) uint8 tensors
+        (docs/method.md#crops-scales-copies-and-flips)."""
         base = torch.from_numpy(np.ascontiguousarray(image[..., :3])).permute(2, 0, 1)  # (3, H, W)
         copies = [base]
         if augmentations:
@@ -352,7 +357,7 @@ class RelevancyExtractor:
             self._crop_seconds = (time.perf_counter() - start) / count
         return self._crop_seconds
 
-    # ---- whole image (spec 3.4, 3.5)
+    # ---- whole image (docs/method.md#paste-back-and-the-mean-over-scales)
 
     def __call__(
         self,
@@ -429,7 +434,7 @@ class RelevancyExtractor:
             crops = torch.cat([crops, crops.flip(-1)])
         maps = self.crop_relevancy(crops, text, config.positive_attn_only).cpu()
         if config.horizontal_flipping:
-            # flip the maps of the flipped crops back and average (spec 3.4)
+            # flip the maps of the flipped crops back and average
             maps = (maps[:, : len(chunk)] + maps[:, len(chunk) :].flip(-1)) / 2
         return maps
 
@@ -462,7 +467,7 @@ def _resize_pool() -> ThreadPoolExecutor:
 
 
 # --------------------------------------------------------------------------------------------------
-# Labels, whole-image maps (spec 2, 3.5, 3.6), prompts (spec 4)
+# Labels, whole-image maps, prompts (docs/method.md#multi-scale-relevancy)
 
 
 def check_labels(labels: Sequence[str], prompts: Sequence[str]) -> None:
@@ -481,7 +486,8 @@ def check_labels(labels: Sequence[str], prompts: Sequence[str]) -> None:
 def relevancy_from_attention(
     attention: torch.Tensor, grads: torch.Tensor, grid: int, positive_only: bool = True
 ) -> torch.Tensor:
-    """CLS-row attention (B, h, T) and its gradients (N, B, h, T) -> maps (N, B, g, g) (spec 2)."""
+    """CLS-row attention (B, h, T) and its gradients (N, B, h, T) -> maps (N, B, g, g)
+    (docs/method.md#one-crop-a-chefer-style-map)."""
     cam = grads * attention
     if positive_only:
         cam = cam.clamp(min=0)
@@ -497,16 +503,17 @@ def paste_back(
     tiling: str,
     device: str | torch.device = "cpu",
 ) -> torch.Tensor:
-    """Per-scale mean over covering crops, then mean over scales (spec 3.5) -> (N, H, W) float32
+    """Per-scale mean over covering crops, then mean over scales -> (N, H, W) float32
     on the CPU, computed on `device` (thousands of small additions: fast on a GPU).
 
     `sums[s]` is (C, N, R_s, g, g), each copy's map of each region, or (N, R_s, g, g), the maps
     already summed over the `copies` copies.
 
     parity: as the original, the tile sizes in ascending order, each crop's upsampled map added
-    into an fp16 accumulator one crop at a time, copy by copy (QUIRK, spec 1.3: every addition
-    rounds to fp16). full: the copies are summed first and the accumulators are fp32 (bilinear
+    into an fp16 accumulator one crop at a time, copy by copy (QUIRK: every addition rounds to
+    fp16). full: the copies are summed first and the accumulators are fp32 (bilinear
     upsampling is linear, so upsampling the sum equals summing the upsampled maps).
+    docs/method.md#paste-back-and-the-mean-over-scales
     """
     height, width = shape
     device = torch.device(device)
@@ -548,19 +555,22 @@ def paste_back(
 
 
 def mean_over_labels(maps: torch.Tensor) -> torch.Tensor:
-    """Contrastive maps: map_l - mean_k map_k per pixel (spec 3.6)."""
+    """Contrastive maps: map_l - mean_k map_k per pixel
+    (docs/method.md#subtracting-the-mean-over-labels)."""
     return maps - maps.mean(0, keepdim=True)
 
 
 def resize_maps(maps: torch.Tensor, shape: tuple[int, int]) -> torch.Tensor:
-    """(N, H, W) -> (N, *shape) with nearest-exact, as the dataset command stores them (5.2)."""
+    """(N, H, W) -> (N, *shape) with nearest-exact, as the dataset command stores them
+    (docs/relevancy.md#the-dataset-command)."""
     if tuple(maps.shape[-2:]) == tuple(shape):
         return maps
     return F.interpolate(maps[None], size=shape, mode="nearest-exact")[0]
 
 
 def default_prompt(path: str | Path) -> str:
-    """THOR render prompt, or the home photo prompt when the path names matterport or nyu (4)."""
+    """THOR render prompt, or the home photo prompt when the path names matterport or nyu
+    (docs/method.md#prompts-and-text-features)."""
     text = str(path).lower()
     return HOME_PROMPT if ("matterport" in text or "nyu" in text) else THOR_PROMPT
 

@@ -2,8 +2,8 @@
 original layout, computed by CLIP (relevancy.py) or, as an upper bound, from ground-truth masks
 (the oracle). Defines the scene's label set and descriptions, its rgb frames, the oracle maps, the
 scene search, resuming, sharding over processes (processes.shard) and the failure bookkeeping of
-`generate_relevancy.py dataset`. Spec: ../shared/spec/data.md sections 1.5 (layout) and 2.8
-(label set, prompts, configs); ../shared/spec/relevancy.md section 5.2.
+`generate_relevancy.py dataset`: docs/relevancy.md#the-dataset-command (label set, prompts,
+configs) and docs/data.md#the-scene-file-layout (where the maps go).
 """
 
 from __future__ import annotations
@@ -77,7 +77,8 @@ class Outcome:
 
 
 def scene_labels(scene: SceneFile) -> tuple[list[str], list[str] | None]:
-    """(label set of data.md 2.8, visible labels or None without ground truth)."""
+    """(label set of docs/relevancy.md#the-dataset-command, visible labels or None without ground
+    truth)."""
     names = scene.object_classes()
     labels, visible = set(names), None
     if scene.has_segmentation() and scene.has_ground_truth():
@@ -106,7 +107,8 @@ def scene_descriptions(scene: SceneFile) -> list[tuple[str, str, str]]:
 
 
 def scene_rgbs(scene: SceneFile) -> dict[str, np.ndarray]:
-    """{"rgb": uint8 frame, "domain_randomized_rgb": frame when it is a real image (data.md 1.5)}."""
+    """{"rgb": uint8 frame, "domain_randomized_rgb": frame when it is a real image (a placeholder
+    elsewhere: docs/data.md#the-scene-file-layout)}."""
     plain, randomized = RGB_KEYS
     rgbs = {plain: scene.rgb()}
     if scene.has_domain_randomized_rgb():
@@ -166,7 +168,8 @@ def scene_done(path: Path) -> bool:
 def store_scene(
     path: Path, configs: list[str], compute: Callable, source_name: str, replace: bool
 ) -> None:
-    """Relevancy blocks of one scene, stored through scene_file (data.md 1.5)."""
+    """Relevancy blocks of one scene, stored through scene_file
+    (docs/data.md#the-scene-file-layout)."""
     with SceneFile(path) as scene:
         labels, visible = scene_labels(scene)
         if not labels:

@@ -1,7 +1,7 @@
 """One picture's relevancy run, as `generate_relevancy.py image` and the web page (webpage.py)
 do it: the bundled example image and default labels, reading an image file, the flags of the
 figure and the tiling, and writing the outputs (the raw maps, the figure).
-Spec: ../shared/spec/relevancy.md section 5.1.
+The command and its figure: docs/relevancy.md#the-image-command-and-its-figure.
 """
 
 from __future__ import annotations

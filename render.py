@@ -1,6 +1,6 @@
 """Headless turntable rendering of meshes and point clouds: ray-cast, Lambert-shaded, to mp4 / PNG.
 
-Replaces the original's on-screen Open3D window (train-eval.md 4.6), which needs a display and a
+Replaces the original's on-screen Open3D window (docs/visualization.md), which needs a display and a
 GPU (open3d's OffscreenRenderer fails without one: "Failed to load vulkan library"). Here every
 frame is ray-cast on the CPU with open3d's `RaycastingScene` (Embree): triangles are shaded with
 Lambert's law under a head light plus ambient light; point clouds are drawn as small cubes so they

@@ -1,10 +1,10 @@
 """Saliency configs and the crop tiling of multi-scale relevancy: which square crops of which sizes
 an image is cut into, and what a run costs in crop forwards.
 
-Defines SaliencyConfig, the configs `ours`, `chefer_et_al` (the original's, spec 3.1) and `fast`
-(ours, a CPU preset), the tiling modes (`parity` keeps the original's quirks of spec 3.3, `full`
-covers every pixel at every scale), the crop resizes (`pil`, the default, spec 1.4; `torch`), and
-the crop-forward count of spec 6. Spec: ../shared/spec/relevancy.md sections 3.1, 3.3 and 6.
+Defines SaliencyConfig, the configs `ours`, `chefer_et_al` (the original's) and `fast` (ours, a
+CPU preset), the tiling modes (`parity` keeps the original's quirks, `full` covers every pixel at
+every scale), the crop resizes (`pil`, the default; `torch`), and the crop-forward count. What they
+mean: docs/method.md#crops-scales-copies-and-flips and docs/method.md#what-one-image-costs.
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ class SaliencyConfig:
     imagenet_prompt_ensemble: bool = False
     positive_attn_only: bool = True
     tiling: str = "parity"
-    resize: str = "pil"  # "pil": PIL's bicubic per crop (parity, spec 1.4); "torch": batched
+    resize: str = "pil"  # "pil": PIL's bicubic per crop (parity); "torch": batched
 
 
 def _ours(img_dim: int) -> SaliencyConfig:
@@ -88,8 +88,9 @@ def crop_regions(
 ) -> list[tuple[int, int]]:
     """(row, col) offsets of the square crops of one scale, in the original's order (column-major).
 
-    parity: the original loop (spec 3.3), including the skip of column offsets >= height and of row
-    offsets >= width, no edge crop, no crop when the tile exceeds the image.
+    parity: the original loop (docs/method.md#crops-scales-copies-and-flips), including the skip
+    of column offsets >= height and of row offsets >= width, no edge crop, no crop when the tile
+    exceeds the image.
     full: the tile is capped at min(height, width) and a last crop flush with each edge is added.
     """
     if tiling == "full":
@@ -118,7 +119,8 @@ def scale_tiles(height: int, width: int, config: SaliencyConfig) -> list[tuple[i
 
 
 def num_crop_forwards(height: int, width: int, config: SaliencyConfig) -> int:
-    """Crop forwards one image costs (spec 6, without the original's re-run per 32 labels)."""
+    """Crop forwards one image costs, without the original's re-run per 32 labels
+    (docs/method.md#what-one-image-costs)."""
     crops = sum(len(regions) for _, regions in scale_tiles(height, width, config))
     return crops * (1 + config.augmentations) * (2 if config.horizontal_flipping else 1)
 

@@ -1,20 +1,21 @@
-"""The THOR scene-file layout (data.md section 1): key names, reading, writing, the atomic rewrite.
+"""The THOR scene-file layout (docs/data.md#the-scene-file-layout): key names, reading, writing,
+the atomic rewrite.
 
 One HDF5 file per camera view, named "{seed:05d}|{room}.hdf5", beside the split pickles
-`ssc_split.pkl` / `vool_split.pkl` (data.md 1.1). This module is the only one that knows a key
-name: `SceneFile` reads a file (the released 269 GB files unchanged, and generated ones),
-`write_scene` writes a generated view, `write_saliencies` adds the relevancy index of data.md 1.5
-through a temporary copy, and `write_split_lists` / `load_split_lists` handle the split pickles.
+`ssc_split.pkl` / `vool_split.pkl`. This module is the only one that knows a key name:
+`SceneFile` reads a file (the released 269 GB files unchanged, and generated ones), `write_scene`
+writes a generated view, `write_saliencies` adds the relevancy index through a temporary copy, and
+`write_split_lists` / `load_split_lists` handle the split pickles.
 
 Conventions stated once here:
-- Top-level datasets hold rows; `data/<key>` holds region references to row 0 (data.md 1.3). Read
-  back, a reference keeps a leading axis of length 1, so `deref` takes element [0] and casts to
-  float32, as the original's `deref_h5py`: rgb, seg and ids come back as float32.
-- The `saliencies` index (data.md 1.5): per block `R|C` (R = rgb or domain_randomized_rgb, C = ours
-  or chefer_et_al), the sorted labels then "mean" (`R|C|saliency_text_labels`), their text
+- Top-level datasets hold rows; `data/<key>` holds region references to row 0. Read back, a
+  reference keeps a leading axis of length 1, so `deref` takes element [0] and casts to float32,
+  as the original's `deref_h5py`: rgb, seg and ids come back as float32.
+- The `saliencies` index: per block `R|C` (R = rgb or domain_randomized_rgb, C = ours or
+  chefer_et_al), the sorted labels then "mean" (`R|C|saliency_text_labels`), their text
   features, and region references into the top-level `saliencies` rows; blocks are appended in
   write order, L + 1 rows each. A label's map is found by its position in the label list.
-- Quirk kept for fidelity (the mean-row trap, data.md 1.5): the datasets subtract row L of the
+- Quirk kept for fidelity (docs/data.md#the-mean-row-trap): the datasets subtract row L of the
   top-level `saliencies`, i.e. the rgb|ours mean, for every block; `mean_relevancy(own_mean=True)`
   (DatasetConfig's `fix_mean_relevancy`) follows the block's own reference instead.
 - Every dataset is written gzip-compressed, chunked one row per chunk for the top-level ones; the
@@ -35,10 +36,10 @@ import torch
 
 from utils import InputError, atomic_path
 
-SPLIT_FILES = {"ovssc": "ssc_split.pkl", "vool": "vool_split.pkl"}  # data.md 1.1
-GZIP_LEVEL = 9  # the original's level for every dataset (data.md 1.2, 1.5)
-DEFAULT_RELEVANCY_SHAPE = (128, 128)  # item shape of the top-level `saliencies` (data.md 1.2)
-TOP_LEVEL_DTYPES = dict(  # data.md 1.2; `saliencies` is written by write_saliencies
+SPLIT_FILES = {"ovssc": "ssc_split.pkl", "vool": "vool_split.pkl"}
+GZIP_LEVEL = 9  # the original's level for every dataset
+DEFAULT_RELEVANCY_SHAPE = (128, 128)  # item shape of the top-level `saliencies`
+TOP_LEVEL_DTYPES = dict(  # `saliencies` is written by write_saliencies
     rgb=np.uint8,
     depth=np.float32,
     seg=np.int32,
@@ -47,7 +48,7 @@ TOP_LEVEL_DTYPES = dict(  # data.md 1.2; `saliencies` is written by write_salien
     full_xyz_pts=np.float32,
     full_objid_pts=np.int32,
 )
-DESCRIPTION_KEYS = (  # data.md 1.4
+DESCRIPTION_KEYS = (
     "target_obj_name",
     "target_obj_id",
     "target_obj_material",
@@ -56,7 +57,7 @@ DESCRIPTION_KEYS = (  # data.md 1.4
     "spatial_relation_name",
 )
 SALIENCIES = "saliencies"  # the top-level rows
-RGB_KEYS = ("rgb", "domain_randomized_rgb")  # the R of a relevancy block R|C (data.md 1.5)
+RGB_KEYS = ("rgb", "domain_randomized_rgb")  # the R of a relevancy block R|C
 SALIENCY_INDEX = "data/saliencies"  # the per-block index group
 LABELS_SUFFIX = "|saliency_text_labels"
 FEATURES_SUFFIX = "|saliency_text_label_features"
@@ -64,7 +65,7 @@ MEAN_LABEL = "mean"
 
 
 def scene_file_name(seed: int, room: str) -> str:
-    """ "{seed:05d}|{room}.hdf5" (data.md 1.1)."""
+    """ "{seed:05d}|{room}.hdf5"."""
     return f"{seed:05d}|{room}.hdf5"
 
 
@@ -77,13 +78,13 @@ SENTENCE_KEYS = ("target_obj_name", "spatial_relation_name", "reference_obj_name
 
 
 def relevancy_sentence(target: str, relation: str, reference: str) -> str:
-    """The description sentence whose relevancy is stored: "mug in a cabinet" (data.md 1.4); the
-    networks' "the T R the Ref" prompt is inference.py's."""
+    """The description sentence whose relevancy is stored: "mug in a cabinet"; the networks' "the T
+    R the Ref" prompt is inference.py's."""
     return f"{target} {relation} a {reference}"
 
 
 def relevancy_rgb_key(domain_randomized: bool) -> str:
-    """The R of the relevancy block R|C read for the plain or the domain-randomised rgb (data.md 1.5)."""
+    """The R of the relevancy block R|C read for the plain or the domain-randomised rgb."""
     return RGB_KEYS[domain_randomized]
 
 
@@ -132,8 +133,7 @@ class SceneFile:
         """Follow region references into the top-level dataset `key`; stack element [0] of each,
         float32.
 
-        `refs` defaults to `data/<key>`. rgb, seg and ids therefore come back as float32 (data.md
-        1.3).
+        `refs` defaults to `data/<key>`. rgb, seg and ids therefore come back as float32.
         """
         top = self.get(key)
         if refs is None:
@@ -175,21 +175,21 @@ class SceneFile:
         return self.has(SALIENCY_INDEX)
 
     def has_relevancy(self, config: str, rgb_key: str = "rgb") -> bool:
-        """Whether the `rgb_key|config` relevancy block is stored (data.md 1.5)."""
+        """Whether the `rgb_key|config` relevancy block is stored."""
         return self.has(f"{SALIENCY_INDEX}/{rgb_key}|{config}")
 
     def has_segmentation(self) -> bool:
         return self.has("data/seg")
 
     def segmentation(self) -> np.ndarray:
-        """(H, W) float32 object id per pixel, -1 for none (data.md 1.2-1.3)."""
+        """(H, W) float32 object id per pixel, -1 for none."""
         return self.deref("seg")[0]
 
     def has_descriptions(self) -> bool:
         return self.has("data/descriptions/target_obj_name")
 
     def has_domain_randomized_rgb(self) -> bool:
-        """Test rooms only; other rooms store a (1, 1) placeholder (data.md 1.3)."""
+        """Test rooms only; other rooms store a (1, 1) placeholder."""
         return (
             self.has("data/domain_randomized_rgb")
             and self.get("data/domain_randomized_rgb").ndim > 2
@@ -291,8 +291,9 @@ class SceneFile:
     def mean_relevancy(self, labels: list[str], block: str, own_mean: bool) -> np.ndarray:
         """(h, w) "mean" map to subtract.
 
-        Quirk kept for fidelity (mean-row trap, data.md 1.5): by default this is row L (= position
-        of "mean") of the global `saliencies` dataset, i.e. the rgb|ours mean for every block.
+        Quirk kept for fidelity (docs/data.md#the-mean-row-trap): by default this is row L
+        (= position of "mean") of the global `saliencies` dataset, i.e. the rgb|ours mean for every
+        block.
         own_mean=True follows the block's own reference (the fix).
         """
         mean_idx = labels.index(MEAN_LABEL)
@@ -322,8 +323,9 @@ def _write_list(group: h5py.Group, key: str, values: list, gzip: int) -> None:
 
 
 def write_scene(path, scene: dict, relevancy_size: int = 128, gzip: int = GZIP_LEVEL) -> None:
-    """Write one view in the THOR layout of data.md 1.2-1.4 (the `saliencies` rows stay empty, 2.4
-    step 8). `scene` holds the arrays by key name, descriptions as a list of dicts.
+    """Write one view in the THOR layout (the `saliencies` rows stay empty until
+    `generate_relevancy.py dataset` adds them). `scene` holds the arrays by key name, descriptions
+    as a list of dicts.
     """
     with h5py.File(path, "w") as f:
         data = f.create_group("data")
@@ -385,7 +387,8 @@ def write_saliencies(
     replace: bool,
     gzip: int = GZIP_LEVEL,
 ) -> None:
-    """Store {"R|C": (labels, maps (L, h, w), text (L, D))} in the layout of data.md 1.5.
+    """Store {"R|C": (labels, maps (L, h, w), text (L, D))} in the layout of
+    docs/data.md#the-scene-file-layout.
 
     Maps must already have the item shape of `saliencies` (`SceneFile.relevancy_shape`). Each block
     gets its L rows and their mean (the "mean" label), text features with their mean, every row
@@ -449,9 +452,7 @@ def write_split_lists(folder: str | Path, splits: dict[str, list[str]]) -> list[
 
 
 def load_split_lists(file_path: str | Path, task: str) -> dict[str, list[str]]:
-    """`<file_path>/ssc_split.pkl` or `vool_split.pkl`: {split: [relative scene path, ...]} (data.md
-    1.1).
-    """
+    """`<file_path>/ssc_split.pkl` or `vool_split.pkl`: {split: [relative scene path, ...]}."""
     if task not in SPLIT_FILES:
         raise InputError(f"unknown task '{task}'; use ovssc or vool")
     path = Path(file_path) / SPLIT_FILES[task]

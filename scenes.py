@@ -1,5 +1,5 @@
-"""Procedural indoor scenes in the THOR scene format, without a game engine (spec data.md sections
-1-2).
+"""Procedural indoor scenes in the THOR scene format, without a game engine
+(docs/data.md#how-a-view-is-made).
 
 A scene is a room (floor, walls, ceiling) holding furniture made of boxes and cylinders (cabinets,
 drawers, fridges and safes are closed hollow containers; boxes, garbage cans and laundry hampers are
@@ -8,17 +8,17 @@ on, behind and beside them. One camera view is rendered with open3d's Raycasting
 depth, instance segmentation), then:
 
 - ground-truth occupancy points: a uniform sample of the scene bounds plus samples inside every
-  object's box, each labelled with the object whose solid contains it or "empty" (data.md 2.3);
-- the single-frame TSDF of the original (geometry.integrate_tsdf) and its visibility mask (2.4 step
-  6);
-- VOOL descriptions and their ground-truth rewrites by the rules of data.md 2.6 (A: in/on from the
-  placement parent, B: the synthetic "banana in a <container>", C: behind / left / right / in front
-  of).
+  object's box, each labelled with the object whose solid contains it or "empty";
+- the single-frame TSDF of the original (geometry.integrate_tsdf) and its visibility mask;
+- VOOL descriptions and their ground-truth rewrites by the rules of docs/method.md#vool-ground-truth
+  (A: in/on from the placement parent, B: the synthetic "banana in a <container>", C: behind / left
+  / right / in front of).
 
 World frame: z up, the same camera centre (-1.5, 0, 0.8), optical axis (+x), image right (-y) and
-0.6 world units per metre as the THOR files' stored pose (data.md 1.7), but image down maps to -z so
-gravity points down (the stored THOR pose is a reflection; the spec leaves its gravity direction
-unverified). So "behind" means larger x and "on the right of" smaller y, as in THOR files.
+0.6 world units per metre as the THOR files' stored pose (docs/method.md#camera-conventions), but
+image down maps to -z so gravity points down (the stored THOR pose is a reflection, and which way
+gravity points in the released files is not known). So "behind" means larger x and "on the right of"
+smaller y, as in THOR files.
 """
 
 from __future__ import annotations
@@ -44,7 +44,7 @@ CAMERA_POSE = np.array(
     ]
 )
 
-# data.md Appendix B
+# the released generator's class lists and thresholds (docs/method.md#vool-ground-truth)
 CONTAINER_CLASSES = {
     "cabinet",
     "fridge",
@@ -512,9 +512,8 @@ def sample_ground_truth(
     ids.
 
     Half are uniform over the bounds, the rest are split evenly over the objects' boxes (clipped to
-    the bounds), as the exporter samples each collider box (data.md 2.3). A point takes the id of
-    the object whose solid contains it, else the "empty" id len(objects). Hidden parts are sampled
-    like any other.
+    the bounds), as the exporter samples each collider box. A point takes the id of the object whose
+    solid contains it, else the "empty" id len(objects). Hidden parts are sampled like any other.
     """
     num_uniform = num_points // 2
     per_object = np.full(len(objects), (num_points - num_uniform) // len(objects))
@@ -532,7 +531,7 @@ def sample_ground_truth(
 
 
 def should_add_relation(target: str, relation: str, reference: str, added: set[str]) -> bool:
-    """The sentence filter of the THOR generator (data.md 2.6)."""
+    """The sentence filter of the THOR generator (docs/method.md#vool-ground-truth)."""
     if target == reference or "ceiling" in reference:
         return False
     if target in NEVER_DESCRIBED or reference in NEVER_DESCRIBED:
@@ -548,7 +547,8 @@ def should_add_relation(target: str, relation: str, reference: str, added: set[s
 
 @dataclass
 class GroundTruth:
-    """Mutable per-view ground truth that the description rules rewrite (data.md 2.4 step 7)."""
+    """Mutable per-view ground truth that the description rules rewrite, in place
+    (docs/data.md#how-a-view-is-made)."""
 
     xyz: np.ndarray  # (N, 3) world
     objid: np.ndarray  # (N,) int32, index into classes
@@ -589,7 +589,8 @@ def _receptacle_region(xyz: np.ndarray, objects: list[SceneObject], name: str) -
 
 
 def add_descriptions(gt: GroundTruth, objects: list[SceneObject], cam_intr, cam_pose) -> None:
-    """VOOL descriptions and their GT rewrites, rules A, B and C of data.md 2.6, in that order."""
+    """VOOL descriptions and their GT rewrites, rules A, B and C of
+    docs/method.md#vool-ground-truth, in that order."""
     present = set(np.unique(gt.objid).tolist())
     # A. in / on from the placement parent (the floor is never a parent for in/on)
     for index, obj in enumerate(objects):
@@ -709,7 +710,7 @@ def _add_geometric_relations(gt: GroundTruth, cam_intr, cam_pose) -> None:
 
 @dataclass(frozen=True)
 class SceneOptions:
-    """Sizes of a generated view; the defaults are the original's (data.md 1.2)."""
+    """Sizes of a generated view; the defaults are the original's."""
 
     image_size: int = 896
     num_output_pts: int = 1_000_000
@@ -731,9 +732,7 @@ def generate_scene(seed: int, options: SceneOptions = PRESETS["full"]) -> dict:
     image_shape = (options.image_size, options.image_size)
     cam_intr = geometry.pinhole_intrinsics(*image_shape)
     appearance_rngs = [np.random.RandomState([seed, 1])]
-    if is_test_room(
-        room
-    ):  # domain-randomised colours of the same view, test rooms only (2.2 step 7)
+    if is_test_room(room):  # domain-randomised colours of the same view, test rooms only
         appearance_rngs.append(np.random.RandomState([seed, 2]))
     renders = render(objects, cam_intr, CAMERA_POSE, image_shape, appearance_rngs)
     view = renders[0]
@@ -770,7 +769,7 @@ def generate_scene(seed: int, options: SceneOptions = PRESETS["full"]) -> dict:
 
 
 def visualization_pickle(scene: dict) -> dict:
-    """The visualize.py scene dict of data.md section 5 for a generated view."""
+    """The visualize.py scene dict (docs/data.md#the-scene-pickle) for a generated view."""
     classes = [name.split("[")[0] for name in scene["objid_to_class"]]
     visible = sorted({classes[i] for i in np.unique(scene["seg"][scene["seg"] >= 0])} - {"empty"})
     return dict(
@@ -787,8 +786,8 @@ def visualization_pickle(scene: dict) -> dict:
 
 
 def split_lists(file_names: list[str]) -> dict[str, list[str]]:
-    """ssc_split.pkl / vool_split.pkl content (data.md 3.7): train rooms, and the test rooms three
-    times.
+    """ssc_split.pkl / vool_split.pkl content (docs/method.md#splits): train rooms, and the test
+    rooms three times.
     """
     names = sorted(file_names)
     test = [n for n in names if is_test_room(n.split("|", 1)[1].removesuffix(".hdf5"))]

@@ -1,6 +1,7 @@
-"""The learning-rate schedules of training (spec: train-eval.md 1.5): factor(step, warmup, total) of
-transformers 4.5.1's formulas, by --lr_scheduler_type name. Torch-free, so that options.py takes the
-flag's choices from `SCHEDULES` and training.py the factors.
+"""The learning-rate schedules of training (docs/method.md#lamb-and-the-learning-rate-schedule):
+factor(step, warmup, total) of transformers 4.5.1's formulas, by --lr_scheduler_type name.
+Torch-free, so that options.py takes the flag's choices from `SCHEDULES` and training.py the
+factors.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Print the paper's result tables from eval.py stats frames (spec: train-eval.md section 3).
+"""Print the paper's result tables from eval.py stats frames (docs/method.md#the-tables).
 
     python summarize.py                                  # released models/ layout, rich tables
     python summarize.py --tables ovssc --format markdown --ovssc ours=runs/new/ovssc_eval_stats.pkl
@@ -14,13 +14,14 @@ Three tables, each one row per approach (VOOL: one row per approach and spatial 
     FULL VOOL THOR  the same four columns per spatial relation
     OVSSC NYU       per NYU class and their mean, voxel 60^3 IoU x 100
 
-Selection rules (section 3.1-3.4): one best cutoff per approach, the argmax over cutoffs of the metric's
-mean over all rows; Novel Room / Visual average per room first, Novel Vocab / Class (OVSSC) per label
-first; Novel Class pools every non-train split.
+Selection rules (docs/method.md#the-one-cutoff-protocol): one best cutoff per approach, the argmax
+over cutoffs of the metric's mean over all rows; Novel Room / Visual average per room first, Novel
+Vocab / Class (OVSSC) per label first; Novel Class pools every non-train split.
 
-Fixed against the original (section 6.13): paths are options, a missing or unreadable stats file
-leaves its row out with one line on stderr instead of stopping, NaN cells print as "–" instead of
-crashing the to_csv round trip, and the VOOL mean row averages however many relations there are.
+Fixed against the original (docs/differences.md#bugs-fixed-outright): paths are options, a missing
+or unreadable stats file leaves its row out with one line on stderr instead of stopping, NaN cells
+print as "–" instead of crashing the to_csv round trip, and the VOOL mean row averages however many
+relations there are.
 
 Works on pandas frames alone: it imports neither torch nor dataset.py (vocab.py holds the synonym map
 and the test classes; utils.py, torch-free, the error handler). Note that stats files are pickles: only read files you trust.
@@ -140,7 +141,7 @@ def load_stats(path: Path, columns: list[str], notes: list[str]) -> pd.DataFrame
 
 
 def room_ids(scene_id: pd.Series) -> pd.Series:
-    """'00123|FloorPlan26_physics' -> 26: the int after "FloorPlan" in the first "_" token (3.1 step 2)."""
+    """'00123|FloorPlan26_physics' -> 26: the int after "FloorPlan" in the first "_" token."""
     text = scene_id.astype(str).str.split("_").str[0].str.split("FloorPlan").str[1]
     rooms = pd.to_numeric(text, errors="coerce")
     if rooms.isna().any():
@@ -150,7 +151,7 @@ def room_ids(scene_id: pd.Series) -> pd.Series:
 
 
 def at_best_cutoff(frame: pd.DataFrame, metric: str) -> pd.DataFrame:
-    """Rows at the cutoff whose mean metric over all rows is largest (3.1 step 3); none if all NaN."""
+    """Rows at the cutoff whose mean metric over all rows is largest; none if all NaN."""
     means = frame.groupby("cutoff")[metric].mean().dropna()
     if means.empty:
         return frame.iloc[:0]
@@ -169,7 +170,7 @@ def mean_of_group_means(rows: pd.DataFrame, by, score: str, skipna: bool) -> flo
 
 
 def ovssc_scores(frame: pd.DataFrame, metric: str = THOR_METRIC) -> dict[str, float]:
-    """One OVSSC THOR row (3.2): the four Novel columns, metric x 100 at the best cutoff."""
+    """One OVSSC THOR row: the four Novel columns, metric x 100 at the best cutoff."""
     rows = at_best_cutoff(frame, metric).copy()
     rows["score"] = rows[metric] * 100
     rows["room_id"] = room_ids(rows["scene_id"])
@@ -196,14 +197,14 @@ def ovssc_scores(frame: pd.DataFrame, metric: str = THOR_METRIC) -> dict[str, fl
 
 
 def vool_relations(frame: pd.DataFrame) -> list[str]:
-    """Spatial relations in order of first appearance, [pad] skipped (3.3)."""
+    """Spatial relations in order of first appearance, [pad] skipped."""
     return [r for r in frame["spatial_relation_name"].unique() if r != PAD]
 
 
 def vool_scores(
     frame: pd.DataFrame, relations: list[str], metric: str = THOR_METRIC
 ) -> pd.DataFrame:
-    """FULL VOOL THOR rows of one approach (3.3): index relations + "mean", columns NOVEL_COLUMNS."""
+    """FULL VOOL THOR rows of one approach: index relations + "mean", columns NOVEL_COLUMNS."""
     rows = at_best_cutoff(frame, metric).copy()
     rows["score"] = rows[metric] * 100
     rows["room_id"] = room_ids(rows["scene_id"])
@@ -238,7 +239,7 @@ def vool_scores(
 
 
 def nyu_scores(frame: pd.DataFrame, metric: str = NYU_METRIC) -> dict[str, float]:
-    """One OVSSC NYU row (3.4): per-class means at the best cutoff and the mean over every label."""
+    """One OVSSC NYU row: per-class means at the best cutoff and the mean over every label."""
     rows = at_best_cutoff(frame, metric)
     per_label = (rows[metric] * 100).groupby(rows["label"]).mean()
     scores = {name.title(): float(per_label.get(name, math.nan)) for name in NYU_CLASSES}
@@ -317,7 +318,7 @@ def vool_table(paths: list[tuple[str, str, Path]], metric: str, notes: list[str]
     loaded = [row for row in loaded if row[3] is not None]
     if not loaded:
         return table
-    # relations come from the Ours frame (3.3); without it, from the first approach that loaded
+    # relations come from the Ours frame, as the original's, else from the first approach loaded
     frames = {name: frame for _, name, _, frame in loaded}
     relations = vool_relations(frames.get("Ours", loaded[0][3]))
     for key, name, path, frame in loaded:
@@ -497,7 +498,7 @@ def main(
         ),
     ] = None,
 ) -> None:
-    """Print the OVSSC THOR, FULL VOOL THOR and OVSSC NYU tables (train-eval.md section 3)."""
+    """Print the OVSSC THOR, FULL VOOL THOR and OVSSC NYU tables (docs/method.md#the-tables)."""
     if format not in FORMATS:
         raise InputError(f"--format must be one of {', '.join(FORMATS)}, got {format!r}")
     if json_path is not None and json_path.is_dir():

@@ -1,10 +1,10 @@
-"""The two tasks, OVSSC and VOOL: what training and evaluation do differently for each (spec:
-train-eval.md 1.2 and 1.8, models.md 4).
+"""The two tasks, OVSSC and VOOL: what training and evaluation do differently for each
+(docs/method.md#losses-and-masks).
 
 A task (`Task`) is its loss, its per-row columns and the batch keys that carry a row axis; a row is
 one class (OVSSC) or one description (VOOL). Both run the network through the one `forward`, which
-above CHUNK_POINTS query points runs it one row at a time (section 1.8). The registries of approaches
-are vocab.APPROACHES and net.NETWORKS; training.py and eval.py take a task from `TASKS`.
+above CHUNK_POINTS query points runs it one row at a time (as the original). The registries of
+approaches are vocab.APPROACHES and net.NETWORKS; training.py and eval.py take a task from `TASKS`.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from torch import nn
 from scene_file import SENTENCE_KEYS
 from vocab import PAD
 
-CHUNK_POINTS = 500_000  # above this many query points the net runs one row at a time (spec 1.8)
+CHUNK_POINTS = 500_000  # above this many query points the net runs one row at a time
 
 
 # --------------------------------------------------------------------------------------------------
@@ -31,9 +31,10 @@ CHUNK_POINTS = 500_000  # above this many query points the net runs one row at a
 def bce_weight(
     label: torch.Tensor, balance: bool, positive_weight: float | None = None
 ) -> torch.Tensor | None:
-    """get_bce_weight (spec 1.8): None (all ones), or per-row positive/negative balancing rescaled to
-    keep the total weight; or (--bce_positive_weight, not in the original) every positive weighted
-    `positive_weight` against 1 for a negative, the same in every row, rescaled alike."""
+    """get_bce_weight (docs/method.md#balancing): None (all ones), or per-row positive/negative
+    balancing rescaled to keep the total weight; or (--bce_positive_weight, not in the original)
+    every positive weighted `positive_weight` against 1 for a negative, the same in every row,
+    rescaled alike."""
     label = label.float()
     if positive_weight is not None:
         weight = 1 + (positive_weight - 1) * label
@@ -154,7 +155,7 @@ def chunked_forward(model: nn.Module, batch: dict, row_keys: tuple[str, ...], ro
 def forward(
     model: nn.Module, batch: dict, row_keys: tuple[str, ...], chunk_points: int = CHUNK_POINTS
 ) -> torch.Tensor:
-    """Logits [B, R, N]; one row at a time above chunk_points query points (section 1.8)."""
+    """Logits [B, R, N]; one row at a time above chunk_points query points."""
     rows, points = batch["output_xyz_pts"].shape[1:3]
     if points > chunk_points:
         return chunked_forward(model, batch, row_keys, rows)
@@ -224,7 +225,7 @@ def ovssc_row_columns(batch: dict) -> dict:
 # VOOL: one row per description
 
 # Keys with a description axis, all sliced when running one description at a time. The original
-# left input_rgb_pts and the object names whole, so semantic_aware failed there (train-eval.md 1.8).
+# left input_rgb_pts and the object names whole, so semantic_aware failed there.
 VOOL_ROW_KEYS = (
     "input_target_saliency_pts",
     "input_reference_saliency_pts",

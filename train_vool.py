@@ -1,7 +1,7 @@
 """Train a VOOL network (visually obscured object localization).
 
-Spec: train-eval.md 1.2 and 1.8, models.md 4. The task (loss, per-row columns) is tasks.VOOL; the
-loop, checkpoints and logging are training.py's.
+Running it: docs/training.md; what it computes: docs/method.md#training. The task (loss, per-row
+columns) is tasks.VOOL; the loop, checkpoints and logging are training.py's.
 
     python train_vool.py --file_path dataset/ --log logs/vool
     torchrun --standalone --nproc_per_node 2 -- train_vool.py --file_path dataset/ --log logs/vool

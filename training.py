@@ -1,5 +1,5 @@
 """What train_ovssc.py and train_vool.py share: data checks and loaders, optimizer and schedule, the
-epoch loop, checkpoints and logging (spec: train-eval.md 1.4-1.8).
+epoch loop, checkpoints and logging (docs/method.md#training).
 
 A task (tasks.Task: OVSSC or VOOL) brings its loss, its row columns and its forward; the process
 group is processes.py's, the schedules schedules.py's; everything else is here.
@@ -66,7 +66,7 @@ from utils import InputError, atomic_path, remove_stale_temp_files, run_app
 
 log = logging.getLogger("semabs.train")
 
-TRAIN_CUTOFFS = [-1.0]  # spec 1.6: the train split is scored at logit -1
+TRAIN_CUTOFFS = [-1.0]  # the train split is scored at logit -1 (docs/method.md#the-epoch-loop)
 EVAL_CUTOFFS = np.arange(-2.7, 0, 0.3).tolist()  # 10 values, the last ~-1.8e-15 (kept as is)
 EVAL_SPLITS = ("unseen_instances",)  # the only non-train split visited during training
 TQDM_RATES = ("iou", "precision", "recall")
@@ -157,9 +157,9 @@ class PositionSampler(torch.utils.data.Sampler):
 
 
 def epoch_order(size: int, train: bool, procs: Processes, seed: int, epoch: int) -> list[int]:
-    """This process's sample order (spec 1.4): DistributedSampler(shuffle=True, drop_last=True) for
-    train and (shuffle=False, drop_last=False) otherwise under DDP; a shuffle / the plain order
-    without."""
+    """This process's sample order: DistributedSampler(shuffle=True, drop_last=True) for train and
+    (shuffle=False, drop_last=False) otherwise under DDP; a shuffle / the plain order without
+    (docs/method.md#the-epoch-loop)."""
     if procs.ddp:
         sampler = torch.utils.data.DistributedSampler(
             range(size),
@@ -227,7 +227,7 @@ def to_device(batch: dict, device: torch.device) -> dict:
 
 
 # --------------------------------------------------------------------------------------------------
-# optimizer and learning-rate schedule (spec 1.5; the schedules are schedules.py's)
+# optimizer and learning-rate schedule (docs/method.md#lamb-and-the-learning-rate-schedule)
 
 
 def every(epoch: int, freq: int) -> bool:
@@ -721,7 +721,7 @@ def preempted_line(args: argparse.Namespace, position: Position, model: nn.Modul
 
 
 def text_encoder(args: argparse.Namespace, device: torch.device):
-    """Semantic-aware VOOL: CLIP ViT-B-32 text features of the bare object names (models.md 2.4)."""
+    """Semantic-aware VOOL: CLIP ViT-B-32 text features of the bare object names."""
     import relevancy
 
     model, tokenizer = relevancy.load_model(checkpoint=args.clip_checkpoint, device=device)
@@ -748,7 +748,7 @@ def train(
     max_seconds: float | None = None,
     **network_overrides,
 ) -> nn.Module:
-    """Train as train-eval.md 1.6; returns this process's (bare) network.
+    """Train as docs/method.md#the-epoch-loop says; returns this process's (bare) network.
 
     stop_after_steps / max_seconds (tests, benchmarks): save latest.pth and return after that many
     optimizer steps / once that much time has passed (checked after each training step).
@@ -871,7 +871,7 @@ def distribute(model: nn.Module, procs: Processes) -> tuple[nn.Module, bool]:
 
 
 def run_epochs(trainer: Trainer, datasets: dict, position: Position) -> Position:
-    """The epoch loop of train-eval.md 1.6 from `position`; -> where the run stopped.
+    """The epoch loop (docs/method.md#the-epoch-loop) from `position`; -> where the run stopped.
 
     Each epoch: train (latest.pth after it), ckpt_<epoch>.pth every --save_freq epochs and after
     the last (none with --save_freq 0), the evaluation splits every --eval_freq epochs, and

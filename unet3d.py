@@ -1,4 +1,4 @@
-"""Residual 3D UNet (spec: models.md section 1.3).
+"""Residual 3D UNet (docs/method.md#point-encoder-and-residual-unet).
 
 The architecture of wolny/pytorch-3dunet's ResidualUNet3D as Semantic Abstraction uses it: layer order
 "gcr" (GroupNorm, Conv3d without bias, ReLU), residual blocks of three convolutions, max-pool

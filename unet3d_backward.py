@@ -1,4 +1,5 @@
-"""The residual UNet's own backward pass (spec: models.md section 1.3; docs/performance.md).
+"""The residual UNet's own backward pass (docs/method.md#point-encoder-and-residual-unet;
+docs/performance.md#networks-on-the-cpu).
 
 GroupNormConv3d, the fused conv3d(group_norm(x)) autograd function that unet3d.SingleConv runs, keeps
 x instead of the normalised tensor; its backward pass uses ATen's kernels, or on large CPU volumes

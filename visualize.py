@@ -1,7 +1,7 @@
 """OVSSC and VOOL on one RGB-D frame: inference to OBJ / PLY / NPZ, and headless turntable videos.
 
-Spec: ../shared/spec/train-eval.md section 4 (commands, inference, outputs, rendering) and data.md
-section 5 (the scene pickle).
+The commands and their outputs: docs/visualization.md; the original's inference:
+docs/method.md#visualization; the scene pickle: docs/data.md#the-scene-pickle.
 
     python visualize.py ovssc-inference scene.pkl models/ours/ovssc/ovssc.pth   # -> visualization/scene/
     python visualize.py ovssc-visualize visualization/scene                      # -> completion.mp4
@@ -66,8 +66,8 @@ def inference_command(task: str, finish: Callable[[inference.SceneRun], None]):
         data_pickle_path: Annotated[
             Path,
             typer.Argument(
-                help="scene pickle (data.md 5), or a dataset scene file (.hdf5: its stored "
-                "relevancy, ground truth drawn beside the prediction)"
+                help="scene pickle (docs/data.md#the-scene-pickle), or a dataset scene file (.hdf5: "
+                "its stored relevancy, ground truth drawn beside the prediction)"
             ),
         ],
         model_ckpt_path: Path,  # annotated below: its help names the task

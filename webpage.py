@@ -7,7 +7,7 @@ and the CLIP model, and see each label's map over the image; the raw maps (.npy)
 (.png) can be downloaded. Requests run one at a time: a second one waits in the queue. Without
 CLIP weights the page says so and offers random weights only as a labelled smoke test. The maths
 is relevancy.py's and the figure figures.py's; nothing but this file imports gradio.
-Spec: ../shared/spec/relevancy.md section 5.1 (colours).
+Colours: docs/relevancy.md#the-image-command-and-its-figure.
 """
 
 from __future__ import annotations

@@ -8,8 +8,10 @@ of computing the default OVSSC network (bench/original_style.py) measured in the
     python bench/networks.py --device cuda
 
 Each case runs in a fresh process so that its peak memory (max RSS on CPU, max allocated on CUDA) is
-its own. The original itself, on a quiet 2-core CPU of another session (models.md 6): 11.6-13.2 s per
-default OVSSC training step with a 4.3 GB peak. Machines differ by 2x: compare figures of one run.
+its own. The original itself, run side by side with ours on this machine type, took 19.1-22.3 s per
+default OVSSC training step with a 4.8-5.0 GB peak
+(docs/performance.md#against-the-original-code-itself). Machines differ by 2x: compare figures of
+one run.
 """
 
 from __future__ import annotations

@@ -1,11 +1,11 @@
 """SemAbs3D computed the plain way the original code does it, to time it side by side with ours.
 
-Re-created from the spec (models.md 1.1-1.4 and 2.1), not from the original code: an estimate of the
-original's cost on the machine at hand, since the original cannot be installed here. What it keeps from
-the original and ours changed:
+Re-created from the description of the original's network (docs/method.md#the-networks), not from
+its code: an estimate of the original's cost on the machine at hand, since the original cannot be
+installed here. What it keeps from the original and ours changed:
     - channels-first volumes and weights (ours: channels-last, which oneDNN convolves faster);
     - out-of-place residual and skip additions (ours: in place, so fewer tensors are kept);
-    - mean scatter through Tensor.scatter_reduce, the spec's stand-in for torch_scatter (ours: index_add);
+    - mean scatter through Tensor.scatter_reduce, a stand-in for torch_scatter (ours: index_add);
     - F.grid_sample for the decoder (ours: 8 gathered channel rows, whose backward is ~3x faster);
     - plain page-backed allocations (ours: transparent huge pages, see utils.py).
 Parameter names equal net.SemAbs3D's, so it loads our state dict: bench/networks.py checks that both

@@ -35,7 +35,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 from relevancy_reference import reference_crop_relevancy  # noqa: E402
 
 LABELS = ("vase", "red ball", "lamp")
-ORIGINAL_OURS_S = (273, 338)  # spec relevancy.md section 7
+# the original's `ours`, busy 2-core machine (docs/performance.md#against-the-original-code-itself)
+ORIGINAL_OURS_S = (273, 338)
 
 
 def timed(function):

@@ -1,16 +1,32 @@
+import os
+import subprocess
 from pathlib import Path
 
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
-SHARED = REPO.parent / "shared"
+# Untracked outputs and environments, skipped by `repository_files` when git is unavailable.
+IGNORED_DIRS = {".git", ".venv", "__pycache__", ".pytest_cache", ".ruff_cache", "outputs"}
+IGNORED_DIRS |= {"visualization", "models", "dataset", "logs"}
 
 
-@pytest.fixture(scope="session")
-def shared_dir() -> Path:
-    if not SHARED.is_dir():
-        pytest.fail(f"../shared is missing beside the checkout ({SHARED})")
-    return SHARED
+def repository_files() -> list[str]:
+    """The repository's files, relative to it: tracked ones and the untracked ones git would add
+    (git ls-files), or, without git, every file minus environments, caches and ignored outputs."""
+    try:
+        listed = subprocess.run(
+            ["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
+            cwd=REPO,
+            capture_output=True,
+            check=True,
+        ).stdout
+        names = [name for name in listed.decode().split("\0") if name]
+    except (OSError, subprocess.CalledProcessError):
+        names = []
+        for root, dirs, files in os.walk(REPO):
+            dirs[:] = [d for d in dirs if d not in IGNORED_DIRS and not d.endswith(".egg-info")]
+            names += [os.path.relpath(os.path.join(root, f), REPO) for f in files]
+    return sorted(name for name in names if (REPO / name).is_file())
 
 
 @pytest.fixture(scope="session")

@@ -1,8 +1,8 @@
-"""Test helper: add the `saliencies` layout of data.md 1.5 to a scene file, built by hand from the
-spec.
+"""Test helper: add the `saliencies` layout (docs/data.md#the-scene-file-layout) to a scene file,
+built by hand from that description.
 
-The relevancy engineer's code writes this layout for real; the dataset tests build it themselves so
-that they check the reader against the spec, not against another module.
+The relevancy code writes this layout for real; the dataset tests build it themselves so that they
+check the reader against the described layout, not against another module.
 """
 
 from __future__ import annotations
@@ -18,8 +18,8 @@ CONFIGS = ("ours", "chefer_et_al")
 
 
 def scene_labels(f: h5py.File) -> list[str]:
-    """The label set of data.md 2.8: visible classes, description names and sentences, synonyms;
-    sorted.
+    """The label set of docs/relevancy.md#the-dataset-command: visible classes, description names
+    and sentences, synonyms; sorted.
     """
     classes = [class_name(s) for s in f["data/objid_to_class"][()].astype(str)]
     seg = f["seg"][f["data/seg"][0]][0]

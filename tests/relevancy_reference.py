@@ -1,6 +1,6 @@
 """Reference computations for checking relevancy.py (tests and bench only): the per-scale crop
 coverage of a saliency config, and the straightforward per-label autograd relevancy of a crop batch
-(relevancy.md 3)."""
+(docs/method.md#crops-scales-copies-and-flips)."""
 
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
-"""dataset.py: the HDF5 reader against a hand-built file that follows data.md 1 byte for byte, the
-OVSSC and VOOL samples of generated scenes for every approach and input, and the bad-input
-messages."""
+"""dataset.py: the HDF5 reader against a hand-built file that follows
+docs/data.md#the-scene-file-layout, the OVSSC and VOOL samples of generated scenes for every
+approach and input, and the bad-input messages."""
 
 import pickle
 
@@ -34,8 +34,8 @@ def gzip9(group, name, **kwargs):
 
 
 def build_minimal_file(path, descriptions=True):
-    """A 4x4 view written exactly as data.md 1.2-1.5 lays it out (maps are constants: block*10 +
-    row).
+    """A 4x4 view written exactly as docs/data.md#the-scene-file-layout lays it out (maps are
+    constants: block*10 + row).
     """
     with h5py.File(path, "w") as f:
         data = f.create_group("data")
@@ -438,8 +438,9 @@ def decompose(m: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 
 
 def test_random_transform_is_translate_rotate_scale():
-    """data.md 3.3: M = T R S; T = randn(3) * scene_dims * dr_pos; R = Rz(c) Ry(b) Rx(a), each angle
-    uniform in [-dr_orn/2, dr_orn/2]; S = diag(1 + dr_scale * U[0, 1)^3), per axis."""
+    """M = T R S (docs/method.md#sampling-domain-randomisation-and-the-frustum-mask):
+    T = randn(3) * scene_dims * dr_pos; R = Rz(c) Ry(b) Rx(a), each angle uniform in
+    [-dr_orn/2, dr_orn/2]; S = diag(1 + dr_scale * U[0, 1)^3), per axis."""
     from scipy.spatial.transform import Rotation
 
     torch.manual_seed(0)
@@ -486,7 +487,7 @@ def dr_statistics(dataset, n=300) -> tuple[float, float, float]:
 
 def test_fix_ovssc_dr_args_makes_ovssc_use_the_dr_flags(generated_root):
     """OVSSC ignores --dr_pos / --dr_orn / --dr_scale (0.05, 0.3, 0.1: translation std 0.1, angles up
-    to 0.15, scales up to 1.1) unless --fix_ovssc_dr_args; VOOL always uses them (data.md 3.3)."""
+    to 0.15, scales up to 1.1) unless --fix_ovssc_dr_args; VOOL always uses them."""
     flags = [
         "--domain_randomization", "--dr_pos", "0.5", "--dr_orn", "0.02", "--dr_scale", "0.5",
     ]  # fmt: skip

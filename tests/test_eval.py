@@ -414,7 +414,7 @@ def test_baselines_of_both_tasks_do_not_share_a_default_file(data, ovssc_ckpt, t
     )
 
 
-# -- -1: every point (data.md 3.2 step 4)
+# -- -1: every point
 
 
 def test_a_checkpoint_whose_args_pkl_holds_minus_one_evaluates(data, ovssc_ckpt, tmp_path, capsys):

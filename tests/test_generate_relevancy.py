@@ -1,6 +1,6 @@
-"""generate_relevancy.py: the dataset command writes the original layout (data.md 1.5), resumes
-after an interruption, replaces, shards by rank and computes oracle maps; the image command writes
-its figure."""
+"""generate_relevancy.py: the dataset command writes the original layout
+(docs/data.md#the-scene-file-layout), resumes after an interruption, replaces, shards by rank and
+computes oracle maps; the image command writes its figure."""
 
 import hashlib
 import os
@@ -42,7 +42,7 @@ def regionref_dataset(scene, key, array):
 
 
 def make_scene(path, seed=0, size=(24, 32), randomized=False, descriptions=True, ground_truth=True):
-    """A minimal THOR-layout scene (data.md 1): rgb, seg, full_objid_pts, objid_to_class, ..."""
+    """A minimal THOR-layout scene: rgb, seg, full_objid_pts, objid_to_class, ..."""
     rng = np.random.default_rng(seed)
     height, width = size
     seg = np.zeros(size, np.int32)
@@ -70,7 +70,7 @@ def make_scene(path, seed=0, size=(24, 32), randomized=False, descriptions=True,
             ]:
                 group.create_dataset(key, data=np.array([value], dtype=object), dtype=strings)
             group.create_dataset("target_obj_id", data=np.array([2], np.int64))
-        else:  # zero descriptions: every key is an empty float64 array (data.md 1.4)
+        else:  # zero descriptions: every key is an empty float64 array
             for key in (
                 "target_obj_name",
                 "target_obj_id",
@@ -137,7 +137,7 @@ def test_dataset_writes_original_layout_readable_through_region_refs(tiny_models
             for k in keys
             for suffix in ("", "|saliency_text_labels", "|saliency_text_label_features")
         }
-        for block, key in enumerate(keys):  # write order (data.md 1.5)
+        for block, key in enumerate(keys):  # write order
             labels, features, rows = read_block(scene, key)
             assert labels == [*EXPECTED_LABELS, "mean"]
             refs = scene["data/saliencies"][key]
@@ -153,7 +153,7 @@ def test_dataset_writes_original_layout_readable_through_region_refs(tiny_models
 
 def test_stored_maps_equal_computed_maps(tiny_models, tmp_path, monkeypatch):
     """Same extractor for the command and the check: the stored rows are the computed maps resized
-    with nearest-exact, plus their mean (data.md 1.5)."""
+    with nearest-exact, plus their mean."""
     torch.manual_seed(0)
     model, tokenizer = clip_weights.load_model(TINY, pretrained="none")
     extractor = relevancy.RelevancyExtractor(model, tokenizer)

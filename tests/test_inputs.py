@@ -1,5 +1,6 @@
-"""inputs.py: each input-preparation function against a case computed by hand from models.md 3 and
-data.md 3.2-3.5; DatasetConfig.from_args against options.py's flags."""
+"""inputs.py: each input-preparation function against a case computed by hand from
+docs/method.md#from-stored-maps-to-point-features; DatasetConfig.from_args against options.py's
+flags."""
 
 import argparse
 

@@ -1,4 +1,4 @@
-"""LAMB against updates computed by hand (spec: train-eval.md section 5)."""
+"""LAMB against updates computed by hand (docs/method.md#lamb-and-the-learning-rate-schedule)."""
 
 import math
 

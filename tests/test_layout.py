@@ -1,5 +1,5 @@
-"""The layout's import rules (style.md, "The layers"): scripts on top, modules below, every import
-pointing down. Imports inside functions count too: a lazy import still ties two files together."""
+"""The layout's import rules (docs/layout.md): scripts on top, modules below, every import pointing
+down. Imports inside functions count too: a lazy import still ties two files together."""
 
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
-"""The OVSSC and VOOL losses (train-eval.md 1.8) against figures computed by hand on a tiny batch: one
-scene, two rows (the second padding), four query points, one out of bounds and one out of the
-frustum.
+"""The OVSSC and VOOL losses (docs/method.md#losses-and-masks) against figures computed by hand on a
+tiny batch: one scene, two rows (the second padding), four query points, one out of bounds and one
+out of the frustum.
 
 Per entry, BCE with logits is softplus(x) - x*y = log(1 + exp(x)) - x*y. With
 --balance_positive_negative a row's positives weigh 1/frac_pos and its negatives 1/frac_neg (frac over

@@ -1,4 +1,5 @@
-"""metrics.py against hand-computed cases and an independent slow numpy reference (train-eval.md 2)."""
+"""metrics.py against hand-computed cases and an independent slow numpy reference
+(docs/method.md#rows-and-metrics)."""
 
 import math
 
@@ -17,7 +18,7 @@ def t(rows):
     return torch.tensor(rows, dtype=torch.bool)
 
 
-# ----------------------------------------------------------------------------- binary_metrics (2.3)
+# ----------------------------------------------------------------------------- binary_metrics
 
 
 def test_binary_metrics_hand_case_with_ignore():
@@ -54,7 +55,7 @@ def test_binary_metrics_nan_rules():
     assert all(math.isnan(out[k][3]) for k in metrics.METRIC_NAMES)
 
 
-# ----------------------------------------------------------------------------- voxelize (2.4)
+# ----------------------------------------------------------------------------- voxelize
 
 
 def test_voxel_index_border_and_clamping():
@@ -101,11 +102,12 @@ def test_voxel_index_agrees_with_virtual_grid():
     assert metrics._voxel_index(xyz, BOUNDS, 32)[0, :3].tolist() == [32**3 - 1] * 3
 
 
-# ----------------------------------------------------------------------------- detailed_stats (2.5)
+# ----------------------------------------------------------------------------- detailed_stats
 
 
 def slow_reference(logits, label, ignore, xyz, cutoff, g):
-    """Independent numpy loop: voxel metrics of one row at one cutoff (section 2.4 verbatim)."""
+    """Independent numpy loop: voxel metrics of one row at one cutoff, written straight from
+    the voxel rules of docs/method.md#rows-and-metrics."""
     lower, upper = np.array(BOUNDS[0], np.float32), np.array(BOUNDS[1], np.float32)
     voxels = {}
     for n in range(len(xyz)):
@@ -259,7 +261,7 @@ def test_detailed_stats_64_columns_and_vool_row_columns():
     assert frame["point_false_positive"].tolist() == [0.5, 0.0]
 
 
-# ----------------------------------------------------------------------------- epoch summary (1.6)
+# ----------------------------------------------------------------------------- epoch summary
 
 
 def summary_frame():

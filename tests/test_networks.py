@@ -1,6 +1,7 @@
 """The networks: released state-dict layouts, forward shapes, gradients, and the kept quirks."""
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -10,6 +11,9 @@ import net
 import unet3d
 import unet3d_backward
 
+# Names and shapes of the seven released checkpoints' state dicts, in state-dict order, with their
+# class and parameter count: facts about the released files, kept as test data.
+RELEASED = Path(__file__).parent / "data" / "state_dicts"
 STATE_DICTS = {
     "ovssc_ours": ("ovssc", "semantic_abstraction"),
     "ovssc_chefer_et_al": ("ovssc", "semantic_abstraction"),
@@ -22,8 +26,8 @@ STATE_DICTS = {
 
 
 @pytest.mark.parametrize("name", sorted(STATE_DICTS))
-def test_default_network_matches_released_state_dict(shared_dir, name):
-    reference = json.loads((shared_dir / "spec" / "state_dicts" / f"{name}.json").read_text())
+def test_default_network_matches_released_state_dict(name):
+    reference = json.loads((RELEASED / f"{name}.json").read_text())
     network = net.build_network(*STATE_DICTS[name])
     assert type(network).__name__ == reference["class"]
     ours = [(key, list(value.shape)) for key, value in network.state_dict().items()]
@@ -31,8 +35,8 @@ def test_default_network_matches_released_state_dict(shared_dir, name):
     assert sum(p.numel() for p in network.parameters()) == reference["total_params"]
 
 
-def test_released_spec_has_all_seven_state_dicts(shared_dir):
-    names = {path.stem for path in (shared_dir / "spec" / "state_dicts").glob("*.json")}
+def test_the_test_data_has_all_seven_released_state_dicts():
+    names = {path.stem for path in RELEASED.glob("*.json")}
     assert names == set(STATE_DICTS)
 
 
@@ -47,7 +51,7 @@ def test_forward_shape_at_32_cubed(name):
     assert network.steps.shape == (1,)
 
 
-# Parameters that the original's forward never uses (models.md 2.7, "unused params").
+# Parameters that the original's forward never uses (docs/method.md#the-baselines-of-the-paper).
 UNUSED = {
     "SemAbs3D": set(),
     "SemanticAwareOVSSC": set(),

@@ -41,7 +41,8 @@ def random_image(height, width, seed=0):
 
 def test_crop_map_equals_attention_times_gradient_from_open_clip_forward(extractor224, monkeypatch):
     """Hand computation through open_clip's own forward: record the last block's per-head attention
-    weights (torch MultiheadAttention, need_weights), backprop each label's logit, apply spec 2."""
+    weights (torch MultiheadAttention, need_weights), backprop each label's logit, apply
+    docs/method.md#one-crop-a-chefer-style-map."""
     model = extractor224.model
     block = model.visual.transformer.resblocks[-1]
     recorded = {}
@@ -119,7 +120,7 @@ def test_flip_averaging_is_mean_of_map_and_mirrored_crops_map(extractor224):
         (1280, 720, [4, 18, 40, 208]),
     ],
 )
-def test_parity_crop_counts_match_spec(width, height, counts):
+def test_parity_crop_counts_match_the_original(width, height, counts):
     tiles = saliency.scale_tiles(height, width, saliency.saliency_config("ours", height))
     assert [len(regions) for _, regions in tiles] == counts
 
@@ -128,7 +129,7 @@ def test_parity_coverage_and_full_tiling_covers_every_pixel():
     config = saliency.saliency_config("ours", 480)
     covered = coverage(480, 640, config)
     uncovered_columns = [(~c.any(0)).sum() for c in covered]
-    assert uncovered_columns == [40, 0, 40, 70]  # spec 3.3 table
+    assert uncovered_columns == [40, 0, 40, 70]  # docs/method.md#crops-scales-copies-and-flips
     assert covered[3][:, :570].all() and not covered[3][:, 570:].any()
     assert saliency.num_crop_forwards(480, 640, config) == 3120
     for height, width in [(480, 640), (720, 1280), (256, 192), (300, 301)]:
@@ -236,7 +237,7 @@ def test_default_prompt_follows_the_path():
 
 def test_openai_format_torchscript_checkpoint_loads_with_fp16_rounded_weights(tmp_path):
     """An OpenAI-format file (a TorchScript archive, as ~/.cache/clip/ViT-B-32.pt): the architecture
-    is read from the file and the weights come back fp16-rounded, as in the original (spec 1.3)."""
+    is read from the file and the weights come back fp16-rounded, as in the original."""
     torch.manual_seed(6)
     vision = open_clip.model.CLIPVisionCfg(layers=2, width=64, head_width=64, patch_size=32)
     text = open_clip.model.CLIPTextCfg(layers=1, width=64, heads=1)

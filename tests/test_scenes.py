@@ -20,7 +20,8 @@ RELATIONS = {"in", "on", "behind", "in front of", "on the left of", "on the righ
 
 
 def pick_room(seed: int) -> str:
-    """Seed s -> RandomState(s) -> room, uniform over the sorted room list (data.md 2.2 step 1)."""
+    """Seed s -> RandomState(s) -> room, uniform over the sorted room list
+    (docs/data.md#how-a-view-is-made)."""
     return scenes.ROOMS[np.random.RandomState(seed).randint(len(scenes.ROOMS))]
 
 
@@ -29,7 +30,7 @@ def generated():
     return {seed: scenes.generate_scene(seed, SMALL) for seed in SEEDS}
 
 
-def test_thor_intrinsics_match_spec():
+def test_thor_intrinsics_match_the_released_files():
     k = geometry.pinhole_intrinsics(896, 896)
     assert k[0, 0] == pytest.approx(533.9056094822062)
     assert (k[0, 2], k[1, 2]) == (448, 448)
@@ -132,7 +133,9 @@ AXES = {
 def test_geometric_descriptions_have_a_reference_in_their_direction(generated):
     """Every behind / in front of / left / right description of a visible target has a visible
     instance of its reference class within the distance gate whose direction (reference centroid
-    minus target centroid) passes the relation's 0.6 test (data.md 2.6 C). Hidden behind targets lie farther from the camera than that reference class."""
+    minus target centroid) passes the relation's 0.6 test (rule C of
+    docs/method.md#vool-ground-truth). Hidden behind targets lie farther from the camera than that
+    reference class."""
     counts = dict.fromkeys(AXES, 0)
     for s in generated.values():
         xyz, objid, seg = s["full_xyz_pts"], s["full_objid_pts"], s["seg"]
@@ -358,13 +361,13 @@ def test_truncated_scene_files_are_regenerated(tmp_path, capsys):
     assert sorted(set(listed)) == [first.name, second.name]
 
 
-# --- rule C and rule A on hand-made scenes (data.md 1.7 and 2.6) ----------------------------------
-# World frame of the files: the camera at (-1.5, 0, 0.8) looks along +x, image right is -y. The spec
-# (2.6 C): direction = (centroid of the reference - centroid of the target) / its length; "on the
-# right of" if direction . (0, 1, 0) > 0.6 (the target has smaller y: toward image right), else "on
-# the left of" if direction . (0, -1, 0) > 0.6, else "in front of" if direction . (1, 0, 0) > 0.6
-# (the target nearer the camera); "behind" if direction . (-1, 0, 0) > 0.6. Left, right and front only
-# for visible targets. Distance gate: |delta| <= min(max(2 * max xy extent of the reference, 0.1), 1).
+# --- rule C and rule A on hand-made scenes (docs/method.md#vool-ground-truth) ---------------------
+# World frame of the files: the camera at (-1.5, 0, 0.8) looks along +x, image right is -y. Rule C:
+# direction = (centroid of the reference - centroid of the target) / its length; "on the right of"
+# if direction . (0, 1, 0) > 0.6 (the target has smaller y: toward image right), else "on the left
+# of" if direction . (0, -1, 0) > 0.6, else "in front of" if direction . (1, 0, 0) > 0.6 (the target
+# nearer the camera); "behind" if direction . (-1, 0, 0) > 0.6. Left, right and front only for
+# visible targets. Distance gate: |delta| <= min(max(2 * max xy extent of the reference, 0.1), 1).
 
 
 def _cluster(centre, half=0.05, n=5):

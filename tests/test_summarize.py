@@ -1,4 +1,5 @@
-"""summarize.py on hand-built stats frames; expected numbers are worked out by hand below (train-eval.md 3)."""
+"""summarize.py on hand-built stats frames; expected numbers are worked out by hand below from the
+rules of docs/method.md#the-tables."""
 
 import json
 import math

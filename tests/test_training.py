@@ -73,7 +73,8 @@ def args_for(task: str, file_path: Path, log: Path, *extra: str):
     )
 
 
-# -- schedules (train-eval.md 1.5), checked against the formulas written out by hand
+# -- schedules (docs/method.md#lamb-and-the-learning-rate-schedule), checked against the formulas
+# written out by hand
 
 
 @pytest.mark.parametrize(

@@ -1,13 +1,13 @@
 """visualize.py end to end on small random networks and random-weight CLIP, and checks of the files.
 
-The ARKit pickle is read from ../shared (beside the clone); set SEMABS_ARKIT_PICKLE to point
-elsewhere. Sizes are small (24^3 query grid, 8 frames of 96 px) so that the module runs in about a
-minute on two cores; the same code runs the original's 240^3 / 220 frames / 1024 px defaults.
+The real captured scene is the bundled scene_files/arkit_vn_poster.pkl, the original project's
+sample frame (scene_files/README.md). Sizes are small (24^3 query grid, 8 frames of 96 px) so that
+the module runs in about a minute on two cores; the same code runs the original's 240^3 / 220
+frames / 1024 px defaults.
 """
 
 from __future__ import annotations
 
-import os
 import pickle
 from pathlib import Path
 
@@ -27,7 +27,7 @@ import options
 import visualize
 
 REPO = Path(__file__).resolve().parents[1]
-ARKIT = Path(os.environ.get("SEMABS_ARKIT_PICKLE", REPO / "../shared/scenes/arkit_vn_poster.pkl"))
+ARKIT = REPO / "scene_files" / "arkit_vn_poster.pkl"
 GRID = 24
 FRAMES, SIZE = 8, 96
 CLIP = ["--model", TINY_224, "--pretrained", "none", "--device", "cpu"]
@@ -68,8 +68,6 @@ def check_video(path: Path, frames_expected: int, size: int) -> None:
 
 @pytest.fixture(scope="module")
 def arkit_outputs(tmp_path_factory, tiny_models):
-    if not ARKIT.is_file():
-        pytest.skip(f"ARKit scene pickle not found at {ARKIT} (../shared beside the clone)")
     root = tmp_path_factory.mktemp("vis")
     ovssc = tiny_checkpoint(root / "ovssc", "ovssc")
     vool = tiny_checkpoint(root / "vool", "vool")
@@ -140,7 +138,9 @@ def test_vool_files(arkit_outputs):
     frame = frames.read_scene_pickle(ARKIT)
     inside = geometry.in_bounds(frame.points(), geometry.THOR_SCENE_BOUNDS).sum()
     scene = trimesh.load(out / "scene_rgb.ply")
-    assert len(scene.vertices) == min(inside, inference.SCENE_CLOUD_POINTS)  # 42,225 (data.md 5)
+    assert len(scene.vertices) == min(
+        inside, inference.SCENE_CLOUD_POINTS
+    )  # 42,225 (scene_files/README.md: 86%)
 
 
 def test_generated_pickle_and_wrong_task(tmp_path, tiny_models):
@@ -210,7 +210,8 @@ def test_volume_mesh_is_metric():
 
 
 def test_relevancy_features_as_the_original():
-    """x50 and the per-pixel mean over labels subtracted, at in-bounds pixels with depth (4.3)."""
+    """x50 and the per-pixel mean over labels subtracted, at in-bounds pixels with depth
+    (docs/method.md#visualization)."""
     frame = frames.read_scene_pickle(REPO / "scene_files" / "procedural_00002.pkl")
     labels = ["a", "b", "c"]
     maps = np.random.default_rng(0).random((3, *frame.shape)).astype(np.float32) * 0.02
@@ -226,7 +227,7 @@ def test_relevancy_features_as_the_original():
 
 
 def test_ovssc_labels_are_the_argmax_where_a_logit_reaches_the_empty_cutoff(arkit_outputs):
-    """completion.npz from the raw logits, recomputed (models.md 4, visualize.py inference): each
+    """completion.npz from the raw logits, recomputed (docs/method.md#visualization): each
     kept, non-border grid point whose best class logit is >= -3.0 has the argmax class; no other
     point is listed."""
     ((logits, keep),) = RAW["ovssc_labels"]

@@ -126,7 +126,7 @@ def read_cmdline(proc: Path) -> str:
 
 
 def test_grid_logits_with_every_input_point():
-    """num_input_pts -1 (every point, data.md 3.2 step 4): each chunk sees all input points."""
+    """num_input_pts -1 (every point): each chunk sees all input points."""
     seen = []
 
     def make_batch(index):

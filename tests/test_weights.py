@@ -23,7 +23,7 @@ INT_ENTRIES = {"input_resolution": 224, "context_length": 77, "vocab_size": 4940
 
 @pytest.fixture(scope="module")
 def openai_source():
-    """A small CLIP ViT in OpenAI's storage: QuickGELU, linear weights in fp16 (spec 1.2, 1.3).
+    """A small CLIP ViT in OpenAI's storage: QuickGELU, linear weights in fp16.
 
     Heads = width / 64, as CLIP's build_model infers them, so the architecture is recoverable.
     """
