@@ -62,9 +62,10 @@ import metrics
 import options
 import processes
 import scene_file
+import seeding
 import tasks
-import training
-from utils import InputError, available_cores
+from network_setup import network_on_device
+from utils import InputError, atomic_pickle, available_cores
 from vocab import APPROACHES
 
 log = logging.getLogger("semabs.eval")
@@ -319,7 +320,7 @@ def read_finished(path: Path, made_by: Provenance) -> pd.DataFrame | None:
 def trained_network(args: argparse.Namespace, device: torch.device, **overrides) -> tuple:
     """(network in eval mode with the checkpoint's weights, checkpoint's `epochs`, the weights'
     fingerprint)."""
-    model = training.network_on_device(args.task, args, device, **overrides)
+    model = network_on_device(args.task, args, device, **overrides)
     ckpt = checkpoint.load_network(model, args.load, map_location="cpu")
     weights = checkpoint.weights_fingerprint(checkpoint.strip_ddp_prefix(ckpt["net"]))
     return model.eval(), int(ckpt.get("epochs", 0)), weights
@@ -403,7 +404,7 @@ def ignore_interrupt_worker(worker_id: int) -> None:
     """DataLoader worker start: training's seeding, and Ctrl-C left to the main process, which shuts
     the workers down (`scene_batches`)."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    training.seed_worker(worker_id)
+    seeding.seed_worker(worker_id)
 
 
 @contextlib.contextmanager
@@ -456,7 +457,7 @@ def evaluate_split(scorer: Scorer, data, split: str, args, procs) -> pd.DataFram
     """Score this process's scenes; -> all processes' rows in scene order on rank 0, else None."""
     indices = processes.shard(list(range(len(data))), procs.rank, procs.world_size)
     loader = torch.utils.data.DataLoader(
-        training.SeededSamples(data, args.seed, rank=0),  # seed (seed, 0, 0, scene index)
+        seeding.SeededSamples(data, args.seed, rank=0),  # seed (seed, 0, 0, scene index)
         batch_size=1,
         sampler=[(i, i) for i in indices],
         num_workers=args.num_workers,
@@ -474,7 +475,7 @@ def evaluate_split(scorer: Scorer, data, split: str, args, procs) -> pd.DataFram
     parts = []
     with progress as bar, scene_batches(loader) as batches:
         for index, batch in zip(indices, batches):
-            frame = score_scene(scorer, training.to_device(batch, procs.device), args)
+            frame = score_scene(scorer, processes.to_device(batch, procs.device), args)
             parts.append((index, frame))
             running.add(frame)
             bar.update()
@@ -540,6 +541,6 @@ def evaluate(args: argparse.Namespace, procs: processes.Processes, **network_ove
             frames.append(frame)
             stats = pd.concat(frames)
             stats.attrs = {PROVENANCE_KEY: asdict(made_by)}
-            training.atomic_pickle(stats, path)
+            atomic_pickle(stats, path)
             log.info("dumped %s stats to %s", split, path)
     return Result(path, todo, [s for s in splits if s in done], scenes, rows)

@@ -45,6 +45,7 @@ def worker(cli: argparse.Namespace) -> None:
     import dataset
     import net
     import processes
+    import seeding
     import tasks
     import training
 
@@ -64,7 +65,7 @@ def worker(cli: argparse.Namespace) -> None:
     trainer = training.Trainer(task, args, procs, model, optimizer, scheduler, None, {})
     trainer.zero_grads_in_place = zero_grads_in_place
     model.train()
-    loader = training.make_loader(data, True, args, procs, epoch=0)
+    loader = seeding.make_loader(data, True, args, procs, epoch=0)
     batches = iter(loader)
     fixed = next(batches)
     times = []
@@ -72,7 +73,7 @@ def worker(cli: argparse.Namespace) -> None:
         start = time.perf_counter()
         batch = next(batches, None) if cli.with_data else fixed
         if batch is None:
-            batches = iter(training.make_loader(data, True, args, procs, epoch=step))
+            batches = iter(seeding.make_loader(data, True, args, procs, epoch=step))
             batch = next(batches)
         trainer.step(batch, training.TRAIN_CUTOFFS, train=True)
         if step:

@@ -24,9 +24,12 @@ from test_pipeline import tiny_text_encoder
 import dataset
 import generate_relevancy
 import generate_scenes
+import network_setup
 import processes
+import run_folder
 import scenes
 import schedules
+import seeding
 import tasks
 import train_ovssc
 import training
@@ -137,12 +140,12 @@ def test_two_workers_draw_different_samples_every_epoch():
     args = training.prepare_args("ovssc", ["--file_path", "x", "--log", "y", "--num_workers", "2"])
     procs = processes.Processes()
     draws = [
-        torch.cat(list(training.make_loader(Draws(), True, args, procs, epoch))).tolist()
+        torch.cat(list(seeding.make_loader(Draws(), True, args, procs, epoch))).tolist()
         for epoch in (0, 1)
     ]
     values = draws[0] + draws[1]
     assert len(set(values)) == len(values)  # no worker or epoch repeats another's draw
-    again = torch.cat(list(training.make_loader(Draws(), True, args, procs, 0))).tolist()
+    again = torch.cat(list(seeding.make_loader(Draws(), True, args, procs, 0))).tolist()
     assert again == draws[0]  # but the same seed and epoch draw the same
 
 
@@ -257,7 +260,7 @@ def test_baseline_approaches_train(data, tmp_path, monkeypatch, tiny_models, tas
     names = []
     encoder = tiny_text_encoder()
     monkeypatch.setattr(
-        training, "text_encoder", lambda args, device: lambda n: names.extend(n) or encoder(n)
+        network_setup, "text_encoder", lambda args, device: lambda n: names.extend(n) or encoder(n)
     )
     folder = with_splits(data, 1, 1)
     args = args_for(task, folder, tmp_path / approach, "--epochs", "1", "--approach", approach)
@@ -273,7 +276,7 @@ def test_baseline_approaches_train(data, tmp_path, monkeypatch, tiny_models, tas
 DDP_SCRIPT = """
 import os, signal, sys, torch
 sys.path.insert(0, {repo!r})
-import tasks, training
+import run_folder, tasks, training
 rank = os.environ["RANK"]
 open(os.path.join(os.environ["OUT"], f"rank{{rank}}.pid"), "w").write(str(os.getpid()))
 kill_at = int(os.environ.get("KILL_RANK1_AT_STEP", 0))
@@ -290,8 +293,8 @@ if kill_at and rank == "1" and os.environ["TORCHELASTIC_RESTART_COUNT"] == "0":
 args = training.prepare_args("ovssc", sys.argv[1:])
 try:
     model = training.train(tasks.OVSSC, args)
-except training.Preempted:
-    sys.exit(training.EXIT_PREEMPTED)
+except run_folder.Preempted:
+    sys.exit(run_folder.EXIT_PREEMPTED)
 torch.save(model.state_dict(), os.path.join(os.environ["OUT"], f"rank{{rank}}.pt"))
 """
 DDP_EPOCHS = ("--epochs", "2")  # 4 train scenes: 2 steps per process per epoch; epoch 0 evaluated
@@ -440,7 +443,7 @@ def test_sigterm_saves_the_step_in_flight_and_exits_143_with_one_line(
     argv = ["--file_path", str(with_splits(data, 2, 0)), "--log", str(log), *TINY]
     with pytest.raises(SystemExit) as stopped:
         train_ovssc.main([*argv, "--eval_freq", "0", "--save_freq", "0", "--epochs", "500"])
-    assert stopped.value.code == training.EXIT_PREEMPTED == 143
+    assert stopped.value.code == run_folder.EXIT_PREEMPTED == 143
     latest = log / "latest.pth"
     assert capsys.readouterr().err.strip().splitlines()[-1] == (
         f"stopped by SIGTERM at epoch 1, step 3; saved {latest} (continue with the same command "
