@@ -165,3 +165,20 @@ def gather_frames(frame: pd.DataFrame, procs: Processes) -> pd.DataFrame:
     frames = [None] * procs.world_size
     dist.all_gather_object(frames, frame)
     return pd.concat(frames)
+
+
+# what gloo says when the other end of a collective is gone
+PEER_GONE = ("Connection reset by peer", "Connection closed by peer", "Broken pipe")
+
+
+def broken_connection(error: BaseException) -> str | None:
+    """Why a collective failed, when the cause is a process of the group that is gone: gloo's broken
+    connection, or one of torch's distributed errors (DistError: nccl's, the store's); None for
+    any other error."""
+    text = str(error)
+    gone = next((marker for marker in PEER_GONE if marker in text), None)
+    if gone is not None:
+        return gone[0].lower() + gone[1:]
+    if isinstance(error, dist.DistError):
+        return text.splitlines()[0][:120] if text else type(error).__name__
+    return None

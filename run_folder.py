@@ -149,6 +149,11 @@ def describe_run(log_dir: Path, files: list[Path]) -> str:
     return f"no {LATEST}, but {shown}"
 
 
+class Finished(Exception):
+    """The checkpoint a run would start from has trained every epoch of --epochs; the message is
+    the line printed. Nothing is written."""
+
+
 def claim_log_dir(args: argparse.Namespace, log_dir: Path) -> str | None:
     """Rank 0, before anything is written: create --log, remove the temporary files of killed
     writers, and settle what happens to a run already there. -> the checkpoint to start from.
@@ -156,7 +161,8 @@ def claim_log_dir(args: argparse.Namespace, log_dir: Path) -> str | None:
     Without --load, --resume or --overwrite a run in --log is refused, as is --load of a checkpoint
     from elsewhere (its latest.pth would be overwritten by another run). --resume goes on from
     latest.pth when there is one (else the run starts: a restart before the first save);
-    --overwrite, and --resume without latest.pth, first delete the earlier run's files.
+    --overwrite, and --resume without latest.pth, first delete the earlier run's files. A
+    checkpoint that has trained every epoch already is `Finished`, before anything is deleted.
     """
     check_log_dir(log_dir)
     for stale in remove_stale_temp_files(log_dir):
@@ -164,45 +170,93 @@ def claim_log_dir(args: argparse.Namespace, log_dir: Path) -> str | None:
     files = run_files(log_dir)
     latest = log_dir / LATEST
     if args.resume and latest in files:
+        refuse_if_finished(latest, args, f"--resume: {describe_latest(latest)}")
         print(f"--resume: continuing {describe_latest(latest)}", flush=True)
         return str(latest)
     load_here = args.load is not None and Path(args.load).resolve().parent == log_dir.resolve()
-    if not files:
-        if args.resume:
-            print(f"--resume: no {latest} yet, starting the run", flush=True)
-        return args.load
-    if args.overwrite or args.resume:
-        if load_here:
-            flag = "--overwrite" if args.overwrite else f"--resume (without {LATEST})"
-            raise InputError(
-                f"--load {args.load} lies in --log {log_dir}, whose run {flag} deletes: copy it "
-                "elsewhere first"
-            )
+    if files and not (args.overwrite or args.resume or load_here):
+        ways = "continue it with --resume, train into another --log, or start over with --overwrite"
+        if args.load is not None:
+            ways = f"--load {args.load} is not from this run: {ways}"
+        raise InputError(f"--log {log_dir} holds a run ({describe_run(log_dir, files)}); {ways}")
+    if files and load_here and (args.overwrite or args.resume):
+        flag = "--overwrite" if args.overwrite else f"--resume (without {LATEST})"
+        raise InputError(
+            f"--load {args.load} lies in --log {log_dir}, whose run {flag} deletes: copy it "
+            "elsewhere first"
+        )
+    if args.load is not None:
+        refuse_if_finished(Path(args.load), args, f"--load {args.load}")
+    if files and not load_here:  # --overwrite, or --resume without latest.pth
         described = describe_run(log_dir, files)
         for path in files:
             path.unlink()
         why = "--overwrite" if args.overwrite else f"--resume found no {LATEST}"
         print(f"{why}: removed the earlier run's {len(files)} files from {log_dir} ({described})")
-        return args.load
-    if load_here:
-        return args.load
-    ways = "continue it with --resume, train into another --log, or start over with --overwrite"
-    if args.load is not None:
-        ways = f"--load {args.load} is not from this run: {ways}"
-    raise InputError(f"--log {log_dir} holds a run ({describe_run(log_dir, files)}); {ways}")
+    elif not files and args.resume:
+        print(f"--resume: no {latest} yet, starting the run", flush=True)
+    return args.load
 
 
-def check_resume_args(args: argparse.Namespace, log_dir: Path) -> None:
-    """A resumed run (--load with args.pkl in --log) must use the stored flags; list any that differ."""
-    stored_path = log_dir / options.ARGS_FILE
-    if args.load is None or not stored_path.is_file():
+def refuse_if_finished(path: Path, args: argparse.Namespace, what: str) -> None:
+    """`Finished` when the checkpoint at `path` stands at or past the end of --epochs (its
+    position; a released checkpoint's `epochs`). A checkpoint that cannot be read is left to
+    the loading, which says why."""
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        epoch = int(ckpt["position"]["epoch"] if "position" in ckpt else ckpt["epochs"])
+    except Exception:  # torch raises many types for truncated or foreign files
         return
-    changed = options.differences(options.load_args(stored_path), args)
-    if changed:
-        raise InputError(
-            f"flags differ from {stored_path}: {'; '.join(changed)} "
-            "(resume with the stored flags, or train into a new --log)"
+    if epoch >= args.epochs:
+        raise Finished(
+            f"{what}: nothing left to train (--epochs {args.epochs}); nothing written (a larger "
+            "--epochs trains on)"
         )
+
+
+@contextlib.contextmanager
+def refusal_leaves_no_folder(log_dir: Path, main: bool):
+    """Rank 0: the folders that claiming --log creates are removed again when the block raises (a
+    refused run: a checkpoint that does not fit, data without relevancy, nothing left to train)
+    while they are still empty."""
+    created = [folder for folder in (log_dir, *log_dir.parents) if not folder.exists()]
+    try:
+        yield
+    except BaseException:
+        for folder in created if main else []:  # the deepest first
+            try:
+                folder.rmdir()
+            except OSError:  # not empty (the run wrote there), or gone
+                break
+        raise
+
+
+def check_load_args(args: argparse.Namespace, log_dir: Path) -> str | None:
+    """--load against the flags of the run it comes from. The run in --log (a resume) must go on
+    with its stored flags: any that differ are refused, listed. A checkpoint of another run goes
+    on with this command's flags (training.use_flags): -> the line naming those that differ from
+    that run's args.pkl (None when they are the same, or it has none)."""
+    if args.load is None:
+        return None
+    stored_path = log_dir / options.ARGS_FILE
+    if stored_path.is_file():
+        changed = options.differences(options.load_args(stored_path), args)
+        if changed:
+            raise InputError(
+                f"flags differ from {stored_path}: {'; '.join(changed)} "
+                "(resume with the stored flags, or train into a new --log)"
+            )
+        return None
+    beside = Path(args.load).parent / options.ARGS_FILE
+    if not beside.is_file():
+        return None
+    changed = options.differences(options.load_args(beside), args)
+    if not changed:
+        return None
+    return (
+        f"--load {args.load}: going on from its weights, optimizer state and position with this "
+        f"command's flags, which differ from {beside}: {'; '.join(changed)}"
+    )
 
 
 # --------------------------------------------------------------------------------------------------
@@ -228,10 +282,15 @@ def sigterm_flag():
         signal.signal(signal.SIGTERM, previous)
 
 
-def preempted_line(args: argparse.Namespace, position: Position, model: nn.Module) -> str:
+def preempted_line(
+    args: argparse.Namespace, position: Position, model: nn.Module, lost: str | None = None
+) -> str:
+    """The closing line of a run stopped by SIGTERM, or by another process of its group that
+    ended (`lost`: why the group broke)."""
     latest = Path(args.log) / LATEST
+    why = "by SIGTERM" if lost is None else f"when another process of the group ended ({lost})"
     return (
-        f"stopped by SIGTERM at epoch {position.epoch}, step {int(model.steps.item())}; saved "
+        f"stopped {why} at epoch {position.epoch}, step {int(model.steps.item())}; saved "
         f"{latest} (continue with the same command and --resume)"
     )
 

@@ -94,10 +94,14 @@ def epoch_order(size: int, train: bool, procs: Processes, seed: int, epoch: int)
 
 def seed_worker(worker_id: int) -> None:
     """worker_init_fn: torch seeds each worker with base_seed + id, the base drawn per epoch from the
-    loader's generator; numpy and python follow it, so no two workers share a stream. SIGTERM ends a
-    worker as usual (the main process's handler, which only raises a flag, is not inherited).
+    loader's generator; numpy and python follow it, so no two workers share a stream.
+
+    A worker ignores SIGTERM: torchrun and schedulers send it to the whole process group, and a
+    worker that died of it would end its main process with a traceback before that process saved
+    (torch's "DataLoader worker is killed by signal"). The main process stops its workers when it
+    leaves; a worker whose main process is gone ends by itself.
     """
-    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
     seed = torch.initial_seed() % 2**32
     np.random.seed(seed)
     random.seed(seed)

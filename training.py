@@ -43,6 +43,7 @@ from network_setup import network_on_device
 from processes import (
     Processes,
     broadcast,
+    broken_connection,
     gather_frames,
     reduce_stats,
     seed_all,
@@ -131,6 +132,19 @@ def make_optimizer(model: nn.Module, args: argparse.Namespace, total: int):
 
 def _schedule_factor(step: int, kind: str, warmup: int, total: int) -> float:
     return SCHEDULES[kind](step, warmup, total)
+
+
+def use_flags(optimizer: torch.optim.Optimizer, scheduler, args: argparse.Namespace) -> None:
+    """This command's --lr and --weight_decay in an optimizer and schedule restored from --load
+    (whose state holds its own run's values), from the next step on; the schedule's kind, warmup
+    and total steps are its factor's, from this command already. With the same flags the state
+    stays as restored, bit for bit (an exact resume)."""
+    for group in optimizer.param_groups:
+        group["initial_lr"] = args.lr
+        group["weight_decay"] = args.weight_decay
+    scheduler.base_lrs = [args.lr for _ in optimizer.param_groups]
+    for group, factor in zip(optimizer.param_groups, scheduler.lr_lambdas, strict=True):
+        group["lr"] = args.lr * factor(scheduler.last_epoch)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -222,7 +236,8 @@ class Trainer:
     # parameters go without a gradient, whose LAMB step must stay skipped as in one process
     zero_grads_in_place: bool = False
     signals: list = field(default_factory=list)  # SIGTERMs received (sigterm_flag)
-    terminated: bool = False  # the ranks agreed to stop on a SIGTERM
+    terminated: bool = False  # the ranks agreed to stop on a SIGTERM, or the group broke
+    lost: str | None = None  # why the group broke: another of its processes ended
 
     @property
     def bare(self) -> nn.Module:
@@ -292,23 +307,29 @@ class Trainer:
                 batch = to_device(batch, self.procs.device)
                 with torch.set_grad_enabled(train):
                     stats, frame = self.step(batch, cutoffs, train)
+                if train:
+                    position.batches = index + 1  # the weights hold this batch's step
+                # every rank sees a nan loss and a SIGTERM of any rank
+                stats, terminated = reduce_stats(stats, self.procs, stop=bool(self.signals))
+                frame = gather_frames(frame, self.procs)
             except InputError:
                 raise
             except Exception as error:
-                raise RuntimeError(
-                    f"training stopped in epoch {position.epoch}, split {split}, batch {index}: "
-                    f"{type(error).__name__}: {error}"
-                ) from error
-            # every rank sees a nan loss and a SIGTERM of any rank
-            stats, terminated = reduce_stats(stats, self.procs, stop=bool(self.signals))
+                self.lost = self.group_lost(error)
+                if self.lost is None:
+                    raise RuntimeError(
+                        f"training stopped in epoch {position.epoch}, split {split}, batch "
+                        f"{index}: {type(error).__name__}: {error}"
+                    ) from error
+                self.terminated, complete = True, False
+                break
             self.terminated = self.terminated or terminated
             if train:
                 self.check_finite(stats["loss"], position.epoch)
-            frames.append(gather_frames(frame, self.procs))
+            frames.append(frame)
             history.append(stats)
             bar.set_description(describe(stats))
             if train:
-                position.batches = index + 1
                 steps = int(self.bare.steps.item())
                 if writer is not None:
                     for key, value in stats.items():
@@ -326,6 +347,19 @@ class Trainer:
                 writer.add_scalar(f"{key}_mean", np.nanmean([h[key] for h in history]), steps)
             writer.flush()
         return (pd.concat(frames) if frames else pd.DataFrame()), complete
+
+    def group_lost(self, error: Exception) -> str | None:
+        """Under DDP, why a step or its collectives failed when the cause is another process of
+        the group that ended (killed, out of memory, a lost machine): a collective's broken
+        connection, or the SIGTERM with which torchrun stops the rest of the group. None for any
+        other error. The weights then hold the last finished step (a step's collectives all come
+        before its optimizer step), which rank 0 saves."""
+        if not self.procs.ddp:
+            return None
+        reason = broken_connection(error)
+        if reason is None and self.signals:
+            reason = f"SIGTERM, then {type(error).__name__}"
+        return reason
 
     def check_finite(self, loss: float, epoch: int) -> None:
         """Stop the run when a training step left a non-finite loss (fp32/bf16: under fp16 the
@@ -385,8 +419,9 @@ def train(
     stop_after_steps: int | None = None,
     max_seconds: float | None = None,
     **network_overrides,
-) -> nn.Module:
-    """Train as train-eval.md 1.6; returns this process's (bare) network.
+) -> nn.Module | None:
+    """Train as train-eval.md 1.6; returns this process's (bare) network (None when --load's
+    checkpoint has trained every epoch already: nothing left to train, nothing written).
 
     stop_after_steps / max_seconds (tests, benchmarks): save latest.pth and return after that many
     optimizer steps / once that much time has passed (checked after each training step).
@@ -395,7 +430,13 @@ def train(
     deadline = None if max_seconds is None else time.monotonic() + max_seconds
     procs = setup_processes(args.device)
     try:
-        trainer, datasets, position = setup(task, args, procs, network_overrides)
+        try:
+            with run_folder.refusal_leaves_no_folder(Path(args.log), procs.main):
+                trainer, datasets, position = setup(task, args, procs, network_overrides)
+        except run_folder.Finished as finished:
+            if procs.main:
+                print(finished, flush=True)
+            return None
         trainer.stop_after_steps, trainer.deadline = stop_after_steps, deadline
         try:
             with run_folder.sigterm_flag() as trainer.signals:
@@ -404,9 +445,9 @@ def train(
             for writer in trainer.writers.values():
                 writer.close()
         if trainer.terminated:
-            if procs.ddp:  # no rank leaves (torchrun would stop the rest) before rank 0 saved
-                dist.barrier()
-            line = run_folder.preempted_line(args, position, trainer.bare)
+            if procs.ddp and trainer.lost is None:  # no rank leaves before rank 0 saved
+                dist.barrier()  # (torchrun would stop the rest)
+            line = run_folder.preempted_line(args, position, trainer.bare, trainer.lost)
             if procs.main:
                 print(line, file=sys.stderr, flush=True)
             raise run_folder.Preempted(line)
@@ -431,16 +472,22 @@ def setup(
             "--use_amp with --amp_dtype fp16 needs CUDA (its gradient scaler); on CPU use "
             "--amp_dtype bf16, or drop --use_amp"
         )
-    problem = None
+    problem = finished = None
     if procs.main:
         try:
             args.load = run_folder.claim_log_dir(args, log_dir)
         except InputError as error:
             problem = str(error)
-    problem, args.load = broadcast((problem, args.load), procs)
+        except run_folder.Finished as done:
+            finished = str(done)
+    problem, finished, args.load = broadcast((problem, finished, args.load), procs)
     if problem:
         raise InputError(problem)
-    run_folder.check_resume_args(args, log_dir)
+    if finished:
+        raise run_folder.Finished(finished)
+    flags_note = run_folder.check_load_args(args, log_dir)
+    if flags_note and procs.main:
+        print(flags_note, flush=True)
     lists = check_data(args.file_path, task.name, args.saliency_config)
     seed_all(args.seed + procs.rank)
     if procs.device.type == "cuda":
@@ -464,6 +511,7 @@ def setup(
         position = run_folder.restore_state(
             args.load, model, optimizer, scheduler, scaler, procs.device
         )
+        use_flags(optimizer, scheduler, args)
     model, zero_grads_in_place = distribute(model, procs)
 
     writers = {}
@@ -485,7 +533,8 @@ def run_epochs(trainer: Trainer, datasets: dict, position: Position) -> Position
     Each epoch: train (latest.pth after it), ckpt_<epoch>.pth every --save_freq epochs and after
     the last (none with --save_freq 0), the evaluation splits every --eval_freq epochs, and
     latest.pth past the epoch once it was evaluated (without evaluation, training's latest.pth
-    already holds this state). A SIGTERM returns after the step in flight. The rows of
+    already holds this state) and after the last epoch (a finished run's latest.pth says so:
+    nothing is left to train). A SIGTERM returns after the step in flight. The rows of
     every split go to detailed_stats.pkl. The periodic checkpoint is written before evaluation
     (which leaves the weights as they are) and before latest.pth moves past the epoch: a run killed
     while writing it resumes inside the epoch and writes it again, where the original, writing it
@@ -523,7 +572,7 @@ def run_epochs(trainer: Trainer, datasets: dict, position: Position) -> Position
                 pd.concat(epoch_frames), fix_rate_argmin=args.fix_rate_argmin
             )
             print(metrics.format_epoch_summary(rows), flush=True)
-        if procs.main and evaluated:
+        if procs.main and (evaluated or last):
             trainer.save(log_dir / "latest.pth", after)
         position = after
         if trainer.stopped():

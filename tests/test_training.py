@@ -356,17 +356,29 @@ def test_two_process_torchrun_gloo(ddp_run):
 def test_torchrun_restart_after_a_killed_worker_resumes_to_the_uninterrupted_weights(
     data, tmp_path, ddp_run
 ):
-    """Rank 1 is SIGKILLed after step 3 (epoch 1); torchrun --max-restarts 1 restarts the group
-    with the same command, which --resume continues from latest.pth (end of epoch 0)."""
+    """Rank 1 is SIGKILLed after step 3 (epoch 1, its first batch); rank 0 (its DataLoader worker
+    too, which torchrun's SIGTERM to the group reaches) stops with one line, saving latest.pth at
+    step 3; torchrun --max-restarts 1 restarts the group with the same command, which --resume
+    continues from there to the weights of the uninterrupted run."""
     straight, _, _ = ddp_run
     log = tmp_path / "log"
     options = ("--standalone", "--nproc_per_node", "2", "--max-restarts", "1")
-    process = torchrun(tmp_path, with_splits(data, 4, 1), log, *options,
-                       extra=(*DDP_EPOCHS, "--resume"), KILL_RANK1_AT_STEP="3")  # fmt: skip
+    extra = (*DDP_EPOCHS, "--resume", "--num_workers", "1")
+    process = torchrun(tmp_path, with_splits(data, 4, 1), log, *options, extra=extra,
+                       KILL_RANK1_AT_STEP="3")  # fmt: skip
     out, err = finished(process)
     assert process.returncode == 0, err[-3000:]
+    assert "Traceback" not in err, err[-3000:]
+    lines = [line for line in err.splitlines() if line.startswith("stopped")]
+    assert len(lines) == 1, err[-3000:]  # rank 0's (rank 1 was killed)
+    assert re.fullmatch(
+        r"stopped when another process of the group ended \(connection (reset|closed) by peer\) at "
+        rf"epoch 1, step 3; saved {re.escape(str(log / 'latest.pth'))} \(continue with the same "
+        r"command and --resume\)",
+        lines[0],
+    ), lines[0]
     assert f"--resume: no {log / 'latest.pth'} yet, starting the run" in out
-    assert f"--resume: continuing {log / 'latest.pth'}: epoch 1, step 2" in out  # the restart
+    assert f"--resume: continuing {log / 'latest.pth'}: epoch 1, step 3" in out  # the restart
     a, b = read_checkpoint(straight / "ckpt_1.pth"), read_checkpoint(log / "ckpt_1.pth")
     assert b["net"]["steps"].item() == 4
     for key in a["net"]:
@@ -477,6 +489,7 @@ def test_scenes_without_relevancy_name_the_command(tmp_path, capsys):
     argv = ["--file_path", str(tmp_path), "--log", str(tmp_path / "log"), *TINY]
     err = run_main(train_ovssc.main, argv, capsys)
     assert "generate_relevancy.py dataset" in err and "ours" in err
+    assert not (tmp_path / "log").exists()  # the refused run left no folder
 
 
 def test_load_of_another_tasks_checkpoint(data, tmp_path, capsys):
@@ -495,6 +508,79 @@ def test_resume_with_different_flags_lists_them(data, tmp_path, capsys):
     argv = ["--file_path", str(folder), "--log", str(log), *TINY, "--load", str(log / "latest.pth")]
     err = run_main(train_ovssc.main, [*argv, "--lr", "0.5", "--seed", "3"], capsys)
     assert "lr: 0.001 -> 0.5" in err and "seed: 0 -> 3" in err
+
+
+def test_load_of_another_runs_checkpoint_goes_on_with_this_commands_flags(data, tmp_path, capsys):
+    """--load of a checkpoint from another run (the original's --load: go on from it) with another
+    --lr: one line names the flags that differ from that run's args.pkl, and the new learning
+    rate and weight decay drive the optimizer from the next step on (the restored schedule
+    state held the other run's)."""
+    folder = with_splits(data, 2, 0)
+    first = tmp_path / "first"
+    common = (
+        "--epochs",
+        "2",
+        "--lr_scheduler_type",
+        "constant",
+        "--save_freq",
+        "0",
+        "--eval_freq",
+        "0",
+    )
+    training.train(tasks.OVSSC, args_for("ovssc", folder, first, *common), stop_after_steps=1)
+    second = tmp_path / "second"
+    argv = ["--file_path", str(folder), "--log", str(second), *TINY, *common]
+    capsys.readouterr()
+    train_ovssc.main([*argv, "--load", str(first / "latest.pth"), "--lr", "0.01"])
+    assert (
+        f"--load {first / 'latest.pth'}: going on from its weights, optimizer state and position "
+        f"with this command's flags, which differ from {first / 'args.pkl'}: lr: 0.001 -> 0.01"
+    ) in capsys.readouterr().out.splitlines()
+    saved = read_checkpoint(second / "latest.pth")
+    assert saved["scheduler"]["base_lrs"] == [0.01]
+    assert saved["optimizer"]["param_groups"][0]["initial_lr"] == 0.01
+    assert saved["scheduler"]["_last_lr"] == [0.01]  # the rate of the steps it took
+
+
+def test_resume_of_a_finished_run_has_nothing_left_and_touches_nothing(data, tmp_path, capsys):
+    """A finished run (its last epoch not evaluated) resumed: one line, no epoch started, every
+    file as it was (args.pkl and TensorBoard included); a larger --epochs trains on."""
+    log = tmp_path / "done"
+    argv = ["--file_path", str(with_splits(data, 1, 0)), "--log", str(log), *TINY]
+    argv += ["--epochs", "1", "--eval_freq", "0"]
+    train_ovssc.main(argv)
+    before = {p: (p.read_bytes(), p.stat().st_mtime_ns) for p in log.rglob("*") if p.is_file()}
+    capsys.readouterr()
+    train_ovssc.main([*argv, "--resume"])
+    out, err = capsys.readouterr()
+    assert out.strip().splitlines() == [
+        f"--resume: {log / 'latest.pth'}: epoch 1, step 1: nothing left to train (--epochs 1); "
+        "nothing written (a larger --epochs trains on)"
+    ]
+    assert "EPOCH" not in err
+    assert {
+        p: (p.read_bytes(), p.stat().st_mtime_ns) for p in log.rglob("*") if p.is_file()
+    } == before
+    train_ovssc.main([*argv[:-4], "--epochs", "2", "--eval_freq", "0", "--resume"])
+    assert read_checkpoint(log / "latest.pth")["net"]["steps"].item() == 2
+
+
+def test_refused_runs_leave_no_folder(data, tmp_path, capsys):
+    """A run refused after --log was claimed (a checkpoint that does not fit; data without
+    relevancy) removes the folders it created."""
+    folder = with_splits(data, 1, 0)
+    vool = tmp_path / "vool"
+    training.train(tasks.VOOL, args_for("vool", folder, vool, "--epochs", "1"), stop_after_steps=1)
+    log = tmp_path / "new" / "ovssc"
+    argv = ["--file_path", str(folder), "--log", str(log), *TINY]
+    err = run_main(train_ovssc.main, [*argv, "--load", str(vool / "latest.pth")], capsys)
+    assert "does not fit SemAbs3D" in err
+    assert not (tmp_path / "new").exists()
+    kept = tmp_path / "kept"  # a folder that was there before stays
+    kept.mkdir()
+    argv[argv.index(str(log))] = str(kept)
+    run_main(train_ovssc.main, [*argv, "--load", str(vool / "latest.pth")], capsys)
+    assert kept.is_dir()
 
 
 def test_a_second_run_into_a_log_that_holds_one_is_refused(data, tmp_path, capsys):
