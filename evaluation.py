@@ -341,7 +341,11 @@ def make_scorer(args: argparse.Namespace, device: torch.device, **network_overri
     if args.baseline is not None:
         baseline = baselines.BASELINES[args.baseline]
         return Scorer(lambda batch: baseline.score(batch, args.task, args.scene_bounds), 0)
-    model, epoch, weights = trained_network(args, device, **network_overrides)
+    return network_scorer(*trained_network(args, device, **network_overrides), args)
+
+
+def network_scorer(model, epoch: int, weights: str, args: argparse.Namespace) -> Scorer:
+    """A trained network's logits (one row at a time above --chunk_points query points)."""
     task = tasks.TASKS[args.task]
     return Scorer(
         lambda batch: task.forward(model, batch, args.chunk_points).float(), epoch, weights

@@ -350,15 +350,29 @@ def test_default_cutoffs_are_the_originals_and_a_wider_range_extends_the_frame(
         ),
         (["0", "-1", "0.1"], "START must be below STOP, got 0 -1 0.1"),
         (["0", "1", "-0.1"], "STEP must be > 0, got 0 1 -0.1"),
+        (  # negative numbers in scientific notation are values, not options
+            ["-1e9", "1e9", "1e-9"],
+            "that is 2,000,000,000,000,000,000 cutoffs, at most 1000 make sense, got -1e+09 1e+09 "
+            "1e-09",
+        ),
+        (["1"], "expected 3 arguments"),
     ],
 )
-def test_cutoffs_are_checked_when_parsed(values, problem, capsys):
-    with pytest.raises(SystemExit):
+def test_cutoffs_are_checked_when_parsed_in_one_line(values, problem, capsys):
+    with pytest.raises(SystemExit) as exit_:
         eval_script.parser().parse_args(
             ["--task", "ovssc", "--file_path", "x", "--cutoffs", *values]
         )
-    last = capsys.readouterr().err.strip().splitlines()[-1]  # "<prog>: error: ..."
-    assert last.endswith(f": error: argument --cutoffs: {problem}"), last
+    assert exit_.value.code == 2
+    # the line and where the flags are, without argparse's usage block
+    assert capsys.readouterr().err == (
+        f"error: argument --cutoffs: {problem} (python eval.py --help lists the flags)\n"
+    )
+
+
+def test_negative_cutoffs_in_scientific_notation_parse():
+    argv = ["--task", "ovssc", "--file_path", "x", "--cutoffs", "-2.5e0", "-1E-1", "1e-1"]
+    assert eval_script.parser().parse_args(argv).cutoffs == [-2.5, -0.1, 0.1]
 
 
 # -- a stats file says what made it; a resume from other inputs is refused
