@@ -18,9 +18,9 @@ Where eval writes: only the stats file, `--output PATH` or by default `<checkpoi
 a baseline); at start eval.py removes the temporary files killed writers left in that folder.
 
 A stats file says what produced it: its frame's `attrs["semabs_eval"]` (`Provenance`: task,
-checkpoint or baseline, epoch, a fingerprint of the weights, cutoffs, data folder and data
-configuration). An interrupted evaluation resumes only into a file made from the same inputs; any
-difference is refused with one line naming it.
+checkpoint or baseline, epoch, a fingerprint of the weights, cutoffs, data folder, data
+configuration and the scenes each split held). An interrupted evaluation resumes only into a file
+made from the same inputs; any difference is refused with one line naming it.
 
 Changes from the original, each fixing something that only hurt users (section 6 item 11):
 - nothing else is written (no TensorBoard dirs, no args.pkl in the training log);
@@ -66,7 +66,7 @@ import seeding
 import tasks
 from network_setup import network_on_device
 from utils import InputError, atomic_pickle, available_cores
-from vocab import APPROACHES
+from vocab import APPROACHES, PROVENANCE_KEY
 
 log = logging.getLogger("semabs.eval")
 
@@ -206,9 +206,6 @@ def stats_path(args: argparse.Namespace) -> Path:
     return load.with_name(f"{load.stem}_eval_stats{suffix}.pkl")
 
 
-PROVENANCE_KEY = "semabs_eval"  # the stats frame's attrs entry
-
-
 @dataclass(frozen=True)
 class Provenance:
     """What produced a stats file, stored in its frame's attrs; a resume must match it."""
@@ -220,6 +217,7 @@ class Provenance:
     cutoffs: tuple[float, ...]
     file_path: str  # the data folder, absolute
     data: str  # fingerprint of the data configuration (dataset.DatasetConfig)
+    scenes: dict[str, list[str]]  # split -> its scene files, as the split pickle lists them
 
     # (field, what it is called in the refusal); `scored` is compared through `weights` for a
     # checkpoint, so a copied or renamed file of the same weights resumes
@@ -231,6 +229,7 @@ class Provenance:
         ("cutoffs", "cutoffs"),
         ("file_path", "data folder"),
         ("data", "data configuration (fingerprint)"),
+        ("scenes", "scenes"),
     )
 
     def difference(self, stored: dict) -> str | None:
@@ -240,6 +239,11 @@ class Provenance:
             if name == "scored" and self.weights is not None and stored.get("weights") is not None:
                 continue
             old, new = stored.get(name), mine[name]
+            if name == "scenes":
+                changed = scenes_difference(old, new)
+                if changed is not None:
+                    return changed
+                continue
             if name == "cutoffs":
                 old = tuple(old) if old is not None else None
                 same = old is not None and len(old) == len(new) and np.allclose(old, new)
@@ -253,6 +257,20 @@ class Provenance:
         return None
 
 
+def scenes_difference(stored: dict | None, current: dict) -> str | None:
+    """'scenes of <split>: <stored> there, <current> here' for the first split whose scene list
+    differs (the data folder gained or lost scenes, its split pickle was rewritten); None when
+    every split lists the same scenes."""
+    if stored is None:
+        return "scenes of each split: not recorded there"
+    for split in [*current, *(s for s in stored if s not in current)]:
+        old, new = list(stored.get(split, [])), list(current.get(split, []))
+        if old != new:
+            counts = f"{len(old)} there, {len(new)} here"
+            return f"scenes of {split}: {counts if len(old) != len(new) else f'other {counts}'}"
+    return None
+
+
 def describe_cutoffs(values) -> str:
     if not values:
         return "none"
@@ -264,7 +282,8 @@ def data_fingerprint(args: argparse.Namespace) -> str:
     return hashlib.sha256(repr(config).encode()).hexdigest()[:16]
 
 
-def provenance(args: argparse.Namespace, scorer: Scorer) -> Provenance:
+def provenance(args: argparse.Namespace, scorer: Scorer, lists: dict[str, list]) -> Provenance:
+    """What this run scores, and how: `lists` is the split pickle's {split: scene files}."""
     scored = (
         f"baseline {args.baseline}" if args.baseline else f"checkpoint {Path(args.load).resolve()}"
     )
@@ -276,6 +295,7 @@ def provenance(args: argparse.Namespace, scorer: Scorer) -> Provenance:
         cutoffs=tuple(float(c) for c in args.cutoffs),
         file_path=str(Path(args.file_path).resolve()),
         data=data_fingerprint(args),
+        scenes={split: list(names) for split, names in lists.items() if split != "train"},
     )
 
 
@@ -517,7 +537,7 @@ def evaluate(args: argparse.Namespace, procs: processes.Processes, **network_ove
         )
     scorer = make_scorer(args, procs.device, **network_overrides)
     path = stats_path(args)
-    made_by = provenance(args, scorer)
+    made_by = provenance(args, scorer, lists)
 
     finished, problem = None, None  # rank 0 reads the file; every rank learns the outcome
     if procs.main and not args.replace:

@@ -41,3 +41,6 @@ SALIENCY_CONFIGS = ("ours", "chefer_et_al")
 RELATIONS = ("in", "behind", "in front of", "on the left of", "on the right of", "on")
 PAD = "[pad]"  # name and relation of a padded VOOL description (data.md 3.4 step 3)
 POINTING_METHODS = ("cosine_sim", "dot_product", "additive")  # --pointing_method (models.md 2.3)
+# The attrs entry of an eval stats frame that says what produced it (evaluation.Provenance: task,
+# scored, ..., scenes of each split); summarize.py reads it without importing evaluation.py
+PROVENANCE_KEY = "semabs_eval"
