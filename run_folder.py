@@ -7,7 +7,10 @@ to do with it (`--resume` goes on from its latest.pth, `--load` starts from a ch
 `--overwrite` deletes it first), so torchrun's restarts and a scheduler's requeue can rerun the same
 command with `--resume`. SIGTERM (a scheduler's notice before preemption, or torchrun shutting its
 group down) lets the step in flight finish; the ranks agree on it with the step's own all-reduce,
-rank 0 saves latest.pth at that position, and every process exits with 143 after one line.
+rank 0 saves latest.pth at that position, and every process exits with 143 after one line (rank
+0's). When another process of the group ended (killed, lost), rank 0 saves the last step the group
+finished the same way. A run whose checkpoint has trained every epoch has nothing left (`Finished`),
+and a refused run leaves no folder behind.
 
 Checkpoints hold the released keys (`net`, `optimizer`, `epochs`), which the original can load, plus
 `scheduler`, `scaler`, `rng` and `position`: `--load <log>/latest.pth` then resumes exactly (same

@@ -1,10 +1,11 @@
-"""The training loop of train_ovssc.py and train_vool.py: data checks, optimizer and schedule, DDP,
-one pass over a split, the epoch loop (spec: train-eval.md 1.4-1.8).
+"""The training loop of train_ovssc.py and train_vool.py: data checks, optimizer and schedule, one
+pass over a split, the epoch loop (spec: train-eval.md 1.4-1.8).
 
 A task (tasks.Task: OVSSC or VOOL) brings its loss, its row columns and its forward; the process
 group and its collectives are processes.py's, the data order and seeding seeding.py's, the network
-network_setup.py's, the schedules schedules.py's, and the run folder's life (claim, --resume,
---overwrite, the checkpoints of where the run stands, the stats file, SIGTERM) run_folder.py's.
+(on its device, in DDP) network_setup.py's, the schedules schedules.py's, and the run folder's life
+(claim, --resume, --overwrite, the checkpoints of where the run stands, the stats file, SIGTERM)
+run_folder.py's.
 
 Launch: one process (`python train_ovssc.py ...`), or `torchrun --nproc_per_node N [--nnodes M]`. DDP
 runs whenever torchrun's WORLD_SIZE is above 1 (the original looked at `--gpus`), with gloo on CPU and
@@ -34,12 +35,11 @@ from tqdm import tqdm
 import checkpoint
 import dataset
 import metrics
-import net
 import options
 import run_folder
 import scene_file
 from lamb import Lamb
-from network_setup import network_on_device
+from network_setup import distribute, network_on_device
 from processes import (
     Processes,
     broadcast,
@@ -145,50 +145,6 @@ def use_flags(optimizer: torch.optim.Optimizer, scheduler, args: argparse.Namesp
     scheduler.base_lrs = [args.lr for _ in optimizer.param_groups]
     for group, factor in zip(optimizer.param_groups, scheduler.lr_lambdas, strict=True):
         group["lr"] = args.lr * factor(scheduler.last_epoch)
-
-
-# --------------------------------------------------------------------------------------------------
-# the network under DDP
-
-
-def distribute(model: nn.Module, procs: Processes) -> tuple[nn.Module, bool]:
-    """The network wrapped in DDP under torchrun (else as it is), and whether the trainer should
-    zero gradients in place (Trainer.zero_grads_in_place).
-
-    The unused-parameter search only for networks that leave some parameters without a gradient
-    (it costs a traversal of the graph each step, and warns when it finds none); gradients laid
-    out as DDP's buckets (match_gradient_layout) and kept as views of them, zeroed in place, so no
-    gradient is copied into its bucket each step.
-    """
-    if not procs.ddp:
-        return model, False
-    unused = net.leaves_parameters_unused(model)
-    match_gradient_layout(model)
-    wrapped = nn.parallel.DistributedDataParallel(
-        model,
-        device_ids=[procs.device.index] if procs.device.type == "cuda" else None,
-        find_unused_parameters=unused,
-        gradient_as_bucket_view=True,
-    )
-    return wrapped, not unused
-
-
-def match_gradient_layout(model: nn.Module) -> None:
-    """Give every gradient its parameter's strides, as DDP's buckets expect (DDP compares strides
-    exactly, then copies the gradient into its bucket each step and warns "Grad strides do not
-    match bucket view strides"). Only size-1 axes can differ: a 1x1x1 conv weight is stored
-    channels-last (unet3d) and its gradient comes plain or channels-last depending on the conv
-    algorithm. Their strides address no memory, so the fix is a view of the same memory (free)."""
-    for parameter in model.parameters():
-        if parameter.requires_grad and 1 in parameter.shape:
-            parameter.register_hook(functools.partial(_restride, stride=parameter.stride()))
-
-
-def _restride(grad: torch.Tensor, stride: tuple[int, ...]) -> torch.Tensor:
-    if grad.stride() == stride:
-        return grad
-    same = all(n == 1 or a == b for n, a, b in zip(grad.shape, grad.stride(), stride, strict=True))
-    return grad.as_strided(grad.shape, stride, grad.storage_offset()) if same else grad
 
 
 # --------------------------------------------------------------------------------------------------

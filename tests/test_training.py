@@ -24,6 +24,7 @@ from test_pipeline import tiny_text_encoder
 import dataset
 import generate_relevancy
 import generate_scenes
+import net
 import network_setup
 import processes
 import run_folder
@@ -160,8 +161,8 @@ def test_loss_falls_over_a_few_steps(data):
     )
     batch = next(iter(torch.utils.data.DataLoader(datasets["train"], batch_size=1)))
     torch.manual_seed(0)
-    model = training.net.build_network("ovssc", args.approach, args)
-    training.match_gradient_layout(model)  # what DDP gets
+    model = net.build_network("ovssc", args.approach, args)
+    network_setup.match_gradient_layout(model)  # what DDP gets
     optimizer, scheduler = training.make_optimizer(model, args, total=100)
     trainer = training.Trainer(
         tasks.OVSSC, args, processes.Processes(), model, optimizer, scheduler, None, {}
@@ -171,7 +172,7 @@ def test_loss_falls_over_a_few_steps(data):
     assert model.steps.item() == 6  # the steps buffer counts optimizer steps
     # every parameter has a gradient (DDP: no unused-parameter search), laid out as the parameter
     # (DDP's buckets copy, and warn about, a gradient whose strides differ from its parameter's)
-    assert not training.net.leaves_parameters_unused(model)
+    assert not net.leaves_parameters_unused(model)
     for name, p in model.named_parameters():
         assert p.grad is not None and p.grad.stride() == p.stride(), name
 
@@ -210,7 +211,7 @@ def test_vool_trains_and_evaluates(data, tmp_path):
     assert model.steps.item() == 1
     # DDP's unused-parameter search is on for VOOL: a step leaves some parameters without a grad
     assert any(p.grad is None for p in model.parameters())
-    assert training.net.leaves_parameters_unused(model)
+    assert net.leaves_parameters_unused(model)
     frame = training.pd.read_pickle(tmp_path / "vool" / "detailed_stats.pkl")
     assert set(frame["split"]) == {"train", "unseen_instances"}
     assert len(frame[frame["split"] == "unseen_instances"]["cutoff"].unique()) == 10
