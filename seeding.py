@@ -72,9 +72,9 @@ class PositionSampler(torch.utils.data.Sampler):
 
 
 def epoch_order(size: int, train: bool, procs: Processes, seed: int, epoch: int) -> list[int]:
-    """This process's sample order (spec 1.4): DistributedSampler(shuffle=True, drop_last=True) for
-    train and (shuffle=False, drop_last=False) otherwise under DDP; a shuffle / the plain order
-    without."""
+    """This process's sample order, the original's: under DDP DistributedSampler(shuffle=True,
+    drop_last=True) for train and (shuffle=False, drop_last=False) otherwise; without, a shuffle /
+    the plain order."""
     if procs.ddp:
         sampler = torch.utils.data.DistributedSampler(
             range(size),
