@@ -308,8 +308,9 @@ class Trainer:
         """Under DDP, why a step or its collectives failed when the cause is another process of
         the group that ended (killed, out of memory, a lost machine): a collective's broken
         connection, or the SIGTERM with which torchrun stops the rest of the group. None for any
-        other error. The weights then hold the last finished step (a step's collectives all come
-        before its optimizer step), which rank 0 saves."""
+        other error. The weights and the position then agree on the last step the whole group
+        took (a step's gradient all-reduce comes before its optimizer step, and the position counts
+        the step once that is taken), which rank 0 saves."""
         if not self.procs.ddp:
             return None
         reason = broken_connection(error)
