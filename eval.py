@@ -27,9 +27,10 @@ from vocab import APPROACHES
 
 
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = options.ArgumentParser(
+        prog="eval.py",
         description="Evaluate an OVSSC or VOOL checkpoint, or a baseline. Writes only the stats "
-        "file (--output), after removing temporary files killed writers left beside it."
+        "file (--output), after removing temporary files killed writers left beside it.",
     )
     options.add_shared_flags(p)
     # None: not given, so eval caps the default to the cores available (evaluation.capped_num_workers)

@@ -18,9 +18,9 @@ Where eval writes: only the stats file, `--output PATH` or by default `<checkpoi
 a baseline); at start eval.py removes the temporary files killed writers left in that folder.
 
 A stats file says what produced it: its frame's `attrs["semabs_eval"]` (`Provenance`: task,
-checkpoint or baseline, epoch, a fingerprint of the weights, cutoffs, data folder and data
-configuration). An interrupted evaluation resumes only into a file made from the same inputs; any
-difference is refused with one line naming it.
+checkpoint or baseline, epoch, a fingerprint of the weights, cutoffs, data folder, data
+configuration and the scenes each split held). An interrupted evaluation resumes only into a file
+made from the same inputs; any difference is refused with one line naming it.
 
 Changes from the original, each fixing something that only hurt users (docs/differences.md):
 - nothing else is written (no TensorBoard dirs, no args.pkl in the training log);
@@ -62,10 +62,11 @@ import metrics
 import options
 import processes
 import scene_file
+import seeding
 import tasks
-import training
-from utils import InputError, available_cores
-from vocab import APPROACHES
+from network_setup import network_on_device
+from utils import InputError, atomic_pickle, available_cores
+from vocab import APPROACHES, PROVENANCE_KEY
 
 log = logging.getLogger("semabs.eval")
 
@@ -205,9 +206,6 @@ def stats_path(args: argparse.Namespace) -> Path:
     return load.with_name(f"{load.stem}_eval_stats{suffix}.pkl")
 
 
-PROVENANCE_KEY = "semabs_eval"  # the stats frame's attrs entry
-
-
 @dataclass(frozen=True)
 class Provenance:
     """What produced a stats file, stored in its frame's attrs; a resume must match it."""
@@ -219,6 +217,7 @@ class Provenance:
     cutoffs: tuple[float, ...]
     file_path: str  # the data folder, absolute
     data: str  # fingerprint of the data configuration (dataset.DatasetConfig)
+    scenes: dict[str, list[str]]  # split -> its scene files, as the split pickle lists them
 
     # (field, what it is called in the refusal); `scored` is compared through `weights` for a
     # checkpoint, so a copied or renamed file of the same weights resumes
@@ -230,6 +229,7 @@ class Provenance:
         ("cutoffs", "cutoffs"),
         ("file_path", "data folder"),
         ("data", "data configuration (fingerprint)"),
+        ("scenes", "scenes"),
     )
 
     def difference(self, stored: dict) -> str | None:
@@ -239,6 +239,11 @@ class Provenance:
             if name == "scored" and self.weights is not None and stored.get("weights") is not None:
                 continue
             old, new = stored.get(name), mine[name]
+            if name == "scenes":
+                changed = scenes_difference(old, new)
+                if changed is not None:
+                    return changed
+                continue
             if name == "cutoffs":
                 old = tuple(old) if old is not None else None
                 same = old is not None and len(old) == len(new) and np.allclose(old, new)
@@ -252,6 +257,20 @@ class Provenance:
         return None
 
 
+def scenes_difference(stored: dict | None, current: dict) -> str | None:
+    """'scenes of <split>: <stored> there, <current> here' for the first split whose scene list
+    differs (the data folder gained or lost scenes, its split pickle was rewritten); None when
+    every split lists the same scenes."""
+    if stored is None:
+        return "scenes of each split: not recorded there"
+    for split in [*current, *(s for s in stored if s not in current)]:
+        old, new = list(stored.get(split, [])), list(current.get(split, []))
+        if old != new:
+            counts = f"{len(old)} there, {len(new)} here"
+            return f"scenes of {split}: {counts if len(old) != len(new) else f'other {counts}'}"
+    return None
+
+
 def describe_cutoffs(values) -> str:
     if not values:
         return "none"
@@ -263,7 +282,8 @@ def data_fingerprint(args: argparse.Namespace) -> str:
     return hashlib.sha256(repr(config).encode()).hexdigest()[:16]
 
 
-def provenance(args: argparse.Namespace, scorer: Scorer) -> Provenance:
+def provenance(args: argparse.Namespace, scorer: Scorer, lists: dict[str, list]) -> Provenance:
+    """What this run scores, and how: `lists` is the split pickle's {split: scene files}."""
     scored = (
         f"baseline {args.baseline}" if args.baseline else f"checkpoint {Path(args.load).resolve()}"
     )
@@ -275,6 +295,7 @@ def provenance(args: argparse.Namespace, scorer: Scorer) -> Provenance:
         cutoffs=tuple(float(c) for c in args.cutoffs),
         file_path=str(Path(args.file_path).resolve()),
         data=data_fingerprint(args),
+        scenes={split: list(names) for split, names in lists.items() if split != "train"},
     )
 
 
@@ -319,7 +340,7 @@ def read_finished(path: Path, made_by: Provenance) -> pd.DataFrame | None:
 def trained_network(args: argparse.Namespace, device: torch.device, **overrides) -> tuple:
     """(network in eval mode with the checkpoint's weights, checkpoint's `epochs`, the weights'
     fingerprint)."""
-    model = training.network_on_device(args.task, args, device, **overrides)
+    model = network_on_device(args.task, args, device, **overrides)
     ckpt = checkpoint.load_network(model, args.load, map_location="cpu")
     weights = checkpoint.weights_fingerprint(checkpoint.strip_ddp_prefix(ckpt["net"]))
     return model.eval(), int(ckpt.get("epochs", 0)), weights
@@ -340,7 +361,11 @@ def make_scorer(args: argparse.Namespace, device: torch.device, **network_overri
     if args.baseline is not None:
         baseline = baselines.BASELINES[args.baseline]
         return Scorer(lambda batch: baseline.score(batch, args.task, args.scene_bounds), 0)
-    model, epoch, weights = trained_network(args, device, **network_overrides)
+    return network_scorer(*trained_network(args, device, **network_overrides), args)
+
+
+def network_scorer(model, epoch: int, weights: str, args: argparse.Namespace) -> Scorer:
+    """A trained network's logits (one row at a time above --chunk_points query points)."""
     task = tasks.TASKS[args.task]
     return Scorer(
         lambda batch: task.forward(model, batch, args.chunk_points).float(), epoch, weights
@@ -403,7 +428,7 @@ def ignore_interrupt_worker(worker_id: int) -> None:
     """DataLoader worker start: training's seeding, and Ctrl-C left to the main process, which shuts
     the workers down (`scene_batches`)."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    training.seed_worker(worker_id)
+    seeding.seed_worker(worker_id)
 
 
 @contextlib.contextmanager
@@ -456,7 +481,7 @@ def evaluate_split(scorer: Scorer, data, split: str, args, procs) -> pd.DataFram
     """Score this process's scenes; -> all processes' rows in scene order on rank 0, else None."""
     indices = processes.shard(list(range(len(data))), procs.rank, procs.world_size)
     loader = torch.utils.data.DataLoader(
-        training.SeededSamples(data, args.seed, rank=0),  # seed (seed, 0, 0, scene index)
+        seeding.SeededSamples(data, args.seed, rank=0),  # seed (seed, 0, 0, scene index)
         batch_size=1,
         sampler=[(i, i) for i in indices],
         num_workers=args.num_workers,
@@ -474,7 +499,7 @@ def evaluate_split(scorer: Scorer, data, split: str, args, procs) -> pd.DataFram
     parts = []
     with progress as bar, scene_batches(loader) as batches:
         for index, batch in zip(indices, batches):
-            frame = score_scene(scorer, training.to_device(batch, procs.device), args)
+            frame = score_scene(scorer, processes.to_device(batch, procs.device), args)
             parts.append((index, frame))
             running.add(frame)
             bar.update()
@@ -512,7 +537,7 @@ def evaluate(args: argparse.Namespace, procs: processes.Processes, **network_ove
         )
     scorer = make_scorer(args, procs.device, **network_overrides)
     path = stats_path(args)
-    made_by = provenance(args, scorer)
+    made_by = provenance(args, scorer, lists)
 
     finished, problem = None, None  # rank 0 reads the file; every rank learns the outcome
     if procs.main and not args.replace:
@@ -540,6 +565,6 @@ def evaluate(args: argparse.Namespace, procs: processes.Processes, **network_ove
             frames.append(frame)
             stats = pd.concat(frames)
             stats.attrs = {PROVENANCE_KEY: asdict(made_by)}
-            training.atomic_pickle(stats, path)
+            atomic_pickle(stats, path)
             log.info("dumped %s stats to %s", split, path)
     return Result(path, todo, [s for s in splits if s in done], scenes, rows)

@@ -20,8 +20,10 @@ from __future__ import annotations
 import argparse
 import math
 import pickle
+import re
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NoReturn
 
 import fixes
 from geometry import DEFAULT_SCENE_BOUNDS, DEFAULT_VOXEL_SHAPE
@@ -30,6 +32,24 @@ from utils import InputError, atomic_path
 from vocab import APPROACHES, NETWORK_INPUTS, POINTING_METHODS, SALIENCY_CONFIGS
 
 ARGS_FILE = "args.pkl"
+
+
+# -1, -0.5, .5 and -1e9, -2.5E-3: argparse's own pattern has no exponent, so it took -1e9 for an option
+NEGATIVE_NUMBER = re.compile(r"^-(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?$")
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """The parser of the scripts' flags. Two changes to argparse's: every negative number is a
+    value, in scientific notation too (`--cutoffs -1e9 1e9 1e-9`; argparse read -1e9 as an
+    unknown option, and none of our flags looks like a number); and a refusal is one line, the
+    problem and where the flags are listed, without argparse's usage block of every flag."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._negative_number_matcher = NEGATIVE_NUMBER
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"error: {message} (python {self.prog} --help lists the flags)\n")
 
 
 def _add_bool(parser: argparse.ArgumentParser, name: str, default: bool, help: str) -> None:
@@ -331,7 +351,9 @@ def add_shared_flags(parser: argparse.ArgumentParser) -> None:
 
 def training_parser(task: str) -> argparse.ArgumentParser:
     """train_ovssc.py / train_vool.py: shared flags + --log and --approach."""
-    parser = argparse.ArgumentParser(description=f"Train the {task.upper()} network.")
+    parser = ArgumentParser(
+        prog=f"train_{task}.py", description=f"Train the {task.upper()} network."
+    )
     add_shared_flags(parser)
     parser.add_argument("--log", required=True, help="output directory")
     parser.add_argument("--approach", choices=APPROACHES[task], default="semantic_abstraction")

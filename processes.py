@@ -1,5 +1,5 @@
-"""Devices, seeds and the torch.distributed process group: what each process runs on and which
-share of the work it takes.
+"""Devices, seeds and the torch.distributed process group: what each process runs on, which share
+of the work it takes, and what the processes tell each other (broadcast, rank means, gathered rows).
 
 Under torchrun (WORLD_SIZE > 1) every process reads RANK, LOCAL_RANK and WORLD_SIZE; on CUDA it uses
 LOCAL_RANK's GPU and the nccl backend, on the CPU gloo. Work is shared by `shard`: every
@@ -14,6 +14,7 @@ import random
 from dataclasses import dataclass, field
 
 import numpy as np
+import pandas as pd
 import torch
 import torch.distributed as dist
 
@@ -39,6 +40,14 @@ def bf16_is_fast(device: torch.device) -> bool:
         return torch.cuda.is_bf16_supported(including_emulation=False)
     probes = ("_is_amx_tile_supported", "_is_avx512_bf16_supported")  # torch.cpu, since torch 2.1
     return any(getattr(torch.cpu, probe, lambda: False)() for probe in probes)
+
+
+def to_device(batch: dict, device: torch.device) -> dict:
+    """A collated batch with every tensor on `device` (other values as they are)."""
+    return {
+        k: v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v
+        for k, v in batch.items()
+    }
 
 
 def seed_all(seed: int) -> None:
@@ -132,3 +141,44 @@ def broadcast(value, procs: Processes):
     box = [value]
     dist.broadcast_object_list(box, src=0)
     return box[0]
+
+
+def reduce_stats(
+    stats: dict[str, float], procs: Processes, stop: bool = False
+) -> tuple[dict[str, float], bool]:
+    """Rank mean of each scalar, all-reduced on the process group's device; and whether any rank
+    asked to stop (SIGTERM), carried by the same all-reduce: every rank stops at the same step."""
+    if not procs.ddp:
+        return stats, stop
+    keys = sorted(stats)
+    values = [stats[k] for k in keys] + [float(stop)]
+    values = torch.tensor(values, dtype=torch.float64, device=procs.device)
+    dist.all_reduce(values)
+    *means, stops = (values / procs.world_size).tolist()
+    return dict(zip(keys, means)), stops > 0
+
+
+def gather_frames(frame: pd.DataFrame, procs: Processes) -> pd.DataFrame:
+    """Every process's rows, concatenated in rank order (the frame itself in one process)."""
+    if not procs.ddp:
+        return frame
+    frames = [None] * procs.world_size
+    dist.all_gather_object(frames, frame)
+    return pd.concat(frames)
+
+
+# what gloo says when the other end of a collective is gone
+PEER_GONE = ("Connection reset by peer", "Connection closed by peer", "Broken pipe")
+
+
+def broken_connection(error: BaseException) -> str | None:
+    """Why a collective failed, when the cause is a process of the group that is gone: gloo's broken
+    connection, or one of torch's distributed errors (DistError: nccl's, the store's); None for
+    any other error."""
+    text = str(error)
+    gone = next((marker for marker in PEER_GONE if marker in text), None)
+    if gone is not None:
+        return gone[0].lower() + gone[1:]
+    if isinstance(error, dist.DistError):
+        return text.splitlines()[0][:120] if text else type(error).__name__
+    return None

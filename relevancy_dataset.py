@@ -9,6 +9,7 @@ configs) and docs/data.md#the-scene-file-layout (where the maps go).
 from __future__ import annotations
 
 import os
+import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -60,13 +61,12 @@ class Outcome:
     world_size: int
     mine: int  # scenes of this process's shard
     done: int = 0
-    pending: int = 0  # scenes without relevancies (or all of them, with replace)
+    skipped: int = 0  # scenes with relevancies already (none with replace)
     failed: dict[Path, str] = field(default_factory=dict)
 
     def summary(self, root: Path, seconds: float) -> str:
-        skipped = self.mine - self.pending - len(self.failed)
         return (
-            f"rank {self.rank}/{self.world_size}: {self.done} scenes processed, {skipped} skipped "
+            f"rank {self.rank}/{self.world_size}: {self.done} scenes processed, {self.skipped} skipped "
             f"(already done), {len(self.failed)} failed, of {self.mine} under {root}; written in "
             f"place, in {seconds:.1f} s"
         )
@@ -195,6 +195,20 @@ def check_request(source: str, configs: list[str] | None, tiling: str | None) ->
     return configs
 
 
+def check_writable(folders: list[Path]) -> None:
+    """Refuse, before any relevancy is computed, a folder of scenes that cannot be written: each
+    scene file is rewritten in place, through a temporary file beside it (atomic_path)."""
+    for folder in folders:
+        try:
+            with tempfile.TemporaryFile(dir=folder):
+                pass
+        except OSError as error:
+            raise InputError(
+                f"{folder} cannot be written ({error.strerror or error}): relevancy is stored in "
+                "place, in each scene file; copy the scenes to a folder you can write"
+            ) from None
+
+
 def remove_stale(root: Path) -> list[Path]:
     """Temporary files an interrupted run left under a scene folder, removed."""
     return remove_stale_temp_files(root, recursive=True) if root.is_dir() else []
@@ -229,9 +243,11 @@ def generate(
         try:
             if replace or not scene_done(path):
                 scenes.append(path)
+            else:
+                outcome.skipped += 1
         except (InputError, OSError) as error:
             fail(path, error)
-    outcome.pending = len(scenes)
+    check_writable(sorted({path.parent for path in scenes}))
     extractor, source_name = None, ORACLE_SOURCE
     if source == "clip" and scenes:
         extractor = relevancy.build_extractor(

@@ -45,11 +45,17 @@ from rich.console import Console
 from rich.table import Table as RichTable
 
 from utils import InputError, atomic_path, run_app
-from vocab import PAD, SYNONYMS, TEST_CLASSES
+from vocab import PAD, PROVENANCE_KEY, SYNONYMS, TEST_CLASSES
 
 THOR_METRIC = "voxel32x32x32_iou"
 NYU_METRIC = "voxel60x60x60_iou"
 NOVEL_COLUMNS = ("Novel Room", "Novel Visual", "Novel Vocab", "Novel Class")
+# the split each THOR column reads (Novel Class pools every non-train split)
+SPLIT_COLUMNS = {
+    "unseen_instances": "Novel Room",
+    "unseen_instances_dr": "Novel Visual",
+    "unseen_instances_synonyms": "Novel Vocab",
+}
 NYU_CLASSES = (
     "ceiling",
     "floor",
@@ -112,8 +118,17 @@ class Table:
 # ----------------------------------------------------------------------------- loading
 
 
-def load_stats(path: Path, columns: list[str], notes: list[str]) -> pd.DataFrame | None:
-    """The pickled frame at path, or None with one line in notes saying why it is left out."""
+def load_stats(
+    path: Path,
+    columns: list[str],
+    notes: list[str],
+    task: str,
+    split_columns: dict[str, str] | None = None,
+) -> pd.DataFrame | None:
+    """The pickled frame at path, or None with one line in notes saying why it is left out: not a
+    frame, another task's stats (`task`: ovssc or vool), no rows, columns missing. A frame from an
+    eval.py that stopped before its last split is kept, with a note naming the splits missing and
+    (`split_columns`: split -> its table column) what that leaves out."""
     if not path.is_file():
         notes.append(f"{path}: not found, row left out")
         return None
@@ -130,6 +145,15 @@ def load_stats(path: Path, columns: list[str], notes: list[str]) -> pd.DataFrame
     if len(frame) == 0:
         notes.append(f"{path}: no rows, row left out")
         return None
+    made_by = frame.attrs.get(PROVENANCE_KEY)
+    made_by = made_by if isinstance(made_by, dict) else {}
+    other = made_by.get("task") or stats_task(frame)
+    if other is not None and other != task:
+        notes.append(
+            f"{path}: {other.upper()} stats (eval.py --task {other}), not {task.upper()}'s, row "
+            "left out"
+        )
+        return None
     missing = [c for c in columns if c not in frame.columns]
     if missing:
         hint = ""
@@ -137,7 +161,39 @@ def load_stats(path: Path, columns: list[str], notes: list[str]) -> pd.DataFrame
             hint = " (the NYU table needs 60^3 voxel metrics, which eval.py does not compute; pick another with --nyu-metric)"
         notes.append(f"{path}: no column {', '.join(map(repr, missing))}{hint}, row left out")
         return None
+    unfinished = unfinished_note(frame, made_by.get("scenes"), split_columns or {})
+    if unfinished is not None:
+        notes.append(f"{path}: {unfinished}")
     return frame
+
+
+def stats_task(frame: pd.DataFrame) -> str | None:
+    """The task whose eval.py rows a frame holds, by its columns (VOOL rows name a relation)."""
+    if "spatial_relation_name" in frame.columns:
+        return "vool"
+    return "ovssc" if "label" in frame.columns else None
+
+
+def unfinished_note(
+    frame: pd.DataFrame, scenes: dict | None, split_columns: dict[str, str]
+) -> str | None:
+    """What an eval.py stopped before its last split left out: its provenance lists the splits it
+    was to score (`scenes`: split -> scene files); None when every one with scenes is there."""
+    if not isinstance(scenes, dict) or "split" not in frame.columns:
+        return None
+    planned = [split for split, names in scenes.items() if len(names)]
+    missing = [split for split in planned if split not in set(frame["split"])]
+    if not missing:
+        return None
+    scored = f"{len(planned) - len(missing)} of {len(planned)} splits"
+    left_out = [f"{split_columns[split]} empty" for split in missing if split in split_columns]
+    if split_columns:  # the THOR tables' Novel Class pools every split
+        left_out.append(f"Novel Class from {scored}")
+    effect = f": {', '.join(left_out)}" if left_out else ""
+    return (
+        f"an unfinished eval, {scored} scored (no {', '.join(missing)}){effect}; rerun its eval.py "
+        "command to finish it"
+    )
 
 
 def room_ids(scene_id: pd.Series) -> pd.Series:
@@ -285,7 +341,7 @@ def ovssc_table(paths: list[tuple[str, str, Path]], metric: str, notes: list[str
     table = Table("OVSSC THOR", ["Approach", *NOVEL_COLUMNS], left_columns=1)
     needed = ["scene_id", "label", "split", "cutoff", metric]
     for key, name, path in paths:
-        frame = load_stats(path, needed, notes)
+        frame = load_stats(path, needed, notes, "ovssc", SPLIT_COLUMNS)
         if frame is None:
             continue
         scores = _scores_or_note(ovssc_scores, path, notes, frame, metric)
@@ -314,7 +370,10 @@ def vool_table(paths: list[tuple[str, str, Path]], metric: str, notes: list[str]
         "cutoff",
         metric,
     ]
-    loaded = [(key, name, path, load_stats(path, needed, notes)) for key, name, path in paths]
+    loaded = [
+        (key, name, path, load_stats(path, needed, notes, "vool", SPLIT_COLUMNS))
+        for key, name, path in paths
+    ]
     loaded = [row for row in loaded if row[3] is not None]
     if not loaded:
         return table
@@ -345,7 +404,7 @@ def nyu_table(paths: list[tuple[str, str, Path]], metric: str, notes: list[str])
     columns = [*(c.title() for c in NYU_CLASSES), "Mean"]
     table = Table("OVSSC NYU", ["Approach", *columns], left_columns=1)
     for key, name, path in paths:
-        frame = load_stats(path, ["label", "cutoff", metric], notes)
+        frame = load_stats(path, ["label", "cutoff", metric], notes, "ovssc")
         if frame is None:
             continue
         scores = nyu_scores(frame, metric)

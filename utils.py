@@ -1,6 +1,6 @@
 """Torch-free helpers shared by every script: the one top-level error handler (`run_app`) and its
-InputError, atomic file writes and their stale temporaries, worker processes that end with their
-parent. Devices, seeding and the process group are processes.py's.
+InputError, atomic file writes (`atomic_path`, `atomic_pickle`) and their stale temporaries, worker
+processes that end with their parent. Devices, seeding and the process group are processes.py's.
 
 Importing it asks PyTorch to back large CPU tensors with transparent huge pages
 (THP_MEM_ALLOC_ENABLE, read at the first allocation). A 128^3 x 16 volume is 128 MB, and on Linux each
@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
+import pickle
 import re
 import socket
 import sys
@@ -156,6 +157,13 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
+
+
+def atomic_pickle(obj, path: str | os.PathLike) -> None:
+    """Pickle `obj` to `path` atomically (`atomic_path`), as pandas' DataFrame.to_pickle writes a
+    frame (the highest protocol), without importing pandas."""
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+        pickle.dump(obj, f, protocol=pickle.HIGHEST_PROTOCOL)
 
 
 def _pid_alive(pid: int) -> bool:

@@ -42,3 +42,6 @@ RELATIONS = ("in", "behind", "in front of", "on the left of", "on the right of",
 PAD = "[pad]"  # name and relation of a padded VOOL description
 # --pointing_method (docs/method.md#pointing)
 POINTING_METHODS = ("cosine_sim", "dot_product", "additive")
+# The attrs entry of an eval stats frame that says what produced it (evaluation.Provenance: task,
+# scored, ..., scenes of each split); summarize.py reads it without importing evaluation.py
+PROVENANCE_KEY = "semabs_eval"

@@ -31,8 +31,7 @@ import net  # noqa: E402
 import options  # noqa: E402
 import scene_file  # noqa: E402
 import tasks  # noqa: E402
-import training  # noqa: E402
-from processes import resolve_device  # noqa: E402
+from processes import resolve_device, to_device  # noqa: E402
 
 
 def sync(device: torch.device) -> None:
@@ -59,7 +58,7 @@ def bench_task(task: str, file_path: str, device: torch.device, scenes: int) -> 
     for index in range(min(scenes, len(data))):
         t0 = time.perf_counter()
         batch = torch.utils.data.default_collate([data[index]])
-        batch = training.to_device(batch, device)
+        batch = to_device(batch, device)
         sync(device)
         t1 = time.perf_counter()
         with torch.no_grad():

@@ -76,16 +76,43 @@ def margins(summaries: dict[int, dict], tasks: list[str]) -> list[str]:
     return lines
 
 
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=" ".join(__doc__.split("\n\n")[0].split()))
+    add = p.add_argument
+    add("--seeds", type=int, nargs="+", default=[0, 1, 2], help="training seeds, one run each")
+    add(
+        "--scene-seed",
+        type=int,
+        default=0,
+        help="seed of the set of scenes every training seed shares (demo.py --scene-seed)",
+    )
+    add(
+        "--precision",
+        choices=demo.PRECISIONS,
+        default="auto",
+        help="training precision, as demo.py's: bf16 autocast, fp32, or auto (bf16 where the "
+        "hardware runs it fast)",
+    )
+    add("--num-scenes", type=int, default=120, help="scenes generated (demo.py --num-scenes)")
+    add("--device", default="cpu", help="cpu, cuda or auto")
+    add(
+        "--tasks",
+        nargs="+",
+        choices=demo.TASKS,
+        default=list(demo.TASKS),
+        help="the tasks trained and evaluated",
+    )
+    add(
+        "--out",
+        type=Path,
+        default=Path("outputs/learn"),
+        help="folder of the scenes, every seed's run and the results (results_*.md, .json)",
+    )
+    return p
+
+
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    parser.add_argument("--scene-seed", type=int, default=0)
-    parser.add_argument("--precision", choices=demo.PRECISIONS, default="auto")
-    parser.add_argument("--num-scenes", type=int, default=120)
-    parser.add_argument("--device", default="cpu")
-    parser.add_argument("--tasks", nargs="+", choices=demo.TASKS, default=list(demo.TASKS))
-    parser.add_argument("--out", type=Path, default=Path("outputs/learn"))
-    cli = parser.parse_args()
+    cli = parser().parse_args()
     data = cli.out / f"data_scenes{cli.scene_seed}"
     scenes = demo.Pipeline(cli.out, cli.device, data=data)
     demo.generate_scenes(scenes, cli.num_scenes, demo.EXTRA_TRAIN_SEEDS, cli.scene_seed)

@@ -44,7 +44,9 @@ def worker(cli: argparse.Namespace) -> None:
 
     import dataset
     import net
+    import network_setup
     import processes
+    import seeding
     import tasks
     import training
 
@@ -60,11 +62,11 @@ def worker(cli: argparse.Namespace) -> None:
     )["train"]
     model = net.build_network(cli.task, args.approach, args)
     optimizer, scheduler = training.make_optimizer(model, args, total=1000)
-    model, zero_grads_in_place = training.distribute(model, procs)  # DDP as training uses it
+    model, zero_grads_in_place = network_setup.distribute(model, procs)  # DDP as training uses it
     trainer = training.Trainer(task, args, procs, model, optimizer, scheduler, None, {})
     trainer.zero_grads_in_place = zero_grads_in_place
     model.train()
-    loader = training.make_loader(data, True, args, procs, epoch=0)
+    loader = seeding.make_loader(data, True, args, procs, epoch=0)
     batches = iter(loader)
     fixed = next(batches)
     times = []
@@ -72,7 +74,7 @@ def worker(cli: argparse.Namespace) -> None:
         start = time.perf_counter()
         batch = next(batches, None) if cli.with_data else fixed
         if batch is None:
-            batches = iter(training.make_loader(data, True, args, procs, epoch=step))
+            batches = iter(seeding.make_loader(data, True, args, procs, epoch=step))
             batch = next(batches)
         trainer.step(batch, training.TRAIN_CUTOFFS, train=True)
         if step:

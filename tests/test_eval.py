@@ -8,6 +8,7 @@ import io
 import multiprocessing
 import os
 import pickle
+import shutil
 import signal
 import subprocess
 import sys
@@ -350,15 +351,29 @@ def test_default_cutoffs_are_the_originals_and_a_wider_range_extends_the_frame(
         ),
         (["0", "-1", "0.1"], "START must be below STOP, got 0 -1 0.1"),
         (["0", "1", "-0.1"], "STEP must be > 0, got 0 1 -0.1"),
+        (  # negative numbers in scientific notation are values, not options
+            ["-1e9", "1e9", "1e-9"],
+            "that is 2,000,000,000,000,000,000 cutoffs, at most 1000 make sense, got -1e+09 1e+09 "
+            "1e-09",
+        ),
+        (["1"], "expected 3 arguments"),
     ],
 )
-def test_cutoffs_are_checked_when_parsed(values, problem, capsys):
-    with pytest.raises(SystemExit):
+def test_cutoffs_are_checked_when_parsed_in_one_line(values, problem, capsys):
+    with pytest.raises(SystemExit) as exit_:
         eval_script.parser().parse_args(
             ["--task", "ovssc", "--file_path", "x", "--cutoffs", *values]
         )
-    last = capsys.readouterr().err.strip().splitlines()[-1]  # "<prog>: error: ..."
-    assert last.endswith(f": error: argument --cutoffs: {problem}"), last
+    assert exit_.value.code == 2
+    # the line and where the flags are, without argparse's usage block
+    assert capsys.readouterr().err == (
+        f"error: argument --cutoffs: {problem} (python eval.py --help lists the flags)\n"
+    )
+
+
+def test_negative_cutoffs_in_scientific_notation_parse():
+    argv = ["--task", "ovssc", "--file_path", "x", "--cutoffs", "-2.5e0", "-1E-1", "1e-1"]
+    assert eval_script.parser().parse_args(argv).cutoffs == [-2.5, -0.1, 0.1]
 
 
 # -- a stats file says what made it; a resume from other inputs is refused
@@ -388,6 +403,34 @@ def test_stats_file_records_its_inputs_and_refuses_a_resume_from_others(
     same = tmp_path / "copy.pth"
     same.write_bytes(ckpt.read_bytes())
     assert "2 already done" in run_eval(eval_argv(data, same, "ovssc", "--output", stats), capsys)
+
+
+def test_a_resume_after_the_split_lists_changed_is_refused(data, ovssc_ckpt, tmp_path, capsys):
+    """The data folder gained a scene (its split pickle rewritten) after an eval: the stats file
+    records the scenes each split held, so the next eval refuses to call it done."""
+    folder = tmp_path / "data"
+    folder.mkdir()
+    files = sorted(p.name for p in data.glob("*.hdf5"))
+    for name in files:
+        shutil.copy(data / name, folder / name)
+
+    def write_splits(unseen: list[str]) -> None:
+        lists = {"train": files[:1], SPLITS[0]: unseen, SPLITS[1]: files[2:]}
+        (folder / "ssc_split.pkl").write_bytes(pickle.dumps(lists))
+
+    write_splits(files[1:2])
+    stats = tmp_path / "stats.pkl"
+    argv = eval_argv(folder, ovssc_ckpt, "ovssc", "--output", stats)
+    assert "2 splits" in run_eval(argv, capsys)
+    assert pd.read_pickle(stats).attrs[evaluation.PROVENANCE_KEY]["scenes"] == {
+        SPLITS[0]: files[1:2],
+        SPLITS[1]: files[2:],
+    }
+    write_splits(files[1:])  # a scene more
+    assert one_error_line(argv, capsys) == (
+        f"error: {stats} was made from other inputs (scenes of {SPLITS[0]}: 1 there, 2 here); "
+        "--replace to start over, or --output / --suffix for another file"
+    )
 
 
 def test_baselines_of_both_tasks_do_not_share_a_default_file(data, ovssc_ckpt, tmp_path, capsys):

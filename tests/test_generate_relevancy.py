@@ -2,8 +2,10 @@
 (docs/data.md#the-scene-file-layout), resumes after an interruption, replaces, shards by rank and
 computes oracle maps; the image command writes its figure."""
 
+import contextlib
 import hashlib
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -341,6 +343,52 @@ def test_bad_scenes_and_paths_give_clear_errors(tmp_path):
         f"scene folder not found: {tmp_path / 'missing'}"
     )
     assert result.stderr.strip().splitlines()[-1].startswith("error: ")
+
+
+@contextlib.contextmanager
+def read_only(folder: Path):
+    """The folder made read-only for this process: chmod for a user, the immutable attribute for
+    root (whom permissions do not stop); skipped where neither holds."""
+    if os.geteuid() != 0:
+        folder.chmod(0o555)
+        undo = ["chmod", "755", str(folder)]
+    elif shutil.which("chattr") and not subprocess.run(["chattr", "+i", str(folder)]).returncode:
+        undo = ["chattr", "-i", str(folder)]
+    else:
+        pytest.skip("no way to make a folder read-only for root here")
+    try:
+        yield folder
+    finally:
+        subprocess.run(undo, check=True)
+
+
+def test_a_read_only_folder_is_one_line_before_any_work(tmp_path):
+    folder = tmp_path / "scenes"
+    folder.mkdir()
+    for name in ("a.hdf5", "b.hdf5", "c.hdf5"):
+        make_scene(folder / name)
+    with read_only(folder):
+        result = subprocess.run(
+            [sys.executable, "generate_relevancy.py", "dataset", str(folder), "--source", "oracle"],
+            cwd=REPO, capture_output=True, text=True,
+        )  # fmt: skip
+    assert result.returncode == 1 and result.stdout == ""
+    problem = "Operation not permitted" if os.geteuid() == 0 else "Permission denied"
+    assert result.stderr == (
+        f"error: {folder} cannot be written ({problem}): relevancy is stored in place, in each "
+        "scene file; copy the scenes to a folder you can write\n"
+    )
+
+
+def test_the_summary_counts_each_scene_once(tmp_path):
+    """One scene done before (skipped), one new, one that fails: a failure is no skip."""
+    make_scene(tmp_path / "a.hdf5")
+    run("dataset", tmp_path, "--source", "oracle")
+    make_scene(tmp_path / "b.hdf5")
+    make_scene(tmp_path / "c.hdf5", ground_truth=False)  # the oracle needs its segmentation
+    result = CliRunner().invoke(gr.app, ["dataset", str(tmp_path), "--source", "oracle"])
+    assert isinstance(result.exception, gr.InputError)  # 1 of 3 scenes failed
+    assert "1 scenes processed, 1 skipped (already done), 1 failed, of 3 under" in result.output
 
 
 def test_image_command_writes_figure_and_maps(tiny_models, tmp_path):

@@ -65,6 +65,13 @@ def test_no_file_imports_a_script():
     assert {name: hit for name, hit in offenders.items() if hit} == {}
 
 
+def test_evaluation_and_calibration_take_nothing_from_training():
+    """training.py is the loop; what scoring shares with it (the network on its device, seeded
+    samples, batches on the device, atomic pickles) lives below both."""
+    graph = root_imports()
+    assert "training" not in graph["evaluation"] and "training" not in graph["calibration"]
+
+
 def test_imports_form_no_circle():
     assert cycle(root_imports()) is None
 

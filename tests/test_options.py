@@ -181,7 +181,9 @@ def test_bad_numbers_stop_at_parsing_with_argparses_line(capsys, argv, line):
     with pytest.raises(SystemExit) as exit_:
         parse("ovssc", *argv)
     assert exit_.value.code == 2
-    assert capsys.readouterr().err.strip().splitlines()[-1].endswith(line)
+    err = capsys.readouterr().err  # one line: the problem and where the flags are listed
+    assert err.startswith("error: ") and err.count("\n") == 1, err
+    assert err.endswith(f"{line} (python train_ovssc.py --help lists the flags)\n"), err
 
 
 def test_edge_values_are_accepted():

@@ -4,6 +4,7 @@ flag names of its own --help, bracketed optional flags included. The quirk table
 `fixes.markdown_table()`, and every docs/ page the README links to exists."""
 
 import contextlib
+import importlib.util
 import io
 import os
 import re
@@ -134,6 +135,17 @@ def test_shown_command_uses_real_flags(where, words):
     accepted = set(FLAG.findall(help_text(script, sub)))
     for flag in flags:
         assert flag in accepted, f"{where}: {script} {sub or ''} has no flag {flag}"
+
+
+@pytest.mark.parametrize("script", ["calibrate.py", "bench/learn.py"])
+def test_the_help_describes_the_script_whole_and_every_flag(script):
+    spec = importlib.util.spec_from_file_location(script.replace("/", "_")[:-3], REPO / script)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    parser = module.parser()
+    first_paragraph = " ".join(module.__doc__.split("\n\n")[0].split())
+    assert parser.description == first_paragraph and first_paragraph.endswith(".")
+    assert [action.dest for action in parser._actions if not action.help] == []
 
 
 def test_the_quirk_table_in_docs_is_fixes_markdown_table():

@@ -293,6 +293,32 @@ def test_bad_files_get_one_line(models):
     assert any(n.startswith(f"{bad}: scene_id 'kitchen_1' has no FloorPlan") for n in notes)
 
 
+def test_an_unfinished_eval_is_noted_with_what_it_leaves_out(models):
+    """eval.py stopped after its first split: the stats file's provenance lists three splits."""
+    path = models / "ours/ovssc/ovssc_eval_stats.pkl"
+    frame = ovssc_frame([r for r in OVSSC_ROWS if r[0] == "unseen_instances"])
+    splits = ("unseen_instances", "unseen_instances_dr", "unseen_instances_synonyms")
+    frame.attrs = {"semabs_eval": {"task": "ovssc", "scenes": {s: ["a.hdf5"] for s in splits}}}
+    frame.to_pickle(path)
+    (table,), notes = summarize.summarize(models, ["ovssc"], {})
+    assert [row[0] for row in table.rows] == ["Semantic Aware", "Ours"]  # the row stays
+    assert notes[-1:] == [
+        f"{path}: an unfinished eval, 1 of 3 splits scored (no unseen_instances_dr, "
+        "unseen_instances_synonyms): Novel Visual empty, Novel Vocab empty, Novel Class from 1 of "
+        "3 splits; rerun its eval.py command to finish it"
+    ]
+
+
+def test_another_tasks_stats_are_named_as_such(models):
+    ovssc = models / "ours/ovssc/ovssc_eval_stats.pkl"
+    vool = models / "ours/vool/vool_eval_stats.pkl"
+    overrides = {"ovssc": {"ours": vool}, "vool": {"ours": ovssc}}
+    _, notes = summarize.summarize(models, ["ovssc", "vool"], overrides)
+    assert f"{vool}: VOOL stats (eval.py --task vool), not OVSSC's, row left out" in notes
+    assert f"{ovssc}: OVSSC stats (eval.py --task ovssc), not VOOL's, row left out" in notes
+    assert not [n for n in notes if "no column" in n]
+
+
 def run_cli(*args, cwd=REPO):
     """Run summarize.py as a script in a fresh interpreter; also report whether torch got imported."""
     code = (

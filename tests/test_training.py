@@ -24,9 +24,13 @@ from test_pipeline import tiny_text_encoder
 import dataset
 import generate_relevancy
 import generate_scenes
+import net
+import network_setup
 import processes
+import run_folder
 import scenes
 import schedules
+import seeding
 import tasks
 import train_ovssc
 import training
@@ -138,12 +142,12 @@ def test_two_workers_draw_different_samples_every_epoch():
     args = training.prepare_args("ovssc", ["--file_path", "x", "--log", "y", "--num_workers", "2"])
     procs = processes.Processes()
     draws = [
-        torch.cat(list(training.make_loader(Draws(), True, args, procs, epoch))).tolist()
+        torch.cat(list(seeding.make_loader(Draws(), True, args, procs, epoch))).tolist()
         for epoch in (0, 1)
     ]
     values = draws[0] + draws[1]
     assert len(set(values)) == len(values)  # no worker or epoch repeats another's draw
-    again = torch.cat(list(training.make_loader(Draws(), True, args, procs, 0))).tolist()
+    again = torch.cat(list(seeding.make_loader(Draws(), True, args, procs, 0))).tolist()
     assert again == draws[0]  # but the same seed and epoch draw the same
 
 
@@ -158,8 +162,8 @@ def test_loss_falls_over_a_few_steps(data):
     )
     batch = next(iter(torch.utils.data.DataLoader(datasets["train"], batch_size=1)))
     torch.manual_seed(0)
-    model = training.net.build_network("ovssc", args.approach, args)
-    training.match_gradient_layout(model)  # what DDP gets
+    model = net.build_network("ovssc", args.approach, args)
+    network_setup.match_gradient_layout(model)  # what DDP gets
     optimizer, scheduler = training.make_optimizer(model, args, total=100)
     trainer = training.Trainer(
         tasks.OVSSC, args, processes.Processes(), model, optimizer, scheduler, None, {}
@@ -169,7 +173,7 @@ def test_loss_falls_over_a_few_steps(data):
     assert model.steps.item() == 6  # the steps buffer counts optimizer steps
     # every parameter has a gradient (DDP: no unused-parameter search), laid out as the parameter
     # (DDP's buckets copy, and warn about, a gradient whose strides differ from its parameter's)
-    assert not training.net.leaves_parameters_unused(model)
+    assert not net.leaves_parameters_unused(model)
     for name, p in model.named_parameters():
         assert p.grad is not None and p.grad.stride() == p.stride(), name
 
@@ -208,7 +212,7 @@ def test_vool_trains_and_evaluates(data, tmp_path):
     assert model.steps.item() == 1
     # DDP's unused-parameter search is on for VOOL: a step leaves some parameters without a grad
     assert any(p.grad is None for p in model.parameters())
-    assert training.net.leaves_parameters_unused(model)
+    assert net.leaves_parameters_unused(model)
     frame = training.pd.read_pickle(tmp_path / "vool" / "detailed_stats.pkl")
     assert set(frame["split"]) == {"train", "unseen_instances"}
     assert len(frame[frame["split"] == "unseen_instances"]["cutoff"].unique()) == 10
@@ -258,7 +262,7 @@ def test_baseline_approaches_train(data, tmp_path, monkeypatch, tiny_models, tas
     names = []
     encoder = tiny_text_encoder()
     monkeypatch.setattr(
-        training, "text_encoder", lambda args, device: lambda n: names.extend(n) or encoder(n)
+        network_setup, "text_encoder", lambda args, device: lambda n: names.extend(n) or encoder(n)
     )
     folder = with_splits(data, 1, 1)
     args = args_for(task, folder, tmp_path / approach, "--epochs", "1", "--approach", approach)
@@ -274,7 +278,7 @@ def test_baseline_approaches_train(data, tmp_path, monkeypatch, tiny_models, tas
 DDP_SCRIPT = """
 import os, signal, sys, torch
 sys.path.insert(0, {repo!r})
-import tasks, training
+import run_folder, tasks, training
 rank = os.environ["RANK"]
 open(os.path.join(os.environ["OUT"], f"rank{{rank}}.pid"), "w").write(str(os.getpid()))
 kill_at = int(os.environ.get("KILL_RANK1_AT_STEP", 0))
@@ -291,8 +295,8 @@ if kill_at and rank == "1" and os.environ["TORCHELASTIC_RESTART_COUNT"] == "0":
 args = training.prepare_args("ovssc", sys.argv[1:])
 try:
     model = training.train(tasks.OVSSC, args)
-except training.Preempted:
-    sys.exit(training.EXIT_PREEMPTED)
+except run_folder.Preempted:
+    sys.exit(run_folder.EXIT_PREEMPTED)
 torch.save(model.state_dict(), os.path.join(os.environ["OUT"], f"rank{{rank}}.pt"))
 """
 DDP_EPOCHS = ("--epochs", "2")  # 4 train scenes: 2 steps per process per epoch; epoch 0 evaluated
@@ -354,17 +358,29 @@ def test_two_process_torchrun_gloo(ddp_run):
 def test_torchrun_restart_after_a_killed_worker_resumes_to_the_uninterrupted_weights(
     data, tmp_path, ddp_run
 ):
-    """Rank 1 is SIGKILLed after step 3 (epoch 1); torchrun --max-restarts 1 restarts the group
-    with the same command, which --resume continues from latest.pth (end of epoch 0)."""
+    """Rank 1 is SIGKILLed after step 3 (epoch 1, its first batch); rank 0 (its DataLoader worker
+    too, which torchrun's SIGTERM to the group reaches) stops with one line, saving latest.pth at
+    step 3; torchrun --max-restarts 1 restarts the group with the same command, which --resume
+    continues from there to the weights of the uninterrupted run."""
     straight, _, _ = ddp_run
     log = tmp_path / "log"
     options = ("--standalone", "--nproc_per_node", "2", "--max-restarts", "1")
-    process = torchrun(tmp_path, with_splits(data, 4, 1), log, *options,
-                       extra=(*DDP_EPOCHS, "--resume"), KILL_RANK1_AT_STEP="3")  # fmt: skip
+    extra = (*DDP_EPOCHS, "--resume", "--num_workers", "1")
+    process = torchrun(tmp_path, with_splits(data, 4, 1), log, *options, extra=extra,
+                       KILL_RANK1_AT_STEP="3")  # fmt: skip
     out, err = finished(process)
     assert process.returncode == 0, err[-3000:]
+    assert "Traceback" not in err, err[-3000:]
+    lines = [line for line in err.splitlines() if line.startswith("stopped")]
+    assert len(lines) == 1, err[-3000:]  # rank 0's (rank 1 was killed)
+    assert re.fullmatch(
+        r"stopped when another process of the group ended \(connection (reset|closed) by peer\) at "
+        rf"epoch 1, step 3; saved {re.escape(str(log / 'latest.pth'))} \(continue with the same "
+        r"command and --resume\)",
+        lines[0],
+    ), lines[0]
     assert f"--resume: no {log / 'latest.pth'} yet, starting the run" in out
-    assert f"--resume: continuing {log / 'latest.pth'}: epoch 1, step 2" in out  # the restart
+    assert f"--resume: continuing {log / 'latest.pth'}: epoch 1, step 3" in out  # the restart
     a, b = read_checkpoint(straight / "ckpt_1.pth"), read_checkpoint(log / "ckpt_1.pth")
     assert b["net"]["steps"].item() == 4
     for key in a["net"]:
@@ -441,7 +457,7 @@ def test_sigterm_saves_the_step_in_flight_and_exits_143_with_one_line(
     argv = ["--file_path", str(with_splits(data, 2, 0)), "--log", str(log), *TINY]
     with pytest.raises(SystemExit) as stopped:
         train_ovssc.main([*argv, "--eval_freq", "0", "--save_freq", "0", "--epochs", "500"])
-    assert stopped.value.code == training.EXIT_PREEMPTED == 143
+    assert stopped.value.code == run_folder.EXIT_PREEMPTED == 143
     latest = log / "latest.pth"
     assert capsys.readouterr().err.strip().splitlines()[-1] == (
         f"stopped by SIGTERM at epoch 1, step 3; saved {latest} (continue with the same command "
@@ -475,6 +491,7 @@ def test_scenes_without_relevancy_name_the_command(tmp_path, capsys):
     argv = ["--file_path", str(tmp_path), "--log", str(tmp_path / "log"), *TINY]
     err = run_main(train_ovssc.main, argv, capsys)
     assert "generate_relevancy.py dataset" in err and "ours" in err
+    assert not (tmp_path / "log").exists()  # the refused run left no folder
 
 
 def test_load_of_another_tasks_checkpoint(data, tmp_path, capsys):
@@ -493,6 +510,79 @@ def test_resume_with_different_flags_lists_them(data, tmp_path, capsys):
     argv = ["--file_path", str(folder), "--log", str(log), *TINY, "--load", str(log / "latest.pth")]
     err = run_main(train_ovssc.main, [*argv, "--lr", "0.5", "--seed", "3"], capsys)
     assert "lr: 0.001 -> 0.5" in err and "seed: 0 -> 3" in err
+
+
+def test_load_of_another_runs_checkpoint_goes_on_with_this_commands_flags(data, tmp_path, capsys):
+    """--load of a checkpoint from another run (the original's --load: go on from it) with another
+    --lr: one line names the flags that differ from that run's args.pkl, and the new learning
+    rate and weight decay drive the optimizer from the next step on (the restored schedule
+    state held the other run's)."""
+    folder = with_splits(data, 2, 0)
+    first = tmp_path / "first"
+    common = (
+        "--epochs",
+        "2",
+        "--lr_scheduler_type",
+        "constant",
+        "--save_freq",
+        "0",
+        "--eval_freq",
+        "0",
+    )
+    training.train(tasks.OVSSC, args_for("ovssc", folder, first, *common), stop_after_steps=1)
+    second = tmp_path / "second"
+    argv = ["--file_path", str(folder), "--log", str(second), *TINY, *common]
+    capsys.readouterr()
+    train_ovssc.main([*argv, "--load", str(first / "latest.pth"), "--lr", "0.01"])
+    assert (
+        f"--load {first / 'latest.pth'}: going on from its weights, optimizer state and position "
+        f"with this command's flags, which differ from {first / 'args.pkl'}: lr: 0.001 -> 0.01"
+    ) in capsys.readouterr().out.splitlines()
+    saved = read_checkpoint(second / "latest.pth")
+    assert saved["scheduler"]["base_lrs"] == [0.01]
+    assert saved["optimizer"]["param_groups"][0]["initial_lr"] == 0.01
+    assert saved["scheduler"]["_last_lr"] == [0.01]  # the rate of the steps it took
+
+
+def test_resume_of_a_finished_run_has_nothing_left_and_touches_nothing(data, tmp_path, capsys):
+    """A finished run (its last epoch not evaluated) resumed: one line, no epoch started, every
+    file as it was (args.pkl and TensorBoard included); a larger --epochs trains on."""
+    log = tmp_path / "done"
+    argv = ["--file_path", str(with_splits(data, 1, 0)), "--log", str(log), *TINY]
+    argv += ["--epochs", "1", "--eval_freq", "0"]
+    train_ovssc.main(argv)
+    before = {p: (p.read_bytes(), p.stat().st_mtime_ns) for p in log.rglob("*") if p.is_file()}
+    capsys.readouterr()
+    train_ovssc.main([*argv, "--resume"])
+    out, err = capsys.readouterr()
+    assert out.strip().splitlines() == [
+        f"--resume: {log / 'latest.pth'}: epoch 1, step 1: nothing left to train (--epochs 1); "
+        "nothing written (a larger --epochs trains on)"
+    ]
+    assert "EPOCH" not in err
+    assert {
+        p: (p.read_bytes(), p.stat().st_mtime_ns) for p in log.rglob("*") if p.is_file()
+    } == before
+    train_ovssc.main([*argv[:-4], "--epochs", "2", "--eval_freq", "0", "--resume"])
+    assert read_checkpoint(log / "latest.pth")["net"]["steps"].item() == 2
+
+
+def test_refused_runs_leave_no_folder(data, tmp_path, capsys):
+    """A run refused after --log was claimed (a checkpoint that does not fit; data without
+    relevancy) removes the folders it created."""
+    folder = with_splits(data, 1, 0)
+    vool = tmp_path / "vool"
+    training.train(tasks.VOOL, args_for("vool", folder, vool, "--epochs", "1"), stop_after_steps=1)
+    log = tmp_path / "new" / "ovssc"
+    argv = ["--file_path", str(folder), "--log", str(log), *TINY]
+    err = run_main(train_ovssc.main, [*argv, "--load", str(vool / "latest.pth")], capsys)
+    assert "does not fit SemAbs3D" in err
+    assert not (tmp_path / "new").exists()
+    kept = tmp_path / "kept"  # a folder that was there before stays
+    kept.mkdir()
+    argv[argv.index(str(log))] = str(kept)
+    run_main(train_ovssc.main, [*argv, "--load", str(vool / "latest.pth")], capsys)
+    assert kept.is_dir()
 
 
 def test_a_second_run_into_a_log_that_holds_one_is_refused(data, tmp_path, capsys):
