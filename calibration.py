@@ -85,24 +85,31 @@ def calibrate(cli: argparse.Namespace) -> str:
     try:
         scorer = evaluation.make_scorer(args, procs.device)
         scenes = training_scenes(args, cli.every)
-        rows = evaluation.evaluate_split(scorer, scenes, "train", args, procs)
+        scored = evaluation.evaluate_split(scorer, scenes, "train", args, procs)
     finally:
         processes.teardown_processes()
-    shifts = relation_shifts(rows)
+    used = len(scenes) - scored.without_rows
+    if used == 0:
+        raise InputError(f"none of the {len(scenes)} training scenes read has a description")
+    shifts = relation_shifts(scored.rows)
     offsets = stored["net"]["relation_offsets"].clone()
     for name, shift in shifts.items():
         # logits + offset > median  <=>  logits > median - offset, the relation's best cutoff
         offsets[net.OFFSET_ORDER.index(name)] += float(shift)
     stored["net"]["relation_offsets"] = offsets
     record = {
-        "scenes": len(scenes),
+        "scenes": used,
         "every": cli.every,
         "offsets": {name: float(offsets[net.OFFSET_ORDER.index(name)]) for name in shifts.index},
     }
     stored[CALIBRATION_KEY] = record
     with atomic_path(cli.load) as tmp:
         torch.save(stored, tmp)
-    return f"{cli.load}: calibrated on {len(scenes)} training scenes: {describe(record)}"
+    skipped = (
+        f" ({scored.without_rows} without a description skipped)" if scored.without_rows else ""
+    )
+    scenes_ = f"{used} training scene{'s' * (used != 1)}"
+    return f"{cli.load}: calibrated on {scenes_}{skipped}: {describe(record)}"
 
 
 def describe(record: dict) -> str:

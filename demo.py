@@ -412,12 +412,17 @@ def summarize(pipeline: Pipeline, source: str, tasks: tuple[str, ...] = TASKS) -
 
 
 def novel_room_scene(data: Path) -> Path:
-    """The first scene file of the `unseen_instances` split (rooms no network trained on)."""
+    """The first scene file of the `unseen_instances` split (rooms no network trained on) with a
+    description for VOOL to localize (a generated scene may have none)."""
     with open(data / scene_file.SPLIT_FILES["ovssc"], "rb") as f:
         names = pickle.load(f)["unseen_instances"]
-    if not names:
-        raise InputError(f"{data}: no novel-room scene to visualize; raise --num-scenes")
-    return data / sorted(names)[0]
+    for name in sorted(names):
+        with scene_file.SceneFile(data / name) as scene:
+            if scene.descriptions()["target_obj_name"]:
+                return data / name
+    raise InputError(
+        f"{data}: no novel-room scene with a description to visualize; raise --num-scenes"
+    )
 
 
 def visualize(pipeline: Pipeline, grid_size: int, num_frames: int, frame_size: int) -> None:

@@ -72,7 +72,7 @@ def training_rows(ckpt, data) -> pd.DataFrame:
     scorer = evaluation.make_scorer(args, procs.device)
     return evaluation.evaluate_split(
         scorer, calibration.training_scenes(args, 1), "train", args, procs
-    )
+    ).rows
 
 
 def test_calibration_shifts_each_relations_curve_by_its_offset_once(data, tmp_path, capsys):
