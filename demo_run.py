@@ -31,7 +31,7 @@ from pathlib import Path
 from rich.console import Console
 from rich.progress import Progress
 
-from utils import InputError, atomic_path
+from utils import InputError, atomic_path, remove_stale_temp_files
 
 REPO = Path(__file__).resolve().parent
 RUN_FILE = "demo_run.json"  # the flags that decide a demo folder's results
@@ -77,6 +77,7 @@ def start_over(out: Path) -> bool:
         else:
             continue
         removed.append(name)
+    remove_stale_temp_files(out)  # a killed demo's half-written summary, say
     kept = sorted(path.name for path in out.iterdir())
     note = f" (kept what the demo did not make: {', '.join(kept)})" if kept else ""
     console.print(f"--fresh: removed {', '.join(removed)} from {out}{note}", soft_wrap=True)
