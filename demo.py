@@ -416,7 +416,16 @@ def comparison(task: str, figures: dict[str, dict]) -> str:
     scored = {name: value for name, value in baselines.items() if value is not None}
     ours = room.get("ours")
     if ours is None or not scored:
-        return f"{task.upper()}: no Novel Room figure for ours or the baselines, nothing to compare"
+        missing = {relation for row in figures.values()
+                   for relation, cells in row.get("relations", {}).items()
+                   if cells["novel_room"] is None}  # fmt: skip
+        why = (
+            f" (no Novel Room row of {', '.join(sorted(missing))}, so no mean over the relations: "
+            "too few held-out scenes, raise --num-scenes)"
+            if missing
+            else ""
+        )
+        return f"{task.upper()}: no Novel Room figure for ours or the baselines{why}, nothing to compare"
     best = max(scored, key=scored.get)
     margin = ours - scored[best]
     beats = "beats" if margin > 0 and len(scored) == len(baselines) else "does not beat"

@@ -193,6 +193,12 @@ def test_comparison_names_the_best_baseline_and_the_margin():
     assert demo.comparison("vool", figures) == (
         "VOOL: no Novel Room figure for ours or the baselines, nothing to compare"
     )
+    # VOOL's mean over relations: none when a relation has no Novel Room row (few held-out scenes)
+    figures["ours"]["relations"] = {"on": {"novel_room": 50.0}, "behind": {"novel_room": None}}
+    assert demo.comparison("vool", figures) == (
+        "VOOL: no Novel Room figure for ours or the baselines (no Novel Room row of behind, so no "
+        "mean over the relations: too few held-out scenes, raise --num-scenes), nothing to compare"
+    )
 
 
 def recorded_lanes(monkeypatch, tmp_path, cores, fail=None):
