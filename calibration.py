@@ -121,10 +121,11 @@ def calibrate(cli: argparse.Namespace) -> str:
         model.relation_offsets.zero_()  # scored as first calibrated (--replace: again from zero)
         scorer = evaluation.network_scorer(model, epoch, weights, args)
         scenes = training_scenes(args, cli.every)
-        rows = evaluation.evaluate_split(scorer, scenes, "train", args, procs)
+        scored = evaluation.evaluate_split(scorer, scenes, "train", args, procs)
     finally:
         processes.teardown_processes()
-    shifts = relation_shifts(rows)
+    used = len(scenes) - scored.without_rows
+    shifts = relation_shifts(scored.rows)
     if shifts.empty:
         raise InputError(
             f"{cli.load} not calibrated: the {len(scenes)} training scenes scored (--every "
@@ -137,7 +138,7 @@ def calibrate(cli: argparse.Namespace) -> str:
         offsets[net.OFFSET_ORDER.index(name)] = float(shift)
     stored["net"] = {**state, "relation_offsets": offsets}
     record = {
-        "scenes": len(scenes),
+        "scenes": used,
         "every": cli.every,
         "offsets": {name: float(offsets[net.OFFSET_ORDER.index(name)]) for name in shifts.index},
         "left": [name for name in sorted(RELATIONS) if name not in shifts.index],
@@ -148,8 +149,11 @@ def calibrate(cli: argparse.Namespace) -> str:
     stored[CALIBRATION_KEY] = record
     with atomic_path(cli.load) as tmp:
         torch.save(stored, tmp)
-    scored = f"{len(scenes)} training scene{'s' if len(scenes) != 1 else ''}"
-    return f"{cli.load}: calibrated on {scored}: {describe(record)}{replaced}"
+    skipped = (
+        f" ({scored.without_rows} without a description skipped)" if scored.without_rows else ""
+    )
+    scenes_ = f"{used} training scene{'s' * (used != 1)}"
+    return f"{cli.load}: calibrated on {scenes_}{skipped}: {describe(record)}{replaced}"
 
 
 def describe(record: dict) -> str:

@@ -209,6 +209,12 @@ class SceneDataset(torch.utils.data.Dataset):
     def make_sample(self, scene: SceneFile, view: View) -> dict:
         raise NotImplementedError
 
+    def has_rows(self, path: Path) -> bool:
+        """Whether the scene holds a row (class or description) to score in this split, read
+        cheaply; True where that needs the whole sample (OVSSC: a scene with no visible class is
+        refused in one line when its sample is drawn)."""
+        return True
+
     def read_view(self, scene: SceneFile) -> View:
         cfg = self.config
         depth = scene.depth()
@@ -427,16 +433,26 @@ class ObjectLocalizationDataset(SceneDataset):
     sentence relevancy and labels.
     """
 
-    def descriptions(self, scene: SceneFile) -> dict[str, list]:
-        """Chosen (in the synonyms split: renamed) descriptions, with the sentence to look up."""
-        descs = scene.descriptions()
+    def split_rows(self, descs: dict[str, list]) -> tuple[list[int], list[str]]:
+        """The descriptions this split keeps (the synonyms split: those whose sentence names a
+        synonym, a substring match), and every description's sentence."""
         sentences = [
             relevancy_sentence(*triple)
             for triple in zip(*(descs[k] for k in SENTENCE_KEYS), strict=True)
         ]
         rows = list(range(len(sentences)))
-        if self.config.use_synonyms:  # substring match on the sentence
+        if self.config.use_synonyms:
             rows = [i for i in rows if any(key in sentences[i] for key in SYNONYMS)]
+        return rows, sentences
+
+    def has_rows(self, path: Path) -> bool:
+        with SceneFile(path) as scene:
+            return bool(self.split_rows(scene.descriptions())[0])
+
+    def descriptions(self, scene: SceneFile) -> dict[str, list]:
+        """Chosen (in the synonyms split: renamed) descriptions, with the sentence to look up."""
+        descs = scene.descriptions()
+        rows, sentences = self.split_rows(descs)
         if len(rows) > self.config.num_descs and not self.config.return_vis:
             weights = np.ones(len(rows))
             if self.config.balance_spatial_relations:  # each relation gets the same total weight
@@ -639,3 +655,37 @@ def make_datasets(
         for split in splits
         if lists.get(split)
     }
+
+
+def drop_scenes_without_rows(
+    datasets: dict[str, SceneDataset], splits: tuple[str, ...]
+) -> dict[str, int]:
+    """Leave out of these evaluation splits the scenes with no row to score there (`has_rows`: a
+    VOOL scene with no description, or none naming a synonym in the synonyms split), and a split
+    left with none; -> {split: scenes left out}. For training's evaluation, whose processes step in
+    lockstep and must know their scenes before sharding them; eval.py skips such scenes as it meets
+    them (evaluation.has_rows), with no pass over the files first. A training scene with no row
+    trains on padding, as in the original."""
+    left_out = {}
+    for split in splits:
+        data = datasets.get(split)
+        if data is None:
+            continue
+        kept = [path for path in data.scene_paths if data.has_rows(path)]
+        if len(kept) < len(data):
+            left_out[split] = len(data) - len(kept)
+            data.scene_paths = kept
+        if not kept:
+            del datasets[split]
+    return left_out
+
+
+def without_rows_note(task: str, without_rows: dict[str, int]) -> str | None:
+    """The one line that says how many scenes were skipped for having no row to score ({split:
+    count}); None when none was."""
+    if not without_rows:
+        return None
+    count = sum(without_rows.values())
+    noun = {"ovssc": "class", "vool": "description"}[task]
+    splits = ", ".join(f"{split}: {n}" for split, n in without_rows.items())
+    return f"note: skipped {count} scene{'s' * (count != 1)} with no {noun} to score ({splits})"

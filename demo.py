@@ -29,19 +29,17 @@ The last lines say, per task, whether the network beats every baseline on Novel 
 A stage whose outputs exist is skipped (summarize, which is cheap, always runs; training always runs
 with --resume, which goes on where it stopped or returns at once), so an interrupted demo continues
 where it stopped; every script writes its files atomically, so nothing is left half-written.
-`--fresh` starts over.
+Training runs its planned epochs; `--train-minutes` stops it sooner, and then the verdict and
+summary.json say the network is partly trained (a rerun goes on). `--fresh` starts over, deleting
+only what the demo made in a demo folder. A SIGTERM is passed to the running stages, which save
+what they have (demo_run.py: the run folder, the stage runner and its signals).
 """
 
 from __future__ import annotations
 
 import json
 import math
-import os
 import pickle
-import re
-import shutil
-import subprocess
-import sys
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -49,18 +47,20 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.console import Console
 from rich.panel import Panel
 from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
 import scene_file
+from demo_run import (
+    RUN_FILE,
+    Pipeline,
+    claim_folder,
+    console,
+    training_progress,
+)
 from utils import InputError, atomic_path, available_cores, run_app
 
-REPO = Path(__file__).resolve().parent
-EPOCH_LINE = re.compile(r"EPOCH (\d+) ==")  # training.py's line at an epoch's start
-BAR = re.compile(r"(\d+)/(\d+) \[")  # tqdm's "12/102 [" in a script's output
 app = typer.Typer(add_completion=False, help=__doc__)
-console = Console()
 
 # The training recipe, measured to learn within minutes on 2 CPU cores (docs/learning.md says why;
 # bench/learn.py runs it per seed): the small network, 2 descriptions a VOOL
@@ -100,6 +100,10 @@ EXTRA_TRAIN_SEEDS = 0
 NETWORK_CUTOFFS = ["-1", "6", "0.2"]
 BASELINES = ("lifted_relevancy", "all_in_frustum")  # eval.py --baseline NAME, summarize row keys
 SALIENCY_CONFIG = "ours"  # the relevancy maps generated (trained on and visualized by default)
+NOVEL_VISUAL_NOTE = (
+    "Novel Visual equals Novel Room here: the oracle maps come from the ground-truth masks, so the "
+    "recoloured views of unseen_instances_dr change no input of the networks or the baselines"
+)
 ORACLE_NOTICE = (
     "No CLIP weights on this machine: the relevancy maps are built from the ground-truth "
     "segmentation (--source oracle), an upper bound, [bold]not CLIP[/]. The numbers below "
@@ -115,99 +119,6 @@ def clip_weights_available() -> bool:
     return clip_weights.cached_weights("ViT-B-32", "openai") is not None
 
 
-class Pipeline:
-    """The demo's folders under `out` (the scenes in `data`, by default OUT/data), its training seed
-    and precision, and the runner of its stages."""
-
-    def __init__(
-        self,
-        out: Path,
-        device: str,
-        seed: int = 0,
-        precision: str = "auto",
-        data: Path | None = None,
-    ):
-        self.started = time.perf_counter()
-        self.out = out
-        self.data = out / "data" if data is None else data
-        self.models, self.vis = out / "models", out / "visualization"
-        self.device = device
-        self.seed = seed
-        self.precision = precision
-        self.checkpoints = {task: self.models / task / "latest.pth" for task in TASKS}
-        self.progress: Progress | None = None  # the running stages' lines, while lanes run
-
-    def log(self, task: str) -> Path:
-        return self.checkpoints[task].parent
-
-    def eval_stats(self, task: str, approach: str = "ours") -> Path:
-        """The stats frame of the network ("ours") or of a baseline of one task."""
-        name = "latest" if approach == "ours" else approach
-        return self.log(task) / f"{name}_eval_stats.pkl"
-
-    def run(
-        self,
-        title: str,
-        done: list[Path],
-        arguments: list[str],
-        log: Path | None = None,
-        threads: int | None = None,
-    ) -> None:
-        """Run `python <arguments>` unless all of `done` exist; stop the demo with its message if it
-        fails. `log`: write the script's output there instead of to the terminal (stages that run
-        side by side); `threads`: the CPU threads it may use (OMP_NUM_THREADS)."""
-        if done and all(path.exists() for path in done):
-            console.print(f"[dim]✓ {title}: already done ({done[0]})[/]")
-            return
-        # one line whatever its length, so that it can be copied and run
-        command_line = "[dim]$ python " + " ".join(arguments) + "[/]"
-        if log is None:
-            console.rule(f"[bold]{title}")
-            console.print(command_line, soft_wrap=True)
-        else:  # one print, so that a lane's two lines stay together
-            console.print(
-                f"[bold]▶ {title}[/] [dim](output: {log})[/]\n{command_line}", soft_wrap=True
-            )
-        env = dict(os.environ)
-        if threads is not None:
-            env["OMP_NUM_THREADS"] = env["MKL_NUM_THREADS"] = str(threads)
-        start = time.perf_counter()
-        command = [sys.executable, *arguments]
-        if log is None:
-            returncode = subprocess.run(command, cwd=REPO, env=env).returncode
-        else:
-            log.parent.mkdir(parents=True, exist_ok=True)
-            with open(log, "w") as output:
-                process = subprocess.Popen(command, cwd=REPO, env=env, stdout=output, stderr=output)
-                returncode = self.watch(title, process, log)
-        if returncode != 0:
-            where = "" if log is None else f"; its output is in {log}"
-            raise InputError(
-                f"demo stage '{title}' failed (exit {returncode}){where}; rerun demo.py to continue"
-            )
-        console.print(f"[green]✓ {title}[/] in {time.perf_counter() - start:.0f} s")
-
-    def watch(self, title: str, process: subprocess.Popen, log: Path) -> int:
-        """Wait for a stage whose output goes to `log`, showing its epoch and progress bar as a line
-        of `self.progress` (when set); -> its exit code."""
-        if self.progress is None:
-            return process.wait()
-        line = self.progress.add_task(title, status="")
-        epoch, read = "", 0
-        while process.poll() is None:
-            time.sleep(1)
-            with open(log, "rb") as f:
-                f.seek(read)
-                text = f.read().decode(errors="replace")
-            read += len(text.encode())
-            epochs, bars = EPOCH_LINE.findall(text), BAR.findall(text)
-            epoch = f"epoch {epochs[-1]}  " if epochs else epoch
-            if bars:
-                self.progress.update(line, status=f"{epoch}{bars[-1][0]}/{bars[-1][1]}")
-        self.progress.remove_task(line)
-        return process.returncode
-
-
 def first_scene_seed(scene_seed: int) -> int:
     """--scene-seed N draws its scenes from seeds N x SCENE_SEED_STRIDE on: other scenes, training and
     held-out alike, in the same rooms."""
@@ -220,23 +131,27 @@ def generate_scenes(
     """num_scenes seeds from first_scene_seed(scene_seed) in every room (training and held-out
     scenes), then the next extra_train_seeds seeds in training rooms only: more training scenes, the
     same held-out ones."""
+    import scenes  # open3d: the rooms of the seeds
+
     data = pipeline.data
     first = first_scene_seed(scene_seed)
     small = ["--preset", "small", "--num-processes", "2"]
+
+    def files(seeds) -> list[Path]:  # an interrupted run leaves split pickles: done is every file
+        return [data / scene_file.scene_file_name(seed, scenes.scene_room(seed)) for seed in seeds]
+
     pipeline.run(
         "1/6 scenes",
-        [data / "ssc_split.pkl", data / "vool_split.pkl"],
+        [*files(range(first, first + num_scenes)), data / "ssc_split.pkl", data / "vool_split.pkl"],
         ["generate_scenes.py", "dataset", str(data), "--start-seed", str(first),
          "--num-scenes", str(num_scenes), *small],
     )  # fmt: skip
     if extra_train_seeds:
-        import scenes  # open3d: only when this stage is asked for
-
         start = first + num_scenes
         seeds = scenes.train_room_seeds(range(start, start + extra_train_seeds))
         pipeline.run(
             "1/6 more training scenes",
-            [data / scene_file.scene_file_name(seed, scenes.scene_room(seed)) for seed in seeds],
+            files(seeds),
             ["generate_scenes.py", "dataset", str(data), "--start-seed", str(start),
              "--num-scenes", str(extra_train_seeds), "--train-rooms-only", *small],
         )  # fmt: skip
@@ -280,7 +195,7 @@ def stage_log(logs: Path | None, name: str) -> Path | None:
 def train(
     pipeline: Pipeline,
     task: str,
-    train_minutes: float,
+    train_minutes: float | None,
     logs: Path | None = None,
     threads: int | None = None,
 ) -> None:
@@ -288,6 +203,7 @@ def train(
     --resume a finished run returns at once and a stopped one (--train-minutes, SIGTERM, a kill)
     goes on."""
     log = pipeline.log(task)
+    cap = [] if train_minutes is None else ["--max_minutes", str(train_minutes)]
     pipeline.run(
         f"3/6 train {task.upper()}",
         [],
@@ -295,7 +211,7 @@ def train(
          *SMALL_NETWORK, *TRAINING, *TASK_TRAINING[task],
          *precision_flags(pipeline.device, pipeline.precision),
          "--epochs", str(EPOCHS[task]), "--seed", str(pipeline.seed),
-         "--max_minutes", str(train_minutes), "--resume",
+         *cap, "--resume",
          "--device", pipeline.device],
         stage_log(logs, f"train_{task}"), threads,
     )  # fmt: skip
@@ -326,7 +242,7 @@ def evaluate(
     stale = older_than(stats, weights)
     pipeline.run(
         f"4/6 evaluate {task.upper()}",
-        [] if stale else [stats],
+        [] if stale else finished(stats, pipeline.data, task),
         ["eval.py", "--task", task, "--file_path", str(pipeline.data),
          "--load", str(weights), "--device", pipeline.device,
          "--num_workers", "0", "--cutoffs", *NETWORK_CUTOFFS, *(["--replace"] if stale else [])],
@@ -335,7 +251,7 @@ def evaluate(
     for baseline in BASELINES:
         pipeline.run(
             f"4/6 evaluate {task.upper()} baseline {baseline}",
-            [pipeline.eval_stats(task, baseline)],
+            finished(pipeline.eval_stats(task, baseline), pipeline.data, task),
             ["eval.py", "--task", task, "--file_path", str(pipeline.data),
              "--baseline", baseline, "--args", str(pipeline.log(task) / "args.pkl"),
              "--output", str(pipeline.eval_stats(task, baseline)), "--device", pipeline.device,
@@ -344,13 +260,25 @@ def evaluate(
         )  # fmt: skip
 
 
+def finished(stats: Path, data: Path, task: str) -> list[Path]:
+    """[stats] when that stats file holds every split eval.py scores (an evaluation stopped between
+    splits leaves the ones it finished, and eval.py goes on from there), else []."""
+    if not stats.is_file():
+        return []
+    import pandas as pd
+
+    lists = scene_file.load_split_lists(data, task)
+    splits = {split for split, names in lists.items() if split != "train" and names}
+    return [stats] if splits <= set(pd.read_pickle(stats)["split"]) else []
+
+
 def older_than(output: Path, source: Path) -> bool:
     """Whether `output` exists but was written before `source` (made from an earlier version)."""
     return output.exists() and output.stat().st_mtime < source.stat().st_mtime
 
 
 def train_and_evaluate(
-    pipeline: Pipeline, train_minutes: float, tasks: tuple[str, ...] = TASKS
+    pipeline: Pipeline, train_minutes: float | None, tasks: tuple[str, ...] = TASKS
 ) -> None:
     """Stages 3 and 4: one lane per task (train, calibrate VOOL, evaluate), the lanes side by side.
 
@@ -387,8 +315,8 @@ def train_and_evaluate(
         with ThreadPoolExecutor(len(tasks)) as pool:
             lanes = [pool.submit(lane, task) for task in tasks]
     pipeline.progress = None
-    for finished in lanes:
-        finished.result()  # raises a lane's error, once both lanes have stopped
+    for stopped in lanes:
+        stopped.result()  # raises a lane's error, once both lanes have stopped
 
 
 def summarize(pipeline: Pipeline, source: str, tasks: tuple[str, ...] = TASKS) -> dict:
@@ -405,19 +333,38 @@ def summarize(pipeline: Pipeline, source: str, tasks: tuple[str, ...] = TASKS) -
         ["summarize.py", "--only-given", "--tables", ",".join(tasks), *rows, "--json", str(tables)],
     )  # fmt: skip
     relevancy = "oracle" if source == "oracle" else f"clip ViT-B-32 openai, {SALIENCY_CONFIG}"
-    summary = {"relevancy_source": relevancy, **json.loads(tables.read_text())}
+    summary = {
+        "relevancy_source": relevancy,
+        "training": {task: training_record(pipeline, task) for task in tasks},
+        **json.loads(tables.read_text()),
+    }
+    if source == "oracle":
+        console.print(f"note: {NOVEL_VISUAL_NOTE}", soft_wrap=True)
+        summary["notes"] = {"novel_visual": NOVEL_VISUAL_NOTE}
     with atomic_path(pipeline.out / "summary.json") as tmp:
         tmp.write_text(json.dumps(summary, indent=2) + "\n")
     return summary
 
 
+def training_record(pipeline: Pipeline, task: str) -> dict:
+    """The epochs a task's network trained of the epochs planned (--train-minutes may stop it)."""
+    progress = training_progress(pipeline.log(task))
+    trained, planned = progress if progress is not None else (0, EPOCHS[task])
+    return {"epochs_trained": trained, "epochs_planned": planned}
+
+
 def novel_room_scene(data: Path) -> Path:
-    """The first scene file of the `unseen_instances` split (rooms no network trained on)."""
+    """The first scene file of the `unseen_instances` split (rooms no network trained on) with a
+    description for VOOL to localize (a generated scene may have none)."""
     with open(data / scene_file.SPLIT_FILES["ovssc"], "rb") as f:
         names = pickle.load(f)["unseen_instances"]
-    if not names:
-        raise InputError(f"{data}: no novel-room scene to visualize; raise --num-scenes")
-    return data / sorted(names)[0]
+    for name in sorted(names):
+        with scene_file.SceneFile(data / name) as scene:
+            if scene.descriptions()["target_obj_name"]:
+                return data / name
+    raise InputError(
+        f"{data}: no novel-room scene with a description to visualize; raise --num-scenes"
+    )
 
 
 def visualize(pipeline: Pipeline, grid_size: int, num_frames: int, frame_size: int) -> None:
@@ -446,16 +393,39 @@ def visualize(pipeline: Pipeline, grid_size: int, num_frames: int, frame_size: i
     )  # fmt: skip
 
 
-def verdict(task: str, figures: dict[str, dict]) -> str:
-    """One line: does the network ("ours") beat every baseline on Novel Room, and by how much.
-    `figures` is one table of summarize's JSON (VOOL: its top level is the mean row)."""
+def verdict(task: str, figures: dict[str, dict], training: dict) -> str:
+    """One line: does the network ("ours") beat every baseline on Novel Room, and by how much, and
+    the epochs it trained (`training`: summary.json's record); a partly trained network is said
+    to be one, with how to finish it. `figures` is one table of summarize's JSON (VOOL: its top
+    level is the mean row)."""
+    trained, planned = training["epochs_trained"], training["epochs_planned"]
+    epochs = f"{trained} of {planned} epochs"
+    if trained < planned:
+        epochs = (
+            f"partly trained: {epochs}; rerun demo.py without --train-minutes to finish its "
+            "training (it goes on from its latest.pth)"
+        )
+    return f"{comparison(task, figures)}; {epochs}"
+
+
+def comparison(task: str, figures: dict[str, dict]) -> str:
+    """Does ours beat every baseline on Novel Room: its figure, the best baseline's, the margin."""
     room = {approach: row["novel_room"] for approach, row in figures.items()}
     prefix = "baseline: "
     baselines = {k[len(prefix) :]: v for k, v in room.items() if k.startswith(prefix)}
     scored = {name: value for name, value in baselines.items() if value is not None}
     ours = room.get("ours")
     if ours is None or not scored:
-        return f"{task.upper()}: no Novel Room figure for ours or the baselines, nothing to compare"
+        missing = {relation for row in figures.values()
+                   for relation, cells in row.get("relations", {}).items()
+                   if cells["novel_room"] is None}  # fmt: skip
+        why = (
+            f" (no Novel Room row of {', '.join(sorted(missing))}, so no mean over the relations: "
+            "too few held-out scenes, raise --num-scenes)"
+            if missing
+            else ""
+        )
+        return f"{task.upper()}: no Novel Room figure for ours or the baselines{why}, nothing to compare"
     best = max(scored, key=scored.get)
     margin = ours - scored[best]
     beats = "beats" if margin > 0 and len(scored) == len(baselines) else "does not beat"
@@ -480,11 +450,11 @@ def print_done(pipeline: Pipeline, summary: dict) -> None:
         )
     )
     for task in TASKS:
-        console.print(verdict(task, summary[task]), soft_wrap=True)
+        line = verdict(task, summary[task], summary["training"][task])
+        console.print(line, style="yellow" if "partly trained" in line else None, soft_wrap=True)
 
 
 PRECISIONS = ("auto", "bf16", "fp32")
-RUN_FILE = "demo_run.json"  # the flags that decide a demo folder's results
 
 
 def default_out(seed: int, scene_seed: int, precision: str) -> Path:
@@ -493,28 +463,6 @@ def default_out(seed: int, scene_seed: int, precision: str) -> Path:
     if (seed, scene_seed, precision) != (0, 0, "auto"):
         name += f"_seed{seed}_scenes{scene_seed}" + ("" if precision == "auto" else f"_{precision}")
     return Path("outputs") / name
-
-
-def check_run(out: Path, run: dict) -> None:
-    """Write OUT/demo_run.json, or refuse in one line when OUT holds a demo made with other flags
-    (its stages would be skipped as done, and their results mixed with this run's)."""
-    path = out / RUN_FILE
-    if path.is_file():
-        stored = json.loads(path.read_text())
-        changed = [f"{k} {stored.get(k)} -> {v}" for k, v in run.items() if stored.get(k) != v]
-        if changed:
-            raise InputError(
-                f"{out} holds a demo run with other flags ({', '.join(changed)}): use --fresh to "
-                "start it over, or another --out"
-            )
-        return
-    if out.exists() and any(out.iterdir()):
-        raise InputError(
-            f"{out} is not empty and holds no {RUN_FILE}: use --fresh to start over, or another --out"
-        )
-    out.mkdir(parents=True, exist_ok=True)
-    with atomic_path(path) as tmp:
-        tmp.write_text(json.dumps(run, indent=2) + "\n")
 
 
 def check_flags(num_scenes, extra_train_seeds, train_minutes, relevancy_source, precision,
@@ -527,7 +475,7 @@ def check_flags(num_scenes, extra_train_seeds, train_minutes, relevancy_source, 
             raise InputError(f"{option} must be at least 1, got {value}")
     if extra_train_seeds < 0:
         raise InputError(f"--extra-train-seeds must be >= 0, got {extra_train_seeds}")
-    if not (math.isfinite(train_minutes) and train_minutes > 0):
+    if train_minutes is not None and not (math.isfinite(train_minutes) and train_minutes > 0):
         raise InputError(
             f"--train-minutes must be a finite number of minutes > 0, got {train_minutes:g}"
         )
@@ -560,9 +508,12 @@ def main(
         ),
     ] = EXTRA_TRAIN_SEEDS,
     train_minutes: Annotated[
-        float,
-        typer.Option(help="cap on the training time per task, in minutes (the epochs decide)"),
-    ] = 20.0,
+        float | None,
+        typer.Option(
+            help="stop each task's training after this many minutes (default: none, the epochs "
+            "decide); a network it stops is said to be partly trained, and a rerun goes on"
+        ),
+    ] = None,
     device: Annotated[str, typer.Option(help="auto, cpu, cuda")] = "auto",
     relevancy_source: Annotated[
         str,
@@ -579,7 +530,13 @@ def main(
     frame_size: Annotated[
         int, typer.Option(help="visualize: frame width and height (the original: 1024)")
     ] = 512,
-    fresh: Annotated[bool, typer.Option(help="delete OUT first and start over")] = False,
+    fresh: Annotated[
+        bool,
+        typer.Option(
+            help="start over: delete what an earlier demo made in OUT (only in a demo folder, "
+            f"one holding {RUN_FILE}; other files stay)"
+        ),
+    ] = False,
     seed: Annotated[
         int, typer.Option(help="training seed of both networks (train_*.py --seed)", min=0)
     ] = 0,
@@ -603,16 +560,15 @@ def main(
     run = {"seed": seed, "scene_seed": scene_seed, "precision": precision,
            "num_scenes": num_scenes, "extra_train_seeds": extra_train_seeds}  # fmt: skip
     out = out or default_out(seed, scene_seed, precision)
-    if fresh and out.exists():
-        shutil.rmtree(out)
-    check_run(out, run)
+    claim_folder(out, run, fresh)
     pipeline = Pipeline(out, device, seed, precision)
-    generate_scenes(pipeline, num_scenes, extra_train_seeds, scene_seed)
-    source = relevancy_source_for(relevancy_source)
-    generate_relevancy(pipeline, source)
-    train_and_evaluate(pipeline, train_minutes)
-    summary = summarize(pipeline, source)
-    visualize(pipeline, grid_size, num_frames, frame_size)
+    with pipeline.stopping_on_sigterm():
+        generate_scenes(pipeline, num_scenes, extra_train_seeds, scene_seed)
+        source = relevancy_source_for(relevancy_source)
+        generate_relevancy(pipeline, source)
+        train_and_evaluate(pipeline, train_minutes)
+        summary = summarize(pipeline, source)
+        visualize(pipeline, grid_size, num_frames, frame_size)
     print_done(pipeline, summary)
 
 

@@ -18,6 +18,7 @@ import argparse
 import time
 
 import baselines
+import dataset
 import evaluation
 import options
 import processes
@@ -105,6 +106,9 @@ def run(argv: list[str] | None) -> None:
     finally:
         processes.teardown_processes()
     if procs.main:
+        note = dataset.without_rows_note(args.task, result.without_rows)
+        if note:
+            print(note, flush=True)
         skipped = f", {len(result.skipped)} already done" if result.skipped else ""
         print(
             f"eval {args.task}: {len(result.splits)} splits ({', '.join(result.splits) or '-'})"

@@ -46,7 +46,7 @@ import logging
 import signal
 import threading
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -477,8 +477,24 @@ def scene_batches(loader: torch.utils.data.DataLoader):
             shutdown()
 
 
-def evaluate_split(scorer: Scorer, data, split: str, args, procs) -> pd.DataFrame | None:
-    """Score this process's scenes; -> all processes' rows in scene order on rank 0, else None."""
+def has_rows(batch: dict) -> bool:
+    """Whether a collated scene holds a row (class or description) to score: a scene can hold none
+    for a split (VOOL's synonyms split keeps only the descriptions that name a synonym; a generated
+    scene may have no description at all)."""
+    return batch["output_label_pts"].shape[1] > 0
+
+
+@dataclass
+class SplitRows:
+    """One split's rows: all processes' in scene order on rank 0 (None on the other ranks), and how
+    many of its scenes had no row to score (skipped: they add nothing)."""
+
+    rows: pd.DataFrame | None
+    without_rows: int
+
+
+def evaluate_split(scorer: Scorer, data, split: str, args, procs) -> SplitRows:
+    """Score this process's scenes, skipping those with no row (`has_rows`)."""
     indices = processes.shard(list(range(len(data))), procs.rank, procs.world_size)
     loader = torch.utils.data.DataLoader(
         seeding.SeededSamples(data, args.seed, rank=0),  # seed (seed, 0, 0, scene index)
@@ -499,9 +515,11 @@ def evaluate_split(scorer: Scorer, data, split: str, args, procs) -> pd.DataFram
     parts = []
     with progress as bar, scene_batches(loader) as batches:
         for index, batch in zip(indices, batches):
-            frame = score_scene(scorer, processes.to_device(batch, procs.device), args)
+            frame = None
+            if has_rows(batch):
+                frame = score_scene(scorer, processes.to_device(batch, procs.device), args)
+                running.add(frame)
             parts.append((index, frame))
-            running.add(frame)
             bar.update()
             bar.set_postfix_str(f"voxel32 IoU {running.best()}")
     if procs.ddp:
@@ -509,9 +527,10 @@ def evaluate_split(scorer: Scorer, data, split: str, args, procs) -> pd.DataFram
         dist.all_gather_object(gathered, parts)
         parts = [part for rank_parts in gathered for part in rank_parts]
     if not procs.main:
-        return None
+        return SplitRows(None, 0)
     parts.sort(key=lambda part: part[0])
-    return pd.concat([frame for _, frame in parts]) if parts else pd.DataFrame()
+    frames = [frame for _, frame in parts if frame is not None]
+    return SplitRows(pd.concat(frames) if frames else pd.DataFrame(), len(parts) - len(frames))
 
 
 # --------------------------------------------------------------------------------------------------
@@ -525,6 +544,7 @@ class Result:
     skipped: list[str]  # already in the stats file
     scenes: int
     rows: int
+    without_rows: dict[str, int] = field(default_factory=dict)  # split -> scenes skipped (no row)
 
 
 def evaluate(args: argparse.Namespace, procs: processes.Processes, **network_overrides) -> Result:
@@ -556,15 +576,18 @@ def evaluate(args: argparse.Namespace, procs: processes.Processes, **network_ove
 
     frames = [finished] if finished is not None else []
     scenes = rows = 0
+    without_rows = {}
     for split in todo:
-        frame = evaluate_split(scorer, datasets[split], split, args, procs)
+        scored = evaluate_split(scorer, datasets[split], split, args, procs)
         scenes += len(datasets[split])
         if procs.main:
-            frame = frame.assign(epoch=scorer.epoch, split=split)
+            if scored.without_rows:
+                without_rows[split] = scored.without_rows
+            frame = scored.rows.assign(epoch=scorer.epoch, split=split)
             rows += len(frame)
             frames.append(frame)
             stats = pd.concat(frames)
             stats.attrs = {PROVENANCE_KEY: asdict(made_by)}
             atomic_pickle(stats, path)
             log.info("dumped %s stats to %s", split, path)
-    return Result(path, todo, [s for s in splits if s in done], scenes, rows)
+    return Result(path, todo, [s for s in splits if s in done], scenes, rows, without_rows)

@@ -14,11 +14,13 @@ and vool_split.pkl over every scene file in the folder. Relevancy maps are added
 
 from __future__ import annotations
 
+import contextlib
 import multiprocessing
 import os
 import pickle
 import time
 from dataclasses import replace
+from multiprocessing import resource_tracker
 from pathlib import Path
 from typing import Annotated
 
@@ -27,7 +29,14 @@ from tqdm import tqdm
 
 import scene_file
 import scenes
-from utils import InputError, atomic_path, die_with_parent, remove_stale_temp_files, run_app
+from utils import (
+    InputError,
+    atomic_path,
+    die_with_parent,
+    remove_stale_temp_files,
+    run_app,
+    sigint_left_to_parent,
+)
 
 app = typer.Typer(add_completion=False, help=__doc__)
 
@@ -107,13 +116,7 @@ def generate_dataset(
         if f"{seed:05d}" not in existing or seed in vis_seeds
     ]
     written = []
-    with (
-        multiprocessing.get_context("spawn").Pool(
-            num_processes, initializer=die_with_parent, initargs=(os.getpid(),)
-        )
-        if num_processes > 1
-        else _Serial() as pool
-    ):
+    with worker_pool(num_processes) as pool:
         for name in tqdm(pool.imap_unordered(_write_one, jobs), total=len(jobs), desc="scenes"):
             written.append(name)
             # after every scene, so that an interrupted folder is usable
@@ -147,14 +150,27 @@ def write_splits(out_dir: Path, exclude: set[str] = frozenset()) -> None:
     scene_file.write_split_lists(out_dir, scenes.split_lists(names))
 
 
+@contextlib.contextmanager
+def worker_pool(num_processes: int):
+    """A spawn pool of worker processes that never see Ctrl-C (the parent's KeyboardInterrupt
+    leaves the pool's block, which terminates them) and end with the parent; one process: no
+    pool."""
+    if num_processes == 1:
+        yield _Serial()
+        return
+    resource_tracker.ensure_running()  # starting, it unblocks Ctrl-C: so first
+    with contextlib.ExitStack() as stack:
+        with sigint_left_to_parent():  # a Ctrl-C meanwhile comes once the pool can be stopped
+            pool = stack.enter_context(
+                multiprocessing.get_context("spawn").Pool(
+                    num_processes, initializer=die_with_parent, initargs=(os.getpid(),)
+                )
+            )
+        yield pool
+
+
 class _Serial:
     """Stands in for a process pool with one process (no spawn overhead, easier debugging)."""
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        return False
 
     @staticmethod
     def imap_unordered(fn, jobs):

@@ -116,6 +116,8 @@ def with_iou_term(
         return bce
     keep = ~flat_rows(ignore)
     rows = keep.any(-1)
+    if not rows.any():  # only padding (a scene with no description): no IoU to learn
+        return bce
     iou_loss = IOU_LOSSES[args.iou_loss]
     if args.iou_loss == "lovasz":
         iou_loss = functools.partial(iou_loss, margin=args.lovasz_margin)

@@ -238,7 +238,7 @@ class Trainer:
         )
         for column in frame.columns:
             if "iou" in column:
-                stats[column] = float(np.nanmean(frame[column].to_numpy(dtype=float)))
+                stats[column] = float(frame[column].astype(float).mean())  # NaN: all padding
         return stats, frame
 
     def run_split(self, split: str, data, position: Position) -> tuple[pd.DataFrame, bool]:
@@ -453,6 +453,9 @@ def setup(
     datasets = dataset.make_datasets(
         args.file_path, task.name, dataset.DatasetConfig.from_args(args), splits=tuple(lists)
     )
+    left_out = dataset.drop_scenes_without_rows(datasets, EVAL_SPLITS)  # no row to score
+    if left_out and procs.main:
+        print(dataset.without_rows_note(task.name, left_out), flush=True)
     log.info("DATASET AT %s", args.file_path)
     log.info(" | ".join(f"{split}: {len(d)}" for split, d in datasets.items()))
 

@@ -198,6 +198,30 @@ def remove_stale_temp_files(folder: str | os.PathLike, recursive: bool = False) 
     return removed
 
 
+@contextlib.contextmanager
+def sigint_left_to_parent() -> Iterator[None]:
+    """Start worker processes within the block: Ctrl-C is blocked in this thread meanwhile, and the
+    processes started inherit the block across exec, so they never see it and leave it to their
+    parent, which stops them, instead of each printing a traceback (a terminal's Ctrl-C reaches
+    every process of the group, workers still importing included). The parent's own Ctrl-C is
+    held back and raised when the block ends. Main thread only; on Windows it does nothing."""
+    import signal
+
+    if not hasattr(signal, "pthread_sigmask"):
+        yield
+        return
+    caught = []  # a Ctrl-C that another thread received while this one blocks it
+    handler = signal.signal(signal.SIGINT, lambda signum, frame: caught.append(signum))
+    mask = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, mask)  # a pending Ctrl-C is caught here
+        signal.signal(signal.SIGINT, handler)
+    if caught:
+        raise KeyboardInterrupt
+
+
 def die_with_parent(parent_pid: int) -> None:
     """Worker-process initializer: end this process when its parent ends, even by SIGKILL.
 

@@ -80,7 +80,7 @@ def training_rows(ckpt, data, *flags) -> pd.DataFrame:
     scorer = evaluation.make_scorer(args, procs.device)
     return evaluation.evaluate_split(
         scorer, calibration.training_scenes(args, 1), "train", args, procs
-    )
+    ).rows
 
 
 def printed(capsys) -> list[str]:

@@ -29,7 +29,8 @@ from utils import InputError
 APPROACHES = {"ours", "baseline: lifted relevancy", "baseline: all in frustum"}
 VERDICT = re.compile(
     r"^(OVSSC|VOOL): ours \d+\.\d (beats|does not beat) every baseline on Novel Room "
-    r"\(best baseline: (lifted relevancy|all in frustum) \d+\.\d, [+-]\d+\.\d\)$"
+    r"\(best baseline: (lifted relevancy|all in frustum) \d+\.\d, [+-]\d+\.\d\); "
+    r"(partly trained: )?(\d+) of (\d+) epochs"
 )
 
 
@@ -86,19 +87,30 @@ def test_demo_runs_every_stage_and_a_rerun_reuses_them(tmp_path):
     assert summary["relevancy_source"] == "oracle"
     for task in ("ovssc", "vool"):
         assert set(summary[task]) == APPROACHES
+        # oracle maps ignore the recoloured views: Novel Visual is Novel Room, and the demo says so
+        for row in summary[task].values():
+            assert row["novel_visual"] == row["novel_room"]
+    assert summary["notes"]["novel_visual"] == demo.NOVEL_VISUAL_NOTE
+    assert f"note: {demo.NOVEL_VISUAL_NOTE}" in result.stdout
     assert summary["vool"]["ours"]["relations"]  # the per-relation rows come along
     last = result.stdout.splitlines()[-2:]
     assert [line.split(":")[0] for line in last] == ["OVSSC", "VOOL"]
     for line, task in zip(last, ("ovssc", "vool")):  # each verdict is summary.json's Novel Room
         match = VERDICT.match(line)
         assert match, line
+        # --train-minutes 0.05 stopped the training: the epochs it ran, of those planned
+        trained, planned = summary["training"][task].values()
+        assert (int(match[5]), int(match[6])) == (trained, planned)
+        assert trained < planned == demo.EPOCHS[task]
+        assert match[4] and line.endswith("rerun demo.py without --train-minutes to finish its "
+                                          "training (it goes on from its latest.pth)")  # fmt: skip
         room = {k: v["novel_room"] for k, v in summary[task].items()}
         baselines = {k.removeprefix("baseline: "): v for k, v in room.items() if k != "ours"}
         best = max(baselines, key=baselines.get)
         margin = room["ours"] - baselines[best]
         assert line.split()[2] == f"{room['ours']:.1f}", line
         assert match[2] == ("beats" if margin > 0 else "does not beat"), (line, room)
-        assert match[3] == best and line.endswith(f"{baselines[best]:.1f}, {margin:+.1f})"), line
+        assert match[3] == best and f"{baselines[best]:.1f}, {margin:+.1f}); " in line, line
 
     # the oracle-trained networks are shown a novel-room scene's stored relevancy, not random CLIP
     scene = demo.novel_room_scene(out / "data")
@@ -158,28 +170,34 @@ def test_the_demos_own_flags_are_checked_before_any_stage(tmp_path, value):
     assert not (tmp_path / "o").exists()  # no stage ran
 
 
-def test_verdict_names_the_best_baseline_and_the_margin():
+def test_comparison_names_the_best_baseline_and_the_margin():
     figures = {
         "baseline: lifted relevancy": {"novel_room": 48.1},
         "baseline: all in frustum": {"novel_room": 12.0},
         "ours": {"novel_room": 54.34},
     }
-    assert demo.verdict("ovssc", figures) == (
+    assert demo.comparison("ovssc", figures) == (
         "OVSSC: ours 54.3 beats every baseline on Novel Room (best baseline: lifted relevancy "
         "48.1, +6.2)"
     )
     figures["ours"]["novel_room"] = 40.0
-    assert demo.verdict("vool", figures) == (
+    assert demo.comparison("vool", figures) == (
         "VOOL: ours 40.0 does not beat every baseline on Novel Room (best baseline: lifted "
         "relevancy 48.1, -8.1)"
     )
     figures["baseline: lifted relevancy"]["novel_room"] = None  # a baseline without a figure
-    assert demo.verdict("vool", figures).startswith(
+    assert demo.comparison("vool", figures).startswith(
         "VOOL: ours 40.0 does not beat every baseline on Novel Room (best baseline: all in frustum"
     )
     figures["ours"]["novel_room"] = None
-    assert demo.verdict("vool", figures) == (
+    assert demo.comparison("vool", figures) == (
         "VOOL: no Novel Room figure for ours or the baselines, nothing to compare"
+    )
+    # VOOL's mean over relations: none when a relation has no Novel Room row (few held-out scenes)
+    figures["ours"]["relations"] = {"on": {"novel_room": 50.0}, "behind": {"novel_room": None}}
+    assert demo.comparison("vool", figures) == (
+        "VOOL: no Novel Room figure for ours or the baselines (no Novel Room row of behind, so no "
+        "mean over the relations: too few held-out scenes, raise --num-scenes), nothing to compare"
     )
 
 
@@ -304,7 +322,9 @@ def test_eval_stats_older_than_the_weights_are_made_again(monkeypatch, tmp_path)
     pipeline = demo.Pipeline(tmp_path, "cpu")
     stats, weights = pipeline.eval_stats("vool"), pipeline.checkpoints["vool"]
     weights.parent.mkdir(parents=True)
-    stats.write_bytes(b"stats")
+    splits = ("unseen_instances", "unseen_instances_synonyms")
+    write_split_lists(pipeline.data, splits)
+    pd.DataFrame({"split": list(splits)}).to_pickle(stats)
     weights.write_bytes(b"weights")
     os.utime(stats, (1_000_000, 1_000_000))  # written long before the weights
     demo.evaluate(pipeline, "vool")
@@ -314,3 +334,43 @@ def test_eval_stats_older_than_the_weights_are_made_again(monkeypatch, tmp_path)
     demo.evaluate(pipeline, "vool")
     done, argv = ran["4/6 evaluate VOOL"]
     assert done == [stats] and "--replace" not in argv
+
+
+def write_split_lists(data: Path, splits) -> None:
+    data.mkdir(parents=True, exist_ok=True)
+    lists = {"train": ["a.hdf5"], **{split: ["b.hdf5"] for split in splits}}
+    for name in ("ssc_split.pkl", "vool_split.pkl"):
+        (data / name).write_bytes(pickle.dumps(lists))
+
+
+def test_an_evaluation_stopped_between_splits_is_not_done(monkeypatch, tmp_path):
+    """A SIGTERM (or a kill) between two splits leaves a stats file of the first: a rerun runs
+    eval.py again, which goes on from there, instead of taking the file as done."""
+    ran = {}
+    monkeypatch.setattr(
+        demo.Pipeline, "run", lambda self, title, done, argv, *log: ran.update({title: done})
+    )
+    pipeline = demo.Pipeline(tmp_path, "cpu")
+    write_split_lists(pipeline.data, ("unseen_instances", "unseen_instances_synonyms"))
+    for approach in ("ours", *demo.BASELINES):
+        stats = pipeline.eval_stats("vool", approach)
+        stats.parent.mkdir(parents=True, exist_ok=True)
+        pd.DataFrame({"split": ["unseen_instances"]}).to_pickle(stats)
+    pipeline.checkpoints["vool"].write_bytes(b"weights")
+    os.utime(pipeline.checkpoints["vool"], (1_000_000, 1_000_000))
+    demo.evaluate(pipeline, "vool")
+    assert all(done == [] for done in ran.values()) and len(ran) == 3
+
+
+def test_scenes_are_done_when_every_scene_file_is_there(monkeypatch, tmp_path):
+    """An interrupted generation writes the split pickles as it goes: they do not make it done."""
+    ran = {}
+    monkeypatch.setattr(
+        demo.Pipeline, "run", lambda self, title, done, argv, *log: ran.update({title: done})
+    )
+    pipeline = demo.Pipeline(tmp_path, "cpu")
+    demo.generate_scenes(pipeline, 3, 0, scene_seed=1)
+    done = ran["1/6 scenes"]
+    first = demo.first_scene_seed(1)
+    assert [path.name[:6] for path in done[:3]] == [str(first + i) for i in range(3)]
+    assert [path.name for path in done[3:]] == ["ssc_split.pkl", "vool_split.pkl"]

@@ -16,6 +16,7 @@ import pytest
 import typer
 from test_generate_relevancy import make_scene
 
+import generate_scenes
 import utils
 from utils import InputError
 
@@ -291,3 +292,32 @@ def test_a_workers_bug_keeps_its_traceback():
     rewrapped = _raised_in_a_worker(OSError("an HDF5 library message"))
     with pytest.raises(OSError, match="Caught OSError in DataLoader worker process 0"):
         utils.run_app(lambda: (_ for _ in ()).throw(rewrapped))
+
+
+def test_generate_scenes_workers_leave_ctrl_c_to_their_parent():
+    with generate_scenes.worker_pool(2) as pool:
+        masks = pool.starmap(signal.pthread_sigmask, [(signal.SIG_BLOCK, [])] * 4)
+    assert all(signal.SIGINT in mask for mask in masks)  # blocked from their start
+    assert signal.SIGINT not in signal.pthread_sigmask(signal.SIG_BLOCK, [])  # not the parent's
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="uses /proc")
+def test_ctrl_c_while_generate_scenes_workers_import_is_one_line(tmp_path):
+    """A terminal's Ctrl-C reaches every process of the group, workers still importing included:
+    one line from the parent, no worker's traceback."""
+    command = [PY, "generate_scenes.py", "dataset", str(tmp_path), "--preset", "small"]
+    command += ["--num-scenes", "30", "--num-processes", "2"]
+    process = subprocess.Popen(
+        command, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        start_new_session=True,
+    )  # fmt: skip
+    deadline = time.monotonic() + 120
+    while len(_descendants(process.pid)) < 3 and process.poll() is None:  # 2 and the tracker
+        assert time.monotonic() < deadline, "no worker started"
+        time.sleep(0.01)
+    time.sleep(0.5)
+    os.killpg(process.pid, signal.SIGINT)  # the workers are importing (seconds)
+    _, err = process.communicate(timeout=120)
+    lines = [line for line in err.splitlines() if line.strip() and "scenes:" not in line]
+    assert process.returncode == 130
+    assert lines == ["interrupted: stopped before the end (finished files are complete)"], err
