@@ -40,10 +40,12 @@ import os
 import pickle
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Annotated
@@ -59,6 +61,7 @@ from utils import InputError, atomic_path, available_cores, run_app
 REPO = Path(__file__).resolve().parent
 EPOCH_LINE = re.compile(r"EPOCH (\d+) ==")  # training.py's line at an epoch's start
 BAR = re.compile(r"(\d+)/(\d+) \[")  # tqdm's "12/102 [" in a script's output
+EXIT_TERMINATED = 143  # 128 + SIGTERM: training saved latest.pth where it stopped
 app = typer.Typer(add_completion=False, help=__doc__)
 console = Console()
 
@@ -152,10 +155,14 @@ class Pipeline:
         arguments: list[str],
         log: Path | None = None,
         threads: int | None = None,
+        more_threads: Callable[[], int] | None = None,
     ) -> None:
         """Run `python <arguments>` unless all of `done` exist; stop the demo with its message if it
         fails. `log`: write the script's output there instead of to the terminal (stages that run
-        side by side); `threads`: the CPU threads it may use (OMP_NUM_THREADS)."""
+        side by side); `threads`: the CPU threads it may use (OMP_NUM_THREADS). `more_threads`,
+        for a stage that saves where it is on SIGTERM and goes on from there when run again
+        (training with --resume): once it returns more than `threads` (a lane beside it ended),
+        the stage is stopped and run again with that many."""
         if done and all(path.exists() for path in done):
             console.print(f"[dim]✓ {title}: already done ({done[0]})[/]")
             return
@@ -169,17 +176,24 @@ class Pipeline:
                 f"[bold]▶ {title}[/] [dim](output: {log})[/]\n{command_line}", soft_wrap=True
             )
         env = dict(os.environ)
-        if threads is not None:
-            env["OMP_NUM_THREADS"] = env["MKL_NUM_THREADS"] = str(threads)
         start = time.perf_counter()
         command = [sys.executable, *arguments]
-        if log is None:
-            returncode = subprocess.run(command, cwd=REPO, env=env).returncode
-        else:
+        mode = "w"
+        while True:
+            if threads is not None:
+                env["OMP_NUM_THREADS"] = env["MKL_NUM_THREADS"] = str(threads)
+            if log is None:
+                returncode = subprocess.run(command, cwd=REPO, env=env).returncode
+                break
             log.parent.mkdir(parents=True, exist_ok=True)
-            with open(log, "w") as output:
+            with open(log, mode) as output:
                 process = subprocess.Popen(command, cwd=REPO, env=env, stdout=output, stderr=output)
+                grown = stop_when_more_threads(process, threads, more_threads)
                 returncode = self.watch(title, process, log)
+            if not (grown.is_set() and returncode in (EXIT_TERMINATED, -signal.SIGTERM)):
+                break
+            threads, mode = more_threads(), "a"
+            console.print(f"[bold]▶ {title}[/] goes on with {threads} threads", soft_wrap=True)
         if returncode != 0:
             where = "" if log is None else f"; its output is in {log}"
             raise InputError(
@@ -206,6 +220,27 @@ class Pipeline:
                 self.progress.update(line, status=f"{epoch}{bars[-1][0]}/{bars[-1][1]}")
         self.progress.remove_task(line)
         return process.returncode
+
+
+def stop_when_more_threads(
+    process: subprocess.Popen, threads: int | None, more_threads: Callable[[], int] | None
+) -> threading.Event:
+    """Send `process` SIGTERM once more_threads() exceeds `threads` (checked every second while it
+    runs); -> the event set when it did."""
+    grown = threading.Event()
+    if threads is None or more_threads is None:
+        return grown
+
+    def check() -> None:
+        while process.poll() is None:
+            if more_threads() > threads:
+                grown.set()
+                process.send_signal(signal.SIGTERM)
+                return
+            time.sleep(1)
+
+    threading.Thread(target=check, daemon=True).start()
+    return grown
 
 
 def first_scene_seed(scene_seed: int) -> int:
@@ -283,10 +318,11 @@ def train(
     train_minutes: float,
     logs: Path | None = None,
     threads: int | None = None,
+    more_threads: Callable[[], int] | None = None,
 ) -> None:
-    """Stage 3 for one task; `logs` and `threads` as in train_and_evaluate. It always runs: with
-    --resume a finished run returns at once and a stopped one (--train-minutes, SIGTERM, a kill)
-    goes on."""
+    """Stage 3 for one task; `logs`, `threads` and `more_threads` as in train_and_evaluate and
+    Pipeline.run. It always runs: with --resume a finished run returns at once and a stopped one
+    (--train-minutes, SIGTERM, a kill, more threads) goes on."""
     log = pipeline.log(task)
     pipeline.run(
         f"3/6 train {task.upper()}",
@@ -297,7 +333,7 @@ def train(
          "--epochs", str(EPOCHS[task]), "--seed", str(pipeline.seed),
          "--max_minutes", str(train_minutes), "--resume",
          "--device", pipeline.device],
-        stage_log(logs, f"train_{task}"), threads,
+        stage_log(logs, f"train_{task}"), threads, more_threads,
     )  # fmt: skip
 
 
@@ -320,8 +356,8 @@ def calibrate(
 def evaluate(
     pipeline: Pipeline, task: str, logs: Path | None = None, threads: int | None = None
 ) -> None:
-    """Stage 4 for one task: the network (again when its stats are older than its weights: the
-    training went on), then the baselines on the same splits (eval.py reads them from args.pkl)."""
+    """Stage 4 for one task's network (again when its stats are older than its weights: the
+    training went on)."""
     stats, weights = pipeline.eval_stats(task), pipeline.checkpoints[task]
     stale = older_than(stats, weights)
     pipeline.run(
@@ -332,6 +368,13 @@ def evaluate(
          "--num_workers", "0", "--cutoffs", *NETWORK_CUTOFFS, *(["--replace"] if stale else [])],
         stage_log(logs, f"eval_{task}"), threads,
     )  # fmt: skip
+
+
+def evaluate_baselines(
+    pipeline: Pipeline, task: str, logs: Path | None = None, threads: int | None = None
+) -> None:
+    """Stage 4 for one task's baselines, on the splits of its network (eval.py reads them from the
+    training run's args.pkl, written when training starts)."""
     for baseline in BASELINES:
         pipeline.run(
             f"4/6 evaluate {task.upper()} baseline {baseline}",
@@ -357,27 +400,45 @@ def train_and_evaluate(
     The small networks' steps use two CPU threads poorly (2 cores: 0.40 s a VOOL step with both
     threads, 0.67 s each for two single-thread runs side by side), so each lane's stage gets the
     cores divided among the lanes still running when it starts, and writes its output to
-    OUT/logs/. One lane alone runs in the terminal as before.
+    OUT/logs/. When a lane ends, a training still running in another is stopped (it saves where
+    it is) and goes on with the freed cores (--resume: the same steps). The baselines learn
+    nothing and need only a run's args.pkl: a lane done with its own work scores those of the
+    tasks still training. One lane alone runs in the terminal as before.
     """
     if len(tasks) == 1:
         train(pipeline, tasks[0], train_minutes)
         calibrate(pipeline, tasks[0])
         evaluate(pipeline, tasks[0])
+        evaluate_baselines(pipeline, tasks[0])
         return
     cores = available_cores()
     running = set(tasks)
+    baselines_claimed: set[str] = set()
     lock = threading.Lock()
 
     def threads() -> int:
         with lock:
             return max(1, cores // len(running))
 
+    def claim_baselines(task: str, lane_task: str) -> bool:
+        """Whether this lane (of `lane_task`) scores `task`'s baselines: no lane has yet, and it is
+        the lane's own task or one whose training has written its args.pkl."""
+        with lock:
+            ready = task == lane_task or (pipeline.log(task) / "args.pkl").is_file()
+            if task in baselines_claimed or not ready:
+                return False
+            baselines_claimed.add(task)
+            return True
+
     def lane(task: str) -> None:
         try:
             logs = pipeline.out / "logs"
-            train(pipeline, task, train_minutes, logs, threads())
+            train(pipeline, task, train_minutes, logs, threads(), threads)
             calibrate(pipeline, task, logs, threads())
             evaluate(pipeline, task, logs, threads())
+            for other in sorted(tasks, key=lambda name: name != task):  # its own first
+                if claim_baselines(other, task):
+                    evaluate_baselines(pipeline, other, logs, threads())
         finally:
             with lock:
                 running.discard(task)
