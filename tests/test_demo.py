@@ -256,6 +256,26 @@ def test_a_lane_done_scores_the_baselines_of_a_task_still_training(monkeypatch, 
     assert ran["4/6 evaluate VOOL baseline lifted_relevancy"][1] == 1  # beside VOOL's training
 
 
+def test_each_lane_ends_with_its_visualization(monkeypatch, tmp_path):
+    """The demo's visualization of a task runs in its lane once its network is evaluated, so
+    OVSSC's turntable is made while VOOL still trains."""
+    events = []
+
+    def then(task, logs, threads):
+        events.append(("then", task, logs, "4/6 evaluate " + task.upper() in ran_titles))
+
+    ran_titles = {}
+    monkeypatch.setattr(
+        demo.Pipeline, "run", lambda self, title, *args: ran_titles.update({title: 1})
+    )
+    monkeypatch.setattr(demo, "available_cores", lambda: 2)
+    demo.train_and_evaluate(demo.Pipeline(tmp_path, "cpu"), 1.0, then=then)
+    assert sorted(events) == [
+        ("then", "ovssc", tmp_path / "logs", True),  # after the task's evaluation
+        ("then", "vool", tmp_path / "logs", True),
+    ]
+
+
 STAGE_THAT_GOES_ON = """
 import os, signal, sys, time
 signal.signal(signal.SIGTERM, lambda *a: (print("saved, stopping"), sys.exit(143)))
