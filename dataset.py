@@ -343,36 +343,36 @@ class SceneDataset(torch.utils.data.Dataset):
         evaluation mode n is every in-bounds point.
         """
         size = -1 if self.config.return_vis else self.config.num_output_pts
+        replace_ = self.config.always_replace_subsample_pts
+        moved, keep = self.ground_truth_in_bounds(xyz, transform)  # once for every row
         if self.config.balance_spatial_sampling and len(labels) > 0:
             rows = [
-                self._filter_with_retry(
-                    xyz,
+                inputs.subsample(
+                    moved,
+                    keep,
                     size,
                     {"label": row, "carried": carried},
-                    transform,
                     inputs.balanced_probabilities(row),
+                    replace_,
                 )
                 for row in labels
             ]
             stacked = {k: np.stack([out[k] for _, out in rows]) for k in ("label", "carried")}
             return np.stack([x for x, _ in rows]), stacked["label"], stacked["carried"], True
-        out_xyz, out = self._filter_with_retry(
-            xyz, size, {"labels": labels, "carried": carried}, transform, None
+        out_xyz, out = inputs.subsample(
+            moved, keep, size, {"labels": labels, "carried": carried}, None, replace_
         )
         return np.repeat(out_xyz[None], len(labels), 0), out["labels"], out["carried"], False
 
-    def _filter_with_retry(self, xyz, size, arrays, transform, probabilities):
-        replace_ = self.config.always_replace_subsample_pts
+    def ground_truth_in_bounds(self, xyz, transform) -> tuple[np.ndarray, np.ndarray]:
+        """inputs.in_bounds_points of the ground-truth points, without the transform when it leaves
+        none inside."""
         try:
-            return inputs.filter_subsample(
-                xyz, size, self.bounds, arrays, transform, probabilities, replace_
-            )
+            return inputs.in_bounds_points(xyz, self.bounds, transform)
         except InputError:
             if transform is None:
                 raise InputError("no ground-truth point lies inside the scene bounds") from None
-            return inputs.filter_subsample(
-                xyz, size, self.bounds, arrays, None, probabilities, replace_
-            )
+            return inputs.in_bounds_points(xyz, self.bounds, None)
 
     def add_noise(self, *arrays: np.ndarray) -> list[np.ndarray]:
         std = self.config.xyz_pts_noise

@@ -17,13 +17,13 @@ Stages, each one of the project's own scripts run as a user would run it:
   4. evaluate    eval.py                       the networks and, on the same splits, the baselines
                                                `lifted relevancy` (the visible relevancy, lifted to
                                                3D: no completion) and `all in frustum`
-                 (stages 3 and 4 run as two lanes side by side, OVSSC's and VOOL's, sharing the
-                 cores; their output goes to OUT/logs/)
-  5. summarize   summarize.py                  the paper's tables with the baselines as rows, and
-                                               OUT/summary.json (the tables' figures)
   6. visualize   visualize.py                  a novel-room scene from its HDF5 file with the
                                                relevancy the networks were trained on: .obj/.ply/.npz,
                                                prediction-vs-ground-truth PNGs, turntable mp4s
+                 (stages 3, 4 and 6 run as two lanes side by side, OVSSC's and VOOL's, sharing the
+                 cores; their output goes to OUT/logs/)
+  5. summarize   summarize.py                  the paper's tables with the baselines as rows, and
+                                               OUT/summary.json (the tables' figures)
 The last lines say, per task, whether the network beats every baseline on Novel Room.
 
 A stage whose outputs exist is skipped (summarize, which is cheap, always runs; training always runs
@@ -42,6 +42,7 @@ import math
 import pickle
 import threading
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Annotated
@@ -198,10 +199,11 @@ def train(
     train_minutes: float | None,
     logs: Path | None = None,
     threads: int | None = None,
+    more_threads: Callable[[], int] | None = None,
 ) -> None:
-    """Stage 3 for one task; `logs` and `threads` as in train_and_evaluate. It always runs: with
-    --resume a finished run returns at once and a stopped one (--train-minutes, SIGTERM, a kill)
-    goes on."""
+    """Stage 3 for one task; `logs`, `threads` and `more_threads` as in train_and_evaluate and
+    Pipeline.run. It always runs: with --resume a finished run returns at once and a stopped one
+    (--train-minutes, SIGTERM, a kill, more threads) goes on."""
     log = pipeline.log(task)
     cap = [] if train_minutes is None else ["--max_minutes", str(train_minutes)]
     pipeline.run(
@@ -213,7 +215,7 @@ def train(
          "--epochs", str(EPOCHS[task]), "--seed", str(pipeline.seed),
          *cap, "--resume",
          "--device", pipeline.device],
-        stage_log(logs, f"train_{task}"), threads,
+        stage_log(logs, f"train_{task}"), threads, more_threads,
     )  # fmt: skip
 
 
@@ -236,8 +238,8 @@ def calibrate(
 def evaluate(
     pipeline: Pipeline, task: str, logs: Path | None = None, threads: int | None = None
 ) -> None:
-    """Stage 4 for one task: the network (again when its stats are older than its weights: the
-    training went on), then the baselines on the same splits (eval.py reads them from args.pkl)."""
+    """Stage 4 for one task's network (again when its stats are older than its weights: the
+    training went on)."""
     stats, weights = pipeline.eval_stats(task), pipeline.checkpoints[task]
     stale = older_than(stats, weights)
     pipeline.run(
@@ -248,6 +250,13 @@ def evaluate(
          "--num_workers", "0", "--cutoffs", *NETWORK_CUTOFFS, *(["--replace"] if stale else [])],
         stage_log(logs, f"eval_{task}"), threads,
     )  # fmt: skip
+
+
+def evaluate_baselines(
+    pipeline: Pipeline, task: str, logs: Path | None = None, threads: int | None = None
+) -> None:
+    """Stage 4 for one task's baselines, on the splits of its network (eval.py reads them from the
+    training run's args.pkl, written when training starts)."""
     for baseline in BASELINES:
         pipeline.run(
             f"4/6 evaluate {task.upper()} baseline {baseline}",
@@ -278,34 +287,59 @@ def older_than(output: Path, source: Path) -> bool:
 
 
 def train_and_evaluate(
-    pipeline: Pipeline, train_minutes: float | None, tasks: tuple[str, ...] = TASKS
+    pipeline: Pipeline,
+    train_minutes: float | None,
+    tasks: tuple[str, ...] = TASKS,
+    then: Callable[[str, Path | None, int | None], None] | None = None,
 ) -> None:
-    """Stages 3 and 4: one lane per task (train, calibrate VOOL, evaluate), the lanes side by side.
+    """Stages 3 and 4: one lane per task (train, calibrate VOOL, evaluate, then `then(task, logs,
+    threads)`: the demo's visualization), the lanes side by side.
 
     The small networks' steps use two CPU threads poorly (2 cores: 0.40 s a VOOL step with both
     threads, 0.67 s each for two single-thread runs side by side), so each lane's stage gets the
     cores divided among the lanes still running when it starts, and writes its output to
-    OUT/logs/. One lane alone runs in the terminal as before.
+    OUT/logs/. When a lane ends, a training still running in another is stopped (it saves where
+    it is) and goes on with the freed cores (--resume: the same steps). The baselines learn
+    nothing and need only a run's args.pkl: a lane done with its own work scores those of the
+    tasks still training. One lane alone runs in the terminal as before.
     """
+    then = then or (lambda task, logs, threads: None)
     if len(tasks) == 1:
         train(pipeline, tasks[0], train_minutes)
         calibrate(pipeline, tasks[0])
         evaluate(pipeline, tasks[0])
+        then(tasks[0], None, None)
+        evaluate_baselines(pipeline, tasks[0])
         return
     cores = available_cores()
     running = set(tasks)
+    baselines_claimed: set[str] = set()
     lock = threading.Lock()
 
     def threads() -> int:
         with lock:
             return max(1, cores // len(running))
 
+    def claim_baselines(task: str, lane_task: str) -> bool:
+        """Whether this lane (of `lane_task`) scores `task`'s baselines: no lane has yet, and it is
+        the lane's own task or one whose training has written its args.pkl."""
+        with lock:
+            ready = task == lane_task or (pipeline.log(task) / "args.pkl").is_file()
+            if task in baselines_claimed or not ready:
+                return False
+            baselines_claimed.add(task)
+            return True
+
     def lane(task: str) -> None:
         try:
             logs = pipeline.out / "logs"
-            train(pipeline, task, train_minutes, logs, threads())
+            train(pipeline, task, train_minutes, logs, threads(), threads)
             calibrate(pipeline, task, logs, threads())
             evaluate(pipeline, task, logs, threads())
+            then(task, logs, threads())
+            for other in sorted(tasks, key=lambda name: name != task):  # its own first
+                if claim_baselines(other, task):
+                    evaluate_baselines(pipeline, other, logs, threads())
         finally:
             with lock:
                 running.discard(task)
@@ -367,29 +401,40 @@ def novel_room_scene(data: Path) -> Path:
     )
 
 
-def visualize(pipeline: Pipeline, grid_size: int, num_frames: int, frame_size: int) -> None:
-    """Per task: the inference dump of a novel-room scene from its HDF5 file, with the relevancy
-    stored there under the run's saliency config (the maps the network trained on: oracle or CLIP,
-    never random CLIP weights), beside its ground truth; then the OVSSC turntable video (VOOL's, one
-    per description, take minutes each: `visualize.py vool-visualize` makes them)."""
+def visualize(
+    pipeline: Pipeline,
+    task: str,
+    grid_size: int,
+    num_frames: int,
+    frame_size: int,
+    logs: Path | None = None,
+    threads: int | None = None,
+) -> None:
+    """Stage 6 for one task, at the end of its lane: the inference dump of a novel-room scene from
+    its HDF5 file, with the relevancy stored there under the run's saliency config (the maps the
+    network trained on: oracle or CLIP, never random CLIP weights), beside its ground truth; for
+    OVSSC then the turntable video (VOOL's, one per description, take minutes each: `visualize.py
+    vool-visualize` makes them)."""
     scene = novel_room_scene(pipeline.data)
     scene_dir = pipeline.vis / scene.stem
-    npz = {"ovssc": "completion.npz", "vool": "localization.npz"}
-    for task in TASKS:
-        dump = scene_dir / npz[task]
-        pipeline.run(
-            f"6/6 visualize {task.upper()}",
-            [] if older_than(dump, pipeline.checkpoints[task]) else [dump],
-            ["visualize.py", f"{task}-inference", str(scene), str(pipeline.checkpoints[task]),
-             "--dump-path", str(pipeline.vis), "--grid-size", str(grid_size),
-             "--device", pipeline.device],
-        )  # fmt: skip
+    dump = scene_dir / {"ovssc": "completion.npz", "vool": "localization.npz"}[task]
+    pipeline.run(
+        f"6/6 visualize {task.upper()}",
+        [] if older_than(dump, pipeline.checkpoints[task]) else [dump],
+        ["visualize.py", f"{task}-inference", str(scene), str(pipeline.checkpoints[task]),
+         "--dump-path", str(pipeline.vis), "--grid-size", str(grid_size),
+         "--device", pipeline.device],
+        stage_log(logs, f"visualize_{task}"), threads,
+    )  # fmt: skip
+    if task != "ovssc":
+        return
     video = scene_dir / "completion.mp4"
     pipeline.run(
         "6/6 render OVSSC",
-        [] if older_than(video, scene_dir / npz["ovssc"]) else [video],
+        [] if older_than(video, dump) else [video],
         ["visualize.py", "ovssc-visualize", str(scene_dir),
          "--num-frames", str(num_frames), "--size", str(frame_size)],
+        stage_log(logs, "render_ovssc"), threads,
     )  # fmt: skip
 
 
@@ -566,9 +611,12 @@ def main(
         generate_scenes(pipeline, num_scenes, extra_train_seeds, scene_seed)
         source = relevancy_source_for(relevancy_source)
         generate_relevancy(pipeline, source)
-        train_and_evaluate(pipeline, train_minutes)
+
+        def visualize_task(task: str, logs: Path | None, threads: int | None) -> None:
+            visualize(pipeline, task, grid_size, num_frames, frame_size, logs, threads)
+
+        train_and_evaluate(pipeline, train_minutes, then=visualize_task)
         summary = summarize(pipeline, source)
-        visualize(pipeline, grid_size, num_frames, frame_size)
     print_done(pipeline, summary)
 
 

@@ -25,7 +25,9 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from rich.console import Console
@@ -190,10 +192,14 @@ class Pipeline:
         arguments: list[str],
         log: Path | None = None,
         threads: int | None = None,
+        more_threads: Callable[[], int] | None = None,
     ) -> None:
         """Run `python <arguments>` unless all of `done` exist; stop the demo with its message if it
         fails. `log`: write the script's output there instead of to the terminal (stages that run
-        side by side); `threads`: the CPU threads it may use (OMP_NUM_THREADS)."""
+        side by side); `threads`: the CPU threads it may use (OMP_NUM_THREADS). `more_threads`,
+        for a stage that saves where it is on SIGTERM and goes on from there when run again
+        (training with --resume): once it returns more than `threads` (a lane beside it ended),
+        the stage is stopped and run again with that many."""
         self.check_terminated()
         if done and all(path.exists() for path in done):
             console.print(f"[dim]✓ {title}: already done ({done[0]})[/]")
@@ -207,15 +213,45 @@ class Pipeline:
             console.print(
                 f"[bold]▶ {title}[/] [dim](output: {log})[/]\n{command_line}", soft_wrap=True
             )
-        env = dict(os.environ)
-        if threads is not None:
-            env["OMP_NUM_THREADS"] = env["MKL_NUM_THREADS"] = str(threads)
         start = time.perf_counter()
+        mode = "w"
+        while True:
+            env = dict(os.environ)
+            if threads is not None:
+                env["OMP_NUM_THREADS"] = env["MKL_NUM_THREADS"] = str(threads)
+            grown = threading.Event()
+            returncode = self.start_and_wait(
+                title, arguments, env, log, mode, (threads, more_threads, grown)
+            )
+            self.check_terminated()
+            if not (grown.is_set() and returncode in (EXIT_TERMINATED, -signal.SIGTERM)):
+                break
+            threads, mode = more_threads(), "a"
+            console.print(f"[bold]▶ {title}[/] goes on with {threads} threads", soft_wrap=True)
+        if returncode != 0:
+            where = "" if log is None else f"; its output is in {log}"
+            raise InputError(
+                f"demo stage '{title}' failed (exit {returncode}){where}; rerun demo.py to continue"
+            )
+        console.print(f"[green]✓ {title}[/] in {time.perf_counter() - start:.0f} s")
+
+    def start_and_wait(
+        self,
+        title: str,
+        arguments: list[str],
+        env: dict,
+        log: Path | None,
+        mode: str,
+        growing: tuple[int | None, Callable[[], int] | None, threading.Event],
+    ) -> int:
+        """Start `python <arguments>` (its output into `log`, opened with `mode`, or the terminal),
+        known to the SIGTERM handler while it runs, stopped when it may grow (`growing`: threads,
+        more_threads, the event: stop_when_more_threads's arguments); -> its exit code."""
         with contextlib.ExitStack() as stack:
             output = None
             if log is not None:
                 log.parent.mkdir(parents=True, exist_ok=True)
-                output = stack.enter_context(open(log, "w"))
+                output = stack.enter_context(open(log, mode))
             process = subprocess.Popen(
                 [sys.executable, *arguments], cwd=REPO, env=env, stdout=output, stderr=output
             )
@@ -223,16 +259,10 @@ class Pipeline:
             try:
                 if self.terminated:  # a SIGTERM while it started
                     process.send_signal(signal.SIGTERM)
-                returncode = self.watch(title, process, log) if log else wait_in_terminal(process)
+                stop_when_more_threads(process, *growing)
+                return self.watch(title, process, log) if log else wait_in_terminal(process)
             finally:
                 self.running.pop(process, None)
-        self.check_terminated()
-        if returncode != 0:
-            where = "" if log is None else f"; its output is in {log}"
-            raise InputError(
-                f"demo stage '{title}' failed (exit {returncode}){where}; rerun demo.py to continue"
-            )
-        console.print(f"[green]✓ {title}[/] in {time.perf_counter() - start:.0f} s")
 
     def watch(self, title: str, process: subprocess.Popen, log: Path) -> int:
         """Wait for a stage whose output goes to `log`, showing its epoch and progress bar as a line
@@ -253,6 +283,28 @@ class Pipeline:
                 self.progress.update(line, status=f"{epoch}{bars[-1][0]}/{bars[-1][1]}")
         self.progress.remove_task(line)
         return process.returncode
+
+
+def stop_when_more_threads(
+    process: subprocess.Popen,
+    threads: int | None,
+    more_threads: Callable[[], int] | None,
+    grown: threading.Event,
+) -> None:
+    """Send `process` SIGTERM and set `grown` once more_threads() exceeds `threads` (checked every
+    second while it runs, in a thread of its own)."""
+    if threads is None or more_threads is None:
+        return
+
+    def check() -> None:
+        while process.poll() is None:
+            if more_threads() > threads:
+                grown.set()
+                process.send_signal(signal.SIGTERM)
+                return
+            time.sleep(1)
+
+    threading.Thread(target=check, daemon=True).start()
 
 
 def wait_in_terminal(process: subprocess.Popen, grace: float = 10.0) -> int:

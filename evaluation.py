@@ -389,7 +389,7 @@ def score_scene(scorer: Scorer, batch: dict, args: argparse.Namespace) -> pd.Dat
     task = tasks.TASKS[args.task]
     with torch.no_grad():
         scores = scorer.score(batch)  # [B, R, N]
-        _, label, ignore, padded = task.loss_fn(scores, batch, args)  # the loss is not used
+    label, ignore, padded = task.targets(batch)
     return metrics.row_stats(
         scores,
         label,

@@ -177,18 +177,39 @@ def filter_subsample(
     always_replace: bool = False,
 ) -> tuple[np.ndarray, dict[str, np.ndarray]]:
     """The original's `transform_filter_subsample`: transform, keep in-bounds points, draw
-    `sample_size`.
+    `sample_size` (`in_bounds_points`, then `subsample`)."""
+    moved, keep = in_bounds_points(xyz, scene_bounds, transform)
+    return subsample(moved, keep, sample_size, arrays, probabilities, always_replace)
 
-    Each array is indexed along its first axis whose length is the point count (axis 0, then axis
-    1). sample_size -1 keeps every in-bounds point. Draws use numpy's global RNG, without
-    replacement unless asked, falling back to replacement when that fails.
-    """
-    n = len(xyz)
+
+def in_bounds_points(
+    xyz: np.ndarray, scene_bounds: np.ndarray, transform: np.ndarray | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """The points after the optional transform (N, 3), and the indices of those inside the bounds;
+    an InputError when none is."""
     if transform is not None:
         xyz = geometry.transform_points(xyz, transform)
     keep = np.flatnonzero(geometry.in_bounds(xyz, scene_bounds))
     if len(keep) == 0:
         raise InputError("no point lies inside the scene bounds")
+    return xyz, keep
+
+
+def subsample(
+    xyz: np.ndarray,
+    keep: np.ndarray,
+    sample_size: int,
+    arrays: dict[str, np.ndarray],
+    probabilities: np.ndarray | None = None,
+    always_replace: bool = False,
+) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    """Draw `sample_size` of the points `keep` indexes (xyz (N, 3), `in_bounds_points`' output;
+    -1 keeps them all) -> (their xyz as float32, each array at them).
+
+    Each array is indexed along its first axis whose length is the point count (axis 0, then axis
+    1). Draws use numpy's global RNG, with the points' `probabilities` when given, without
+    replacement unless asked, falling back to replacement when that fails.
+    """
     if sample_size != -1:
         p = None
         if probabilities is not None:
@@ -199,7 +220,7 @@ def filter_subsample(
             keep = keep[np.random.choice(len(keep), sample_size, p=p, replace=True)]
     out = {}
     for key, value in arrays.items():
-        axis = 0 if value.shape[0] == n else 1
+        axis = 0 if value.shape[0] == len(xyz) else 1
         out[key] = np.take(value, keep, axis=axis)
     return xyz[keep].astype(np.float32), out
 

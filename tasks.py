@@ -170,12 +170,14 @@ class Task:
 
     loss_fn(logits, batch, args) -> (loss, label, ignore, padded): label and ignore bool [B, R, N],
         padded bool [B, R]; args is the training Namespace (it reads balance_positive_negative).
+    targets(batch) -> (label, ignore, padded): loss_fn's, without the loss (evaluation).
     row_columns(batch) -> {column: [B][R] strings}, the stats frame's leading columns.
     row_keys: the batch keys with a row axis, sliced by the per-row forward.
     """
 
     name: str  # "ovssc" or "vool"
     loss_fn: Callable[[torch.Tensor, dict, argparse.Namespace], tuple]
+    targets: Callable[[dict], tuple[torch.Tensor, torch.Tensor, torch.Tensor]]
     row_columns: Callable[[dict], dict]
     row_keys: tuple[str, ...]
 
@@ -196,15 +198,22 @@ def ovssc_padded_rows(batch: dict) -> torch.Tensor:
     return torch.tensor([[label == "" for label in row] for row in zip(*labels)])
 
 
-def ovssc_loss(logits: torch.Tensor, batch: dict, args: argparse.Namespace):
-    """BCE over the non-ignored entries (padding, out-of-bounds and out-of-frustum are ignored)."""
+def ovssc_targets(batch: dict) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """label, ignore [B, P, N] and padded [B, P]: padding, out-of-bounds and out-of-frustum points
+    are ignored."""
     label = batch["output_label_pts"] > 0.5  # [B, P, N]
-    padded = ovssc_padded_rows(batch).to(logits.device)  # [B, P]
+    padded = ovssc_padded_rows(batch).to(label.device)  # [B, P]
     ignore = (
         padded[..., None]
         | per_row(batch["out_of_bounds_pts"], label.shape)
         | per_row(batch["out_of_frustum_pts_mask"], label.shape)
     )
+    return label, ignore, padded
+
+
+def ovssc_loss(logits: torch.Tensor, batch: dict, args: argparse.Namespace):
+    """BCE over the non-ignored entries (padding, out-of-bounds and out-of-frustum are ignored)."""
+    label, ignore, padded = ovssc_targets(batch)
     keep = ~ignore
     weight = bce_weight(label, args.balance_positive_negative, args.bce_positive_weight)
     value = F.binary_cross_entropy_with_logits(
@@ -246,13 +255,19 @@ def vool_padded_rows(batch: dict) -> torch.Tensor:
     return torch.tensor([[name == PAD for name in row] for row in zip(*relations)])
 
 
+def vool_targets(batch: dict) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """label, ignore [B, D, N] and padded [B, D]: padding and out-of-bounds points are ignored."""
+    label = batch["output_label_pts"] > 0.5  # [B, D, N]
+    padded = vool_padded_rows(batch).to(label.device)  # [B, D]
+    ignore = padded[..., None] | per_row(batch["out_of_bounds_pts"], label.shape)
+    return label, ignore, padded
+
+
 def vool_loss(logits: torch.Tensor, batch: dict, args: argparse.Namespace):
     """BCE over every entry, padding included (its labels are all zero), as the original; only
     accuracy, the metrics and the optional IoU term (--iou_loss) ignore padding and out-of-bounds
     points."""
-    label = batch["output_label_pts"] > 0.5  # [B, D, N]
-    padded = vool_padded_rows(batch).to(logits.device)  # [B, D]
-    ignore = padded[..., None] | per_row(batch["out_of_bounds_pts"], label.shape)
+    label, ignore, padded = vool_targets(batch)
     weight = bce_weight(label, args.balance_positive_negative, args.bce_positive_weight)
     value = F.binary_cross_entropy_with_logits(logits.float(), label.float(), weight=weight)
     iou_weight = batch.get("output_weight_pts")
@@ -270,6 +285,6 @@ def vool_row_columns(batch: dict) -> dict:
     return columns
 
 
-OVSSC = Task("ovssc", ovssc_loss, ovssc_row_columns, OVSSC_ROW_KEYS)
-VOOL = Task("vool", vool_loss, vool_row_columns, VOOL_ROW_KEYS)
+OVSSC = Task("ovssc", ovssc_loss, ovssc_targets, ovssc_row_columns, OVSSC_ROW_KEYS)
+VOOL = Task("vool", vool_loss, vool_targets, vool_row_columns, VOOL_ROW_KEYS)
 TASKS = {task.name: task for task in (OVSSC, VOOL)}

@@ -7,6 +7,7 @@ import re
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 
 import imageio.v3 as iio
@@ -201,17 +202,19 @@ def test_comparison_names_the_best_baseline_and_the_margin():
     )
 
 
-def recorded_lanes(monkeypatch, tmp_path, cores, fail=None):
+def recorded_lanes(monkeypatch, tmp_path, cores, fail=None, vool_training=None):
     """train_and_evaluate with every stage recorded instead of run: -> ({title: (log, threads)},
     the error it raised). The two training stages wait for each other, as long ones overlap; the
-    stage titled `fail` fails."""
+    stage titled `fail` fails; `vool_training(more_threads, ran)` runs as VOOL's training stage."""
     ran, lock, trainings = {}, threading.Lock(), threading.Barrier(2, timeout=10)
 
-    def record(self, title, done, argv, log=None, threads=None):
+    def record(self, title, done, argv, log=None, threads=None, more_threads=None):
         with lock:
             ran[title] = (log, threads)
         if title.startswith("3/6 train"):
             trainings.wait()
+        if title == "3/6 train VOOL" and vool_training is not None:
+            vool_training(more_threads, ran)
         if title == fail:
             raise InputError(f"demo stage '{title}' failed")
 
@@ -244,6 +247,78 @@ def test_a_failed_lane_stops_the_demo_after_the_other_lane(monkeypatch, tmp_path
     assert "demo stage '3/6 train OVSSC' failed" in str(error)
     assert "4/6 evaluate OVSSC" not in ran  # its lane stopped there ...
     assert "4/6 evaluate VOOL baseline all_in_frustum" in ran  # ... the other went to its end
+
+
+def test_a_lane_done_scores_the_baselines_of_a_task_still_training(monkeypatch, tmp_path):
+    """OVSSC's lane ends first: it scores VOOL's baselines (they need only VOOL's args.pkl) while
+    VOOL trains, and VOOL's training is then told to go on with the cores OVSSC's lane freed."""
+    (tmp_path / "models" / "vool").mkdir(parents=True)
+    (tmp_path / "models" / "vool" / "args.pkl").write_bytes(b"")
+    seen = {}
+
+    def vool_training(more_threads, ran):
+        seen["threads while OVSSC's lane runs"] = more_threads()
+        deadline = time.monotonic() + 10
+        while more_threads() < 2 and time.monotonic() < deadline:  # until OVSSC's lane ended
+            time.sleep(0.01)
+        seen["threads after"] = more_threads()
+        seen["VOOL baselines already scored"] = "4/6 evaluate VOOL baseline all_in_frustum" in ran
+
+    ran, error = recorded_lanes(monkeypatch, tmp_path, cores=2, vool_training=vool_training)
+    assert error is None and len(ran) == 9
+    assert seen == {
+        "threads while OVSSC's lane runs": 1,
+        "threads after": 2,
+        "VOOL baselines already scored": True,
+    }
+    assert ran["4/6 evaluate VOOL baseline lifted_relevancy"][1] == 1  # beside VOOL's training
+
+
+def test_each_lane_ends_with_its_visualization(monkeypatch, tmp_path):
+    """The demo's visualization of a task runs in its lane once its network is evaluated, so
+    OVSSC's turntable is made while VOOL still trains."""
+    events = []
+
+    def then(task, logs, threads):
+        events.append(("then", task, logs, "4/6 evaluate " + task.upper() in ran_titles))
+
+    ran_titles = {}
+    monkeypatch.setattr(
+        demo.Pipeline, "run", lambda self, title, *args: ran_titles.update({title: 1})
+    )
+    monkeypatch.setattr(demo, "available_cores", lambda: 2)
+    demo.train_and_evaluate(demo.Pipeline(tmp_path, "cpu"), 1.0, then=then)
+    assert sorted(events) == [
+        ("then", "ovssc", tmp_path / "logs", True),  # after the task's evaluation
+        ("then", "vool", tmp_path / "logs", True),
+    ]
+
+
+STAGE_THAT_GOES_ON = """
+import os, signal, sys, time
+signal.signal(signal.SIGTERM, lambda *a: (print("saved, stopping"), sys.exit(143)))
+print("threads", os.environ["OMP_NUM_THREADS"], flush=True)
+if os.environ["OMP_NUM_THREADS"] == "1":
+    time.sleep(60)
+"""
+
+
+def test_a_stage_that_goes_on_is_run_again_with_more_threads(tmp_path):
+    """A training stage started with one thread is stopped once more threads are free (it saves
+    where it is on SIGTERM) and run again with them; its log holds both runs."""
+    script, log = tmp_path / "stage.py", tmp_path / "stage.log"
+    script.write_text(STAGE_THAT_GOES_ON)
+    free = []  # no core is free until the test says so
+    timer = threading.Timer(1.0, free.append, args=[2])
+    timer.start()
+    start = time.monotonic()
+    demo.Pipeline(tmp_path, "cpu").run(
+        "stage", [], [str(script)], log, threads=1, more_threads=lambda: max([1, *free])
+    )
+    assert time.monotonic() - start < 30  # stopped, not slept out
+    lines = log.read_text().splitlines()
+    assert lines[0] == "threads 1" and lines[-1] == "threads 2"
+    assert "saved, stopping" in lines or len(lines) == 2  # a SIGTERM during its start: killed
 
 
 def recorded_commands(monkeypatch, tmp_path, *flags):
@@ -359,6 +434,7 @@ def test_an_evaluation_stopped_between_splits_is_not_done(monkeypatch, tmp_path)
     pipeline.checkpoints["vool"].write_bytes(b"weights")
     os.utime(pipeline.checkpoints["vool"], (1_000_000, 1_000_000))
     demo.evaluate(pipeline, "vool")
+    demo.evaluate_baselines(pipeline, "vool")
     assert all(done == [] for done in ran.values()) and len(ran) == 3
 
 

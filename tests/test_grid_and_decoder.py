@@ -230,6 +230,18 @@ def test_pointing_attention_formulas(method, reference):
         torch.testing.assert_close(logits[:, k, q], reference(key[:, k], query[:, q]))
 
 
+def test_cosine_pointing_of_a_zero_vector_is_zero():
+    """Each length is clamped to 1e-8 as F.cosine_similarity clamps it: a zero key or query gives 0."""
+    pointer = net.PointingAttention(4, "cosine_sim")
+    key, query = torch.randn(1, 3, 4), torch.randn(1, 2, 4)
+    key[0, 1], query[0, 0] = 0, 0
+    logits = pointer(key, query)
+    expected = torch.nn.functional.cosine_similarity(key[:, :, None], query[:, None], dim=-1) / 0.07
+    assert torch.isfinite(logits).all()
+    torch.testing.assert_close(logits, expected)
+    assert (logits[0, 1] == 0).all() and (logits[0, :, 0] == 0).all()
+
+
 def test_additive_pointing_has_its_vector():
     pointer = net.PointingAttention(8, "additive")
     assert pointer.pointer_v.weight.shape == (1, 8)

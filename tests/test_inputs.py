@@ -95,6 +95,31 @@ def test_filter_subsample_keeps_in_bounds_points_and_their_rows():
     assert inputs.balanced_probabilities(np.zeros(3)) is None
 
 
+def test_rows_drawn_from_one_in_bounds_pass_equal_filter_subsample_per_row():
+    """Balanced sampling transforms and bounds-checks the ground truth once, then draws each row:
+    the same points, in the same RNG order, as one filter_subsample per row."""
+    rng = np.random.default_rng(0)
+    xyz, labels = rng.uniform(-2, 2, (200, 3)), (rng.random((3, 200)) < 0.2).astype(np.float32)
+    bounds, transform = [[-1, -1, -1], [1, 1, 1]], np.eye(4)
+    transform[:3, 3] = 0.25
+    np.random.seed(0)
+    expected = [
+        inputs.filter_subsample(
+            xyz, 20, bounds, {"label": row}, transform, inputs.balanced_probabilities(row)
+        )
+        for row in labels
+    ]
+    np.random.seed(0)
+    moved, keep = inputs.in_bounds_points(xyz, bounds, transform)
+    got = [
+        inputs.subsample(moved, keep, 20, {"label": row}, inputs.balanced_probabilities(row))
+        for row in labels
+    ]
+    for (xyz_got, out_got), (xyz_expected, out_expected) in zip(got, expected, strict=True):
+        np.testing.assert_array_equal(xyz_got, xyz_expected)
+        np.testing.assert_array_equal(out_got["label"], out_expected["label"])
+
+
 def test_dataset_config_from_training_args():
     args = options.training_parser("ovssc").parse_args(
         "--file_path d --log l --voxel_shape 64 64 32 --scene_bounds 0 0 0 1 2 3 --saliency_vmin 0.1"

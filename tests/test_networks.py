@@ -8,6 +8,7 @@ import torch
 from net_fixtures import APPROACHES, RELATIONS, random_batch, small_network
 
 import net
+import tasks
 import unet3d
 import unet3d_backward
 
@@ -208,6 +209,52 @@ def test_vool_single_unet_batch_equals_two_completion_passes():
             ]
         )
     torch.testing.assert_close(logits, expected, rtol=1e-4, atol=1e-4)
+
+
+def test_vool_rows_with_equal_inputs_share_one_unet_pass(monkeypatch):
+    """Equal relevancy rows of one scene (a label two descriptions share) go through the UNet once;
+    equal rows of two scenes do not (their points differ). Logits and gradients are those of one
+    pass per row."""
+    batch = random_batch("SemAbsVOOL", batch=2, rows=3)
+    target, reference = batch["input_target_saliency_pts"], batch["input_reference_saliency_pts"]
+    target[0, 1] = target[0, 0]  # two descriptions of scene 0 share their target
+    reference[0, 2] = target[0, 0]  # and a third has it as its reference
+    target[1, 0] = target[0, 0]  # scene 1: the same map over its own points
+    network = small_network("SemAbsVOOL")
+    sizes = []
+    network.completion_net.vol_feature_extractor.register_forward_hook(
+        lambda module, inputs, output: sizes.append(len(inputs[0]))
+    )
+
+    def logits_and_gradients():
+        network.zero_grad()
+        logits = network(**batch)
+        logits.square().mean().backward()
+        grads = {n: p.grad.clone() for n, p in network.named_parameters() if p.grad is not None}
+        return logits.detach(), grads
+
+    logits, grads = logits_and_gradients()
+    every_row = lambda features, rows_per_scene: (torch.arange(len(features)),) * 2  # noqa: E731
+    monkeypatch.setattr(net, "distinct_rows", every_row)
+    expected_logits, expected_grads = logits_and_gradients()
+    assert sizes == [2 * 2 * 3 - 2, 2 * 2 * 3]
+    torch.testing.assert_close(logits, expected_logits)
+    assert grads.keys() == expected_grads.keys()
+    for name, grad in grads.items():
+        torch.testing.assert_close(grad, expected_grads[name], rtol=1e-4, atol=1e-6, msg=name)
+
+
+def test_vool_descriptions_on_shared_points_equal_one_description_at_a_time():
+    """Evaluation queries every description at the scene's points: each volume is then sampled
+    once, with the logits of running the descriptions one by one."""
+    batch = random_batch("SemAbsVOOL", batch=2, rows=3)
+    batch["output_xyz_pts"] = batch["output_xyz_pts"][:, :1].expand(-1, 3, -1, -1)
+    batch["input_reference_saliency_pts"][:, 2] = batch["input_target_saliency_pts"][:, 0]
+    network = small_network("SemAbsVOOL").eval()
+    with torch.no_grad():
+        logits = network(**batch)
+        one_by_one = tasks.chunked_forward(network, batch, tasks.VOOL_ROW_KEYS, rows=3)
+    torch.testing.assert_close(logits, one_by_one, rtol=1e-5, atol=1e-5)
 
 
 def test_vool_relation_offsets_shift_each_row_by_its_relation():
