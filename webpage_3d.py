@@ -22,6 +22,9 @@ from saliency import CONFIGS  # noqa: E402
 from utils import InputError  # noqa: E402
 
 VIEW_HEIGHT = 420
+# the views' first camera (alpha, beta, radius): behind the scene's camera, which looks along +x in
+# the demo's scenes, 30 degrees above the horizon (glTF's y-up frame, scene_glb.py)
+CAMERA = (180, 60, None)
 
 
 def setup_line(checkpoints: dict[str, Path | None], data: Path | None) -> str:
@@ -75,7 +78,9 @@ def scene_tab(
             scene = gr.Dropdown(list(choices), value=first.label, label="scene", elem_id="scene")
             summary = gr.Markdown(scene_query.scene_summary(first), elem_id="scene-summary")
             with gr.Accordion(
-                "your RGB-D frame (visualize.py rgbd-scene's conventions)", open=False
+                "your RGB-D frame (visualize.py rgbd-scene's conventions)",
+                open=False,
+                elem_id="upload-3d",
             ):
                 color = gr.File(label="colour image", type="filepath", elem_id="upload-color")
                 depth = gr.File(
@@ -91,7 +96,7 @@ def scene_tab(
                     type="filepath",
                 )
                 opengl = gr.Checkbox(label="the pose has OpenGL camera axes (ARKit)")
-            with gr.Accordion("networks and settings", open=False):
+            with gr.Accordion("networks and settings", open=False, elem_id="settings-3d"):
                 ovssc_checkpoint = gr.Textbox(
                     str(checkpoints["ovssc"] or ""), label="OVSSC checkpoint", elem_id="ovssc-ckpt"
                 )
@@ -103,7 +108,9 @@ def scene_tab(
                     label="query grid per axis (visualize.py: 240; time grows with its cube)",
                 )  # fmt: skip
                 cutoff = gr.Number(
-                    scene_query.VOOL_CUTOFF, label="VOOL cutoff: the region is logit > cutoff"
+                    scene_query.VOOL_CUTOFF,
+                    label="VOOL cutoff: the region is logit > cutoff",
+                    elem_id="vool-cutoff",
                 )
                 config = gr.Radio(
                     list(CONFIGS), value="fast", label="relevancy config (pickles and uploads)"
@@ -122,14 +129,16 @@ def scene_tab(
             with gr.Row():
                 ovssc_view = gr.Model3D(
                     label="completion", elem_id="ovssc-view", height=VIEW_HEIGHT,
-                    clear_color=(1, 1, 1, 1),
+                    clear_color=(1, 1, 1, 1), camera_position=CAMERA,
                 )  # fmt: skip
                 truth_view = gr.Model3D(
                     label="ground truth", elem_id="ovssc-truth", height=VIEW_HEIGHT,
-                    clear_color=(1, 1, 1, 1),
+                    clear_color=(1, 1, 1, 1), camera_position=CAMERA,
                 )  # fmt: skip
             ovssc_iou = gr.Markdown(elem_id="ovssc-iou")
-            ovssc_files = gr.File(label="downloads", file_count="multiple", elem_id="ovssc-files")
+            ovssc_files = gr.File(
+                label="downloads", file_count="multiple", elem_id="ovssc-files", height=140
+            )
 
             gr.Markdown("### VOOL: where is it?")
             with gr.Row():
@@ -149,10 +158,12 @@ def scene_tab(
             vool_status = gr.Markdown(elem_id="vool-status")
             vool_view = gr.Model3D(
                 label="prediction (blue) and ground truth (red) over the scene's points",
-                elem_id="vool-view", height=VIEW_HEIGHT, clear_color=(1, 1, 1, 1),
+                elem_id="vool-view", height=VIEW_HEIGHT, clear_color=(1, 1, 1, 1), camera_position=CAMERA,
             )  # fmt: skip
             vool_iou = gr.Markdown(elem_id="vool-iou")
-            vool_files = gr.File(label="downloads", file_count="multiple", elem_id="vool-files")
+            vool_files = gr.File(
+                label="downloads", file_count="multiple", elem_id="vool-files", height=140
+            )
 
     def on_scene(label):
         choice = choices[label]

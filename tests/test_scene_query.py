@@ -131,8 +131,12 @@ def test_vool_answer_of_a_stored_description_with_ground_truth(trained_scene, qu
     assert "no ground truth" in answer.status
 
 
-def test_bad_requests_are_one_line_and_the_next_one_works(trained_scene, queries, tmp_path,
-                                                           monkeypatch):  # noqa: F811  # fmt: skip
+def test_bad_requests_are_one_line_and_the_next_one_works(
+    trained_scene,  # noqa: F811
+    queries,
+    tmp_path,
+    monkeypatch,
+):
     choice = held_out(trained_scene)
     ckpt = trained_scene.checkpoints
     no_relevancy = tmp_path / "bare"
