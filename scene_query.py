@@ -9,7 +9,7 @@ request builds inference.py's `SceneRun` and calls `run_ovssc` or `run_vool`, wh
 built from those files (scene_glb.py). Loaded networks and the last scene's inputs are kept
 between requests.
 
-IoU, on visualize's query grid (docs/visualization.md#the-3d-tab): per OVSSC class, the voxels of
+IoU, on visualize's query grid (docs/visualization.md#the-3d-tab-apppy): per OVSSC class, the voxels of
 the completion against the ground-truth voxels of that class (both cut to the camera frustum and
 TSDF <= 0, as the completion); for a VOOL description, the grid points whose logit exceeds the
 page's cutoff against the grid points nearest to the target object's ground-truth points.

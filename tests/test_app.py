@@ -199,6 +199,8 @@ def test_app_and_generate_relevancy_serve_the_page_on_localhost(tmp_path):
                 assert response.status == 200 and b"gradio" in response.read().lower()
             ids = {c.get("props", {}).get("elem_id") for c in config["components"]}
             assert {"image", "labels", "config", "run", "maps", "status"} <= ids, (script, ids)
+            tab_3d = {"scene", "ovssc-run", "ovssc-view", "description", "vool-run", "vool-view"}
+            assert (tab_3d <= ids) == (script == "app.py"), (script, ids)
     finally:
         for server in servers.values():
             server.terminate()
