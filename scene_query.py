@@ -17,7 +17,6 @@ page's cutoff against the grid points nearest to the target object's ground-trut
 
 from __future__ import annotations
 
-import pickle
 import re
 import shutil
 import tempfile
@@ -89,10 +88,9 @@ def split_rank(split: str) -> tuple[int, str]:
 
 def scene_splits(data: Path) -> dict[str, str]:
     """Scene file name -> its first split in ssc_split.pkl (held-out ones before train)."""
-    path = data / scene_file.SPLIT_FILES["ovssc"]
     try:
-        splits = pickle.loads(path.read_bytes())
-    except (OSError, pickle.UnpicklingError, EOFError):
+        splits = scene_file.load_split_lists(data, "ovssc")
+    except InputError:  # no split pickle (or not one): every scene is in no split
         return {}
     first = {}
     for split in sorted(splits, key=split_rank):
