@@ -604,10 +604,11 @@ def write_completion_npz(run: SceneRun, logits: np.ndarray, labels: np.ndarray, 
     )
 
 
-def run_vool(run: SceneRun) -> None:
+def run_vool(run: SceneRun) -> list[np.ndarray]:
     """Localise every description: <description>.ply, scene_rgb.ply and localization.npz in
-    run.out_dir."""
+    run.out_dir. Returns each description's (G^3,) logits over the query grid."""
     descriptions = run.frame.descriptions
+    grid_logits_of = []
     bar = run.chunk_bar(len(descriptions))
     taken: set[str] = {"scene_rgb"}
     npz = {"descriptions": [], "file_stems": [], "index": [], "xyz": [], "logit": []}
@@ -615,6 +616,7 @@ def run_vool(run: SceneRun) -> None:
         logits = run.logits(
             lambda index, d=description: vool_batch(run.approach, run.inputs, d, index), bar
         )
+        grid_logits_of.append(logits)
         xyz, kept_logits, colors = vool_points(logits, run.grid)
         name = description_name(*description)
         stem = safe_name(name, taken)
@@ -627,6 +629,7 @@ def run_vool(run: SceneRun) -> None:
     bar.close()
     write_scene_cloud(run)  # draws from run.rng after every description, as before
     write_localization_npz(run, npz)
+    return grid_logits_of
 
 
 def write_scene_cloud(run: SceneRun) -> None:

@@ -1,12 +1,14 @@
 """The local web page for relevancy maps (the paper's public demo, on the user's own machine):
-a gradio Blocks page built by `build_demo`, whose button runs `compute`, and `serve`, which
-launches it. `python app.py` and `python generate_relevancy.py serve` both serve it.
+`relevancy_tab` lays out the components, whose button runs `compute`; `build_demo` makes them a
+page of their own and `serve` launches it (`python generate_relevancy.py serve`). `python app.py`
+serves them as the first tab of app_page.py's page, beside the 3D tab (webpage_3d.py).
 
 Upload an image (or pick the bundled one), type labels and a prompt template, choose the config
 and the CLIP model, and see each label's map over the image; the raw maps (.npy) and the figure
 (.png) can be downloaded. Requests run one at a time: a second one waits in the queue. Without
 CLIP weights the page says so and offers random weights only as a labelled smoke test. The maths
-is relevancy.py's and the figure figures.py's; nothing but this file imports gradio.
+is relevancy.py's and the figure figures.py's; only the page modules (webpage.py, webpage_3d.py,
+app_page.py) import gradio.
 Colours: docs/relevancy.md#the-image-command-and-its-figure.
 """
 
@@ -134,72 +136,78 @@ def compute(image_path, labels_text, prompt, config_name, model, weights, extrac
     return gallery, str(figure_path), [str(maps_path), str(figure_path)], status
 
 
+def relevancy_tab(
+    checkpoint: Path | None = None,
+    device: str = "auto",
+    models: tuple[str, ...] = MODELS,
+    weights: str | None = None,
+) -> None:
+    """The relevancy page's components, inside the caller's Blocks (or one of its tabs)."""
+    extractors = Extractors(device, checkpoint)
+    choices, default_weights, weights_line = weights_status(checkpoint)
+    examples = (
+        [str(relevancy_image.DEFAULT_IMAGE)] if relevancy_image.DEFAULT_IMAGE.is_file() else []
+    )
+    gr.Markdown(
+        "## Semantic Abstraction: multi-scale CLIP relevancy\n"
+        "Each label's relevancy map over the image (Ha & Song, CoRL 2022). Blue tints what is "
+        "not relevant; relevant parts stay clear. `ours` runs thousands of crop forwards "
+        "(minutes on a CPU); `fast` and `chefer_et_al` take seconds."
+    )
+    gr.Markdown(weights_line, elem_id="weights-status")
+    with gr.Row():
+        with gr.Column():
+            image = gr.Image(type="filepath", label="image", elem_id="image", height=320)
+            if examples:
+                gr.Examples(examples=examples, inputs=image, label="bundled image")
+            labels = gr.Textbox(
+                value="vase, lamp, table, wooden floor",
+                label="labels, separated by commas",
+                elem_id="labels",
+            )
+            prompt = gr.Textbox(value=relevancy.HOME_PROMPT, label="prompt template ({} = label)")
+            config = gr.Radio(list(CONFIGS), value="fast", label="config", elem_id="config")
+            model = gr.Dropdown(
+                list(models), value=models[0], label="CLIP model", interactive=checkpoint is None
+            )
+            weight_choice = gr.Radio(
+                choices, value=weights or default_weights, label="weights", elem_id="weights"
+            )
+            run = gr.Button("Compute relevancy", variant="primary", elem_id="run")
+        with gr.Column():
+            status = gr.Markdown(elem_id="status")
+            gallery = gr.Gallery(label="maps", columns=2, elem_id="maps", height="auto")
+            figure = gr.Image(label="figure", type="filepath", elem_id="figure")
+            files = gr.File(
+                label="downloads: raw maps (.npy) and figure (.png)", file_count="multiple"
+            )
+
+    def on_run(image_path, labels_text, prompt_text, config_name, model_name, weights_name,
+               progress=gr.Progress()):  # fmt: skip
+        try:
+            return compute(
+                image_path, labels_text, prompt_text, config_name, model_name,
+                weights_name, extractors, progress,
+            )  # fmt: skip
+        except InputError as error:
+            raise gr.Error(str(error)) from error
+
+    run.click(
+        on_run,
+        inputs=[image, labels, prompt, config, model, weight_choice],
+        outputs=[gallery, figure, files, status],
+    )
+
+
 def build_demo(
     checkpoint: Path | None = None,
     device: str = "auto",
     models: tuple[str, ...] = MODELS,
     weights: str | None = None,
 ) -> gr.Blocks:
-    extractors = Extractors(device, checkpoint)
-    choices, default_weights, weights_line = weights_status(checkpoint)
-    examples = (
-        [str(relevancy_image.DEFAULT_IMAGE)] if relevancy_image.DEFAULT_IMAGE.is_file() else []
-    )
+    """The relevancy page alone (`generate_relevancy.py serve`); app.py adds the 3D tab."""
     with gr.Blocks(title="Semantic Abstraction: CLIP relevancy") as demo:
-        gr.Markdown(
-            "## Semantic Abstraction: multi-scale CLIP relevancy\n"
-            "Each label's relevancy map over the image (Ha & Song, CoRL 2022). Blue tints what is "
-            "not relevant; relevant parts stay clear. `ours` runs thousands of crop forwards "
-            "(minutes on a CPU); `fast` and `chefer_et_al` take seconds."
-        )
-        gr.Markdown(weights_line, elem_id="weights-status")
-        with gr.Row():
-            with gr.Column():
-                image = gr.Image(type="filepath", label="image", elem_id="image", height=320)
-                if examples:
-                    gr.Examples(examples=examples, inputs=image, label="bundled image")
-                labels = gr.Textbox(
-                    value="vase, lamp, table, wooden floor",
-                    label="labels, separated by commas",
-                    elem_id="labels",
-                )
-                prompt = gr.Textbox(
-                    value=relevancy.HOME_PROMPT, label="prompt template ({} = label)"
-                )
-                config = gr.Radio(list(CONFIGS), value="fast", label="config", elem_id="config")
-                model = gr.Dropdown(
-                    list(models),
-                    value=models[0],
-                    label="CLIP model",
-                    interactive=checkpoint is None,
-                )
-                weight_choice = gr.Radio(
-                    choices, value=weights or default_weights, label="weights", elem_id="weights"
-                )
-                run = gr.Button("Compute relevancy", variant="primary", elem_id="run")
-            with gr.Column():
-                status = gr.Markdown(elem_id="status")
-                gallery = gr.Gallery(label="maps", columns=2, elem_id="maps", height="auto")
-                figure = gr.Image(label="figure", type="filepath", elem_id="figure")
-                files = gr.File(
-                    label="downloads: raw maps (.npy) and figure (.png)", file_count="multiple"
-                )
-
-        def on_run(image_path, labels_text, prompt_text, config_name, model_name, weights_name,
-                   progress=gr.Progress()):  # fmt: skip
-            try:
-                return compute(
-                    image_path, labels_text, prompt_text, config_name, model_name,
-                    weights_name, extractors, progress,
-                )  # fmt: skip
-            except InputError as error:
-                raise gr.Error(str(error)) from error
-
-        run.click(
-            on_run,
-            inputs=[image, labels, prompt, config, model, weight_choice],
-            outputs=[gallery, figure, files, status],
-        )
+        relevancy_tab(checkpoint, device, models, weights)
     demo.queue(default_concurrency_limit=1, max_size=32)  # a second request waits its turn
     return demo
 
