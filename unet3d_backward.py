@@ -1,29 +1,76 @@
 """The residual UNet's own backward pass (spec: models.md section 1.3; docs/performance.md).
 
 GroupNormConv3d, the fused conv3d(group_norm(x)) autograd function that unet3d.SingleConv runs, keeps
-x instead of the normalised tensor; its backward pass uses ATen's kernels, or on large CPU volumes
-(own_backward) the hand-written ones here: conv3d_weight_grad (the conv3d weight gradient from plain
-row ranges of zero-padded channels-last tables) and group_norm_backward. Same values as ATen's up to
-float rounding.
+x instead of the normalised tensor; its backward pass uses ATen's kernels, or on large CPU volumes the
+hand-written ones here where they are the faster ones on this CPU (faster_kernel): conv3d_weight_grad
+(the conv3d weight gradient from plain row ranges of zero-padded channels-last tables) and
+group_norm_backward. Same values as ATen's up to float rounding.
 """
 
 from __future__ import annotations
 
 import itertools
+import logging
+import os
+import time
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
 
+from utils import InputError
+
 # conv3d_weight_grad: grad_out bytes per chunk of rows, and matrix products per chunk and kernel tap.
 WEIGHT_GRAD_CHUNK_BYTES, WEIGHT_GRAD_SPLIT = 2 << 20, 2
-# CPU volumes from which the backward pass computes the weight gradient and GroupNorm's backward
-# itself instead of with ATen's kernels: on smaller ones those were as fast or faster (2 AVX2 cores).
+# CPU volumes from which our kernels compete with ATen's: on smaller ones ATen's were as fast or
+# faster (2 AVX2 cores), and timing them would cost more than it could save.
 OWN_BACKWARD_MIN_VOXELS = 128**3
+# Which kernels run on those volumes: "auto" times ours against ATen's once per shape and thread
+# count, on first use, and keeps the faster (as cudnn.benchmark does); "own" or "aten" fixes it.
+KERNELS_ENV, KERNEL_CHOICES = "SEMABS_CPU_KERNELS", ("auto", "own", "aten")
+_faster: dict[tuple, str] = {}  # (kernel, shape, dtype, threads) -> "own" or "aten"
 
 
-def own_backward(x: torch.Tensor) -> bool:
-    """Whether GroupNormConv3d's backward pass on volumes x [B, C, D, H, W] uses our kernels."""
-    return x.device.type == "cpu" and x[0, 0].numel() >= OWN_BACKWARD_MIN_VOXELS
+def kernel_choice() -> str:
+    """SEMABS_CPU_KERNELS: auto (default), own or aten."""
+    choice = os.environ.get(KERNELS_ENV, "auto") or "auto"
+    if choice not in KERNEL_CHOICES:
+        raise InputError(
+            f"{KERNELS_ENV} must be one of {', '.join(KERNEL_CHOICES)}, got {choice!r}"
+        )
+    return choice
+
+
+def faster_kernel(name: str, x: torch.Tensor, own: Callable, aten: Callable):
+    """own() or aten(), the same values up to float rounding: ATen's on a GPU and on CPU volumes x
+    [B, C, D, H, W] under OWN_BACKWARD_MIN_VOXELS, else as kernel_choice() says. "auto" runs both
+    twice, alternating, on the first call for x's shape and the thread count, keeps the faster for
+    the rest of the process, and logs it. Which wins depends on the CPU (AVX2 or AVX-512, oneDNN's
+    kernels for it) and on its load (ours make many small parallel calls, which lose on a busy CPU).
+    """
+    if x.device.type != "cpu" or x[0, 0].numel() < OWN_BACKWARD_MIN_VOXELS:
+        return aten()
+    choice = kernel_choice()
+    if choice != "auto":
+        return own() if choice == "own" else aten()
+    key = (name, tuple(x.shape), x.dtype, torch.get_num_threads())
+    if key in _faster:
+        return own() if _faster[key] == "own" else aten()
+    seconds: dict[str, float] = {}
+    results = {}
+    for _ in range(2):
+        for kernel, run in (("own", own), ("aten", aten)):
+            results.pop(kernel, None)  # at most one result of each kept while timing
+            start = time.perf_counter()
+            results[kernel] = run()
+            elapsed = time.perf_counter() - start
+            seconds[kernel] = min(seconds.get(kernel, elapsed), elapsed)
+    _faster[key] = min(seconds, key=seconds.get)
+    logging.getLogger(__name__).info(
+        "%s on %s, %d threads: ours %.3f s, ATen's %.3f s; %s kept",
+        name, list(x.shape), key[3], seconds["own"], seconds["aten"], _faster[key],
+    )  # fmt: skip
+    return results[_faster[key]]
 
 
 def weight_grad_layout(shape: torch.Size, out_channels: int) -> tuple[int, int, int]:
@@ -86,35 +133,52 @@ def conv3d_weight_grad(grad_out: torch.Tensor, input_rows: torch.Tensor) -> torc
 
 def normalised_conv_weight_grad(grad_out, x, scale, shift, weight) -> torch.Tensor:
     """Gradient of conv3d(x * scale + shift, weight, padding=1) with respect to weight, the normalised
-    input recomputed: if own_backward(x) straight into conv3d_weight_grad's padded rows (~0.4 s less
-    per default OVSSC training step on 2 cores, 3%), else for convolution_backward.
+    input recomputed: by ATen's convolution_backward, or by conv3d_weight_grad where faster_kernel
+    picks it, the input normalised straight into its padded rows (~0.4 s less per default OVSSC
+    training step on 2 AVX2 cores, 3%).
     """
-    if not own_backward(x):
+
+    def aten():
         normalised = torch.addcmul(shift, x, scale)
         return torch.ops.aten.convolution_backward(
             grad_out, normalised, weight, None, [1] * 3, [1] * 3, [1] * 3, False, [0] * 3, 1,
             [False, True, False],
         )[1]  # fmt: skip
-    *_, num_input_rows = weight_grad_layout(x.shape, weight.shape[0])
-    input_rows, input_volumes = padded_volume_rows(x.shape, x.shape[1], num_input_rows, x)
-    torch.addcmul(shift, x, scale, out=input_volumes[:, :, 1:-1, 1:-1, 1:-1])
-    return conv3d_weight_grad(grad_out, input_rows)
+
+    def own():
+        *_, num_input_rows = weight_grad_layout(x.shape, weight.shape[0])
+        input_rows, input_volumes = padded_volume_rows(x.shape, x.shape[1], num_input_rows, x)
+        torch.addcmul(shift, x, scale, out=input_volumes[:, :, 1:-1, 1:-1, 1:-1])
+        return conv3d_weight_grad(grad_out, input_rows)
+
+    return faster_kernel("conv3d weight gradient", x, own, aten)
 
 
 def group_norm_backward(grad_out, x, mean, rstd, gamma, groups: int, input_grad: bool):
-    """Gradients of group_norm(x, groups, gamma, beta) for x (None unless input_grad), gamma and beta.
-
-    x, grad_out [B, C, D, H, W]; mean, rstd [B, groups] from native_group_norm. If own_backward(x),
-    from two per-channel sums, of grad_out and of grad_out * x (the diagonal of one [C, S] @ [S, C]
-    product per sample), and two multiply-add passes: ATen's channels-last kernel took twice as long
-    at 128^3 x 16 on 2 CPU cores (~0.1 s more per volume, ~0.5 s per default OVSSC training step).
-    """
+    """Gradients of group_norm(x, groups, gamma, beta) for x (None unless input_grad), gamma and beta:
+    ATen's native_group_norm_backward, or where faster_kernel picks it own_group_norm_backward."""
     batch, channels = x.shape[:2]
-    if not own_backward(x):
+
+    def aten():
         return torch.ops.aten.native_group_norm_backward(
             grad_out, x, mean, rstd, gamma, batch, channels, x[0, 0].numel(), groups,
             [input_grad, True, True],
         )  # fmt: skip
+
+    def own():
+        return own_group_norm_backward(grad_out, x, mean, rstd, gamma, groups, input_grad)
+
+    return faster_kernel("GroupNorm backward", x, own, aten)
+
+
+def own_group_norm_backward(grad_out, x, mean, rstd, gamma, groups: int, input_grad: bool):
+    """group_norm_backward from two per-channel sums, of grad_out and of grad_out * x (the diagonal
+    of one [C, S] @ [S, C] product per sample), and two multiply-add passes: ATen's channels-last
+    kernel took twice as long at 128^3 x 16 on 2 AVX2 cores (~0.1 s more per volume, ~0.5 s per
+    default OVSSC training step). x, grad_out [B, C, D, H, W]; mean, rstd [B, groups] from
+    native_group_norm.
+    """
+    batch, channels = x.shape[:2]
     grad_flat, x_flat = grad_out.flatten(2), x.flatten(2)  # [B, C, S] views
     per_group = (batch, groups, channels // groups)
     grad_sum = grad_flat.sum(2).view(per_group)

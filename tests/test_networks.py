@@ -9,6 +9,7 @@ from net_fixtures import APPROACHES, RELATIONS, random_batch, small_network
 import net
 import unet3d
 import unet3d_backward
+from utils import InputError
 
 STATE_DICTS = {
     "ovssc_ours": ("ovssc", "semantic_abstraction"),
@@ -91,12 +92,15 @@ def test_unet_activation_checkpointing_gives_same_outputs_and_gradients():
 
 @pytest.mark.parametrize("activation, input_grad", [(True, True), (False, True), (True, False)])
 @pytest.mark.parametrize("channels_last", [False, True])
-# own_backward: the weight gradient and GroupNorm backward of ATen, or conv3d_weight_grad and ours
-@pytest.mark.parametrize("own_backward", [False, True])
+# kernels: the weight gradient and GroupNorm backward of ATen, ours (conv3d_weight_grad and
+# own_group_norm_backward), or the faster of the two, timed on first use
+@pytest.mark.parametrize("kernels", ["aten", "own", "auto"])
 def test_fused_single_conv_equals_groupnorm_conv_relu_modules(
-    monkeypatch, activation, input_grad, channels_last, own_backward
+    monkeypatch, activation, input_grad, channels_last, kernels
 ):
-    monkeypatch.setattr(unet3d_backward, "OWN_BACKWARD_MIN_VOXELS", 0 if own_backward else 10**9)
+    monkeypatch.setattr(unet3d_backward, "OWN_BACKWARD_MIN_VOXELS", 0)
+    monkeypatch.setattr(unet3d_backward, "_faster", {})
+    monkeypatch.setenv(unet3d_backward.KERNELS_ENV, kernels)
     torch.manual_seed(0)
     block = unet3d.SingleConv(8, 6, num_groups=4, activation=activation)
     plain = torch.nn.Sequential(*block.children())  # the same modules, run one after the other
@@ -115,6 +119,43 @@ def test_fused_single_conv_equals_groupnorm_conv_relu_modules(
     torch.testing.assert_close(fused, expected, atol=1e-5, rtol=1e-5)
     for got, want in zip(fused_grads, expected_grads, strict=True):
         torch.testing.assert_close(got, want, atol=1e-4, rtol=1e-5)
+
+
+def test_faster_kernel_times_both_once_per_shape_and_keeps_the_faster(monkeypatch, caplog):
+    clock, calls = [0.0], []
+
+    def kernel(name, seconds):
+        def run():
+            calls.append(name)
+            clock[0] += seconds
+            return name
+
+        return run
+
+    monkeypatch.setattr(unet3d_backward.time, "perf_counter", lambda: clock[0])
+    monkeypatch.setattr(unet3d_backward, "_faster", {})
+    monkeypatch.setattr(unet3d_backward, "OWN_BACKWARD_MIN_VOXELS", 8)
+    monkeypatch.delenv(unet3d_backward.KERNELS_ENV, raising=False)
+    own, aten = kernel("own", 2.0), kernel("aten", 1.0)
+    large, small = torch.zeros(1, 2, 2, 2, 2), torch.zeros(1, 2, 1, 2, 2)
+    with caplog.at_level("INFO", logger="unet3d_backward"):
+        assert unet3d_backward.faster_kernel("k", large, own, aten) == "aten"
+    assert calls == ["own", "aten", "own", "aten"] and "ours 2.000 s, ATen's 1.000 s" in caplog.text
+    calls.clear()
+    assert unet3d_backward.faster_kernel("k", large, own, aten) == "aten" and calls == ["aten"]
+    # another shape is timed anew, and there ours is faster; small volumes always run ATen's
+    slow_aten = kernel("aten", 3.0)
+    assert (
+        unet3d_backward.faster_kernel("k", large.expand(2, -1, -1, -1, -1), own, slow_aten) == "own"
+    )
+    calls.clear()
+    assert unet3d_backward.faster_kernel("k", small, own, aten) == "aten" and calls == ["aten"]
+    for choice in ("own", "aten"):  # the environment fixes the choice
+        monkeypatch.setenv(unet3d_backward.KERNELS_ENV, choice)
+        assert unet3d_backward.faster_kernel("k", large, own, aten) == choice
+    monkeypatch.setenv(unet3d_backward.KERNELS_ENV, "fastest")
+    with pytest.raises(InputError, match="SEMABS_CPU_KERNELS must be one of auto, own, aten"):
+        unet3d_backward.faster_kernel("k", large, own, aten)
 
 
 @pytest.mark.parametrize("chunk_bytes", [unet3d_backward.WEIGHT_GRAD_CHUNK_BYTES, 4 * 6 * 2 * 20])
