@@ -2,10 +2,19 @@
 clip, LAMB step) and peak memory, at the default config and at a small one, beside the original's way
 of computing the default OVSSC network (bench/original_style.py) measured in the same run.
 
-    python bench/networks.py                      # all cases, CPU, 2 threads
+    python bench/networks.py                      # all cases, CPU, 2 threads (ovssc-demo too)
     python bench/networks.py --case ovssc-default --case ovssc-original-style --repeats 2
     python bench/networks.py --case ovssc-default --activation-checkpointing
     python bench/networks.py --device cuda
+    python bench/networks.py --compare-precision ovssc-default --repeats 2   # fp32, bf16, original
+
+--compare-precision CASE (an OVSSC case) runs three training steps side by side in one process, on
+the same weights and inputs, alternating: ours in fp32, ours under bf16 autocast (as `--use_amp
+--amp_dtype bf16` trains), and the original-style stand-in in fp32. It prints each one's step time
+and how far its loss and gradients (those of the first step, from the same weights) are from ours
+in fp32: |loss - loss_fp32| / |loss_fp32|, and ||g - g_fp32|| / ||g_fp32|| over all parameters and
+for the worst parameter tensor (named). On a CPU without AMX or AVX512-BF16 bf16 is emulated
+(~200x slower convolutions), so there only the demo's size (`ovssc-demo`) finishes in minutes.
 
 Each case runs in a fresh process so that its peak memory (max RSS on CPU, max allocated on CUDA) is
 its own. The original itself, on a quiet 2-core CPU of another session (models.md 6): 11.6-13.2 s per
@@ -31,6 +40,7 @@ CASES = {
     "ovssc-original-style": ("SemAbs3D", {}, 80_000, 400_000),  # bench/original_style.py
     "vool-default": ("SemAbsVOOL", {}, 80_000, 400_000),
     "ovssc-small": ("SemAbs3D", dict(voxel_shape=(64, 64, 64), unet_num_levels=5), 20_000, 50_000),
+    "ovssc-demo": ("SemAbs3D", dict(voxel_shape=(32, 32, 32), unet_num_levels=4), 8_000, 8_000),
     "vool-small": ("SemAbsVOOL", dict(voxel_shape=(64, 64, 64), unet_num_levels=5), 20_000, 50_000),
 }
 REFERENCE_CASE = "ovssc-original-style"
@@ -66,7 +76,9 @@ def original_style_twin(network, batch):
     from original_style import OriginalStyleSemAbs3D
 
     grid = network.virtual_grid
-    twin = OriginalStyleSemAbs3D([grid.lower.tolist(), grid.upper.tolist()])
+    levels = len(network.vol_feature_extractor.encoders)
+    bounds = [grid.lower.tolist(), grid.upper.tolist()]
+    twin = OriginalStyleSemAbs3D(bounds, grid=grid.grid_shape[0], levels=levels)
     twin = twin.to(batch["input_xyz_pts"].device)
     twin.load_state_dict(network.state_dict())
     check = dict(batch, output_xyz_pts=batch["output_xyz_pts"][:, :, :20_000])
@@ -138,14 +150,108 @@ def run_case(
     queue.put(dict(case=case, forward_s=forward_s, step_s=step_s, peak_gb=peak_gb))
 
 
+def compare_precisions(case: str, device: str, threads: int, repeats: int, queue) -> None:
+    """Ours in fp32, ours under bf16 autocast and the original-style network in fp32: training steps
+    alternating, from the same weights and batch; see the module docstring."""
+    import copy
+
+    import torch
+
+    import net
+    from lamb import Lamb
+
+    torch.set_num_threads(threads)
+    name, overrides, num_input, num_output = CASES[case]
+    if name != "SemAbs3D":
+        raise SystemExit(f"--compare-precision takes an OVSSC case, not {case}")
+    ours = net.SemAbs3D(**overrides).to(device)
+    batch, labels = make_batch(name, num_input, num_output, device)
+    networks = {
+        "ours fp32": (ours, False),
+        "ours bf16 autocast": (copy.deepcopy(ours), True),
+        "original-style fp32": (original_style_twin(ours, batch), False),
+    }
+    optimizers = {
+        kind: Lamb(network.parameters(), lr=1e-3, weight_decay=1e-5)
+        for kind, (network, _) in networks.items()
+    }
+    first, seconds = {}, {kind: [] for kind in networks}
+    for round_ in range(repeats + 1):  # the first round is the warm-up, and the one compared
+        for kind, (network, bf16) in networks.items():
+            network.train()
+            optimizers[kind].zero_grad(set_to_none=True)
+            start = time.perf_counter()
+            with torch.autocast(torch.device(device).type, torch.bfloat16, enabled=bf16):
+                logits = network(**batch)
+                loss = torch.nn.functional.binary_cross_entropy_with_logits(logits, labels)
+            loss.backward()
+            if round_ == 0:
+                grads = {
+                    n: p.grad.detach().double().flatten() for n, p in network.named_parameters()
+                }
+                first[kind] = (loss.item(), {n: g.clone() for n, g in grads.items()})
+            torch.nn.utils.clip_grad_norm_(network.parameters(), 2.0)
+            optimizers[kind].step()
+            if device.startswith("cuda"):
+                torch.cuda.synchronize()
+            if round_ > 0:
+                seconds[kind].append(time.perf_counter() - start)
+    reference_loss, reference_grads = first["ours fp32"]
+    results = []
+    for kind, (loss, grads) in first.items():
+        per_tensor = {
+            name: float((grads[name] - r).norm() / r.norm().clamp_min(1e-30))
+            for name, r in reference_grads.items()
+        }
+        worst = max(per_tensor, key=per_tensor.get)
+        difference = torch.cat([grads[name] - r for name, r in reference_grads.items()])
+        results.append(
+            dict(
+                kind=kind,
+                step_s=min(seconds[kind]) if seconds[kind] else float("nan"),
+                loss=loss,
+                loss_relative=abs(loss - reference_loss) / abs(reference_loss),
+                grad_relative=float(
+                    difference.norm() / torch.cat([*reference_grads.values()]).norm()
+                ),
+                worst_tensor=worst,
+                worst_tensor_relative=per_tensor[worst],
+            )
+        )
+    queue.put(results)
+
+
 def main(
     case: list[str] = typer.Option(list(CASES), help="cases to run"),
     device: str = "cpu",
     threads: int = 2,
     activation_checkpointing: bool = typer.Option(False, help="recompute UNet blocks in backward"),
     repeats: int = typer.Option(1, help="timed repeats after one warm-up; the minimum is reported"),
+    compare_precision: str = typer.Option(
+        None, help="an OVSSC case: fp32, bf16 autocast and original-style steps side by side"
+    ),
 ) -> None:
+    import processes
+
+    print(f"{time.strftime('%Y-%m-%d')}, {processes.cpu_description()}, {threads} threads")
     context = mp.get_context("spawn")
+    if compare_precision is not None:
+        queue = context.Queue()
+        args = (compare_precision, device, threads, repeats, queue)
+        process = context.Process(target=compare_precisions, args=args)
+        process.start()
+        process.join()
+        if process.exitcode != 0:
+            raise SystemExit(f"{compare_precision}: failed (exit code {process.exitcode})")
+        for row in queue.get():
+            print(
+                f"{compare_precision} {row['kind']:20s} train step {row['step_s']:7.2f} s   loss "
+                f"{row['loss']:.6f} (relative difference {row['loss_relative']:.1e})   gradients: "
+                f"relative difference {row['grad_relative']:.1e}, worst tensor "
+                f"{row['worst_tensor_relative']:.1e} ({row['worst_tensor']})",
+                flush=True,
+            )
+        return
     results = []
     for name in case:
         queue = context.Queue()
