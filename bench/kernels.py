@@ -7,6 +7,7 @@ convolution forward, input gradient and weight gradient.
     python bench/kernels.py                       # 128^3 x 16 channels, 2 threads, 4 rounds
     python bench/kernels.py --threads 1 --size 64 --rounds 3
     ONEDNN_VERBOSE=1 python bench/kernels.py | grep exec    # which oneDNN kernels ran
+    python bench/kernels.py --size 64 --rounds 2 --bf16       # and fp32 against bf16
 
 Prints the medians of each pair (first / second, and their ratio), and the largest relative
 difference between the two results of each backward pair (float rounding). What the training step
@@ -45,6 +46,11 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=128, help="volume side")
     parser.add_argument("--channels", type=int, default=16)
     parser.add_argument("--rounds", type=int, default=4, help="timed runs of each, alternating")
+    parser.add_argument(
+        "--bf16",
+        action="store_true",
+        help="also fp32 against bf16: the convolution forward, and a ViT-B-32 linear layer",
+    )
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
@@ -91,6 +97,18 @@ def main() -> None:
             lambda: weight_grad(grad_first, x_first, weight_first),
         ),
     }
+    if args.bf16:
+        low = [t.to(torch.bfloat16) for t in (x, weight)]
+        tokens, linear = torch.randn(1600, 768), torch.randn(2304, 768)  # 32 crops x 50 tokens
+        tokens_low, linear_low = tokens.to(torch.bfloat16), linear.to(torch.bfloat16)
+        pairs["convolution forward: fp32 / bf16"] = (
+            lambda: F.conv3d(x, weight, padding=1),
+            lambda: F.conv3d(*low, padding=1),
+        )
+        pairs["linear [1600, 768] x [768, 2304]: fp32 / bf16"] = (
+            lambda: F.linear(tokens, linear),
+            lambda: F.linear(tokens_low, linear_low),
+        )
     print(
         f"{time.strftime('%Y-%m-%d')}, {processes.cpu_description()}, {args.threads} threads, "
         f"{size}^3 x {channels} channels, medians of {args.rounds}"

@@ -8,6 +8,7 @@ tail) and the straightforward per-label `autograd.grad` computation, relative to
 
     python bench/relevancy.py --threads 2                        # fp32 and bf16, all three configs
     python bench/relevancy.py --precision fp32 --saliency-config fast
+    python bench/relevancy.py --saliency-config fast --profile 16    # and where a batch's time goes
     python bench/relevancy.py --device cuda --precision fp32 fp16 --resize torch --batch-size 0
 
 For each config, one line per precision (seconds per image, CPU seconds, ratio to the bare crop
@@ -96,6 +97,23 @@ def map_agreement(reference: torch.Tensor, other: torch.Tensor, top_fraction: fl
     )
 
 
+def profile_by_operator(extractors, crops: int, device: torch.device, rows: int = 8) -> None:
+    """Seconds of one crop_relevancy batch in each precision, and its costliest operators (self
+    CPU time, PyTorch's profiler): which run in reduced precision, and the casts around them."""
+    batch = torch.randn(crops, 3, 224, 224, device=device)
+    for precision, extractor in extractors.items():
+        text = extractor.text_features(LABELS, [relevancy.HOME_PROMPT]).to(device)
+        extractor.crop_relevancy(batch, text)  # warm-up
+        with torch.profiler.profile() as profile:
+            _, seconds, _ = timed(partial(extractor.crop_relevancy, batch, text))
+        print(f"one batch of {crops} crops, {precision}: {seconds:.2f} s; by operator:")
+        events = sorted(profile.key_averages(), key=lambda e: e.self_cpu_time_total, reverse=True)
+        for event in events[:rows]:
+            print(
+                f"    {event.key:45s} {event.self_cpu_time_total / 1e6:7.2f} s  {event.count} calls"
+            )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -116,6 +134,19 @@ def main() -> None:
     )
     parser.add_argument("--resize", default=None, choices=list(saliency.RESIZES))
     parser.add_argument("--top-percent", type=float, default=5.0, help="k of the top-k overlap")
+    parser.add_argument(
+        "--profile",
+        type=int,
+        default=0,
+        metavar="CROPS",
+        help="also profile one batch of CROPS crops by operator in each precision",
+    )
+    parser.add_argument(
+        "--floor-repeats",
+        type=int,
+        default=3,
+        help="0: no crop-forward floor (emulated bf16: slow)",
+    )
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     device = torch.device(args.device)
@@ -140,12 +171,16 @@ def main() -> None:
     )
     floors = {}
     for precision, extractor in extractors.items():
-        floors[precision] = bare_crop_forward_s(extractor)
+        if not args.floor_repeats:
+            continue
+        floors[precision] = bare_crop_forward_s(extractor, args.floor_repeats)
         print(
             f"bare no-grad ViT-B-32 crop forward, {precision} (batch {extractor.batch_size}): "
             f"{floors[precision][0] * 1000:.1f} ms/crop wall, {floors[precision][1] * 1000:.1f} "
             "ms/crop CPU"
         )
+    if args.profile:
+        profile_by_operator(extractors, args.profile, device)
     reference_extractor = extractors[reference_precision]
     print(
         f"per-crop maps vs per-label autograd.grad ({reference_precision}): max abs diff / range = "
@@ -162,19 +197,23 @@ def main() -> None:
                 partial(extractor, image, LABELS, config=config)
             )
             assert maps[precision].shape == (len(LABELS), height, width)
-            # the floor is re-measured after each run and averaged, to follow the machine's load
-            after = bare_crop_forward_s(extractor)
-            floor = [
-                forwards * (before + now) / 2
-                for before, now in zip(floors[precision], after, strict=True)
-            ]
-            floors[precision] = after
-            print(
+            line = (
                 f"{name:>13} {precision}: {seconds:8.2f} s/image ({cpu_seconds:.2f} s CPU), "
-                f"{forwards} crop forwards, floor {floor[0]:.2f} s ({floor[1]:.2f} s CPU), ratio "
-                f"to floor {seconds / floor[0]:.3f} wall, {cpu_seconds / floor[1]:.3f} CPU",
-                flush=True,
+                f"{forwards} crop forwards"
             )
+            if args.floor_repeats:
+                # the floor is re-measured after each run and averaged, to follow the machine's load
+                after = bare_crop_forward_s(extractor, args.floor_repeats)
+                floor = [
+                    forwards * (before + now) / 2
+                    for before, now in zip(floors[precision], after, strict=True)
+                ]
+                floors[precision] = after
+                line += (
+                    f", floor {floor[0]:.2f} s ({floor[1]:.2f} s CPU), ratio to floor "
+                    f"{seconds / floor[0]:.3f} wall, {cpu_seconds / floor[1]:.3f} CPU"
+                )
+            print(line, flush=True)
         for precision in args.precisions[1:]:
             worst, mean, overlaps = map_agreement(
                 maps[reference_precision], maps[precision], args.top_percent / 100
