@@ -88,6 +88,14 @@ def main() -> None:
             lambda: F.conv3d(x, weight, padding=1),
             lambda: F.conv3d(x_first, weight_first, padding=1),
         ),
+        # ATen sends a batch-1 volume with C*D*H <= 20480 (the demo's 32^3 x 16) to its own
+        # im2col loop (slow_conv3d) instead of oneDNN; mkldnn_convolution calls oneDNN directly
+        "convolution forward: oneDNN (mkldnn_convolution) / F.conv3d": (
+            lambda: torch.ops.aten.mkldnn_convolution(
+                x, weight, None, [1] * 3, [1] * 3, [1] * 3, 1
+            ),
+            lambda: F.conv3d(x, weight, padding=1),
+        ),
         "input gradient (conv_transpose3d): channels-last / channels-first": (
             lambda: F.conv_transpose3d(grad_out, weight, padding=1),
             lambda: F.conv_transpose3d(grad_first, weight_first, padding=1),

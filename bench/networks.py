@@ -5,6 +5,7 @@ of computing the default OVSSC network (bench/original_style.py) measured in the
     python bench/networks.py                      # all cases, CPU, 2 threads (ovssc-demo too)
     python bench/networks.py --case ovssc-default --case ovssc-original-style --repeats 2
     python bench/networks.py --case ovssc-default --activation-checkpointing
+    python bench/networks.py --case ovssc-default --profile 25   # where a step's time goes
     python bench/networks.py --device cuda
     python bench/networks.py --compare-precision ovssc-default --repeats 2   # fp32, bf16, original
 
@@ -90,7 +91,13 @@ def original_style_twin(network, batch):
 
 
 def run_case(
-    case: str, device: str, threads: int, checkpointing: bool, repeats: int, queue
+    case: str,
+    device: str,
+    threads: int,
+    checkpointing: bool,
+    repeats: int,
+    queue,
+    profile_rows: int = 0,
 ) -> None:
     import os
 
@@ -147,7 +154,29 @@ def run_case(
         peak_gb = torch.cuda.max_memory_allocated() / 1e9
     else:
         peak_gb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6  # KiB -> GB
+    if profile_rows:
+        print_profile(case, train_step, profile_rows)
     queue.put(dict(case=case, forward_s=forward_s, step_s=step_s, peak_gb=peak_gb))
+
+
+def print_profile(case: str, train_step, rows: int) -> None:
+    """One more training step under PyTorch's profiler: its costliest operators by self CPU time."""
+    import torch
+
+    with torch.profiler.profile() as profile:
+        start = time.perf_counter()
+        train_step()
+        seconds = time.perf_counter() - start
+    events = sorted(profile.key_averages(), key=lambda e: e.self_cpu_time_total, reverse=True)
+    total = sum(event.self_cpu_time_total for event in events)
+    print(f"{case}: one profiled training step, {seconds:.2f} s; by operator (self CPU time):")
+    for event in events[:rows]:
+        share = event.self_cpu_time_total / total
+        print(
+            f"    {event.key:45s} {event.self_cpu_time_total / 1e6:7.2f} s  {share:6.1%}  "
+            f"{event.count} calls",
+            flush=True,
+        )
 
 
 def compare_precisions(case: str, device: str, threads: int, repeats: int, queue) -> None:
@@ -227,6 +256,9 @@ def main(
     threads: int = 2,
     activation_checkpointing: bool = typer.Option(False, help="recompute UNet blocks in backward"),
     repeats: int = typer.Option(1, help="timed repeats after one warm-up; the minimum is reported"),
+    profile: int = typer.Option(
+        0, metavar="ROWS", help="then profile one more step: its ROWS costliest operators"
+    ),
     compare_precision: str = typer.Option(
         None, help="an OVSSC case: fp32, bf16 autocast and original-style steps side by side"
     ),
@@ -256,7 +288,8 @@ def main(
     for name in case:
         queue = context.Queue()
         process = context.Process(
-            target=run_case, args=(name, device, threads, activation_checkpointing, repeats, queue)
+            target=run_case,
+            args=(name, device, threads, activation_checkpointing, repeats, queue, profile),
         )
         process.start()
         process.join()
