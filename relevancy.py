@@ -571,7 +571,7 @@ def default_prompt(path: str | Path) -> str:
 def check_precision(precision: str, device: torch.device) -> None:
     """--precision on `device`: reduced precision only where the hardware runs it. On a CPU without
     AMX or AVX512-BF16 PyTorch emulates bf16 (matrix products in plain loops, convolutions without
-    oneDNN), about 5x slower than fp32 (docs/performance.md#relevancy); fp16 is for GPUs."""
+    oneDNN), 4-8x slower than fp32 (docs/performance.md#bf16-on-the-cpu); fp16 is for GPUs."""
     if precision not in PRECISIONS:
         raise InputError(f"unknown precision {precision!r}; choose from {', '.join(PRECISIONS)}")
     if device.type != "cpu" or precision == "fp32":
@@ -581,7 +581,7 @@ def check_precision(precision: str, device: torch.device) -> None:
     if not bf16_is_fast(device):
         raise InputError(
             f"--precision bf16 is emulated on this CPU ({torch.backends.cpu.get_cpu_capability()}: "
-            "no AMX or AVX512-BF16) and about 5x slower than fp32; use --precision fp32"
+            "no AMX or AVX512-BF16) and 4-8x slower than fp32; use --precision fp32"
         )
 
 
