@@ -8,6 +8,7 @@ of computing the default OVSSC network (bench/original_style.py) measured in the
     python bench/networks.py --case ovssc-default --profile 25   # where a step's time goes
     python bench/networks.py --device cuda
     python bench/networks.py --compare-precision ovssc-default --repeats 2   # fp32, bf16, original
+    python bench/networks.py --compare-kernels ovssc-demo --threads 1 --repeats 5  # ours, plain
 
 --compare-precision CASE (an OVSSC case) runs three training steps side by side in one process, on
 the same weights and inputs, alternating: ours in fp32, ours under bf16 autocast (as `--use_amp
@@ -16,6 +17,11 @@ and how far its loss and gradients (those of the first step, from the same weigh
 in fp32: |loss - loss_fp32| / |loss_fp32|, and ||g - g_fp32|| / ||g_fp32|| over all parameters and
 for the worst parameter tensor (named). On a CPU without AMX or AVX512-BF16 bf16 is emulated
 (~200x slower convolutions), so there only the demo's size (`ovssc-demo`) finishes in minutes.
+
+--compare-kernels CASE runs the same way, alternating in one process, ours in fp32 with the default
+CPU kernels (SEMABS_CPU_KERNELS=auto: oneDNN called directly where ATen would run its own loop, the
+hand-written backward kernels where the rule picks them) against plain PyTorch's
+(SEMABS_CPU_KERNELS=aten); each also times a forward pass without gradients (as evaluation runs it).
 
 Each case runs in a fresh process so that its peak memory (max RSS on CPU, max allocated on CUDA) is
 its own. The original itself, on a quiet 2-core CPU of another session (models.md 6): 11.6-13.2 s per
@@ -35,19 +41,23 @@ import typer
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+SMALL = dict(voxel_shape=(64, 64, 64), unet_num_levels=5)
+DEMO = dict(voxel_shape=(32, 32, 32), unet_num_levels=4)  # demo.py's network
 CASES = {
-    # name: (network, config overrides, N input points, M query points)
-    "ovssc-default": ("SemAbs3D", {}, 80_000, 400_000),
-    "ovssc-original-style": ("SemAbs3D", {}, 80_000, 400_000),  # bench/original_style.py
-    "vool-default": ("SemAbsVOOL", {}, 80_000, 400_000),
-    "ovssc-small": ("SemAbs3D", dict(voxel_shape=(64, 64, 64), unet_num_levels=5), 20_000, 50_000),
-    "ovssc-demo": ("SemAbs3D", dict(voxel_shape=(32, 32, 32), unet_num_levels=4), 8_000, 8_000),
-    "vool-small": ("SemAbsVOOL", dict(voxel_shape=(64, 64, 64), unet_num_levels=5), 20_000, 50_000),
+    # name: (network, config overrides, N input points, M query points, classes or descriptions)
+    "ovssc-default": ("SemAbs3D", {}, 80_000, 400_000, 1),
+    "ovssc-original-style": ("SemAbs3D", {}, 80_000, 400_000, 1),  # bench/original_style.py
+    "vool-default": ("SemAbsVOOL", {}, 80_000, 400_000, 1),
+    "ovssc-small": ("SemAbs3D", SMALL, 20_000, 50_000, 1),
+    "ovssc-demo": ("SemAbs3D", DEMO, 8_000, 8_000, 1),
+    "vool-small": ("SemAbsVOOL", SMALL, 20_000, 50_000, 1),
+    "vool-demo": ("SemAbsVOOL", DEMO, 8_000, 8_000, 2),  # the demo's 2 descriptions a scene
 }
+RELATIONS = ["behind", "on the left of"]
 REFERENCE_CASE = "ovssc-original-style"
 
 
-def make_batch(name: str, num_input: int, num_output: int, device):
+def make_batch(name: str, num_input: int, num_output: int, rows: int, device):
     import torch
 
     import net
@@ -58,14 +68,14 @@ def make_batch(name: str, num_input: int, num_output: int, device):
     def xyz(*shape):
         return lower + torch.rand(*shape, 3, generator=g) * (upper - lower)
 
-    batch = {"input_xyz_pts": xyz(1, num_input), "output_xyz_pts": xyz(1, 1, num_output)}
-    saliency = lambda: torch.randn(1, 1, num_input, 1, generator=g) * 50  # noqa: E731
+    batch = {"input_xyz_pts": xyz(1, num_input), "output_xyz_pts": xyz(1, rows, num_output)}
+    saliency = lambda: torch.randn(1, rows, num_input, 1, generator=g) * 50  # noqa: E731
     if name == "SemAbs3D":
         batch["input_feature_pts"] = saliency()
     else:
         batch.update(input_target_saliency_pts=saliency(), input_reference_saliency_pts=saliency())
-        batch["spatial_relation_name"] = [["behind"]]
-    labels = (torch.rand(1, 1, num_output, generator=g) < 0.1).float()
+        batch["spatial_relation_name"] = [[RELATIONS[row % len(RELATIONS)]] for row in range(rows)]
+    labels = (torch.rand(1, rows, num_output, generator=g) < 0.1).float()
     return {k: v.to(device) if torch.is_tensor(v) else v for k, v in batch.items()}, labels.to(
         device
     )
@@ -109,9 +119,9 @@ def run_case(
     from lamb import Lamb
 
     torch.set_num_threads(threads)
-    name, overrides, num_input, num_output = CASES[case]
+    name, overrides, num_input, num_output, rows = CASES[case]
     network = getattr(net, name)(**overrides, activation_checkpointing=checkpointing).to(device)
-    batch, labels = make_batch(name, num_input, num_output, device)
+    batch, labels = make_batch(name, num_input, num_output, rows, device)
     if case == REFERENCE_CASE:
         network = original_style_twin(network, batch)
     optimizer = Lamb(network.parameters(), lr=1e-3, weight_decay=1e-5)
@@ -179,53 +189,78 @@ def print_profile(case: str, train_step, rows: int) -> None:
         )
 
 
-def compare_precisions(case: str, device: str, threads: int, repeats: int, queue) -> None:
-    """Ours in fp32, ours under bf16 autocast and the original-style network in fp32: training steps
-    alternating, from the same weights and batch; see the module docstring."""
+def compare_steps(comparison: str, case: str, device: str, threads: int, repeats: int, queue):
+    """Training steps and forward passes alternating, from the same weights and batch: "precision"
+    ours in fp32, ours under bf16 autocast and the original-style network in fp32; "kernels" ours
+    with the default CPU kernels and with plain PyTorch's. See the module docstring."""
     import copy
+    import os
 
     import torch
 
     import net
+    import unet3d_backward
     from lamb import Lamb
 
     torch.set_num_threads(threads)
-    name, overrides, num_input, num_output = CASES[case]
-    if name != "SemAbs3D":
+    name, overrides, num_input, num_output, rows = CASES[case]
+    if comparison == "precision" and name != "SemAbs3D":
         raise SystemExit(f"--compare-precision takes an OVSSC case, not {case}")
-    ours = net.SemAbs3D(**overrides).to(device)
-    batch, labels = make_batch(name, num_input, num_output, device)
-    networks = {
-        "ours fp32": (ours, False),
-        "ours bf16 autocast": (copy.deepcopy(ours), True),
-        "original-style fp32": (original_style_twin(ours, batch), False),
-    }
+    ours = getattr(net, name)(**overrides).to(device)
+    batch, labels = make_batch(name, num_input, num_output, rows, device)
+    # kind: (network, under bf16 autocast, SEMABS_CPU_KERNELS or None for as set)
+    if comparison == "precision":
+        networks = {
+            "ours fp32": (ours, False, None),
+            "ours bf16 autocast": (copy.deepcopy(ours), True, None),
+            "original-style fp32": (original_style_twin(ours, batch), False, None),
+        }
+    else:
+        networks = {
+            "ours, default kernels": (ours, False, "auto"),
+            "ours, plain PyTorch": (copy.deepcopy(ours), False, "aten"),
+        }
     optimizers = {
         kind: Lamb(network.parameters(), lr=1e-3, weight_decay=1e-5)
-        for kind, (network, _) in networks.items()
+        for kind, (network, *_) in networks.items()
     }
-    first, seconds = {}, {kind: [] for kind in networks}
+
+    def sync():
+        if device.startswith("cuda"):
+            torch.cuda.synchronize()
+
+    first, seconds = {}, {kind: ([], []) for kind in networks}  # forward, step
     for round_ in range(repeats + 1):  # the first round is the warm-up, and the one compared
-        for kind, (network, bf16) in networks.items():
+        for kind, (network, bf16, kernels) in networks.items():
+            if kernels is not None:
+                os.environ[unet3d_backward.KERNELS_ENV] = kernels
+            autocast = torch.autocast(torch.device(device).type, torch.bfloat16, enabled=bf16)
+            start = time.perf_counter()
+            with torch.no_grad(), autocast:
+                network.eval()(**batch)
+            sync()
+            forward_s = time.perf_counter() - start
             network.train()
             optimizers[kind].zero_grad(set_to_none=True)
             start = time.perf_counter()
-            with torch.autocast(torch.device(device).type, torch.bfloat16, enabled=bf16):
+            with autocast:
                 logits = network(**batch)
                 loss = torch.nn.functional.binary_cross_entropy_with_logits(logits, labels)
             loss.backward()
             if round_ == 0:
-                grads = {
-                    n: p.grad.detach().double().flatten() for n, p in network.named_parameters()
+                grads = {  # parameters the case's inputs reach (VOOL: its batch's relations)
+                    n: p.grad.detach().double().flatten()
+                    for n, p in network.named_parameters()
+                    if p.grad is not None
                 }
                 first[kind] = (loss.item(), {n: g.clone() for n, g in grads.items()})
             torch.nn.utils.clip_grad_norm_(network.parameters(), 2.0)
             optimizers[kind].step()
-            if device.startswith("cuda"):
-                torch.cuda.synchronize()
+            sync()
             if round_ > 0:
-                seconds[kind].append(time.perf_counter() - start)
-    reference_loss, reference_grads = first["ours fp32"]
+                seconds[kind][0].append(forward_s)
+                seconds[kind][1].append(time.perf_counter() - start)
+    reference_loss, reference_grads = first[next(iter(networks))]
     results = []
     for kind, (loss, grads) in first.items():
         per_tensor = {
@@ -237,7 +272,8 @@ def compare_precisions(case: str, device: str, threads: int, repeats: int, queue
         results.append(
             dict(
                 kind=kind,
-                step_s=min(seconds[kind]) if seconds[kind] else float("nan"),
+                forward_s=min(seconds[kind][0], default=float("nan")),
+                step_s=min(seconds[kind][1], default=float("nan")),
                 loss=loss,
                 loss_relative=abs(loss - reference_loss) / abs(reference_loss),
                 grad_relative=float(
@@ -262,27 +298,34 @@ def main(
     compare_precision: str = typer.Option(
         None, help="an OVSSC case: fp32, bf16 autocast and original-style steps side by side"
     ),
+    compare_kernels: str = typer.Option(
+        None, help="a case: steps with the default CPU kernels and plain PyTorch's side by side"
+    ),
 ) -> None:
     import processes
 
     print(f"{time.strftime('%Y-%m-%d')}, {processes.cpu_description()}, {threads} threads")
     context = mp.get_context("spawn")
-    if compare_precision is not None:
+    for comparison, compared in (("precision", compare_precision), ("kernels", compare_kernels)):
+        if compared is None:
+            continue
         queue = context.Queue()
-        args = (compare_precision, device, threads, repeats, queue)
-        process = context.Process(target=compare_precisions, args=args)
+        args = (comparison, compared, device, threads, repeats, queue)
+        process = context.Process(target=compare_steps, args=args)
         process.start()
         process.join()
         if process.exitcode != 0:
-            raise SystemExit(f"{compare_precision}: failed (exit code {process.exitcode})")
+            raise SystemExit(f"{compared}: failed (exit code {process.exitcode})")
         for row in queue.get():
             print(
-                f"{compare_precision} {row['kind']:20s} train step {row['step_s']:7.2f} s   loss "
-                f"{row['loss']:.6f} (relative difference {row['loss_relative']:.1e})   gradients: "
-                f"relative difference {row['grad_relative']:.1e}, worst tensor "
-                f"{row['worst_tensor_relative']:.1e} ({row['worst_tensor']})",
+                f"{compared} {row['kind']:22s} forward {row['forward_s']:6.2f} s   train step "
+                f"{row['step_s']:6.2f} s   loss {row['loss']:.6f} (relative difference "
+                f"{row['loss_relative']:.1e})   gradients: relative difference "
+                f"{row['grad_relative']:.1e}, worst tensor {row['worst_tensor_relative']:.1e} "
+                f"({row['worst_tensor']})",
                 flush=True,
             )
+    if compare_precision is not None or compare_kernels is not None:
         return
     results = []
     for name in case:
