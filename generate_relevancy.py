@@ -81,7 +81,11 @@ def image(
     ] = None,
     device: DeviceOpt = "auto",
     precision: Annotated[
-        str, typer.Option(help="fp32, or fp16 / bf16 autocast (GPU; not parity)")
+        str,
+        typer.Option(
+            help="fp32; bf16 autocast on GPUs and on CPUs with AMX or AVX512-BF16, fp16 on GPUs "
+            "(not parity)"
+        ),
     ] = "fp32",
     batch_size: Annotated[
         int | None, typer.Option(help="crop forwards per batch (default: 32, or by GPU memory)")
@@ -122,7 +126,7 @@ def image(
     estimate = relevancy_image.format_seconds(forwards * extractor.crop_seconds())
     print(
         f"{config} on a {width}x{height} image: {forwards:,} crop forwards, about {estimate} on "
-        f"{torch_device} ({precision})",
+        f"{torch_device} ({precision}{'' if precision == 'fp32' else ' autocast, not parity'})",
         flush=True,
     )
     start = time.perf_counter()

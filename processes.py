@@ -8,8 +8,10 @@ world_size-th item from the process's rank, no padding, no item twice.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
+import platform
 import random
 from dataclasses import dataclass, field
 
@@ -48,6 +50,17 @@ def to_device(batch: dict, device: torch.device) -> dict:
         k: v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v
         for k, v in batch.items()
     }
+
+
+def cpu_description() -> str:
+    """The CPU's model name, the instruction set PyTorch's CPU kernels use, and whether bf16 runs in
+    hardware: the machine line of the benchmarks (docs/performance.md dates each figure with it)."""
+    model = platform.processor() or "unknown CPU"
+    with contextlib.suppress(OSError):
+        names = [line for line in open("/proc/cpuinfo") if line.startswith("model name")]
+        model = names[0].split(":", 1)[1].strip() if names else model
+    bf16 = "bf16 in hardware" if bf16_is_fast(torch.device("cpu")) else "bf16 emulated"
+    return f"{model}, {torch.backends.cpu.get_cpu_capability()}, {bf16}"
 
 
 def seed_all(seed: int) -> None:

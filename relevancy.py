@@ -50,6 +50,7 @@ from torchvision.transforms import ColorJitter
 from tqdm import tqdm
 
 from clip_weights import load_model
+from processes import bf16_is_fast
 from saliency import SaliencyConfig, saliency_config, scale_tiles
 from utils import InputError
 
@@ -154,9 +155,11 @@ class RelevancyExtractor:
     """Relevancy maps of an open_clip ViT (token pooling, nn.MultiheadAttention blocks).
 
     `precision` "fp16" / "bf16" runs the image side under torch.autocast (the original ran the
-    whole model in fp16 on CUDA: docs/method.md#weights-preprocessing-and-precision); "fp32" is
-    exact. `batch_size` counts crop forwards (flipped copies included); None picks one from free GPU
-    memory on CUDA (32 on CPU), and a CUDA out-of-memory error halves it and retries.
+    whole model in fp16 on CUDA: docs/method.md#weights-preprocessing-and-precision): not parity, the maps move
+    (docs/performance.md#relevancy); "fp32" is exact. The scripts allow on each device only what
+    its hardware runs (check_precision). `batch_size` counts crop forwards (flipped copies
+    included); None picks one from free GPU memory on CUDA (32 on CPU), and a CUDA out-of-memory
+    error halves it and retries.
     """
 
     def __init__(
@@ -575,6 +578,23 @@ def default_prompt(path: str | Path) -> str:
     return HOME_PROMPT if ("matterport" in text or "nyu" in text) else THOR_PROMPT
 
 
+def check_precision(precision: str, device: torch.device) -> None:
+    """--precision on `device`: reduced precision only where the hardware runs it. On a CPU without
+    AMX or AVX512-BF16 PyTorch emulates bf16 (matrix products in plain loops, convolutions without
+    oneDNN), 4-8x slower than fp32 (docs/performance.md#bf16-on-the-cpu); fp16 is for GPUs."""
+    if precision not in PRECISIONS:
+        raise InputError(f"unknown precision {precision!r}; choose from {', '.join(PRECISIONS)}")
+    if device.type != "cpu" or precision == "fp32":
+        return
+    if precision == "fp16":
+        raise InputError("--precision fp16 is for GPUs; on a CPU use fp32 (or bf16 with AMX)")
+    if not bf16_is_fast(device):
+        raise InputError(
+            f"--precision bf16 is emulated on this CPU ({torch.backends.cpu.get_cpu_capability()}: "
+            "no AMX or AVX512-BF16) and 4-8x slower than fp32; use --precision fp32"
+        )
+
+
 def build_extractor(
     model: str | None,
     pretrained: str,
@@ -584,6 +604,7 @@ def build_extractor(
     precision: str = "fp32",
 ):
     """A RelevancyExtractor on the CLIP model that clip_weights.load_model builds from the flags
-    (--model, --pretrained, --checkpoint)."""
+    (--model, --pretrained, --checkpoint, --precision: check_precision)."""
+    check_precision(precision, device)
     clip_model, tokenizer = load_model(model, pretrained, checkpoint, device)
     return RelevancyExtractor(clip_model, tokenizer, device, batch_size, precision)

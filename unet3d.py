@@ -8,7 +8,8 @@ final 1x1x1 convolution without activation. Module names match the released chec
 
 With the defaults (16 channels in and out, f_maps 16, 6 levels) the UNet has 35,384,416 parameters.
 SingleConv runs its GroupNorm -> Conv3d pair through unet3d_backward.GroupNormConv3d, the fused
-function whose backward pass (and its CPU kernels) live there.
+function whose backward pass (and its CPU kernels) live there; on small CPU volumes its convolutions
+and the final 1x1x1 one go to oneDNN, or a matrix product, where ATen would run its own slow loop.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from unet3d_backward import GroupNormConv3d
+from unet3d_backward import GroupNormConv3d, pointwise_conv3d
 
 
 def maybe_checkpoint(enabled: bool, module: nn.Module, *inputs: torch.Tensor) -> torch.Tensor:
@@ -161,5 +162,5 @@ class ResidualUNet3D(nn.Module):
         *inner_decoders, last_decoder = self.decoders
         for decoder, skip in zip(inner_decoders, reversed(skips[1:-1])):
             x = maybe_checkpoint(self.activation_checkpointing, decoder, skip, x)
-        head = lambda skip, h: self.final_conv(last_decoder(skip, h))  # noqa: E731
+        head = lambda skip, h: pointwise_conv3d(last_decoder(skip, h), self.final_conv)  # noqa: E731
         return maybe_checkpoint(self.activation_checkpointing, head, skips[0], x)

@@ -88,7 +88,9 @@ class UNet(nn.Module):
 class OriginalStyleSemAbs3D(nn.Module):
     """net.SemAbs3D at its defaults (quirks B1 and B2 included), computed the plain way."""
 
-    def __init__(self, scene_bounds, grid: int = 128, hidden: int = 128, channels: int = 16):
+    def __init__(
+        self, scene_bounds, grid: int = 128, levels: int = 6, hidden: int = 128, channels: int = 16
+    ):
         super().__init__()
         self.register_buffer("steps", torch.zeros(1))
         self.register_buffer("bounds", torch.tensor(scene_bounds), persistent=False)
@@ -97,7 +99,7 @@ class OriginalStyleSemAbs3D(nn.Module):
             nn.Linear(4, hidden), nn.LeakyReLU(0.01), nn.Linear(hidden, hidden),
             nn.LeakyReLU(0.01), nn.Linear(hidden, channels),
         )  # fmt: skip
-        self.vol_feature_extractor = UNet(channels)
+        self.vol_feature_extractor = UNet(channels, levels=levels)
         self.visual_sampler = nn.Module()
         self.visual_sampler.mlp = nn.Sequential(
             nn.Linear(channels + 3, channels), nn.LeakyReLU(0.01), nn.Linear(channels, 1)

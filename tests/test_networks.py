@@ -9,8 +9,6 @@ from net_fixtures import APPROACHES, RELATIONS, random_batch, small_network
 
 import net
 import tasks
-import unet3d
-import unet3d_backward
 
 # Names and shapes of the seven released checkpoints' state dicts, in state-dict order, with their
 # class and parameter count: facts about the released files, kept as test data.
@@ -92,69 +90,6 @@ def test_unet_activation_checkpointing_gives_same_outputs_and_gradients():
     torch.testing.assert_close(plain, ckpt)
     for a, b in zip(plain_grads, ckpt_grads, strict=True):
         torch.testing.assert_close(a, b)
-
-
-@pytest.mark.parametrize("activation, input_grad", [(True, True), (False, True), (True, False)])
-@pytest.mark.parametrize("channels_last", [False, True])
-# own_backward: the weight gradient and GroupNorm backward of ATen, or conv3d_weight_grad and ours
-@pytest.mark.parametrize("own_backward", [False, True])
-def test_fused_single_conv_equals_groupnorm_conv_relu_modules(
-    monkeypatch, activation, input_grad, channels_last, own_backward
-):
-    monkeypatch.setattr(unet3d_backward, "OWN_BACKWARD_MIN_VOXELS", 0 if own_backward else 10**9)
-    torch.manual_seed(0)
-    block = unet3d.SingleConv(8, 6, num_groups=4, activation=activation)
-    plain = torch.nn.Sequential(*block.children())  # the same modules, run one after the other
-    x = torch.randn(2, 8, 5, 6, 7) * 3 + 1
-    if channels_last:
-        x = x.contiguous(memory_format=torch.channels_last_3d)
-    x.requires_grad_(input_grad)
-    weights = torch.randn(2, 6, 5, 6, 7)
-    results = []
-    for module in (block, plain):
-        out = module(x)
-        inputs = [*module.parameters()] + ([x] if input_grad else [])
-        results.append((out.detach(), torch.autograd.grad(out, inputs, weights)))
-    (fused, fused_grads), (expected, expected_grads) = results
-    assert (fused >= 0).all() or not activation
-    torch.testing.assert_close(fused, expected, atol=1e-5, rtol=1e-5)
-    for got, want in zip(fused_grads, expected_grads, strict=True):
-        torch.testing.assert_close(got, want, atol=1e-4, rtol=1e-5)
-
-
-@pytest.mark.parametrize("chunk_bytes", [unet3d_backward.WEIGHT_GRAD_CHUNK_BYTES, 4 * 6 * 2 * 20])
-def test_conv3d_weight_grad_equals_convolution_backward(monkeypatch, chunk_bytes):
-    # The second size makes chunks of 40 rows: the 2 x 7 x 8 x 9 padded rows span 26 of them.
-    monkeypatch.setattr(unet3d_backward, "WEIGHT_GRAD_CHUNK_BYTES", chunk_bytes)
-    g = torch.Generator().manual_seed(4)
-    x = torch.randn(2, 5, 5, 6, 7, dtype=torch.float64, generator=g)
-    weight = torch.randn(6, 5, 3, 3, 3, dtype=torch.float64, generator=g)
-    grad_out = torch.randn(2, 6, 5, 6, 7, dtype=torch.float64, generator=g)
-    chunk, num_grad_rows, num_input_rows = unet3d_backward.weight_grad_layout(
-        x.shape, out_channels=6
-    )
-    assert num_grad_rows % chunk == 0 and num_grad_rows >= 2 * 7 * 8 * 9
-    input_rows, input_volumes = unet3d_backward.padded_volume_rows(x.shape, 5, num_input_rows, x)
-    input_volumes[:, :, 1:-1, 1:-1, 1:-1] = x
-    assert input_rows[0].abs().sum() == 0 and input_rows[-1].abs().sum() == 0  # border, spare rows
-    got = unet3d_backward.conv3d_weight_grad(grad_out, input_rows)
-    expected = torch.ops.aten.convolution_backward(
-        grad_out,
-        x,
-        weight,
-        None,
-        [1] * 3,
-        [1] * 3,
-        [1] * 3,
-        False,
-        [0] * 3,
-        1,
-        [False, True, False],
-    )[1]
-    torch.testing.assert_close(got, expected)
-    # One entry by hand: tap (0, 2, 1) pairs output voxel (i, j, k) with input voxel (i-1, j+1, k).
-    by_hand = (grad_out[:, 3, 1:, :-1, :] * x[:, 2, :-1, 1:, :]).sum()
-    torch.testing.assert_close(got[3, 2, 0, 2, 1], by_hand)
 
 
 def test_semantic_aware_ovssc_runs_unet_once_with_the_repeated_volume_output():

@@ -1,0 +1,146 @@
+"""Each hand-written CPU path of the UNet's training step against its ATen / oneDNN counterpart, on
+one volume, alternating in one process: the weight gradient (unet3d_backward.conv3d_weight_grad
+against convolution_backward), GroupNorm's backward (own_group_norm_backward against
+native_group_norm_backward), and the channels-last layout against channels-first for oneDNN's
+convolution forward, input gradient and weight gradient.
+
+    python bench/kernels.py                       # 128^3 x 16 channels, 2 threads, 4 rounds
+    python bench/kernels.py --threads 1 --size 64 --rounds 3
+    ONEDNN_VERBOSE=1 python bench/kernels.py | grep exec    # which oneDNN kernels ran
+    python bench/kernels.py --size 64 --rounds 2 --bf16       # and fp32 against bf16
+
+Prints the medians of each pair (first / second, and their ratio), and the largest relative
+difference between the two results of each backward pair (float rounding). What the training step
+then runs is chosen per CPU at run time (unet3d_backward.faster_kernel, docs/performance.md).
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import processes  # noqa: E402
+import unet3d_backward  # noqa: E402
+import utils  # noqa: E402, F401  (transparent huge pages, as in training)
+
+
+def weight_grad(grad_out, x, weight):
+    return torch.ops.aten.convolution_backward(
+        grad_out, x, weight, None, [1] * 3, [1] * 3, [1] * 3, False, [0] * 3, 1,
+        [False, True, False],
+    )[1]  # fmt: skip
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--size", type=int, default=128, help="volume side")
+    parser.add_argument("--channels", type=int, default=16)
+    parser.add_argument("--rounds", type=int, default=4, help="timed runs of each, alternating")
+    parser.add_argument(
+        "--bf16",
+        action="store_true",
+        help="also fp32 against bf16: the convolution forward, and a ViT-B-32 linear layer",
+    )
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    size, channels, groups = args.size, args.channels, 8
+    last = torch.channels_last_3d
+    x = torch.randn(1, channels, size, size, size).contiguous(memory_format=last).relu_()
+    grad_out = torch.randn(1, channels, size, size, size).contiguous(memory_format=last)
+    weight = (torch.randn(channels, channels, 3, 3, 3) * 0.1).contiguous(memory_format=last)
+    gamma, beta = torch.rand(channels) + 0.5, torch.randn(channels)
+    _, mean, rstd = torch.native_group_norm(x, gamma, beta, 1, channels, size**3, groups, 1e-5)
+    x_first, grad_first, weight_first = x.contiguous(), grad_out.contiguous(), weight.contiguous()
+
+    def own_weight_grad():
+        *_, num_rows = unet3d_backward.weight_grad_layout(x.shape, channels)
+        rows, volumes = unet3d_backward.padded_volume_rows(x.shape, channels, num_rows, x)
+        volumes[:, :, 1:-1, 1:-1, 1:-1] = x
+        return unet3d_backward.conv3d_weight_grad(grad_out, rows)
+
+    def group_norm(own: bool):
+        if own:
+            return unet3d_backward.own_group_norm_backward(
+                grad_out, x, mean, rstd, gamma, groups, True
+            )
+        return torch.ops.aten.native_group_norm_backward(
+            grad_out, x, mean, rstd, gamma, 1, channels, size**3, groups, [True, True, True]
+        )
+
+    pairs = {
+        "weight gradient: ours (27 products) / ATen's": (
+            own_weight_grad,
+            lambda: weight_grad(grad_out, x, weight),
+        ),
+        "GroupNorm backward: ours / ATen's": (lambda: group_norm(True), lambda: group_norm(False)),
+        "convolution forward: channels-last / channels-first": (
+            lambda: F.conv3d(x, weight, padding=1),
+            lambda: F.conv3d(x_first, weight_first, padding=1),
+        ),
+        # ATen sends a batch-1 volume with C*D*H <= 20480 (the demo's 32^3 x 16) to its own
+        # im2col loop (slow_conv3d) instead of oneDNN; mkldnn_convolution calls oneDNN directly
+        "convolution forward: oneDNN (mkldnn_convolution) / F.conv3d": (
+            lambda: torch.ops.aten.mkldnn_convolution(
+                x, weight, None, [1] * 3, [1] * 3, [1] * 3, 1
+            ),
+            lambda: F.conv3d(x, weight, padding=1),
+        ),
+        "input gradient (conv_transpose3d): channels-last / channels-first": (
+            lambda: F.conv_transpose3d(grad_out, weight, padding=1),
+            lambda: F.conv_transpose3d(grad_first, weight_first, padding=1),
+        ),
+        "ATen's weight gradient: channels-last / channels-first": (
+            lambda: weight_grad(grad_out, x, weight),
+            lambda: weight_grad(grad_first, x_first, weight_first),
+        ),
+    }
+    if args.bf16:
+        low = [t.to(torch.bfloat16) for t in (x, weight)]
+        tokens, linear = torch.randn(1600, 768), torch.randn(2304, 768)  # 32 crops x 50 tokens
+        tokens_low, linear_low = tokens.to(torch.bfloat16), linear.to(torch.bfloat16)
+        pairs["convolution forward: fp32 / bf16"] = (
+            lambda: F.conv3d(x, weight, padding=1),
+            lambda: F.conv3d(*low, padding=1),
+        )
+        pairs["linear [1600, 768] x [768, 2304]: fp32 / bf16"] = (
+            lambda: F.linear(tokens, linear),
+            lambda: F.linear(tokens_low, linear_low),
+        )
+    print(
+        f"{time.strftime('%Y-%m-%d')}, {processes.cpu_description()}, {args.threads} threads, "
+        f"{size}^3 x {channels} channels, medians of {args.rounds}"
+    )
+    for name, (first, second) in pairs.items():
+        results = first(), second()  # warm-up (oneDNN primitives, allocator)
+        if "ours" in name:
+            differences = [
+                float((a - b).abs().max() / b.abs().max())
+                for a, b in zip(*[r if isinstance(r, tuple) else (r,) for r in results])
+            ]
+            name += f" (max relative difference {max(differences):.1e})"
+        seconds = [], []
+        for _ in range(args.rounds):
+            for run, times in zip((first, second), seconds, strict=True):
+                start = time.perf_counter()
+                run()
+                times.append(time.perf_counter() - start)
+        medians = [statistics.median(times) for times in seconds]
+        print(
+            f"{name}: {medians[0]:.3f} / {medians[1]:.3f} s ({medians[0] / medians[1]:.2f}x)",
+            flush=True,
+        )
+
+
+if __name__ == "__main__":
+    main()
