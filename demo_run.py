@@ -148,6 +148,7 @@ class Pipeline:
         self.progress: Progress | None = None  # the running stages' lines, while lanes run
         self.running: dict[subprocess.Popen, str] = {}  # stage processes -> their titles
         self.terminated: list[str] = []  # the stages running when a SIGTERM came
+        self.interrupted = False  # a Ctrl-C reached the demo: no stage starts any more
 
     def log(self, task: str) -> Path:
         return self.checkpoints[task].parent
@@ -174,10 +175,30 @@ class Pipeline:
         except Stopped as stopped:
             print(stopped, file=sys.stderr, flush=True)
             raise SystemExit(EXIT_TERMINATED) from None
+        except KeyboardInterrupt:
+            self.stop_running()
+            raise
         finally:
             signal.signal(signal.SIGTERM, previous)
 
+    def stop_running(self, grace: float = 10.0) -> None:
+        """After a Ctrl-C of the demo: no stage starts any more, and a stage still running `grace`
+        seconds later (the demo alone was interrupted, e.g. `kill -INT`, not its process group)
+        gets SIGTERM, saves, and is waited for: no stage runs on without the demo."""
+        self.interrupted = True
+        deadline = time.monotonic() + grace
+        while self.running:
+            process = next(iter(self.running))
+            try:
+                process.wait(timeout=max(0.0, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                process.send_signal(signal.SIGTERM)
+                process.wait()
+            self.running.pop(process, None)
+
     def check_terminated(self) -> None:
+        if self.interrupted:  # a lane's thread after the demo's Ctrl-C: stop there, quietly
+            raise Stopped("interrupted")
         if self.terminated:
             stages = self.terminated[0]
             raise Stopped(
@@ -257,7 +278,7 @@ class Pipeline:
             )
             self.running[process] = title
             try:
-                if self.terminated:  # a SIGTERM while it started
+                if self.terminated or self.interrupted:  # a SIGTERM or Ctrl-C while it started
                     process.send_signal(signal.SIGTERM)
                 stop_when_more_threads(process, *growing)
                 return self.watch(title, process, log) if log else wait_in_terminal(process)

@@ -159,6 +159,35 @@ def test_sigterm_reaches_the_running_stages_which_save_and_the_demo_says_one_lin
     assert not (tmp_path / "never").exists() and "after" not in out  # nothing started after it
 
 
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="uses /proc")
+def test_ctrl_c_of_the_demo_alone_stops_its_lanes_which_save(tmp_path):
+    """`kill -INT` of the demo process alone (its stages, in lanes, do not get it): the stages get
+    SIGTERM and save, none runs on without the demo, nothing starts after; one line, exit 130."""
+    script = tmp_path / "lanes.py"
+    script.write_text(LANES)
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    demo_process = subprocess.Popen(
+        [sys.executable, str(script), str(tmp_path), STAGE],
+        cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    stages = pid_files(tmp_path / "ovssc", tmp_path / "vool")
+    demo_process.send_signal(signal.SIGINT)
+    try:
+        out, err = demo_process.communicate(timeout=60)
+        left = [pid for pid in stages if alive(pid)]
+    finally:
+        for pid in filter(alive, stages):
+            os.kill(pid, signal.SIGKILL)
+    assert not left
+    assert demo_process.returncode == demo_run.EXIT_INTERRUPTED
+    assert err.splitlines() == [
+        "interrupted: stopped before the end (finished files are complete)"
+    ], err
+    for lane in ("ovssc", "vool"):
+        assert (tmp_path / lane / "saved").read_text() == "latest"
+    assert not (tmp_path / "never").exists() and "after" not in out
+
+
 # a stage in the terminal that a Ctrl-C interrupts: it says so itself, as every script does
 INTERRUPTED = """
 import pathlib, sys, time
