@@ -237,7 +237,7 @@ def refusal_leaves_no_folder(log_dir: Path, main: bool):
 def check_load_args(args: argparse.Namespace, log_dir: Path) -> str | None:
     """--load against the flags of the run it comes from. The run in --log (a resume) must go on
     with its stored flags: any that differ are refused, listed. A checkpoint of another run goes
-    on with this command's flags (training.use_flags): -> the line naming those that differ from
+    on with this command's flags (optimization.use_flags): -> the line naming those that differ from
     that run's args.pkl (None when they are the same, or it has none)."""
     if args.load is None:
         return None

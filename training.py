@@ -1,9 +1,9 @@
-"""The training loop of train_ovssc.py and train_vool.py: data checks, optimizer and schedule, one
-pass over a split, the epoch loop (docs/method.md#training).
+"""The training loop of train_ovssc.py and train_vool.py: data checks, one pass over a split, the
+epoch loop (docs/method.md#training).
 
 A task (tasks.Task: OVSSC or VOOL) brings its loss, its row columns and its forward; the process
 group and its collectives are processes.py's, the data order and seeding seeding.py's, the network
-(on its device, in DDP) network_setup.py's, the schedules schedules.py's, and the run folder's life
+(on its device, in DDP) network_setup.py's, the optimizer and its schedule optimization.py's, and the run folder's life
 (claim, --resume, --overwrite, the checkpoints of where the run stands, the stats file, SIGTERM)
 run_folder.py's.
 
@@ -16,7 +16,6 @@ only ran on one machine).
 from __future__ import annotations
 
 import argparse
-import functools
 import logging
 import math
 import os
@@ -35,10 +34,10 @@ from tqdm import tqdm
 import checkpoint
 import dataset
 import metrics
+import optimization
 import options
 import run_folder
 import scene_file
-from lamb import Lamb
 from network_setup import distribute, network_on_device
 from processes import (
     Processes,
@@ -52,8 +51,7 @@ from processes import (
     to_device,
 )
 from run_folder import Position
-from schedules import SCHEDULES
-from seeding import batches_per_epoch, make_loader
+from seeding import make_loader
 from tasks import Task
 from utils import InputError, run_app
 
@@ -105,46 +103,6 @@ def check_data(file_path: str, task: str, saliency_config: str) -> dict[str, lis
 def every(epoch: int, freq: int) -> bool:
     """--eval_freq / --save_freq: epochs 0, freq, 2 freq, ...; never when freq is 0."""
     return freq > 0 and epoch % freq == 0
-
-
-def total_steps(args: argparse.Namespace, train_size: int, procs: Processes) -> int:
-    """The original's T = epochs x (len(train) // batch_size), which ignores the world size (so N
-    processes use 1/N of the cosine); --fix_lr_schedule_world_size counts this process's batches."""
-    if args.fix_lr_schedule_world_size:
-        return args.epochs * batches_per_epoch(train_size, args.batch_size, procs)
-    return args.epochs * (train_size // args.batch_size)
-
-
-def make_optimizer(model: nn.Module, args: argparse.Namespace, total: int):
-    optimizer = Lamb(
-        model.parameters(),
-        lr=args.lr,
-        betas=(0.9, 0.999),
-        weight_decay=args.weight_decay,
-        adam=False,
-    )
-    factor = functools.partial(
-        _schedule_factor, kind=args.lr_scheduler_type, warmup=args.num_warmup_steps, total=total
-    )
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
-    return optimizer, scheduler
-
-
-def _schedule_factor(step: int, kind: str, warmup: int, total: int) -> float:
-    return SCHEDULES[kind](step, warmup, total)
-
-
-def use_flags(optimizer: torch.optim.Optimizer, scheduler, args: argparse.Namespace) -> None:
-    """This command's --lr and --weight_decay in an optimizer and schedule restored from --load
-    (whose state holds its own run's values), from the next step on; the schedule's kind, warmup
-    and total steps are its factor's, from this command already. With the same flags the state
-    stays as restored, bit for bit (an exact resume)."""
-    for group in optimizer.param_groups:
-        group["initial_lr"] = args.lr
-        group["weight_decay"] = args.weight_decay
-    scheduler.base_lrs = [args.lr for _ in optimizer.param_groups]
-    for group, factor in zip(optimizer.param_groups, scheduler.lr_lambdas, strict=True):
-        group["lr"] = args.lr * factor(scheduler.last_epoch)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -462,8 +420,8 @@ def setup(
     torch.manual_seed(args.seed)  # same initial weights on every rank
     model = network_on_device(task.name, args, procs.device, **network_overrides)
     log.info("NUM PARAMS: %d", sum(p.numel() for p in model.parameters()))
-    total = total_steps(args, len(datasets["train"]), procs)
-    optimizer, scheduler = make_optimizer(model, args, total)
+    total = optimization.total_steps(args, len(datasets["train"]), procs)
+    optimizer, scheduler = optimization.make_optimizer(model, args, total)
     fp16 = args.use_amp and args.amp_dtype == "fp16"
     scaler = torch.amp.GradScaler("cuda") if fp16 else None
     position = Position()
@@ -471,7 +429,7 @@ def setup(
         position = run_folder.restore_state(
             args.load, model, optimizer, scheduler, scaler, procs.device
         )
-        use_flags(optimizer, scheduler, args)
+        optimization.use_flags(optimizer, scheduler, args)
     model, zero_grads_in_place = distribute(model, procs)
 
     writers = {}

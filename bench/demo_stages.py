@@ -45,6 +45,7 @@ def worker(cli: argparse.Namespace) -> None:
 
     import dataset
     import demo
+    import optimization
     import training
 
     task = cli.task
@@ -70,7 +71,7 @@ def worker(cli: argparse.Namespace) -> None:
             batches = [collate([samples[(i, i % len(data))]]) for i in range(cli.count + 1)]
             torch.manual_seed(0)
             model = net.build_network(task, args.approach, args).train()
-            optimizer, scheduler = training.make_optimizer(model, args, total=1000)
+            optimizer, scheduler = optimization.make_optimizer(model, args, total=1000)
             trainer = training.Trainer(
                 tasks.TASKS[task], args, processes.setup_processes("cpu"), model, optimizer,
                 scheduler, None, {},

@@ -45,6 +45,7 @@ def worker(cli: argparse.Namespace) -> None:
     import dataset
     import net
     import network_setup
+    import optimization
     import processes
     import seeding
     import tasks
@@ -61,7 +62,7 @@ def worker(cli: argparse.Namespace) -> None:
         args.file_path, cli.task, dataset.DatasetConfig.from_args(args), splits=("train",)
     )["train"]
     model = net.build_network(cli.task, args.approach, args)
-    optimizer, scheduler = training.make_optimizer(model, args, total=1000)
+    optimizer, scheduler = optimization.make_optimizer(model, args, total=1000)
     model, zero_grads_in_place = network_setup.distribute(model, procs)  # DDP as training uses it
     trainer = training.Trainer(task, args, procs, model, optimizer, scheduler, None, {})
     trainer.zero_grads_in_place = zero_grads_in_place

@@ -26,6 +26,7 @@ import generate_relevancy
 import generate_scenes
 import net
 import network_setup
+import optimization
 import processes
 import run_folder
 import scenes
@@ -108,7 +109,7 @@ def test_lambda_lr_follows_the_schedule_per_optimizer_step():
     args = training.prepare_args("ovssc", ["--file_path", "x", "--log", "y", "--lr", "0.5"])
     args.num_warmup_steps = 4
     model = torch.nn.Linear(2, 1)
-    optimizer, scheduler = training.make_optimizer(model, args, total=20)
+    optimizer, scheduler = optimization.make_optimizer(model, args, total=20)
     lrs = []
     for _ in range(8):
         lrs.append(optimizer.param_groups[0]["lr"])
@@ -122,9 +123,11 @@ def test_lambda_lr_follows_the_schedule_per_optimizer_step():
 def test_total_steps_ignores_world_size_unless_fixed():
     args = training.prepare_args("ovssc", ["--file_path", "x", "--log", "y", "--epochs", "3"])
     four = processes.Processes(world_size=4)
-    assert training.total_steps(args, 100, four) == 300  # original: len // batch, not per process
+    assert (
+        optimization.total_steps(args, 100, four) == 300
+    )  # original: len // batch, not per process
     args.fix_lr_schedule_world_size = True
-    assert training.total_steps(args, 100, four) == 75
+    assert optimization.total_steps(args, 100, four) == 75
 
 
 # -- data loading
@@ -164,7 +167,7 @@ def test_loss_falls_over_a_few_steps(data):
     torch.manual_seed(0)
     model = net.build_network("ovssc", args.approach, args)
     network_setup.match_gradient_layout(model)  # what DDP gets
-    optimizer, scheduler = training.make_optimizer(model, args, total=100)
+    optimizer, scheduler = optimization.make_optimizer(model, args, total=100)
     trainer = training.Trainer(
         tasks.OVSSC, args, processes.Processes(), model, optimizer, scheduler, None, {}
     )
