@@ -28,9 +28,15 @@ from utils import atomic_path  # noqa: E402
 APPROACHES = ("ours", "baseline: lifted relevancy", "baseline: all in frustum")
 
 
+def run_folder_name(scene_seed: int, seed: int, precision: str) -> str:
+    """One folder per set of scenes, training seed and precision, so that runs of several
+    --scene-seed values share an --out as their scene folders (data_scenesN) do."""
+    return f"scenes{scene_seed}_seed{seed}_{precision}"
+
+
 def run_seed(out: Path, data: Path, seed: int, cli: argparse.Namespace) -> dict:
     """The demo's stages 3-5 for one training seed on the shared scenes; -> its summary."""
-    folder = out / f"seed{seed}_{cli.precision}"
+    folder = out / run_folder_name(cli.scene_seed, seed, cli.precision)
     run = {"seed": seed, "scene_seed": cli.scene_seed, "precision": cli.precision}
     demo_run.check_run(folder, run)
     pipeline = demo.Pipeline(folder, cli.device, seed, cli.precision, data=data)

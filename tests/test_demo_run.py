@@ -4,6 +4,7 @@ once), each against a real subprocess."""
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import signal
@@ -295,3 +296,15 @@ def test_the_demo_trains_its_epochs_unless_given_a_cap(monkeypatch, tmp_path):
     demo.train(demo.Pipeline(tmp_path, "cpu"), "vool", 2.5)
     argv = ran["3/6 train VOOL"]
     assert argv[argv.index("--max_minutes") + 1] == "2.5"
+
+
+def test_learn_runs_of_two_scene_seeds_share_an_out(tmp_path):
+    """bench/learn.py --scene-seed 1, then --scene-seed 2 with the same --out: each run has its own
+    folder, so the second is not refused as "a demo run with other flags"."""
+    spec = importlib.util.spec_from_file_location("bench_learn", REPO / "bench" / "learn.py")
+    learn = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(learn)
+    for scene_seed in (1, 2):
+        folder = tmp_path / learn.run_folder_name(scene_seed, 0, "fp32")
+        demo_run.check_run(folder, {"seed": 0, "scene_seed": scene_seed, "precision": "fp32"})
+    assert len(list(tmp_path.iterdir())) == 2
