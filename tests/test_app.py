@@ -123,7 +123,7 @@ def test_browser_uploads_an_image_and_sees_two_maps(page, tmp_path):
     from selenium.webdriver.support.ui import WebDriverWait
 
     driver = start_browser()
-    wait = WebDriverWait(driver, 120)
+    wait = WebDriverWait(driver, 600)
     try:
         driver.get(page)
         run = wait.until(ec.element_to_be_clickable((By.CSS_SELECTOR, "#run")))
@@ -277,7 +277,7 @@ def test_browser_3d_tab_completes_and_localizes_a_held_out_scene(page_3d, tmp_pa
 
     url, checkpoints = page_3d
     driver = start_browser(height=2200)
-    wait = WebDriverWait(driver, 180)
+    wait = WebDriverWait(driver, 600)
 
     def body(d):
         return d.find_element(By.TAG_NAME, "body").text

@@ -112,7 +112,7 @@ run_app(main)
 """
 
 
-def pid_files(*folders: Path, timeout: float = 60) -> list[int]:
+def pid_files(*folders: Path, timeout: float = 300) -> list[int]:
     deadline = time.monotonic() + timeout
     while not all((folder / "pid").is_file() for folder in folders):
         assert time.monotonic() < deadline, "the stages did not start"
@@ -141,7 +141,7 @@ def test_sigterm_reaches_the_running_stages_which_save_and_the_demo_says_one_lin
     stages = pid_files(tmp_path / "ovssc", tmp_path / "vool")
     demo_process.send_signal(signal.SIGTERM)
     try:
-        out, err = demo_process.communicate(timeout=60)
+        out, err = demo_process.communicate(timeout=300)
         left = [pid for pid in stages if alive(pid)]  # the demo waited for them
     finally:  # nothing left behind should the test fail
         for pid in filter(alive, stages):
@@ -174,7 +174,7 @@ def test_ctrl_c_of_the_demo_alone_stops_its_lanes_which_save(tmp_path):
     stages = pid_files(tmp_path / "ovssc", tmp_path / "vool")
     demo_process.send_signal(signal.SIGINT)
     try:
-        out, err = demo_process.communicate(timeout=60)
+        out, err = demo_process.communicate(timeout=300)
         left = [pid for pid in stages if alive(pid)]
     finally:
         for pid in filter(alive, stages):
@@ -223,7 +223,7 @@ def test_ctrl_c_during_a_stage_in_the_terminal_is_said_once(tmp_path):
     )  # fmt: skip
     pid_files(tmp_path)
     os.killpg(process.pid, signal.SIGINT)  # what a terminal's Ctrl-C does
-    out, err = process.communicate(timeout=60)
+    out, err = process.communicate(timeout=300)
     assert process.returncode == demo_run.EXIT_INTERRUPTED
     assert err.splitlines() == [
         "interrupted: stopped before the end (finished files are complete)"
