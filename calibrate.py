@@ -32,13 +32,7 @@ def parser() -> argparse.ArgumentParser:
     add = p.add_argument
     add("--file_path", required=True, help="dataset root: the train split of vool_split.pkl")
     add("--load", required=True, metavar="CKPT", help="the VOOL checkpoint, rewritten in place")
-    add(
-        "--args",
-        dest="args_file",
-        default=None,
-        metavar="PATH",
-        help="the training run's args.pkl (default: beside --load)",
-    )
+    options.add_args_file_flag(p)
     add("--every", type=options.COUNT, default=4, help="score every Nth training scene")
     add(
         "--cutoffs",

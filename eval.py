@@ -38,13 +38,7 @@ def parser() -> argparse.ArgumentParser:
     p.set_defaults(num_workers=None)
     add = p.add_argument
     add("--task", choices=tuple(APPROACHES), required=True)
-    add(
-        "--args",
-        dest="args_file",
-        default=None,
-        metavar="PATH",
-        help="the training run's args.pkl (default: beside --load)",
-    )
+    options.add_args_file_flag(p)
     add(
         "--approach",
         default=None,

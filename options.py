@@ -349,6 +349,17 @@ def add_shared_flags(parser: argparse.ArgumentParser) -> None:
             _add_bool(parser, fix.name, False, f"{fix.fixed} [docs/{fix.where}]")
 
 
+def add_args_file_flag(parser: argparse.ArgumentParser) -> None:
+    """--args PATH of eval.py and calibrate.py: the configuration of the network given by --load."""
+    parser.add_argument(
+        "--args",
+        dest="args_file",
+        default=None,
+        metavar="PATH",
+        help="the training run's args.pkl (default: beside --load)",
+    )
+
+
 def training_parser(task: str) -> argparse.ArgumentParser:
     """train_ovssc.py / train_vool.py: shared flags + --log and --approach."""
     parser = ArgumentParser(

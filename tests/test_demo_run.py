@@ -129,8 +129,11 @@ def alive(pid: int) -> bool:
     return state != "Z"
 
 
-@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="uses /proc")
-def test_sigterm_reaches_the_running_stages_which_save_and_the_demo_says_one_line(tmp_path):
+def signal_the_lanes(tmp_path: Path, signum: int) -> tuple[int, str, str]:
+    """Run LANES (two stages side by side, then one that must never start), send the demo process
+    alone `signum` once both stages run, and wait: -> (exit code, stdout, stderr). Asserts that no
+    stage is left running and that each saved on the SIGTERM it was passed, and that nothing
+    started after them."""
     script = tmp_path / "lanes.py"
     script.write_text(LANES)
     env = {**os.environ, "PYTHONPATH": str(REPO)}
@@ -139,7 +142,7 @@ def test_sigterm_reaches_the_running_stages_which_save_and_the_demo_says_one_lin
         cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )  # fmt: skip
     stages = pid_files(tmp_path / "ovssc", tmp_path / "vool")
-    demo_process.send_signal(signal.SIGTERM)
+    demo_process.send_signal(signum)
     try:
         out, err = demo_process.communicate(timeout=300)
         left = [pid for pid in stages if alive(pid)]  # the demo waited for them
@@ -147,7 +150,16 @@ def test_sigterm_reaches_the_running_stages_which_save_and_the_demo_says_one_lin
         for pid in filter(alive, stages):
             os.kill(pid, signal.SIGKILL)
     assert not left
-    assert demo_process.returncode == demo_run.EXIT_TERMINATED
+    for lane in ("ovssc", "vool"):  # each stage saved, and none is left running
+        assert (tmp_path / lane / "saved").read_text() == "latest"
+    assert not (tmp_path / "never").exists() and "after" not in out  # nothing started after it
+    return demo_process.returncode, out, err
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="uses /proc")
+def test_sigterm_reaches_the_running_stages_which_save_and_the_demo_says_one_line(tmp_path):
+    code, _, err = signal_the_lanes(tmp_path, signal.SIGTERM)
+    assert code == demo_run.EXIT_TERMINATED
     assert err.splitlines() == [
         "stopped by SIGTERM (running: train ovssc, train vool); the stages were passed it and "
         "saved what they had (training: its latest.pth); rerun demo.py to continue"
@@ -155,38 +167,17 @@ def test_sigterm_reaches_the_running_stages_which_save_and_the_demo_says_one_lin
         "stopped by SIGTERM (running: train vool, train ovssc); the stages were passed it and "
         "saved what they had (training: its latest.pth); rerun demo.py to continue"
     ], err
-    for lane in ("ovssc", "vool"):  # each stage saved, and none is left running
-        assert (tmp_path / lane / "saved").read_text() == "latest"
-    assert not (tmp_path / "never").exists() and "after" not in out  # nothing started after it
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="uses /proc")
 def test_ctrl_c_of_the_demo_alone_stops_its_lanes_which_save(tmp_path):
     """`kill -INT` of the demo process alone (its stages, in lanes, do not get it): the stages get
     SIGTERM and save, none runs on without the demo, nothing starts after; one line, exit 130."""
-    script = tmp_path / "lanes.py"
-    script.write_text(LANES)
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
-    demo_process = subprocess.Popen(
-        [sys.executable, str(script), str(tmp_path), STAGE],
-        cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-    )  # fmt: skip
-    stages = pid_files(tmp_path / "ovssc", tmp_path / "vool")
-    demo_process.send_signal(signal.SIGINT)
-    try:
-        out, err = demo_process.communicate(timeout=300)
-        left = [pid for pid in stages if alive(pid)]
-    finally:
-        for pid in filter(alive, stages):
-            os.kill(pid, signal.SIGKILL)
-    assert not left
-    assert demo_process.returncode == demo_run.EXIT_INTERRUPTED
+    code, _, err = signal_the_lanes(tmp_path, signal.SIGINT)
+    assert code == demo_run.EXIT_INTERRUPTED
     assert err.splitlines() == [
         "interrupted: stopped before the end (finished files are complete)"
     ], err
-    for lane in ("ovssc", "vool"):
-        assert (tmp_path / lane / "saved").read_text() == "latest"
-    assert not (tmp_path / "never").exists() and "after" not in out
 
 
 # a stage in the terminal that a Ctrl-C interrupts: it says so itself, as every script does
