@@ -1,4 +1,5 @@
 import os
+import signal
 import subprocess
 from pathlib import Path
 
@@ -8,6 +9,14 @@ REPO = Path(__file__).resolve().parents[1]
 # Untracked outputs and environments, skipped by `repository_files` when git is unavailable.
 IGNORED_DIRS = {".git", ".venv", "__pycache__", ".pytest_cache", ".ruff_cache", "outputs"}
 IGNORED_DIRS |= {"visualization", "models", "dataset", "logs"}
+
+
+def default_sigint() -> None:
+    """preexec_fn of a subprocess that a test interrupts with SIGINT: the signal's default action,
+    as a terminal's shell leaves it. A shell without job control (`make test &`, nohup, some CI
+    runners) starts its background jobs with SIGINT ignored, children inherit that, and Python then
+    installs no KeyboardInterrupt handler."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 def repository_files() -> list[str]:

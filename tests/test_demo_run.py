@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import REPO
+from conftest import REPO, default_sigint
 from typer.testing import CliRunner
 
 import demo
@@ -140,6 +140,7 @@ def signal_the_lanes(tmp_path: Path, signum: int) -> tuple[int, str, str]:
     demo_process = subprocess.Popen(
         [sys.executable, str(script), str(tmp_path), STAGE],
         cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        preexec_fn=default_sigint,
     )  # fmt: skip
     stages = pid_files(tmp_path / "ovssc", tmp_path / "vool")
     demo_process.send_signal(signum)
@@ -211,6 +212,7 @@ def test_ctrl_c_during_a_stage_in_the_terminal_is_said_once(tmp_path):
     process = subprocess.Popen(
         [sys.executable, str(script), str(tmp_path), INTERRUPTED], cwd=tmp_path, env=env,
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
+        preexec_fn=default_sigint,
     )  # fmt: skip
     pid_files(tmp_path)
     os.killpg(process.pid, signal.SIGINT)  # what a terminal's Ctrl-C does

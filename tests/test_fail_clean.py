@@ -14,6 +14,7 @@ from pathlib import Path
 import h5py
 import pytest
 import typer
+from conftest import default_sigint
 from test_generate_relevancy import make_scene
 
 import generate_scenes
@@ -310,6 +311,7 @@ def test_ctrl_c_while_generate_scenes_workers_import_is_one_line(tmp_path):
     process = subprocess.Popen(
         command, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
         start_new_session=True,
+        preexec_fn=default_sigint,
     )  # fmt: skip
     deadline = time.monotonic() + 120
     while len(_descendants(process.pid)) < 3 and process.poll() is None:  # 2 and the tracker
