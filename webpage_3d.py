@@ -59,6 +59,22 @@ def iou_table(rows: list[tuple[str, float | None]], colored: bool) -> str:
     return "\n".join(lines)
 
 
+def view_3d(label: str, elem_id: str) -> gr.Model3D:
+    """An interactive 3D view of the tab (a GLB, turned with the mouse), on a white background."""
+    return gr.Model3D(
+        label=label, elem_id=elem_id, height=VIEW_HEIGHT, clear_color=(1, 1, 1, 1),
+        camera_position=CAMERA,
+    )  # fmt: skip
+
+
+def query_row(label: str, placeholder: str, elem_id: str, button: str, button_id: str):
+    """A text box and the button that runs its request, on one row: -> (textbox, button)."""
+    with gr.Row():
+        text = gr.Textbox(label=label, placeholder=placeholder, elem_id=elem_id, scale=3)
+        run = gr.Button(button, variant="primary", elem_id=button_id, scale=1)
+    return text, run
+
+
 def scene_tab(
     queries: scene_query.SceneQueries,
     checkpoints: dict[str, Path | None],
@@ -117,38 +133,24 @@ def scene_tab(
                 )
         with gr.Column(scale=2):
             gr.Markdown("### OVSSC: complete the scene")
-            with gr.Row():
-                classes = gr.Textbox(
-                    label="classes, separated by commas",
-                    placeholder="empty: the scene's classes",
-                    elem_id="classes",
-                    scale=3,
-                )
-                ovssc_run = gr.Button("Complete", variant="primary", elem_id="ovssc-run", scale=1)
+            classes, ovssc_run = query_row(
+                "classes, separated by commas", "empty: the scene's classes", "classes", "Complete",
+                "ovssc-run",
+            )  # fmt: skip
             ovssc_status = gr.Markdown(elem_id="ovssc-status")
             with gr.Row():
-                ovssc_view = gr.Model3D(
-                    label="completion", elem_id="ovssc-view", height=VIEW_HEIGHT,
-                    clear_color=(1, 1, 1, 1), camera_position=CAMERA,
-                )  # fmt: skip
-                truth_view = gr.Model3D(
-                    label="ground truth", elem_id="ovssc-truth", height=VIEW_HEIGHT,
-                    clear_color=(1, 1, 1, 1), camera_position=CAMERA,
-                )  # fmt: skip
+                ovssc_view = view_3d("completion", "ovssc-view")
+                truth_view = view_3d("ground truth", "ovssc-truth")
             ovssc_iou = gr.Markdown(elem_id="ovssc-iou")
             ovssc_files = gr.File(
                 label="downloads", file_count="multiple", elem_id="ovssc-files", height=140
             )
 
             gr.Markdown("### VOOL: where is it?")
-            with gr.Row():
-                description = gr.Textbox(
-                    label="description: the TARGET RELATION the REFERENCE",
-                    placeholder="the banana in the safe",
-                    elem_id="description",
-                    scale=3,
-                )
-                vool_run = gr.Button("Localize", variant="primary", elem_id="vool-run", scale=1)
+            description, vool_run = query_row(
+                "description: the TARGET RELATION the REFERENCE", "the banana in the safe",
+                "description", "Localize", "vool-run",
+            )  # fmt: skip
             examples = gr.Dataset(
                 components=[description],
                 samples=examples_of(first),
@@ -156,10 +158,9 @@ def scene_tab(
                 elem_id="descriptions",
             )
             vool_status = gr.Markdown(elem_id="vool-status")
-            vool_view = gr.Model3D(
-                label="prediction (blue) and ground truth (red) over the scene's points",
-                elem_id="vool-view", height=VIEW_HEIGHT, clear_color=(1, 1, 1, 1), camera_position=CAMERA,
-            )  # fmt: skip
+            vool_view = view_3d(
+                "prediction (blue) and ground truth (red) over the scene's points", "vool-view"
+            )
             vool_iou = gr.Markdown(elem_id="vool-iou")
             vool_files = gr.File(
                 label="downloads", file_count="multiple", elem_id="vool-files", height=140
