@@ -11,7 +11,9 @@ evaluation.py reads its scenes through the same `SeededSamples` (seed (--seed, 0
 from __future__ import annotations
 
 import argparse
+import atexit
 import math
+import multiprocessing
 import random
 import signal
 
@@ -99,12 +101,22 @@ def seed_worker(worker_id: int) -> None:
     A worker ignores SIGTERM: torchrun and schedulers send it to the whole process group, and a
     worker that died of it would end its main process with a traceback before that process saved
     (torch's "DataLoader worker is killed by signal"). The main process stops its workers when it
-    leaves; a worker whose main process is gone ends by itself.
+    leaves (kill_workers_at_exit); a worker whose main process is gone ends by itself.
     """
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     seed = torch.initial_seed() % 2**32
     np.random.seed(seed)
     random.seed(seed)
+
+
+@atexit.register  # after multiprocessing's exit handler is registered, so it runs before it
+def kill_workers_at_exit() -> None:
+    """SIGKILL the DataLoader workers still alive when the main process exits (a loader that an
+    error's traceback still held): multiprocessing's exit handler would send them SIGTERM, which
+    they ignore (seed_worker), and then wait for them for ever."""
+    for child in multiprocessing.active_children():
+        if child.daemon:  # DataLoader workers; nothing else of ours is a daemonic Process
+            child.kill()
 
 
 def make_loader(

@@ -856,3 +856,24 @@ def test_a_run_killed_mid_checkpoint_leaves_litter_that_the_resume_removes(data,
     assert f"removed {stale}, left by an interrupted run" in resumed.stdout.splitlines()
     assert not stale.exists() and not list(log.glob(".*.tmp"))
     assert read_checkpoint(log / f"ckpt_{epoch + 1}.pth")["epochs"] == epoch + 2
+
+
+WORKER_LEFT_AT_EXIT = """
+import torch
+import seeding
+loader = torch.utils.data.DataLoader(
+    list(range(8)), num_workers=1, worker_init_fn=seeding.seed_worker
+)
+batches = iter(loader)
+next(batches)  # the worker runs; `batches` stays referenced until the interpreter exits
+"""
+
+
+def test_a_process_exits_with_its_loader_workers_still_alive():
+    """Workers ignore SIGTERM (seed_worker); one still alive at exit must not keep the process
+    waiting for it (multiprocessing's exit handler terminates daemonic children, then joins)."""
+    result = subprocess.run(
+        [sys.executable, "-c", WORKER_LEFT_AT_EXIT], cwd=REPO, capture_output=True, text=True,
+        timeout=120,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
