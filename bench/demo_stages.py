@@ -37,6 +37,18 @@ LABELS = {
 }
 
 
+def seeded_samples(data, seed: int):
+    """The tree's SeededSamples of `data` for rank 0 (in seeding.py since 772ee0e, training.py
+    before)."""
+    import training
+
+    if hasattr(training, "SeededSamples"):
+        return training.SeededSamples(data, seed, 0)
+    import seeding
+
+    return seeding.SeededSamples(data, seed, 0)
+
+
 def worker(cli: argparse.Namespace) -> None:
     """In the tree at cli.repo: time cli.count items of one part of one task; print RESULT json."""
     sys.path.insert(0, str(cli.repo))
@@ -61,7 +73,7 @@ def worker(cli: argparse.Namespace) -> None:
 
         config = dataset.DatasetConfig.from_args(args)
         data = dataset.make_datasets(args.file_path, task, config, splits=("train",))["train"]
-        samples = training.SeededSamples(data, 0, 0)
+        samples = seeded_samples(data, 0)
         if cli.part == "data":
             for index in range(cli.count + 1):
                 start = time.thread_time()
@@ -96,7 +108,6 @@ def score_scenes(cli: argparse.Namespace, args: argparse.Namespace, collate) -> 
     import evaluation
     import net
     import options
-    import training
 
     torch.manual_seed(0)
     model = net.build_network(cli.task, args.approach, args)
@@ -117,7 +128,7 @@ def score_scenes(cli: argparse.Namespace, args: argparse.Namespace, collate) -> 
         config = dataset.DatasetConfig.from_args(args)
         split = "unseen_instances"
         data = dataset.make_datasets(args.file_path, cli.task, config, splits=(split,))[split]
-    samples = training.SeededSamples(data, args.seed, 0)
+    samples = seeded_samples(data, args.seed)
     times = []
     for index in range(min(cli.count + 1, len(data))):
         start = time.thread_time()
