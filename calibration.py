@@ -89,6 +89,7 @@ def eval_args(cli: argparse.Namespace) -> argparse.Namespace:
         clip_checkpoint=None,
         baseline=None,
         approach=None,
+        splits=None,
     )
     return evaluation.eval_config(eval_cli)
 

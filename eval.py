@@ -1,5 +1,5 @@
-"""Evaluate a trained OVSSC or VOOL checkpoint, or a baseline, on every non-train split
-(docs/evaluation.md; the protocol: docs/method.md#the-one-cutoff-protocol).
+"""Evaluate a trained OVSSC or VOOL checkpoint, or a baseline, on every non-train split, or on
+those --splits names (docs/evaluation.md; the protocol: docs/method.md#the-one-cutoff-protocol).
 
     python eval.py --task ovssc --file_path dataset/ --load models/ours/ovssc/ovssc.pth
     torchrun --nproc_per_node 4 eval.py --task vool --file_path dataset/ --load models/ours/vool/vool.pth
@@ -60,6 +60,13 @@ def parser() -> argparse.ArgumentParser:
     )
     add("--suffix", default="", help="stats file <stem>_eval_stats_<SUFFIX>.pkl")
     add("--replace", action="store_true", help="evaluate every split again (default: resume)")
+    add(
+        "--splits",
+        nargs="+",
+        default=None,
+        metavar="SPLIT",
+        help="score only these splits of the split file (default: every split but train)",
+    )
     add(
         "--cutoffs",
         type=float,

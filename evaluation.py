@@ -85,6 +85,7 @@ EVAL_FLAGS = (
     "clip_checkpoint",
     "args_file",
     "baseline",
+    "splits",
 )
 
 
@@ -283,7 +284,7 @@ def data_fingerprint(args: argparse.Namespace) -> str:
 
 
 def provenance(args: argparse.Namespace, scorer: Scorer, lists: dict[str, list]) -> Provenance:
-    """What this run scores, and how: `lists` is the split pickle's {split: scene files}."""
+    """What this run scores, and how: `lists` is {split: scene files} of the splits it scores."""
     scored = (
         f"baseline {args.baseline}" if args.baseline else f"checkpoint {Path(args.load).resolve()}"
     )
@@ -537,6 +538,24 @@ def evaluate_split(scorer: Scorer, data, split: str, args, procs) -> SplitRows:
 # the run
 
 
+def chosen_splits(lists: dict[str, list], args: argparse.Namespace) -> list[str]:
+    """The non-train splits with scenes, in the split file's order; only those named by --splits
+    when it is given (each must be one of them)."""
+    split_file = Path(args.file_path) / scene_file.SPLIT_FILES[args.task]
+    splits = [split for split, names in lists.items() if split != "train" and names]
+    if not splits:
+        raise InputError(f"{split_file} lists no split but train")
+    if args.splits is None:
+        return splits
+    unknown = [split for split in args.splits if split not in splits]
+    if unknown:
+        raise InputError(
+            f"--splits {' '.join(unknown)}: not a split with scenes in {split_file} "
+            f"(it has {', '.join(splits)})"
+        )
+    return [split for split in splits if split in args.splits]
+
+
 @dataclass
 class Result:
     path: Path
@@ -548,16 +567,13 @@ class Result:
 
 
 def evaluate(args: argparse.Namespace, procs: processes.Processes, **network_overrides) -> Result:
-    """Every non-train split not yet in the stats file; rank 0 rewrites the file after each."""
+    """Every non-train split (or those of --splits) not yet in the stats file; rank 0 rewrites
+    the file after each."""
     lists = scene_file.load_split_lists(args.file_path, args.task)
-    splits = [split for split, names in lists.items() if split != "train" and names]
-    if not splits:
-        raise InputError(
-            f"{Path(args.file_path) / scene_file.SPLIT_FILES[args.task]} lists no split but train"
-        )
+    splits = chosen_splits(lists, args)
     scorer = make_scorer(args, procs.device, **network_overrides)
     path = stats_path(args)
-    made_by = provenance(args, scorer, lists)
+    made_by = provenance(args, scorer, {split: lists[split] for split in splits})
 
     finished, problem = None, None  # rank 0 reads the file; every rank learns the outcome
     if procs.main and not args.replace:

@@ -40,6 +40,7 @@ def run_seed(out: Path, data: Path, seed: int, cli: argparse.Namespace) -> dict:
     run = {"seed": seed, "scene_seed": cli.scene_seed, "precision": cli.precision}
     demo_run.check_run(folder, run)
     pipeline = demo.Pipeline(folder, cli.device, seed, cli.precision, data=data)
+    pipeline.splits = demo.splits_scored("oracle")
     tasks = tuple(cli.tasks)
     demo.train_and_evaluate(pipeline, train_minutes=None, tasks=tasks)  # never capped
     return demo.summarize(pipeline, "oracle", tasks)

@@ -34,6 +34,7 @@ import options
 import processes
 import scene_file
 import scenes
+import summarize
 import tasks
 import training
 import utils
@@ -611,3 +612,60 @@ def test_ctrl_c_while_the_workers_start_waits_for_them_and_stops_them(
         evaluation.evaluate_split(scorer, split, SPLITS[0], args, procs)
     # the interrupt waited for the loader to start both workers, then both were shut down
     assert len(started) == 2 and not any(process.is_alive() for process in started)
+
+
+def test_splits_scores_only_those_with_a_full_runs_rows(data, evaluated, tmp_path, capsys):
+    """--splits: only the named splits are scored, each with the rows a run of every split gives
+    it, and the file is not taken for an unfinished eval; an unknown split is one line."""
+    ckpt, full, _, _ = evaluated
+    out = tmp_path / "stats.pkl"
+    line = run_eval(eval_argv(data, ckpt, "ovssc", "--splits", SPLITS[1], "--output", out), capsys)
+    assert f"1 splits ({SPLITS[1]})" in line
+    frame = pd.read_pickle(out)
+    pd.testing.assert_frame_equal(
+        frame.reset_index(drop=True), full[full["split"] == SPLITS[1]].reset_index(drop=True)
+    )
+    planned = frame.attrs[evaluation.PROVENANCE_KEY]["scenes"]
+    assert list(planned) == [SPLITS[1]]
+    assert summarize.unfinished_note(frame, planned, {}) is None
+    err = one_error_line(eval_argv(data, ckpt, "ovssc", "--splits", "unseen_instances_dr"), capsys)
+    assert err == (
+        f"error: --splits unseen_instances_dr: not a split with scenes in {data / 'ssc_split.pkl'} "
+        f"(it has {', '.join(SPLITS)})"
+    )
+
+
+@pytest.mark.parametrize("task", ["ovssc", "vool"])
+def test_with_oracle_maps_novel_visual_scores_as_novel_room(data, ovssc_ckpt, task, tmp_path):
+    """Why the demo does not score unseen_instances_dr with oracle maps: the recoloured views
+    change no input, so a network and lifted relevancy give it Novel Room's rows exactly."""
+    views = tmp_path / "data"
+    views.mkdir()
+    files = sorted(p.name for p in data.glob("*.hdf5"))
+    for name in files:
+        (views / name).symlink_to(data / name)
+    held_out = [name for name in files if name.startswith("00002")]  # a test room: recoloured views
+    lists = {"train": files[:1], "unseen_instances": held_out, "unseen_instances_dr": held_out}
+    (views / scene_file.SPLIT_FILES[task]).write_bytes(pickle.dumps(lists))
+    if task == "ovssc":
+        ckpt = ovssc_ckpt
+    else:
+        log = tmp_path / "vool_run"
+        args = training.prepare_args("vool", ["--file_path", str(views), "--log", str(log), *TINY])
+        training.train(tasks.VOOL, args, stop_after_steps=1)
+        ckpt = log / "latest.pth"
+    runs = {
+        "network": ["--load", ckpt],
+        "lifted relevancy": ["--baseline", "lifted_relevancy", "--args", ckpt.parent / "args.pkl"],
+    }
+    for name, scored in runs.items():
+        out = tmp_path / f"{name}.pkl"
+        run_eval(["--task", task, "--file_path", views, *scored, "--output", out, "--device", "cpu",
+                  "--num_workers", "0"])  # fmt: skip
+        frame = pd.read_pickle(out)
+        room, visual = (
+            frame[frame["split"] == split].drop(columns="split").reset_index(drop=True)
+            for split in ("unseen_instances", "unseen_instances_dr")
+        )
+        assert len(room) > 0, name
+        pd.testing.assert_frame_equal(room, visual, obj=name)
