@@ -247,6 +247,23 @@ def pts_feature_dim(network_inputs: Sequence[str]) -> int:
     )
 
 
+def check_group_norm(in_channels: int, f_maps: int, num_groups: int, num_levels: int) -> None:
+    """Each GroupNorm of the UNet splits its input channels (the UNet's input, then f_maps x 2^level)
+    into num_groups groups, or into one where there are fewer channels: a clear line for a width
+    it cannot split, instead of torch's error from inside the constructor."""
+    widths = [("the UNet's input (--unet_num_channels)", in_channels)]
+    widths += [
+        (f"--unet_f_maps {f_maps} at level {level}", f_maps * 2**level)
+        for level in range(num_levels)
+    ]
+    for name, channels in widths:
+        if channels >= num_groups and channels % num_groups:
+            raise InputError(
+                f"{name}: {channels} channels, not a multiple of --unet_num_groups {num_groups} "
+                "(each GroupNorm of the UNet splits its channels into that many groups)"
+            )
+
+
 class SemAbs3D(nn.Module):
     """OVSSC network: per-patch point features -> voxel grid -> 3D UNet -> implicit decoder.
 
@@ -289,6 +306,7 @@ class SemAbs3D(nn.Module):
         else:
             self.pts_feat_extractor = None
             unet_in_channels = feature_dim + self.use_tsdf
+        check_group_norm(unet_in_channels, unet_f_maps, unet_num_groups, unet_num_levels)
         self.vol_feature_extractor = ResidualUNet3D(
             in_channels=unet_in_channels,
             out_channels=unet_num_channels,

@@ -9,6 +9,7 @@ from net_fixtures import APPROACHES, RELATIONS, random_batch, small_network
 
 import net
 import tasks
+from utils import InputError
 
 # Names and shapes of the seven released checkpoints' state dicts, in state-dict order, with their
 # class and parameter count: facts about the released files, kept as test data.
@@ -294,3 +295,19 @@ def test_network_follows_its_device_on_cuda():
             **{k: v.cuda() if torch.is_tensor(v) else v for k, v in batch.items()}
         )
     torch.testing.assert_close(on_gpu.cpu(), on_cpu, rtol=1e-3, atol=1e-3)
+
+
+@pytest.mark.parametrize(
+    "f_maps, groups, problem",
+    [
+        (12, 8, "--unet_f_maps 12 at level 0: 12 channels, not a multiple of --unet_num_groups 8"),
+        (6, 8, "--unet_f_maps 6 at level 1: 12 channels, not a multiple of --unet_num_groups 8"),
+    ],
+)
+def test_a_unet_width_its_group_norms_cannot_split_is_one_line(f_maps, groups, problem):
+    with pytest.raises(InputError) as error:
+        net.SemAbs3D(
+            voxel_shape=(8, 8, 8), unet_num_levels=2, unet_f_maps=f_maps, unet_num_groups=groups
+        )
+    assert str(error.value).startswith(problem) and "\n" not in str(error.value)
+    net.SemAbs3D(voxel_shape=(8, 8, 8), unet_num_levels=2, unet_f_maps=f_maps, unet_num_groups=2)
