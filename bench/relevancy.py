@@ -60,12 +60,13 @@ def timed(function):
 
 def bare_crop_forward_s(extractor, repeats: int = 3):
     """(wall, CPU) seconds of one no-grad visual forward divided by the batch size (medians), at
-    the extractor's batch size and precision."""
-    model, batch_size = extractor.model, extractor.batch_size
+    the extractor's batch size and precision, through the extractor's own tower (in bf16 or fp16
+    its copy with the weights cast once)."""
+    visual, batch_size = extractor.visual, extractor.batch_size
     crops = torch.randn(batch_size, 3, 224, 224, device=extractor.device)
     with torch.no_grad(), extractor._autocast():
-        model.visual(crops)  # warm-up
-        runs = [timed(lambda: model.visual(crops))[1:] for _ in range(repeats)]
+        visual(crops)  # warm-up
+        runs = [timed(lambda: visual(crops))[1:] for _ in range(repeats)]
     return tuple(sorted(column)[repeats // 2] / batch_size for column in zip(*runs, strict=True))
 
 

@@ -88,6 +88,42 @@ def test_batched_backward_equals_per_label_autograd_grad(extractor224):
     assert (unclamped < 0).any() and (fast >= 0).all()
 
 
+def test_bf16_weights_cast_once_give_autocasts_maps(extractor224):
+    """bf16 keeps a copy of the tower with its matrix-product weights already bf16: with attention's
+    fused path off, its forward equals autocast's casting the fp32 weights on every call bit for bit,
+    the maps to a bf16 rounding (the backward sums in another order); its maps are close to fp32's,
+    and the caller's model stays fp32."""
+    model, tokenizer = extractor224.model, extractor224.tokenizer
+    low = relevancy.RelevancyExtractor(model, tokenizer, precision="bf16")
+    block = low.visual.transformer.resblocks[0]
+    assert block.attn.in_proj_weight.dtype == block.attn.out_proj.weight.dtype == torch.bfloat16
+    assert block.mlp.c_fc.weight.dtype == low.visual.conv1.weight.dtype == torch.bfloat16
+    assert block.ln_1.weight.dtype == low.visual.positional_embedding.dtype == torch.float32
+    assert all(p.dtype == torch.float32 for p in model.parameters())
+    crops = torch.randn(3, 3, 224, 224)
+    text = low.text_features(["mug", "chair"], [relevancy.HOME_PROMPT])
+    maps = low.crop_relevancy(crops, text)
+    fp32 = extractor224.crop_relevancy(crops, text)
+    assert 0 < (maps - fp32).abs().max() < 0.05 * (fp32.max() - fp32.min())
+
+    def tokens_and_maps(visual):
+        low.visual = visual
+        with low._autocast():
+            tokens = low._last_block_inputs(crops)
+        return tokens, low.crop_relevancy(crops, text)
+
+    fused = torch.backends.mha.get_fastpath_enabled()
+    torch.backends.mha.set_fastpath_enabled(False)
+    try:
+        tokens_cast_once, cast_once = tokens_and_maps(low.visual)
+        tokens_cast_each_call, cast_each_call = tokens_and_maps(model.visual)
+    finally:
+        torch.backends.mha.set_fastpath_enabled(fused)
+    assert tokens_cast_once.dtype == torch.bfloat16
+    assert torch.equal(tokens_cast_once, tokens_cast_each_call)
+    assert (cast_once - cast_each_call).abs().max() <= 2**-7 * cast_each_call.abs().max()
+
+
 def test_patch_grid_comes_from_the_model(extractor64):
     maps = extractor64.crop_relevancy(
         torch.randn(2, 3, 64, 64), extractor64.text_features(["x"], ["{}"])
