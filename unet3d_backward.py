@@ -39,11 +39,16 @@ ONEDNN_INPUT_GRAD_MIN_VOXELS = 8**3
 # ATen's 5x faster), and with oneDNN's on volumes of OWN_BACKWARD_MIN_VOXELS and more (on smaller
 # ones ATen's were as fast or faster on 2 AVX2 cores). GroupNorm's backward competes on the latter.
 OWN_WEIGHT_GRAD_MIN_VOXELS, OWN_BACKWARD_MIN_VOXELS = 16**3, 128**3
+# Our GroupNorm backward runs on every CPU from this size (one / two AVX-512 threads, against ATen's
+# channels-last kernel: 16^3 x 32 channels 0.66x / 0.72x its time, 32^3 x 16 0.29-0.45x, 128^3 x 16
+# 0.38-0.58x; 8^3 x 64 and smaller ATen's 4-9x faster, in well under a millisecond).
+OWN_GROUP_NORM_MIN_VOXELS = 16**3
 # Which kernels run where ours compete: "auto" is a fixed rule by CPU and volume (auto_kernel), so that
 # two processes on one machine compute alike; "benchmark" times ours against ATen's once per shape and
 # thread count, on first use, and keeps the faster (as cudnn.benchmark does); "own" fixes ours, and
 # "aten" runs everything as plain PyTorch does (no direct oneDNN calls either).
 KERNELS_ENV, KERNEL_CHOICES = "SEMABS_CPU_KERNELS", ("auto", "own", "aten", "benchmark")
+GROUP_NORM_BACKWARD = "GroupNorm backward"  # faster_kernel's name for it
 _faster: dict[tuple, str] = {}  # (kernel, shape, dtype, threads) -> "own" or "aten"
 
 
@@ -119,15 +124,19 @@ def pointwise_conv3d(x: torch.Tensor, conv: torch.nn.Conv3d) -> torch.Tensor:
     return out.permute(0, 4, 1, 2, 3)
 
 
-def auto_kernel(x: torch.Tensor, below_onednn: bool) -> str:
-    """SEMABS_CPU_KERNELS=auto's choice for volume x, "own" or "aten": fixed, so that a run and its
-    resumed continuation compute bit for bit alike. Where ATen skips oneDNN (below_onednn), ours from
-    OWN_WEIGHT_GRAD_MIN_VOXELS (ATen's own loop is what it replaces). Elsewhere ours on CPUs whose
-    kernels are AVX2 (there oneDNN's weight gradient is im2col; at 128^3, quiet: 0.75 -> 0.49 s,
-    GroupNorm's backward 0.21 -> 0.10 s), ATen's where oneDNN has wider kernels (AVX-512, AMX) or
-    where ours were never measured."""
+def auto_kernel(name: str, x: torch.Tensor, below_onednn: bool) -> str:
+    """SEMABS_CPU_KERNELS=auto's choice of kernel `name` for volume x, "own" or "aten": fixed, so that
+    a run and its resumed continuation compute bit for bit alike. Where ATen skips oneDNN
+    (below_onednn), ours from OWN_WEIGHT_GRAD_MIN_VOXELS (ATen's own loop is what it replaces).
+    GroupNorm's backward: ours on every CPU (ATen's channels-last kernel is not oneDNN's; at 128^3 x
+    16, quiet, ours took 0.43x its time on one AVX2 thread and 0.41x / 0.62x on one / two AVX-512
+    threads). The weight gradient: ours on CPUs whose kernels are AVX2 (there oneDNN's is im2col; at
+    128^3, quiet: 0.75 -> 0.49 s), ATen's where oneDNN has wider kernels (AVX-512: ours 2.0-2.65x
+    slower; AMX) or where ours were never measured."""
     if below_onednn:
         return "own" if x[0, 0].numel() >= OWN_WEIGHT_GRAD_MIN_VOXELS else "aten"
+    if name == GROUP_NORM_BACKWARD:
+        return "own"
     return "own" if torch.backends.cpu.get_cpu_capability() == "AVX2" else "aten"
 
 
@@ -143,11 +152,12 @@ def faster_kernel(name: str, x: torch.Tensor, own: Callable, aten: Callable, bel
     may keep different ones, and differ in the last bits.
     """
     below_onednn = below_onednn and direct_onednn(x, 3)
-    if x.device.type != "cpu" or not (below_onednn or x[0, 0].numel() >= OWN_BACKWARD_MIN_VOXELS):
+    smallest = OWN_GROUP_NORM_MIN_VOXELS if name == GROUP_NORM_BACKWARD else OWN_BACKWARD_MIN_VOXELS
+    if x.device.type != "cpu" or not (below_onednn or x[0, 0].numel() >= smallest):
         return aten()
     choice = kernel_choice()
     if choice == "auto":
-        choice = auto_kernel(x, below_onednn)
+        choice = auto_kernel(name, x, below_onednn)
     if choice != "benchmark":
         return own() if choice == "own" else aten()
     key = (name, tuple(x.shape), x.dtype, torch.get_num_threads())
@@ -265,7 +275,7 @@ def group_norm_backward(grad_out, x, mean, rstd, gamma, groups: int, input_grad:
     def own():
         return own_group_norm_backward(grad_out, x, mean, rstd, gamma, groups, input_grad)
 
-    return faster_kernel("GroupNorm backward", x, own, aten)
+    return faster_kernel(GROUP_NORM_BACKWARD, x, own, aten)
 
 
 def own_group_norm_backward(grad_out, x, mean, rstd, gamma, groups: int, input_grad: bool):
@@ -296,6 +306,32 @@ def own_group_norm_backward(grad_out, x, mean, rstd, gamma, groups: int, input_g
     b = (-rstd * rstd * mean_grad_xhat).expand(per_group).reshape(per_channel)
     c = (rstd * (rstd * mean * mean_grad_xhat - mean_grad)).expand(per_group).reshape(per_channel)
     return torch.addcmul(c, x, b).addcmul_(grad_out, a), grad_gamma, grad_beta
+
+
+class GroupNorm(torch.autograd.Function):
+    """group_norm(x, groups, gamma, beta) whose backward pass is group_norm_backward (ours on CPU
+    volumes from OWN_GROUP_NORM_MIN_VOXELS): SingleConv's normalisation under autocast, where it
+    runs apart from the convolution (in fp32, as autocast keeps GroupNorm; the convolution in bf16).
+    There ATen's channels-last backward took a third of a demo-size bf16 VOOL step.
+    The forward is native_group_norm, as F.group_norm's."""
+
+    @staticmethod
+    def forward(ctx, x, gamma, beta, groups: int, eps: float):
+        batch, channels = x.shape[:2]
+        out, mean, rstd = torch.native_group_norm(
+            x, gamma, beta, batch, channels, x[0, 0].numel(), groups, eps
+        )  # mean, rstd: [B, groups]
+        ctx.save_for_backward(x, gamma, mean, rstd)
+        ctx.groups = groups
+        return out
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        x, gamma, mean, rstd = ctx.saved_tensors
+        grad_x, grad_gamma, grad_beta = group_norm_backward(
+            grad_out, x, mean, rstd, gamma, ctx.groups, ctx.needs_input_grad[0]
+        )
+        return grad_x, grad_gamma, grad_beta, None, None
 
 
 class GroupNormConv3d(torch.autograd.Function):

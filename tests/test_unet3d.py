@@ -31,9 +31,9 @@ def counted(monkeypatch, name: str) -> list:
 
 
 # Paths of one fused GroupNorm -> Conv3d, as (SEMABS_CPU_KERNELS, whether ATen would skip oneDNN,
-# whether auto's rule picks our kernels): plain PyTorch; the convolution and its input gradient by
-# oneDNN called directly, with ATen's or our weight gradient; our weight gradient and GroupNorm
-# backward where ATen runs oneDNN.
+# whether auto's rule picks our weight gradient): plain PyTorch; the convolution and its input
+# gradient by oneDNN called directly, with ATen's or our weight gradient; our weight gradient where
+# ATen runs oneDNN. With "auto" the GroupNorm backward is ours (here on every volume).
 PATHS = {
     "plain PyTorch": ("aten", False, False),
     "oneDNN directly, ATen's weight gradient": ("auto", True, False),
@@ -57,12 +57,14 @@ def test_fused_single_conv_equals_groupnorm_conv_relu_modules(
     monkeypatch.setattr(unet3d_backward, "aten_skips_onednn", lambda *_: direct)
     monkeypatch.setattr(unet3d_backward, "ONEDNN_INPUT_GRAD_MIN_VOXELS", 0)
     monkeypatch.setattr(unet3d_backward, "OWN_BACKWARD_MIN_VOXELS", 0)
+    monkeypatch.setattr(unet3d_backward, "OWN_GROUP_NORM_MIN_VOXELS", 0)  # ours with "auto"
     monkeypatch.setattr(unet3d_backward, "OWN_WEIGHT_GRAD_MIN_VOXELS", 0 if own else 10**9)
     capability = "AVX2" if own else "AVX512"  # auto's choice on volumes where ATen runs oneDNN
     monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: capability)
     monkeypatch.setenv(unet3d_backward.KERNELS_ENV, kernels)
     onednn_calls = counted(monkeypatch, "onednn_conv3d")
     own_calls = counted(monkeypatch, "conv3d_weight_grad")
+    group_norm_calls = counted(monkeypatch, "own_group_norm_backward")
     torch.manual_seed(0)
     block = unet3d.SingleConv(x_shape[1], out_channels, num_groups=groups, activation=activation)
     plain = torch.nn.Sequential(*block.children())  # the same modules, run one after the other
@@ -80,6 +82,7 @@ def test_fused_single_conv_equals_groupnorm_conv_relu_modules(
     # convolution (forward, input gradient), the weight gradient ours or not
     assert len(onednn_calls) == (2 if direct and kernels != "aten" else 0)
     assert len(own_calls) == (1 if own else 0)
+    assert len(group_norm_calls) == (1 if kernels == "auto" else 0)
     (fused, fused_grads), (expected, expected_grads) = results
     assert (fused >= 0).all() or not activation
     torch.testing.assert_close(fused, expected, atol=1e-5, rtol=1e-5)
@@ -190,6 +193,38 @@ def test_unet_under_cpu_autocast_runs_as_plain_pytorch(monkeypatch):
     assert torch.equal(*outputs)
 
 
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_single_conv_under_cpu_autocast_equals_its_modules_with_our_group_norm_backward(
+    monkeypatch, channels_last
+):
+    """Under autocast the normalisation runs in fp32 through unet3d_backward.GroupNorm, the
+    convolution in bf16: the forward is the two modules' bit for bit, the gradients theirs up to
+    float rounding, and the backward pass is ours."""
+    monkeypatch.setattr(unet3d_backward, "OWN_GROUP_NORM_MIN_VOXELS", 0)
+    monkeypatch.delenv(unet3d_backward.KERNELS_ENV, raising=False)
+    own_calls = counted(monkeypatch, "own_group_norm_backward")
+    torch.manual_seed(0)
+    block = unet3d.SingleConv(8, 6, num_groups=4)
+    plain = torch.nn.Sequential(*block.children())  # the same modules, run one after the other
+    x = (torch.randn(2, 8, 5, 6, 7) * 3 + 1).bfloat16()  # as the previous bf16 convolution hands on
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last_3d)
+    x.requires_grad_(True)
+    weights = torch.randn(2, 6, 5, 6, 7)
+    results = []
+    for module in (block, plain):
+        with torch.autocast("cpu", torch.bfloat16):
+            out = module(x)
+        inputs = [*module.parameters(), x]
+        results.append((out.detach(), torch.autograd.grad(out.float(), inputs, weights)))
+    assert own_calls == [(2, 8, 5, 6, 7)]  # one backward pass, ours
+    (ours, our_grads), (expected, expected_grads) = results
+    assert ours.dtype == torch.bfloat16 and torch.equal(ours, expected)
+    for got, want in zip(our_grads, expected_grads, strict=True):  # gamma, beta, conv weight, x
+        assert got.dtype == want.dtype
+        torch.testing.assert_close(got, want, atol=1e-3 * float(want.abs().max()), rtol=1e-2)
+
+
 @pytest.mark.parametrize("capability, large", [("AVX2", "own"), ("AVX512", "aten"),
                                                ("DEFAULT", "aten")])  # fmt: skip
 def test_auto_kernels_follow_a_fixed_rule_by_cpu_and_volume(monkeypatch, capability, large):
@@ -200,6 +235,7 @@ def test_auto_kernels_follow_a_fixed_rule_by_cpu_and_volume(monkeypatch, capabil
 
     monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: capability)
     monkeypatch.setattr(unet3d_backward, "OWN_BACKWARD_MIN_VOXELS", 64)
+    monkeypatch.setattr(unet3d_backward, "OWN_GROUP_NORM_MIN_VOXELS", 64)
     monkeypatch.delenv(unet3d_backward.KERNELS_ENV, raising=False)
     own, aten = kernel("own"), kernel("aten")
 
@@ -210,8 +246,14 @@ def test_auto_kernels_follow_a_fixed_rule_by_cpu_and_volume(monkeypatch, capabil
     assert choose((2, 2, 4, 4, 4)) == large and choose((2, 2, 4, 4, 3)) == "aten"
     # where ATen runs its own loop: our weight gradient from 16^3, on every CPU
     assert choose((1, 2, 16, 16, 16)) == "own" and choose((1, 2, 16, 16, 15)) == "aten"
-    assert choose((1, 2, 16, 16, 16), below_onednn=False) == large  # e.g. GroupNorm's backward
-    assert len(calls) == 5  # one run each: nothing timed
+    assert choose((1, 2, 16, 16, 16), below_onednn=False) == large
+    # GroupNorm's backward: ours on every CPU, from OWN_GROUP_NORM_MIN_VOXELS
+    group_norm = unet3d_backward.GROUP_NORM_BACKWARD
+    assert unet3d_backward.faster_kernel(group_norm, torch.zeros(2, 2, 4, 4, 4), own, aten) == "own"
+    assert (
+        unet3d_backward.faster_kernel(group_norm, torch.zeros(2, 2, 4, 4, 3), own, aten) == "aten"
+    )
+    assert len(calls) == 7  # one run each: nothing timed
 
 
 def test_benchmark_kernels_times_both_once_per_shape_and_keeps_the_faster(monkeypatch, caplog):
