@@ -320,19 +320,28 @@ def test_a_stage_that_goes_on_is_run_again_with_more_threads(tmp_path):
     assert "saved, stopping" in lines or len(lines) == 2  # a SIGTERM during its start: killed
 
 
-def recorded_commands(monkeypatch, tmp_path, *flags):
-    """demo.py's command with every stage recorded instead of run: -> ({title: argv}, out)."""
+def recorded_runs(monkeypatch) -> dict:
+    """Pipeline.run records each stage instead of running it: -> {title: (done, argv)}, filled as
+    stages would run."""
     ran = {}
     monkeypatch.setattr(
-        demo.Pipeline, "run", lambda self, title, done, argv, *log: ran.update({title: argv})
+        demo.Pipeline,
+        "run",
+        lambda self, title, done, argv, *log: ran.update({title: (done, argv)}),
     )
+    return ran
+
+
+def recorded_commands(monkeypatch, tmp_path, *flags):
+    """demo.py's command with every stage recorded instead of run: -> ({title: argv}, out)."""
+    ran = recorded_runs(monkeypatch)
     monkeypatch.setattr(demo, "summarize", lambda pipeline, source: {})
     monkeypatch.setattr(demo, "visualize", lambda *args: None)
     monkeypatch.setattr(demo, "print_done", lambda *args: None)
     monkeypatch.chdir(tmp_path)
     argv = ["--relevancy-source", "oracle", "--device", "cpu", "--extra-train-seeds", "12", *flags]
     result = CliRunner().invoke(demo.app, argv)
-    return ran, result
+    return {title: argv for title, (_, argv) in ran.items()}, result
 
 
 def test_seed_scene_seed_and_precision_reach_the_scripts_the_demo_runs(monkeypatch, tmp_path):
@@ -387,12 +396,7 @@ def test_a_folder_of_another_demo_run_is_refused_in_one_line(monkeypatch, tmp_pa
 
 def test_eval_stats_older_than_the_weights_are_made_again(monkeypatch, tmp_path):
     """Training goes on with --resume, so stats of earlier weights are stale: eval.py --replace."""
-    ran = {}
-    monkeypatch.setattr(
-        demo.Pipeline,
-        "run",
-        lambda self, title, done, argv, *log: ran.update({title: (done, argv)}),
-    )
+    ran = recorded_runs(monkeypatch)
     pipeline = demo.Pipeline(tmp_path, "cpu")
     stats, weights = pipeline.eval_stats("vool"), pipeline.checkpoints["vool"]
     weights.parent.mkdir(parents=True)
@@ -420,10 +424,7 @@ def write_split_lists(data: Path, splits) -> None:
 def test_an_evaluation_stopped_between_splits_is_not_done(monkeypatch, tmp_path):
     """A SIGTERM (or a kill) between two splits leaves a stats file of the first: a rerun runs
     eval.py again, which goes on from there, instead of taking the file as done."""
-    ran = {}
-    monkeypatch.setattr(
-        demo.Pipeline, "run", lambda self, title, done, argv, *log: ran.update({title: done})
-    )
+    ran = recorded_runs(monkeypatch)
     pipeline = demo.Pipeline(tmp_path, "cpu")
     write_split_lists(pipeline.data, ("unseen_instances", "unseen_instances_synonyms"))
     for approach in ("ours", *demo.BASELINES):
@@ -434,18 +435,13 @@ def test_an_evaluation_stopped_between_splits_is_not_done(monkeypatch, tmp_path)
     os.utime(pipeline.checkpoints["vool"], (1_000_000, 1_000_000))
     demo.evaluate(pipeline, "vool")
     demo.evaluate_baselines(pipeline, "vool")
-    assert all(done == [] for done in ran.values()) and len(ran) == 3
+    assert all(done == [] for done, _ in ran.values()) and len(ran) == 3
 
 
 def test_with_oracle_maps_every_evaluation_scores_the_oracle_splits(monkeypatch, tmp_path):
     """Novel Visual is left out with oracle maps (demo.ORACLE_SPLITS), for the networks and the
     baselines alike, and a stats file holding those splits is done; with CLIP maps every split."""
-    ran = {}
-    monkeypatch.setattr(
-        demo.Pipeline,
-        "run",
-        lambda self, title, done, argv, *log: ran.update({title: (done, argv)}),
-    )
+    ran = recorded_runs(monkeypatch)
     pipeline = demo.Pipeline(tmp_path, "cpu")
     write_split_lists(
         pipeline.data, ("unseen_instances", "unseen_instances_dr", "unseen_instances_synonyms")
@@ -472,13 +468,10 @@ def test_with_oracle_maps_every_evaluation_scores_the_oracle_splits(monkeypatch,
 
 def test_scenes_are_done_when_every_scene_file_is_there(monkeypatch, tmp_path):
     """An interrupted generation writes the split pickles as it goes: they do not make it done."""
-    ran = {}
-    monkeypatch.setattr(
-        demo.Pipeline, "run", lambda self, title, done, argv, *log: ran.update({title: done})
-    )
+    ran = recorded_runs(monkeypatch)
     pipeline = demo.Pipeline(tmp_path, "cpu")
     demo.generate_scenes(pipeline, 3, 0, scene_seed=1)
-    done = ran["1/6 scenes"]
+    done, _ = ran["1/6 scenes"]
     first = demo.first_scene_seed(1)
     assert [path.name[:6] for path in done[:3]] == [str(first + i) for i in range(3)]
     assert [path.name for path in done[3:]] == ["ssc_split.pkl", "vool_split.pkl"]
