@@ -167,10 +167,9 @@ def low_precision_copy(visual: torch.nn.Module, dtype: torch.dtype | None) -> to
     with torch.no_grad():
         for module in low.modules():
             if isinstance(module, torch.nn.MultiheadAttention):
-                names = ["in_proj_weight", "in_proj_bias", "q_proj_weight", "k_proj_weight"]
-                names.append("v_proj_weight")
+                names = ("in_proj_weight", "in_proj_bias", *(f"{x}_proj_weight" for x in "qkv"))
             elif isinstance(module, (torch.nn.Linear, torch.nn.Conv2d)):
-                names = ["weight", "bias"]
+                names = ("weight", "bias")
             else:
                 continue
             for name in names:
