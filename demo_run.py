@@ -145,9 +145,8 @@ class Pipeline:
         self.seed = seed
         self.precision = precision
         self.checkpoints = {task: self.models / task / "latest.pth" for task in ("ovssc", "vool")}
-        self.splits: tuple[str, ...] | None = (
-            None  # the splits eval.py scores (None: all but train)
-        )
+        # the splits eval.py scores (None: all but train)
+        self.splits: tuple[str, ...] | None = None
         self.progress: Progress | None = None  # the running stages' lines, while lanes run
         self.running: dict[subprocess.Popen, str] = {}  # stage processes -> their titles
         self.terminated: list[str] = []  # the stages running when a SIGTERM came

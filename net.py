@@ -251,7 +251,7 @@ def check_group_norm(in_channels: int, f_maps: int, num_groups: int, num_levels:
     """Each GroupNorm of the UNet splits its input channels (the UNet's input, then f_maps x 2^level)
     into num_groups groups, or into one where there are fewer channels: a clear line for a width
     it cannot split, instead of torch's error from inside the constructor."""
-    widths = [("the UNet's input (--unet_num_channels)", in_channels)]
+    widths = [("the UNet's input", in_channels)]
     widths += [
         (f"--unet_f_maps {f_maps} at level {level}", f_maps * 2**level)
         for level in range(num_levels)

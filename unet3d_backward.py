@@ -37,7 +37,7 @@ ONEDNN_INPUT_GRAD_MIN_VOXELS = 8**3
 # Our weight gradient competes with ATen's on volumes where ATen skips oneDNN from this size (1 AVX2
 # thread: 16^3 x 32 channels 14 against 27 ms, 32^3 x 16 48 against 78 ms; 8^3 x 64 equal, 4^3 x 128
 # ATen's 5x faster), and with oneDNN's on volumes of OWN_BACKWARD_MIN_VOXELS and more (on smaller
-# ones ATen's were as fast or faster on 2 AVX2 cores). GroupNorm's backward competes on the latter.
+# ones ATen's were as fast or faster on 2 AVX2 cores).
 OWN_WEIGHT_GRAD_MIN_VOXELS, OWN_BACKWARD_MIN_VOXELS = 16**3, 128**3
 # Our GroupNorm backward runs on every CPU from this size (one / two AVX-512 threads, against ATen's
 # channels-last kernel: 16^3 x 32 channels 0.66x / 0.72x its time, 32^3 x 16 0.29-0.45x, 128^3 x 16
@@ -143,11 +143,12 @@ def auto_kernel(name: str, x: torch.Tensor, below_onednn: bool) -> str:
 def faster_kernel(name: str, x: torch.Tensor, own: Callable, aten: Callable, below_onednn=False):
     """own() or aten(), the same values up to float rounding, for a kernel on volume x [B, C, D, H, W].
 
-    Ours competes on CPU volumes of OWN_BACKWARD_MIN_VOXELS and more and, with below_onednn, on those
-    where direct_onednn(x, 3) (then ATen's kernel is its own loop); elsewhere, and on a GPU, ATen's
-    runs. Where they compete, kernel_choice() says which: "auto" auto_kernel's rule, "own" or "aten"
-    that one, "benchmark" both twice, alternating, on the first call for x's shape and the thread
-    count, then the faster for the rest of the process (logged). Which wins depends on the CPU and
+    Ours competes on CPU volumes of OWN_BACKWARD_MIN_VOXELS and more (GroupNorm's backward: of
+    OWN_GROUP_NORM_MIN_VOXELS) and, with below_onednn, on those where direct_onednn(x, 3) (then ATen's
+    kernel is its own loop); elsewhere, and on a GPU, ATen's runs. Where they compete,
+    kernel_choice() says which: "auto" auto_kernel's rule, "own" or "aten" that one, "benchmark"
+    both twice, alternating, on the first call for x's shape and the thread count, then the faster
+    for the rest of the process (logged). Which wins depends on the CPU and
     on its load (ours make many small parallel calls, which lose on a busy CPU), so two processes
     may keep different ones, and differ in the last bits.
     """
