@@ -6,6 +6,7 @@ convolution forward, input gradient and weight gradient.
 
     python bench/kernels.py                       # 128^3 x 16 channels, 2 threads, 4 rounds
     python bench/kernels.py --threads 1 --size 64 --rounds 3
+    python bench/kernels.py --threads 1 --size 32 --batch 4 --rounds 15   # the demo's volumes
     ONEDNN_VERBOSE=1 python bench/kernels.py | grep exec    # which oneDNN kernels ran
     python bench/kernels.py --size 64 --rounds 2 --bf16       # and fp32 against bf16
 
@@ -45,6 +46,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--size", type=int, default=128, help="volume side")
     parser.add_argument("--channels", type=int, default=16)
+    parser.add_argument("--batch", type=int, default=1, help="volumes at once (the demo: 2-4)")
     parser.add_argument("--rounds", type=int, default=4, help="timed runs of each, alternating")
     parser.add_argument(
         "--bf16",
@@ -54,13 +56,13 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
-    size, channels, groups = args.size, args.channels, 8
+    size, channels, groups, batch = args.size, args.channels, 8, args.batch
     last = torch.channels_last_3d
-    x = torch.randn(1, channels, size, size, size).contiguous(memory_format=last).relu_()
-    grad_out = torch.randn(1, channels, size, size, size).contiguous(memory_format=last)
+    x = torch.randn(batch, channels, size, size, size).contiguous(memory_format=last).relu_()
+    grad_out = torch.randn(batch, channels, size, size, size).contiguous(memory_format=last)
     weight = (torch.randn(channels, channels, 3, 3, 3) * 0.1).contiguous(memory_format=last)
     gamma, beta = torch.rand(channels) + 0.5, torch.randn(channels)
-    _, mean, rstd = torch.native_group_norm(x, gamma, beta, 1, channels, size**3, groups, 1e-5)
+    _, mean, rstd = torch.native_group_norm(x, gamma, beta, batch, channels, size**3, groups, 1e-5)
     x_first, grad_first, weight_first = x.contiguous(), grad_out.contiguous(), weight.contiguous()
 
     def own_weight_grad():
@@ -75,7 +77,7 @@ def main() -> None:
                 grad_out, x, mean, rstd, gamma, groups, True
             )
         return torch.ops.aten.native_group_norm_backward(
-            grad_out, x, mean, rstd, gamma, 1, channels, size**3, groups, [True, True, True]
+            grad_out, x, mean, rstd, gamma, batch, channels, size**3, groups, [True, True, True]
         )
 
     pairs = {
@@ -119,7 +121,7 @@ def main() -> None:
         )
     print(
         f"{time.strftime('%Y-%m-%d')}, {processes.cpu_description()}, {args.threads} threads, "
-        f"{size}^3 x {channels} channels, medians of {args.rounds}"
+        f"{batch} x {size}^3 x {channels} channels, medians of {args.rounds}"
     )
     for name, (first, second) in pairs.items():
         results = first(), second()  # warm-up (oneDNN primitives, allocator)
