@@ -222,7 +222,12 @@ def test_single_conv_under_cpu_autocast_equals_its_modules_with_our_group_norm_b
     assert ours.dtype == torch.bfloat16 and torch.equal(ours, expected)
     for got, want in zip(our_grads, expected_grads, strict=True):  # gamma, beta, conv weight, x
         assert got.dtype == want.dtype
-        torch.testing.assert_close(got, want, atol=1e-3 * float(want.abs().max()), rtol=1e-2)
+        # fp32 sums in another order; x's gradient is rounded to bf16 after them (one bf16 step)
+        low = got.dtype == torch.bfloat16
+        scale = float(want.abs().max())
+        torch.testing.assert_close(
+            got, want, atol=(1e-3 if low else 1e-5) * scale, rtol=1e-2 if low else 1e-4
+        )
 
 
 @pytest.mark.parametrize("capability, large", [("AVX2", "own"), ("AVX512", "aten"),
