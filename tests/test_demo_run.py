@@ -271,7 +271,7 @@ def test_the_summary_records_epochs_and_says_why_novel_visual_is_not_scored_with
     summary = demo.summarize(pipeline, "oracle")
     assert summary["training"] == {
         "ovssc": {"epochs_trained": 3, "epochs_planned": 5},
-        "vool": {"epochs_trained": 0, "epochs_planned": 10},
+        "vool": {"epochs_trained": 0, "epochs_planned": demo.EPOCHS["vool"]},  # nothing logged yet
     }
     assert summary["notes"]["novel_visual"] == demo.NOVEL_VISUAL_NOTE
     assert json.loads((tmp_path / "summary.json").read_text()) == summary
