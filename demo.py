@@ -84,10 +84,10 @@ TRAINING = [
     "--balance_positive_negative", "--fix_decoder_sampling",
 ]  # fmt: skip
 TASKS = ("ovssc", "vool")
-# 612 and 816 steps on the 102 training scenes of 120, about 7 minutes each on one core, side by
-# side. The epochs were chosen on validation scenes of four sets of scenes; they and the alternatives
-# measured (other epochs, learning rates, grids, more training scenes via --extra-train-seeds):
-# docs/learning.md and the README's main-job section.
+# 612 and 816 steps on the 102 training scenes of 120: about 5.3 and 6.3 minutes on one core each
+# (AVX-512, bf16), side by side. The epochs were chosen on validation scenes of four sets of scenes;
+# they and the alternatives measured (other epochs, learning rates, grids, more training scenes via
+# --extra-train-seeds): docs/learning.md and the README's main-job section.
 EPOCHS = {"ovssc": 6, "vool": 8}
 # flags of one task's recipe; VOOL's network gets per-relation offsets that calibrate.py sets
 TASK_TRAINING = {
