@@ -164,18 +164,18 @@ def low_precision_copy(visual: torch.nn.Module, dtype: torch.dtype | None) -> to
     if dtype is None:
         return visual
     low = copy.deepcopy(visual)
-    with torch.no_grad():
-        for module in low.modules():
-            if isinstance(module, torch.nn.MultiheadAttention):
-                names = ("in_proj_weight", "in_proj_bias", *(f"{x}_proj_weight" for x in "qkv"))
-            elif isinstance(module, (torch.nn.Linear, torch.nn.Conv2d)):
-                names = ("weight", "bias")
-            else:
-                continue
-            for name in names:
-                if getattr(module, name, None) is not None:
-                    getattr(module, name).data = getattr(module, name).data.to(dtype)
-        low.proj.data = low.proj.data.to(dtype)
+    tensors = [low.proj]
+    for module in low.modules():
+        if isinstance(module, torch.nn.MultiheadAttention):
+            names = ("in_proj_weight", "in_proj_bias", *(f"{x}_proj_weight" for x in "qkv"))
+        elif isinstance(module, (torch.nn.Linear, torch.nn.Conv2d)):
+            names = ("weight", "bias")
+        else:
+            continue
+        tensors += [getattr(module, name, None) for name in names]
+    for tensor in tensors:
+        if tensor is not None:
+            tensor.data = tensor.data.to(dtype)
     return low
 
 

@@ -309,6 +309,13 @@ def own_group_norm_backward(grad_out, x, mean, rstd, gamma, groups: int, input_g
     return torch.addcmul(c, x, b).addcmul_(grad_out, a), grad_gamma, grad_beta
 
 
+def native_group_norm(x, gamma, beta, groups: int, eps: float):
+    """F.group_norm's computation on x [B, C, D, H, W] -> (output, mean, rstd), mean and rstd
+    [B, groups]: what our backward kernels take."""
+    batch, channels = x.shape[:2]
+    return torch.native_group_norm(x, gamma, beta, batch, channels, x[0, 0].numel(), groups, eps)
+
+
 class GroupNorm(torch.autograd.Function):
     """group_norm(x, groups, gamma, beta) whose backward pass is group_norm_backward (ours on CPU
     volumes from OWN_GROUP_NORM_MIN_VOXELS): SingleConv's normalisation under autocast, where it
@@ -318,10 +325,7 @@ class GroupNorm(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, gamma, beta, groups: int, eps: float):
-        batch, channels = x.shape[:2]
-        out, mean, rstd = torch.native_group_norm(
-            x, gamma, beta, batch, channels, x[0, 0].numel(), groups, eps
-        )  # mean, rstd: [B, groups]
+        out, mean, rstd = native_group_norm(x, gamma, beta, groups, eps)
         ctx.save_for_backward(x, gamma, mean, rstd)
         ctx.groups = groups
         return out
@@ -348,10 +352,7 @@ class GroupNormConv3d(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, gamma, beta, weight, groups: int, eps: float):
-        batch, channels = x.shape[:2]
-        normalised, mean, rstd = torch.native_group_norm(
-            x, gamma, beta, batch, channels, x[0, 0].numel(), groups, eps
-        )  # mean, rstd: [B, groups]
+        normalised, mean, rstd = native_group_norm(x, gamma, beta, groups, eps)
         ctx.save_for_backward(x, gamma, beta, weight, mean, rstd)
         ctx.groups = groups
         return conv3d(normalised, weight)
