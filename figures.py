@@ -41,7 +41,8 @@ def overlay(image: np.ndarray, relevance: np.ndarray, vmin: float, vmax: float) 
     return np.round((alpha * jet(g[..., 0]) + (1 - alpha) * photo) * 255).astype(np.uint8)
 
 
-def _font(size: int) -> ImageFont.ImageFont:
+def text_font(size: int) -> ImageFont.ImageFont:
+    """Pillow's default font at `size` pixels (its fixed bitmap font on Pillow < 10.1)."""
     try:
         return ImageFont.load_default(size=size)  # scalable when Pillow has FreeType
     except TypeError:  # older Pillow
@@ -70,7 +71,7 @@ def relevancy_figure(
     panel_w = panel_width or min(max(width, 320), 640)
     panel_h = max(1, round(height * panel_w / width))
     size = max(14, panel_w // 24)
-    font, small = _font(size), _font(max(12, size * 4 // 5))
+    font, small = text_font(size), text_font(max(12, size * 4 // 5))
     pad, title_h, bar_h = max(8, size // 2), round(size * 1.6), size
     canvas_w = columns * panel_w + (columns + 1) * pad
     panels_h = rows * (title_h + panel_h + pad)

@@ -7,9 +7,9 @@ Colours: each class takes the palette colour of its index in the request's class
 view; hidden parts are the class colour, lighter and half transparent. A face is hidden when the
 camera cannot see its centre: the rule of dataset_scene.hidden_voxels (more than one grid pitch
 behind the observed depth, or at a pixel without depth). VOOL: the prediction in
-render.PREDICTION_COLOR (blue, the surface of the region above the cutoff), the ground truth in
-render.TRUTH_COLOR (red, half transparent cubes of one grid pitch), the scene's points faded as in
-localization_vs_gt.png.
+comparisons.PREDICTION_COLOR (blue, the surface of the region above the cutoff), the ground truth
+in comparisons.TRUTH_COLOR (red, half transparent cubes of one grid pitch), the scene's points
+faded as in localization_vs_gt.png.
 
 The scene's world is z-up (geometry.py); glTF is y-up, so every GLB turns it once at the root.
 Node names are the legend: "<class> (visible)", "<class> (hidden)", "prediction", "ground truth",
@@ -24,6 +24,7 @@ import numpy as np
 import trimesh
 from trimesh.visual.material import PBRMaterial
 
+import comparisons
 import dataset_scene
 import render
 from frames import Frame
@@ -81,7 +82,8 @@ def cubes_mesh(points, size: float, color, alpha: float = 1.0) -> trimesh.Trimes
 
 def scene_points(xyz, rgb) -> trimesh.PointCloud:
     """The scene's points in their colours, faded as in localization_vs_gt.png."""
-    faded = np.asarray(rgb, np.float64) * (1 - render.SCENE_FADE) + 255 * render.SCENE_FADE
+    fade = comparisons.SCENE_FADE
+    faded = np.asarray(rgb, np.float64) * (1 - fade) + 255 * fade
     colors = np.concatenate([faded, np.full((len(faded), 1), 255.0)], 1).astype(np.uint8)
     return trimesh.PointCloud(np.asarray(xyz, np.float32), colors=colors)
 
@@ -110,7 +112,9 @@ def localization_glb(path: Path, scene_xyz, scene_rgb, region, truth, pitch: flo
     empty) and the ground truth's points as cubes (None without ground truth)."""
     nodes = [("scene points", scene_points(scene_xyz, scene_rgb))]
     if region is not None:
-        nodes.append(("prediction", coloured_mesh(*region, render.PREDICTION_COLOR)))
+        nodes.append(("prediction", coloured_mesh(*region, comparisons.PREDICTION_COLOR)))
     if truth is not None and len(truth):
-        nodes.append(("ground truth", cubes_mesh(truth, pitch, render.TRUTH_COLOR, HIDDEN_ALPHA)))
+        nodes.append(
+            ("ground truth", cubes_mesh(truth, pitch, comparisons.TRUTH_COLOR, HIDDEN_ALPHA))
+        )
     return write_glb(path, nodes)

@@ -25,6 +25,7 @@ from typing import Annotated
 import numpy as np
 import typer
 
+import comparisons
 import frames
 import geometry
 import inference
@@ -102,7 +103,7 @@ def ovssc_inference(run: inference.SceneRun) -> None:
     if run.truth is None:
         print(f"wrote {len(written)} meshes, relevancies.png and completion.npz to {run.out_dir}")
         return
-    picture = render.completion_comparison(run.out_dir)
+    picture = comparisons.completion_comparison(run.out_dir)
     print(f"wrote {len(written)} meshes, completion.npz and {picture.name} to {run.out_dir}")
 
 
@@ -113,7 +114,7 @@ def vool_inference(run: inference.SceneRun) -> None:
     count = len(run.frame.descriptions)
     print(f"wrote {count} description clouds and scene_rgb.ply to {run.out_dir}")
     if run.truth is not None:
-        print(f"wrote {render.localization_comparison(run.out_dir)}")
+        print(f"wrote {comparisons.localization_comparison(run.out_dir)}")
 
 
 app.command("ovssc-inference")(inference_command("ovssc", ovssc_inference))

@@ -17,6 +17,7 @@ import pytest
 import torch
 from test_visualize import REPO, invoke, tiny_checkpoint
 
+import comparisons
 import dataset
 import generate_relevancy
 import generate_scenes
@@ -194,7 +195,7 @@ def test_ovssc_hdf5_ground_truth(scene_path, ovssc_out):
     assert not data["gt_hidden"].reshape(-1)[~labelled].any()
     assert 0 < hidden.sum() < len(hidden)
     picture = imageio.imread(out / "completion_vs_gt.png")
-    size = render.COMPARISON_SIZE  # two rows of two panels, the legend at the right
+    size = comparisons.COMPARISON_SIZE  # two rows of two panels, the legend at the right
     assert picture.shape[0] == 2 * size + 4 and picture.shape[1] > 2 * size + 4
     assert len(np.unique(picture.reshape(-1, 3), axis=0)) > 20
 
@@ -219,9 +220,9 @@ def test_vool_hdf5_ground_truth(scene_path, tmp_path):
         assert len(got) == len(want) > 0
         np.testing.assert_array_equal(got[np.lexsort(got.T)], want[np.lexsort(want.T)])
     picture = imageio.imread(tmp_path / scene_path.stem / "localization_vs_gt.png")
-    shown = min(len(data["descriptions"]), render.SHOWN_DESCRIPTIONS)
-    pair_width = 2 * render.COMPARISON_SIZE + 4  # prediction | ground truth, 12-pixel gutters
-    assert picture.shape[1] == min(shown, render.PAIRS_PER_ROW) * (pair_width + 12) - 12
+    shown = min(len(data["descriptions"]), comparisons.SHOWN_DESCRIPTIONS)
+    pair_width = 2 * comparisons.COMPARISON_SIZE + 4  # prediction | ground truth, 12-pixel gutters
+    assert picture.shape[1] == min(shown, comparisons.PAIRS_PER_ROW) * (pair_width + 12) - 12
 
 
 def test_shown_descriptions_put_hidden_targets_first():
@@ -235,21 +236,21 @@ def test_shown_descriptions_put_hidden_targets_first():
         "the egg in the bowl",
         "the vase on the right of the lamp",
     ]
-    assert render.description_relation(names[1]) == "in front of"
-    assert render.description_relation("a sentence with no relation") is None
-    assert render.shown_descriptions(names) == [2, 4, 6, 0, 1, 3]
-    assert render.shown_descriptions(names[:2], limit=6) == [0, 1]
+    assert comparisons.description_relation(names[1]) == "in front of"
+    assert comparisons.description_relation("a sentence with no relation") is None
+    assert comparisons.shown_descriptions(names) == [2, 4, 6, 0, 1, 3]
+    assert comparisons.shown_descriptions(names[:2], limit=6) == [0, 1]
 
 
 def test_zoom_box_frames_every_point():
     rng = np.random.default_rng(0)
     truth = rng.uniform([0.2, -0.4, 0.1], [0.5, -0.1, 0.3], (50, 3))
     predicted = rng.uniform([-0.6, 0.3, 0.8], [-0.5, 0.4, 0.9], (7, 3))
-    box = render.zoom_box(predicted, truth, margin=0.1)
+    box = comparisons.zoom_box(predicted, truth, margin=0.1)
     np.testing.assert_allclose(box, [[-0.7, -0.5, 0.1 - 0.1], [0.6, 0.5, 1.0]], atol=0.03)
     both = np.concatenate([truth, predicted])
     assert np.all((both > box[0]) & (both < box[1]))
-    view = render.PointView.framing(box, azimuth=0.7, size=100)
+    view = comparisons.PointView.framing(box, azimuth=0.7, size=100)
     cols, rows, depth = view.project(both)
     assert np.all((cols >= 3) & (cols < 97) & (rows >= 3) & (rows < 97) & (depth > 0))
     corners = np.array([[x, y, z] for x in box[:, 0] for y in box[:, 1] for z in box[:, 2]])
