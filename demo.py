@@ -137,14 +137,16 @@ def generate_scenes(
     """num_scenes seeds from first_scene_seed(scene_seed) in every room (training and held-out
     scenes), then the next extra_train_seeds seeds in training rooms only: more training scenes, the
     same held-out ones."""
-    import scenes  # open3d: the rooms of the seeds
+    import scene_layout  # open3d: the rooms of the seeds
 
     data = pipeline.data
     first = first_scene_seed(scene_seed)
     small = ["--preset", "small", "--num-processes", "2"]
 
     def files(seeds) -> list[Path]:  # an interrupted run leaves split pickles: done is every file
-        return [data / scene_file.scene_file_name(seed, scenes.scene_room(seed)) for seed in seeds]
+        return [
+            data / scene_file.scene_file_name(seed, scene_layout.scene_room(seed)) for seed in seeds
+        ]
 
     pipeline.run(
         "1/6 scenes",
@@ -154,7 +156,7 @@ def generate_scenes(
     )  # fmt: skip
     if extra_train_seeds:
         start = first + num_scenes
-        seeds = scenes.train_room_seeds(range(start, start + extra_train_seeds))
+        seeds = scene_layout.train_room_seeds(range(start, start + extra_train_seeds))
         pipeline.run(
             "1/6 more training scenes",
             files(seeds),

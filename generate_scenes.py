@@ -9,7 +9,8 @@ no game engine (docs/data.md#how-a-view-is-made).
 `dataset` writes "{seed:05d}|{room}.hdf5" per seed (existing files that open and hold every key are
 skipped; truncated or keyless ones are regenerated, one line each), then ssc_split.pkl
 and vool_split.pkl over every scene file in the folder. Relevancy maps are added afterwards by
-`generate_relevancy.py dataset`. Scene content is built by scenes.py.
+`generate_relevancy.py dataset`. Scene content is laid out by scene_layout.py and rendered by
+scenes.py.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ import typer
 from tqdm import tqdm
 
 import scene_file
+import scene_layout
 import scenes
 from utils import (
     InputError,
@@ -249,7 +251,7 @@ def dataset(
     options = scene_options(preset, image_size, num_output_pts, tsdf_size)
     seeds = list(range(start_seed, start_seed + num_scenes))
     if train_rooms_only:
-        seeds = scenes.train_room_seeds(seeds)
+        seeds = scene_layout.train_room_seeds(seeds)
     skipped = f", {num_scenes - len(seeds)} held-out-room seeds skipped" if train_rooms_only else ""
     start = time.perf_counter()
     written = generate_dataset(out_dir, seeds, options, num_processes, gzip_level, tuple(vis_seed))

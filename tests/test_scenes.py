@@ -12,7 +12,9 @@ from typer.testing import CliRunner
 import generate_scenes
 import geometry
 import scene_file
+import scene_layout
 import scenes
+import vocab
 
 SMALL = scenes.PRESETS["small"]
 SEEDS = range(6)
@@ -22,7 +24,7 @@ RELATIONS = {"in", "on", "behind", "in front of", "on the left of", "on the righ
 def pick_room(seed: int) -> str:
     """Seed s -> RandomState(s) -> room, uniform over the sorted room list
     (docs/data.md#how-a-view-is-made)."""
-    return scenes.ROOMS[np.random.RandomState(seed).randint(len(scenes.ROOMS))]
+    return scene_layout.ROOMS[np.random.RandomState(seed).randint(len(scene_layout.ROOMS))]
 
 
 @pytest.fixture(scope="module")
@@ -245,7 +247,7 @@ def test_cli_writes_files_splits_and_pickles(tmp_path):
         with h5py.File(tmp_path / name) as f:
             classes = {c.split("[")[0] for c in f["data/objid_to_class"][()].astype(str)}
             test_room = name in splits["unseen_instances"]
-            assert test_room or not classes & set(scenes.TEST_CLASSES), name
+            assert test_room or not classes & set(vocab.TEST_CLASSES), name
             assert f["data/domain_randomized_rgb"].shape == (
                 (1, 128, 128, 3) if test_room else (1, 1)
             )
@@ -267,12 +269,12 @@ def test_cli_writes_files_splits_and_pickles(tmp_path):
 
 def test_scene_room_is_the_room_generate_scene_builds(generated):
     for seed, scene in generated.items():
-        assert scenes.scene_room(seed) == pick_room(seed) == scene["room"]
+        assert scene_layout.scene_room(seed) == pick_room(seed) == scene["room"]
 
 
 def test_train_rooms_only_skips_held_out_room_seeds(tmp_path):
     seeds = range(10, 40)
-    kept = [s for s in seeds if not scenes.is_test_room(pick_room(s))]
+    kept = [s for s in seeds if not scene_layout.is_test_room(pick_room(s))]
     assert 0 < len(kept) < len(seeds)  # both kinds among these seeds
     args = ["dataset", str(tmp_path), "--start-seed", "10", "--num-scenes", "30", "--preset",
             "small", "--image-size", "16", "--num-output-pts", "300", "--tsdf-size", "4",
@@ -444,19 +446,19 @@ def test_left_right_and_front_need_a_visible_target():
 def _on_table_scene(apple_visible):
     """The floor (index 0), a table whose top offers a receptacle, an apple placed on it, empty; the
     GT points: table top, apple, and free space above a second table's top."""
-    top = scenes.box((-0.2, -0.2, 0.38), (0.2, 0.2, 0.42))
+    top = scene_layout.box((-0.2, -0.2, 0.38), (0.2, 0.2, 0.42))
     objects = [
-        scenes.SceneObject("floor", [scenes.box((-1, -1, -0.05), (1, 1, 0))]),
-        scenes.SceneObject(
-            "table", [top], receptacles=[scenes.box((-0.2, -0.2, 0.42), (0.2, 0.2, 0.6))]
+        scene_layout.SceneObject("floor", [scene_layout.box((-1, -1, -0.05), (1, 1, 0))]),
+        scene_layout.SceneObject(
+            "table", [top], receptacles=[scene_layout.box((-0.2, -0.2, 0.42), (0.2, 0.2, 0.6))]
         ),
-        scenes.SceneObject(
-            "apple", [scenes.box((-0.05, -0.05, 0.42), (0.05, 0.05, 0.52))], parent=1
+        scene_layout.SceneObject(
+            "apple", [scene_layout.box((-0.05, -0.05, 0.42), (0.05, 0.05, 0.52))], parent=1
         ),
-        scenes.SceneObject(
+        scene_layout.SceneObject(
             "table",
-            [scenes.box((0.3, 0.5, 0.38), (0.6, 0.8, 0.42))],
-            receptacles=[scenes.box((0.3, 0.5, 0.42), (0.6, 0.8, 0.6))],
+            [scene_layout.box((0.3, 0.5, 0.38), (0.6, 0.8, 0.42))],
+            receptacles=[scene_layout.box((0.3, 0.5, 0.42), (0.6, 0.8, 0.6))],
         ),
     ]
     xyz = np.concatenate(
