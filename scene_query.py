@@ -3,7 +3,7 @@ scene, answered on visualize.py's code path, and the answer as GLB views with Io
 
 The scene is a dataset scene file (its stored relevancy and ground truth, dataset_scene.py), a
 scene pickle or an uploaded RGB-D frame (frames.py; their relevancy needs CLIP weights). Each
-request builds inference.py's `SceneRun` and calls `run_ovssc` or `run_vool`, which write what
+request builds inference_run.py's `SceneRun` and calls `run_ovssc` or `run_vool`, which write what
 `visualize.py ovssc-inference` / `vool-inference` write (<class>.obj, completion.npz;
 <description>.ply, scene_rgb.ply, localization.npz) into the request's folder; the views are
 built from those files (scene_glb.py). Loaded networks and the last scene's inputs are kept
@@ -30,6 +30,7 @@ import numpy as np
 import clip_weights
 import dataset_scene
 import inference
+import inference_run
 import render
 import scene_file
 import scene_glb
@@ -284,11 +285,11 @@ class SceneQueries:
         return out
 
     def dataset_inputs(self, path: Path, task: str, key, trained):
-        """inference.dataset_inputs of a dataset scene, kept for the next request on it."""
+        """inference_run.dataset_inputs of a dataset scene, kept for the next request on it."""
         _, args, approach = trained
         cached = self.inputs.get(task)
         if cached is None or cached[0] != (path, key):
-            scene = inference.dataset_inputs(
+            scene = inference_run.dataset_inputs(
                 path, task, args, approach, self.clip_options, self.device
             )
             self.inputs[task] = cached = ((path, key), scene)
@@ -301,7 +302,7 @@ class SceneQueries:
             raise InputError(note)
         _, args, approach = trained
         labels = inference.relevancy_labels(frame, approach)
-        maps, text = inference.scene_relevancy(
+        maps, text = inference_run.scene_relevancy(
             frame, labels, approach, config, self.clip_options, self.device, 0, out
         )
         return inference.prepare_inputs(frame, maps, labels, text, args, task)
@@ -327,7 +328,7 @@ class SceneQueries:
             frame, _ = words(frame, False, approach)
             prepared = self.clip_inputs(frame, task, trained, config, out)
         grid = inference.query_grid(args.scene_bounds, grid_size)
-        return inference.SceneRun(
+        return inference_run.SceneRun(
             frame, self.device, network, args, approach, out, prepared, grid, grid_size,
             np.random.default_rng(0), truth,
         )  # fmt: skip
@@ -354,7 +355,7 @@ class SceneQueries:
             run = self.prepare(
                 "ovssc", choice, upload, checkpoint, words, (asked, []), config, grid_size, out
             )
-            written, _ = inference.run_ovssc(run)
+            written, _ = inference_run.run_ovssc(run)
             return ovssc_answer(run, written, time.perf_counter() - start)
 
     def vool(self, choice, upload, checkpoint, description_text, config, grid_size,
@@ -375,18 +376,18 @@ class SceneQueries:
                 "vool", choice, upload, checkpoint, words, ([], [description]), config, grid_size,
                 out,
             )  # fmt: skip
-            (logits,) = inference.run_vool(run)
+            (logits,) = inference_run.run_vool(run)
             return vool_answer(run, logits, float(cutoff), time.perf_counter() - start)
 
 
 def load_network(path: Path, task: str, device):
-    """inference.load_trained, with one plain line when the file is the other task's network."""
+    """inference_run.load_trained, with one plain line when the file is the other task's network."""
     try:
-        return inference.load_trained(path, task, device)
+        return inference_run.load_trained(path, task, device)
     except InputError:
         other = "vool" if task == "ovssc" else "ovssc"
         try:
-            inference.load_trained(path, other, device)
+            inference_run.load_trained(path, other, device)
         except InputError:
             raise  # not the other task's either: the loader's own line
         raise InputError(
@@ -446,7 +447,7 @@ def iou(a: np.ndarray, b: np.ndarray) -> float | None:
     return None if union == 0 else np.count_nonzero(a & b) / union
 
 
-def ovssc_answer(run: inference.SceneRun, written: list[str], seconds: float) -> Answer:
+def ovssc_answer(run: inference_run.SceneRun, written: list[str], seconds: float) -> Answer:
     out, size = run.out_dir, run.grid_size
     npz = np.load(out / "completion.npz")
     bounds = np.asarray(npz["scene_bounds"], np.float64)
@@ -484,7 +485,7 @@ def ovssc_answer(run: inference.SceneRun, written: list[str], seconds: float) ->
 
 
 def vool_answer(
-    run: inference.SceneRun, logits: np.ndarray, cutoff: float, seconds: float
+    run: inference_run.SceneRun, logits: np.ndarray, cutoff: float, seconds: float
 ) -> Answer:
     out, size = run.out_dir, run.grid_size
     npz = np.load(out / "localization.npz")

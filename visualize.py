@@ -29,6 +29,7 @@ import comparisons
 import frames
 import geometry
 import inference
+import inference_run
 import render
 from cli_options import CheckpointOpt, DeviceOpt, ModelOpt, PretrainedOpt
 from utils import InputError, remove_stale_temp_files, run_app
@@ -59,9 +60,9 @@ def remove_stale(folder: Path) -> None:
         print(f"removed {stale.name}, left by an interrupted run")
 
 
-def inference_command(task: str, finish: Callable[[inference.SceneRun], None]):
+def inference_command(task: str, finish: Callable[[inference_run.SceneRun], None]):
     """The command of one task's inference: both take the same flags, prepare the scene with
-    inference.start_run, then `finish` runs the task's loop and prints what it wrote."""
+    inference_run.start_run, then `finish` runs the task's loop and prints what it wrote."""
 
     def command(
         data_pickle_path: Annotated[
@@ -82,7 +83,7 @@ def inference_command(task: str, finish: Callable[[inference.SceneRun], None]):
         seed: SeedOpt = 0,
     ) -> None:
         at_least_one(grid_size=grid_size)
-        run = inference.start_run(
+        run = inference_run.start_run(
             data_pickle_path, model_ckpt_path, task, dump_path, device, saliency_config,
             (model, pretrained, checkpoint), seed, grid_size,
         )  # fmt: skip
@@ -95,9 +96,9 @@ def inference_command(task: str, finish: Callable[[inference.SceneRun], None]):
     return command
 
 
-def ovssc_inference(run: inference.SceneRun) -> None:
+def ovssc_inference(run: inference_run.SceneRun) -> None:
     """Complete every class of the scene: relevancies.png, <class>.obj, completion.npz."""
-    written, empty = inference.run_ovssc(run)
+    written, empty = inference_run.run_ovssc(run)
     for name in empty:
         print(f"{name}: empty, no mesh")
     if run.truth is None:
@@ -107,10 +108,10 @@ def ovssc_inference(run: inference.SceneRun) -> None:
     print(f"wrote {len(written)} meshes, completion.npz and {picture.name} to {run.out_dir}")
 
 
-def vool_inference(run: inference.SceneRun) -> None:
+def vool_inference(run: inference_run.SceneRun) -> None:
     """Localise every description: relevancies.png, <description>.ply, scene_rgb.ply,
     localization.npz."""
-    inference.run_vool(run)
+    inference_run.run_vool(run)
     count = len(run.frame.descriptions)
     print(f"wrote {count} description clouds and scene_rgb.ply to {run.out_dir}")
     if run.truth is not None:

@@ -22,6 +22,7 @@ import checkpoint
 import frames
 import geometry
 import inference
+import inference_run
 import net
 import options
 import visualize
@@ -75,7 +76,7 @@ def arkit_outputs(tmp_path_factory, tiny_models):
     common = ["--dump-path", dump, "--grid-size", GRID, "--saliency-config", "fast", *CLIP]
     with pytest.MonkeyPatch.context() as patch:  # keep the raw logits the npz files come from
         for name in ("ovssc_labels", "vool_points"):
-            patch.setattr(inference, name, recorder(getattr(inference, name), RAW[name]))
+            patch.setattr(inference_run, name, recorder(getattr(inference_run, name), RAW[name]))
         invoke("ovssc-inference", ARKIT, ovssc, *common)
         invoke("vool-inference", ARKIT, vool, *common)
     out = dump / ARKIT.stem
@@ -139,7 +140,7 @@ def test_vool_files(arkit_outputs):
     inside = geometry.in_bounds(frame.points(), geometry.THOR_SCENE_BOUNDS).sum()
     scene = trimesh.load(out / "scene_rgb.ply")
     assert len(scene.vertices) == min(
-        inside, inference.SCENE_CLOUD_POINTS
+        inside, inference_run.SCENE_CLOUD_POINTS
     )  # 42,225 (scene_files/README.md: 86%)
 
 
