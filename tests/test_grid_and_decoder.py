@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import torch
 
+import decoder
 import net
 from grid import VirtualGrid
 
@@ -114,15 +115,15 @@ def _trilinear_border(volume: np.ndarray, position) -> np.ndarray:
 def test_decoder_sampling_against_independent_trilinear(fix):
     G = 8
     grid = VirtualGrid(BOUNDS, (G, G, G))
-    decoder = net.ImplicitVolumetricDecoder(
+    lookup = decoder.ImplicitVolumetricDecoder(
         hidden_size=4, output_dim=1, concat_xyz_pts=True, fix_sampling=fix
     )
-    decoder.mlp = torch.nn.Identity()  # look at what the MLP would receive
+    lookup.mlp = torch.nn.Identity()  # look at what the MLP would receive
     g = torch.Generator().manual_seed(1)
     volume = torch.randn(1, 4, G, G, G, generator=g)
     lower, upper = torch.tensor(BOUNDS)
     queries = lower + torch.rand(1, 50, 3, generator=g) * (upper - lower)
-    out = decoder(volume, grid, queries)[0]  # [M, 4 + 3]
+    out = lookup(volume, grid, queries)[0]  # [M, 4 + 3]
 
     for query, row in zip(queries[0], out, strict=True):
         u = ((query - lower) * (G - 1) / (upper - lower)).tolist()  # continuous (ux, uy, uz)
@@ -156,7 +157,7 @@ def test_sample_trilinear_equals_grid_sample_values_and_gradients(channels_last)
         .view(2, 3, -1)
         .transpose(1, 2)
     )
-    got = net.sample_trilinear(volume, grid)
+    got = decoder.sample_trilinear(volume, grid)
     torch.testing.assert_close(got, expected, atol=1e-6, rtol=1e-5)
     weights = torch.randn(expected.shape, generator=g)
     (expected_grad,) = torch.autograd.grad(expected, volume, weights)
@@ -173,7 +174,7 @@ def test_weighted_row_sum_equals_embedding_bag_values_and_gradients():
     expected = torch.nn.functional.embedding_bag(
         rows, table, per_sample_weights=weights, mode="sum"
     )
-    got = net.WeightedRowSum.apply(rows, table, weights)
+    got = decoder.WeightedRowSum.apply(rows, table, weights)
     torch.testing.assert_close(got, expected)
     upstream = torch.randn(50, 4, dtype=torch.float64, generator=g)
     for grad, want in zip(
@@ -184,7 +185,7 @@ def test_weighted_row_sum_equals_embedding_bag_values_and_gradients():
         torch.testing.assert_close(grad, want)
     # A hand-computed entry: table row 7 collects every weight of the first five queries.
     (table_grad,) = torch.autograd.grad(
-        net.WeightedRowSum.apply(rows, table, weights), table, upstream
+        decoder.WeightedRowSum.apply(rows, table, weights), table, upstream
     )
     by_hand = sum(
         weights[m, k] * upstream[m] for m in range(50) for k in range(8) if rows[m, k] == 7
@@ -195,10 +196,10 @@ def test_weighted_row_sum_equals_embedding_bag_values_and_gradients():
 def test_fixed_decoder_reads_back_the_voxel_a_point_was_scattered_into():
     G = 6
     grid = VirtualGrid(BOUNDS, (G, G, G))
-    decoder = net.ImplicitVolumetricDecoder(
+    lookup = decoder.ImplicitVolumetricDecoder(
         hidden_size=2, output_dim=1, concat_xyz_pts=False, fix_sampling=True
     )
-    decoder.mlp = torch.nn.Identity()
+    lookup.mlp = torch.nn.Identity()
     lower, upper = torch.tensor(BOUNDS)
     step = (upper - lower) / (G - 1)  # voxel i spans [i, i+1) in grid index
     voxels = torch.tensor([[1, 4, 2], [4, 0, 3], [0, 0, 0], [2, 2, 2]])
@@ -207,10 +208,10 @@ def test_fixed_decoder_reads_back_the_voxel_a_point_was_scattered_into():
     features = torch.randn(1, 4, 2, generator=g)
     volume = grid.scatter_points(points[None], features)  # [1, 2, G, G, G]
     centres = lower + (voxels + 0.5) * step
-    out = decoder(volume, grid, centres[None])[0]
+    out = lookup(volume, grid, centres[None])[0]
     torch.testing.assert_close(out, features[0], atol=1e-5, rtol=1e-5)
     # the centre of an empty neighbour, one voxel above along x, reads nothing
-    empty = decoder(volume, grid, (centres[3] + step * torch.tensor([1.0, 0, 0]))[None, None])
+    empty = lookup(volume, grid, (centres[3] + step * torch.tensor([1.0, 0, 0]))[None, None])
     torch.testing.assert_close(empty, torch.zeros(1, 1, 2))
 
 
@@ -222,7 +223,7 @@ def test_fixed_decoder_reads_back_the_voxel_a_point_was_scattered_into():
     ],
 )
 def test_pointing_attention_formulas(method, reference):
-    pointer = net.PointingAttention(16, method)
+    pointer = decoder.PointingAttention(16, method)
     key, query = torch.randn(3, 5, 16), torch.randn(3, 2, 16)
     logits = pointer(key, query)
     assert logits.shape == (3, 5, 2)
@@ -232,7 +233,7 @@ def test_pointing_attention_formulas(method, reference):
 
 def test_cosine_pointing_of_a_zero_vector_is_zero():
     """Each length is clamped to 1e-8 as F.cosine_similarity clamps it: a zero key or query gives 0."""
-    pointer = net.PointingAttention(4, "cosine_sim")
+    pointer = decoder.PointingAttention(4, "cosine_sim")
     key, query = torch.randn(1, 3, 4), torch.randn(1, 2, 4)
     key[0, 1], query[0, 0] = 0, 0
     logits = pointer(key, query)
@@ -243,7 +244,7 @@ def test_cosine_pointing_of_a_zero_vector_is_zero():
 
 
 def test_additive_pointing_has_its_vector():
-    pointer = net.PointingAttention(8, "additive")
+    pointer = decoder.PointingAttention(8, "additive")
     assert pointer.pointer_v.weight.shape == (1, 8)
     key, query = torch.randn(2, 4, 8), torch.randn(2, 1, 8)
     expected = torch.tanh(key + query) @ pointer.pointer_v.weight[0]
