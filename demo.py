@@ -195,6 +195,20 @@ def precision_flags(device: str, precision: str = "auto") -> list[str]:
     return ["--use_amp", "--amp_dtype", "bf16"] if precision == "bf16" else []
 
 
+def check_precision(precision: str, device: str) -> None:
+    """--precision bf16 only where the hardware runs it (elsewhere training would crawl)."""
+    if precision != "bf16":
+        return
+    import processes
+
+    emulated = processes.bf16_emulated_on(processes.resolve_device(device))
+    if emulated:
+        raise InputError(
+            f"--precision bf16 is emulated on {emulated}, hundreds of times slower than fp32 at "
+            "training; use --precision auto or fp32"
+        )
+
+
 def stage_log(logs: Path | None, name: str) -> Path | None:
     """LOGS/NAME.log, or None (the terminal) without a folder of logs."""
     return None if logs is None else logs / f"{name}.log"
@@ -614,12 +628,14 @@ def main(
     precision: Annotated[
         str,
         typer.Option(
-            help="training precision: auto (bf16 where the CPU or GPU runs it), bf16, fp32"
+            help="training precision: auto (bf16 where the CPU or GPU runs it), bf16 (refused where "
+            "emulated), fp32"
         ),
     ] = "auto",
 ) -> None:
     check_flags(num_scenes, extra_train_seeds, train_minutes, relevancy_source, precision,
                 grid_size, num_frames, frame_size)  # fmt: skip
+    check_precision(precision, device)
     run = {"seed": seed, "scene_seed": scene_seed, "precision": precision,
            "num_scenes": num_scenes, "extra_train_seeds": extra_train_seeds}  # fmt: skip
     out = out or default_out(seed, scene_seed, precision)

@@ -299,7 +299,7 @@ def add_shared_flags(parser: argparse.ArgumentParser) -> None:
         "--amp_dtype",
         choices=("fp16", "bf16"),
         default="fp16",
-        help="autocast type with --use_amp (CPU: bf16 only)",
+        help="autocast type with --use_amp (CPU: bf16 only, with AMX or AVX512-BF16)",
     )
     add("--num_workers", type=NONNEGATIVE_COUNT, default=8, help="DataLoader workers per process")
     add(

@@ -44,6 +44,16 @@ def bf16_is_fast(device: torch.device) -> bool:
     return any(getattr(torch.cpu, probe, lambda: False)() for probe in probes)
 
 
+def bf16_emulated_on(device: torch.device) -> str | None:
+    """Where bf16 is emulated, the words for it ("this CPU (AVX2: no AMX or AVX512-BF16)"), for the
+    one-line refusals of the options that ask for bf16; None where the hardware runs it."""
+    if bf16_is_fast(device):
+        return None
+    if device.type == "cuda":
+        return f"this GPU ({torch.cuda.get_device_name(device)}: no native bf16)"
+    return f"this CPU ({torch.backends.cpu.get_cpu_capability()}: no AMX or AVX512-BF16)"
+
+
 def to_device(batch: dict, device: torch.device) -> dict:
     """A collated batch with every tensor on `device` (other values as they are)."""
     return {

@@ -51,7 +51,7 @@ from torchvision.transforms import ColorJitter
 from tqdm import tqdm
 
 from clip_weights import load_model
-from processes import bf16_is_fast
+from processes import bf16_emulated_on
 from saliency import SaliencyConfig, saliency_config, scale_tiles
 from utils import InputError
 
@@ -621,10 +621,10 @@ def check_precision(precision: str, device: torch.device) -> None:
         return
     if precision == "fp16":
         raise InputError("--precision fp16 is for GPUs; on a CPU use fp32 (or bf16 with AMX)")
-    if not bf16_is_fast(device):
+    emulated = bf16_emulated_on(device)
+    if emulated:
         raise InputError(
-            f"--precision bf16 is emulated on this CPU ({torch.backends.cpu.get_cpu_capability()}: "
-            "no AMX or AVX512-BF16) and 4-8x slower than fp32; use --precision fp32"
+            f"--precision bf16 is emulated on {emulated} and 4-8x slower than fp32; use --precision fp32"
         )
 
 

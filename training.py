@@ -41,6 +41,7 @@ import scene_file
 from network_setup import distribute, network_on_device
 from processes import (
     Processes,
+    bf16_emulated_on,
     broadcast,
     broken_connection,
     gather_frames,
@@ -386,6 +387,12 @@ def setup(
         raise InputError(
             "--use_amp with --amp_dtype fp16 needs CUDA (its gradient scaler); on CPU use "
             "--amp_dtype bf16, or drop --use_amp"
+        )
+    emulated = bf16_emulated_on(procs.device) if args.use_amp and args.amp_dtype == "bf16" else None
+    if emulated:
+        raise InputError(
+            f"--use_amp --amp_dtype bf16 is emulated on {emulated}: its convolutions run hundreds of "
+            "times slower than fp32 (docs/performance.md#bf16-training-on-the-cpu); drop --use_amp"
         )
     problem = finished = None
     if procs.main:

@@ -170,6 +170,15 @@ def test_the_demos_own_flags_are_checked_before_any_stage(tmp_path, value):
     assert not (tmp_path / "o").exists()  # no stage ran
 
 
+def test_bf16_is_refused_before_any_stage_where_the_cpu_emulates_it(tmp_path, monkeypatch):
+    monkeypatch.setattr(processes, "bf16_is_fast", lambda device: False)
+    result = CliRunner().invoke(demo.app, ["--out", str(tmp_path / "o"), "--precision", "bf16"])
+    assert isinstance(result.exception, InputError)
+    assert str(result.exception).startswith("--precision bf16 is emulated on this CPU (")
+    assert str(result.exception).endswith("use --precision auto or fp32")
+    assert not (tmp_path / "o").exists()  # no stage ran
+
+
 def test_comparison_names_the_best_baseline_and_the_margin():
     figures = {
         "baseline: lifted relevancy": {"novel_room": 48.1},

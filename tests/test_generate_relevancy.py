@@ -552,12 +552,16 @@ def test_reduced_precision_on_a_cpu_only_where_the_hardware_runs_it(
 ):
     """bf16 on a CPU without AMX or AVX512-BF16 is emulated (~5x slower): one line naming fp32;
     where the CPU has them it runs, and the command says the maps are not parity."""
-    monkeypatch.setattr(relevancy, "bf16_is_fast", lambda device: False)
+    monkeypatch.setattr(processes, "bf16_is_fast", lambda device: False)
     message = image_error("image", "--precision", "bf16", *TINY_ARGS)
-    assert message.startswith("--precision bf16 is emulated on this CPU") and "fp32" in message
+    capability = torch.backends.cpu.get_cpu_capability()
+    assert message == (
+        f"--precision bf16 is emulated on this CPU ({capability}: no AMX or AVX512-BF16) and 4-8x "
+        "slower than fp32; use --precision fp32"
+    )
     assert "for GPUs" in image_error("image", "--precision", "fp16", *TINY_ARGS)
     assert "unknown precision" in image_error("image", "--precision", "fp8", *TINY_ARGS)
-    monkeypatch.setattr(relevancy, "bf16_is_fast", lambda device: True)
+    monkeypatch.setattr(processes, "bf16_is_fast", lambda device: True)
     out = tmp_path / "grads.png"
     result = run(
         "image", "--precision", "bf16", "--saliency-config", "chefer_et_al", *TINY_ARGS,

@@ -643,7 +643,21 @@ def test_fp16_amp_on_cpu_is_refused(data, tmp_path, capsys):
     assert "--amp_dtype fp16 needs CUDA" in run_main(train_ovssc.main, argv, capsys)
 
 
+def test_bf16_amp_is_refused_where_the_cpu_emulates_it(data, tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(processes, "bf16_is_fast", lambda device: False)
+    log = tmp_path / "log"
+    argv = ["--file_path", str(data), "--log", str(log), *TINY, "--use_amp", "--amp_dtype", "bf16"]
+    capability = torch.backends.cpu.get_cpu_capability()
+    assert run_main(train_ovssc.main, argv, capsys) == (
+        f"error: --use_amp --amp_dtype bf16 is emulated on this CPU ({capability}: no AMX or "
+        "AVX512-BF16): its convolutions run hundreds of times slower than fp32 "
+        "(docs/performance.md#bf16-training-on-the-cpu); drop --use_amp"
+    )
+    assert not (log / "args.pkl").exists()  # refused before the run's folder was written
+
+
 def test_bf16_amp_on_cpu_trains_in_bf16_and_keeps_fp32_weights(data, tmp_path, monkeypatch):
+    monkeypatch.setattr(processes, "bf16_is_fast", lambda device: True)  # emulated bf16 is refused
     seen = []
     forward = tasks.Task.forward
 
