@@ -204,8 +204,7 @@ def check_precision(precision: str, device: str) -> None:
     emulated = processes.bf16_emulated_on(processes.resolve_device(device))
     if emulated:
         raise InputError(
-            f"--precision bf16 is emulated on {emulated}, hundreds of times slower than fp32 at "
-            "training; use --precision auto or fp32"
+            f"--precision bf16 is emulated on {emulated}; use --precision auto or fp32"
         )
 
 

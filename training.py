@@ -390,10 +390,13 @@ def setup(
         )
     emulated = bf16_emulated_on(procs.device) if args.use_amp and args.amp_dtype == "bf16" else None
     if emulated:
-        raise InputError(
-            f"--use_amp --amp_dtype bf16 is emulated on {emulated}: its convolutions run hundreds of "
-            "times slower than fp32 (docs/performance.md#bf16-training-on-the-cpu); drop --use_amp"
+        instead = (
+            "its convolutions run hundreds of times slower than fp32 "
+            "(docs/performance.md#bf16-training-on-the-cpu); drop --use_amp"
+            if procs.device.type == "cpu"
+            else "use --amp_dtype fp16"
         )
+        raise InputError(f"--use_amp --amp_dtype bf16 is emulated on {emulated}: {instead}")
     problem = finished = None
     if procs.main:
         try:

@@ -656,6 +656,16 @@ def test_bf16_amp_is_refused_where_the_cpu_emulates_it(data, tmp_path, capsys, m
     assert not (log / "args.pkl").exists()  # refused before the run's folder was written
 
 
+def test_bf16_emulated_on_names_the_device(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda including_emulation=True: False)
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: "Tesla T4")
+    assert processes.bf16_emulated_on(torch.device("cuda")) == "this GPU (Tesla T4: no native bf16)"
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda including_emulation=True: True)
+    assert processes.bf16_emulated_on(torch.device("cuda")) is None
+    monkeypatch.setattr(processes, "bf16_is_fast", lambda device: True)
+    assert processes.bf16_emulated_on(torch.device("cpu")) is None
+
+
 def test_bf16_amp_on_cpu_trains_in_bf16_and_keeps_fp32_weights(data, tmp_path, monkeypatch):
     monkeypatch.setattr(processes, "bf16_is_fast", lambda device: True)  # emulated bf16 is refused
     seen = []
