@@ -624,7 +624,8 @@ def check_precision(precision: str, device: torch.device) -> None:
     emulated = bf16_emulated_on(device)
     if emulated:
         raise InputError(
-            f"--precision bf16 is emulated on {emulated} and 4-8x slower than fp32; use --precision fp32"
+            f"--precision bf16 is emulated on {emulated} and 4-8x slower than fp32; "
+            "use --precision fp32"
         )
 
 

@@ -49,9 +49,9 @@ def weight_grad(grad_out, x, weight):
     )[1]  # fmt: skip
 
 
-def unet_convolution_shapes(size: int) -> list[tuple[str, tuple, torch.Tensor, bool]]:
-    """(module name, input shape, weight, transposed) of every convolution in one forward pass of the
-    default UNet on a [1, 16, size, size, size] volume, in the order they run."""
+def unet_convolution_shapes(size: int) -> list[tuple[str, tuple, tuple, bool]]:
+    """(module name, input shape, weight shape, transposed) of every convolution in one forward pass
+    of the default UNet on a [1, 16, size, size, size] volume, in the order they run."""
     network = unet3d.ResidualUNet3D().eval()
     names = {module: name for name, module in network.named_modules()}
     found = []
@@ -59,7 +59,7 @@ def unet_convolution_shapes(size: int) -> list[tuple[str, tuple, torch.Tensor, b
     def record(module, inputs):
         conv = module.conv if isinstance(module, unet3d.SingleConv) else module
         transposed = isinstance(module, torch.nn.ConvTranspose3d)
-        found.append((names[module], tuple(inputs[0].shape), conv.weight.detach(), transposed))
+        found.append((names[module], tuple(inputs[0].shape), tuple(conv.weight.shape), transposed))
 
     for module in network.modules():
         if isinstance(module, (unet3d.SingleConv, torch.nn.ConvTranspose3d)):
@@ -111,8 +111,8 @@ def convolution_seconds(shape, weight_shape, transposed: bool, rounds: int) -> l
 def unet_convolutions(size: int, rounds: int) -> None:
     """Seconds and GFLOP/s of each convolution of the default UNet, forward and both gradients."""
     rows = {}  # (input shape, weight shape, transposed) -> [first module name, count]
-    for name, shape, weight, transposed in unet_convolution_shapes(size):
-        rows.setdefault((shape, tuple(weight.shape), transposed), [name, 0])[1] += 1
+    for name, *key in unet_convolution_shapes(size):
+        rows.setdefault(tuple(key), [name, 0])[1] += 1
     print(f"{'convolution':36s} {'input':>14s} {'weight':>9s}  n  "
           "forward     input grad. weight grad. (ms, GFLOP/s)")  # fmt: skip
     total_flop, total_seconds, best_rate = 0.0, 0.0, 0.0
@@ -155,15 +155,15 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
+    machine = f"{time.strftime('%Y-%m-%d')}, {processes.cpu_description()}, {args.threads} threads"
     if args.unet_convolutions:
-        print(
-            f"{time.strftime('%Y-%m-%d')}, {processes.cpu_description()}, {args.threads} threads, "
-            f"{args.size}^3 grid, the best of {args.rounds}"
-        )
+        if args.size % 32:
+            parser.error("--unet-convolutions needs a --size divisible by 32 (the UNet's 6 levels)")
+        print(f"{machine}, {args.size}^3 grid, the best of {args.rounds}")
         unet_convolutions(args.size, args.rounds)
         return
     size, channels, groups, batch = args.size, args.channels, 8, args.batch
-    last = torch.channels_last_3d
+    last = CHANNELS_LAST
     x = torch.randn(batch, channels, size, size, size).contiguous(memory_format=last).relu_()
     grad_out = torch.randn(batch, channels, size, size, size).contiguous(memory_format=last)
     weight = (torch.randn(channels, channels, 3, 3, 3) * 0.1).contiguous(memory_format=last)
@@ -225,10 +225,7 @@ def main() -> None:
             lambda: F.linear(tokens, linear),
             lambda: F.linear(tokens_low, linear_low),
         )
-    print(
-        f"{time.strftime('%Y-%m-%d')}, {processes.cpu_description()}, {args.threads} threads, "
-        f"{batch} x {size}^3 x {channels} channels, medians of {args.rounds}"
-    )
+    print(f"{machine}, {batch} x {size}^3 x {channels} channels, medians of {args.rounds}")
     for name, (first, second) in pairs.items():
         results = first(), second()  # warm-up (oneDNN primitives, allocator)
         if "ours" in name:
